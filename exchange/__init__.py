@@ -1,0 +1,1 @@
+"""The stateful exchange core: accounts, risk holds, fees, ledger, sequencer, persistence, recovery."""

@@ -1,0 +1,1 @@
+"""Benchmarks and load generators: clients of tokex, never part of it."""
