@@ -1,0 +1,82 @@
+"""What the book tells its caller: every call returns a list of these, in the order they happened.
+
+Each event carries the ``seq`` and ``ts`` the caller passed with the command, so the events of one command
+share them. Events are immutable msgspec Structs without GC tracking: they hold only ints and strings, and
+millions are created per second.
+"""
+
+import msgspec
+
+from matching.types import AccountId, Budget, OrderId, Price, Qty
+
+
+class Event(msgspec.Struct, frozen=True, gc=False, kw_only=False):
+    seq: int
+    ts: int
+
+
+class Accepted(Event, frozen=True, gc=False):
+    """The order passed validation. ``price`` is None for market orders, ``qty`` None for budget orders."""
+
+    order_id: OrderId
+    account: AccountId
+    side: str
+    price: Price | None
+    qty: Qty | None
+    budget: Budget | None = None
+
+
+class Rejected(Event, frozen=True, gc=False):
+    """The command was refused for ``code`` (see ``matching.types``); the book did not change."""
+
+    order_id: OrderId
+    code: str
+
+
+class Trade(Event, frozen=True, gc=False):
+    """``qty`` lots changed hands at the resting (maker) order's ``price``."""
+
+    price: Price
+    qty: Qty
+    maker_order_id: OrderId
+    maker_account: AccountId
+    taker_order_id: OrderId
+    taker_account: AccountId
+    taker_side: str
+    maker_remaining: Qty
+    """Lots still open on the maker order; 0 means it is filled and gone from the book."""
+
+
+class Cancelled(Event, frozen=True, gc=False):
+    """The order is closed; ``qty`` open lots were released (0 for a budget order)."""
+
+    order_id: OrderId
+    account: AccountId
+    qty: Qty
+    reason: str
+
+
+class Decremented(Event, frozen=True, gc=False):
+    """Self-trade prevention took ``qty`` lots off an order that stays open with ``remaining`` lots."""
+
+    order_id: OrderId
+    account: AccountId
+    qty: Qty
+    remaining: Qty
+
+
+class Amended(Event, frozen=True, gc=False):
+    """The resting order now has ``price`` and ``qty`` open lots; it kept its place in the queue or not."""
+
+    order_id: OrderId
+    price: Price
+    qty: Qty
+    priority_kept: bool
+
+
+class LevelChanged(Event, frozen=True, gc=False):
+    """The price level now holds ``total`` lots on ``side``; 0 means the level is gone."""
+
+    side: str
+    price: Price
+    total: Qty
