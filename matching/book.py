@@ -160,7 +160,7 @@ class OrderBook:
             total = self._rest(order_id, account, side, price, qty, post_only, stp)
             events.append(LevelChanged(seq, ts, side, price, total))
         else:
-            events.append(Cancelled(seq, ts, order_id, account, qty, EXPIRED))
+            events.append(Cancelled(seq, ts, order_id, account, qty, FILL_OR_KILL if tif == FOK else EXPIRED))
         return events
 
     def market(
@@ -312,6 +312,17 @@ class OrderBook:
     def depth(self, levels: int) -> tuple[list[tuple[Price, Qty]], list[tuple[Price, Qty]]]:
         """Aggregated (price, total) pairs, best first: up to ``levels`` bids and asks."""
         return self._depth(self._bids, levels), self._depth(self._asks, levels)
+
+    def price_to_fill(self, side: str, qty: Qty) -> Price | None:
+        """The worst price an incoming ``side`` order reaches to fill ``qty`` lots, ignoring self-trade
+        prevention: the deepest price when the opposite side holds less, None when it is empty."""
+        opposite = self._asks if side == BUY else self._bids
+        price = None
+        for price in opposite.walk():
+            qty -= opposite.levels[price].total
+            if qty <= 0:
+                break
+        return price
 
     def orders_at(self, side: str, price: Price) -> list[RestingOrder]:
         """Copies of the orders resting at one price, in priority order."""

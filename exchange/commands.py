@@ -1,0 +1,160 @@
+"""What callers ask the exchange to do, and what it answers.
+
+Every state-changing request is one of these commands, processed in order by the sequencer. The answer is a
+value: the command's result, or a ``Rejection`` with a stable code and a message a person can act on.
+Programmer errors (a command of an unknown type) raise instead.
+"""
+
+import msgspec
+
+from matching.types import CANCEL_NEWEST, GTC
+
+
+class Command(msgspec.Struct, frozen=True, tag_field="command"):
+    pass
+
+
+class CreateAccount(Command, frozen=True, tag="create_account"):
+    name: str
+    role: str
+
+
+class ListInstrument(Command, frozen=True, tag="list_instrument"):
+    symbol: str
+    kind: str
+    tick: int
+    min_qty: int = 1
+    max_qty: int = 1_000_000
+    maker_fee_bps: int = 10
+    taker_fee_bps: int = 20
+    model: str | None = None
+    substitution_group: str | None = None
+    quality: int | None = None
+    tokens_per_lot: int | None = None
+    issuer_id: int | None = None
+    description: str | None = None
+    license: str | None = None
+    grants: str | None = None
+    supply_cap: int | None = None
+
+
+class SetInstrumentStatus(Command, frozen=True, tag="set_instrument_status"):
+    symbol: str
+    status: str
+
+
+class ApproveIssuer(Command, frozen=True, tag="approve_issuer"):
+    account_id: int
+    symbol: str
+    capacity: int
+
+
+class Deposit(Command, frozen=True, tag="deposit"):
+    account_id: int
+    amount: int
+
+
+class Withdraw(Command, frozen=True, tag="withdraw"):
+    account_id: int
+    amount: int
+
+
+class Mint(Command, frozen=True, tag="mint"):
+    account_id: int
+    symbol: str
+    qty: int
+
+
+class Burn(Command, frozen=True, tag="burn"):
+    account_id: int
+    symbol: str
+    qty: int
+
+
+class Redeem(Command, frozen=True, tag="redeem"):
+    account_id: int
+    symbol: str
+    qty: int
+
+
+class PlaceOrder(Command, frozen=True, tag="place_order"):
+    account_id: int
+    symbol: str
+    side: str
+    type: str = "limit"
+    price: int | None = None
+    qty: int | None = None
+    budget: int | None = None
+    tif: str = GTC
+    post_only: bool = False
+    stp: str = CANCEL_NEWEST
+    client_order_id: str | None = None
+
+
+class CancelOrder(Command, frozen=True, tag="cancel_order"):
+    account_id: int
+    order_id: int
+
+
+class CancelAll(Command, frozen=True, tag="cancel_all"):
+    account_id: int
+    symbol: str
+
+
+class AmendOrder(Command, frozen=True, tag="amend_order"):
+    account_id: int
+    order_id: int
+    price: int | None = None
+    qty: int | None = None
+
+
+class Rejection(msgspec.Struct, frozen=True):
+    """The command changed nothing, because of ``code``."""
+
+    code: str
+    message: str
+
+
+class Done(msgspec.Struct, frozen=True):
+    """The command took effect; ``id`` names what it created or changed, when there is one."""
+
+    id: int | None = None
+
+
+class OrderFill(msgspec.Struct, frozen=True):
+    fill_id: int
+    price: int
+    qty: int
+    fee: int
+    role: str
+
+
+class OrderView(msgspec.Struct, frozen=True):
+    """An order as it stands after the command's batch committed."""
+
+    id: int
+    account_id: int
+    symbol: str
+    client_order_id: str | None
+    side: str
+    type: str
+    tif: str
+    post_only: bool
+    stp: str
+    price: int | None
+    qty: int | None
+    budget: int | None
+    open_qty: int
+    filled_qty: int
+    filled_notional: int
+    fee: int
+    status: str
+    reason: str | None
+    fills: list[OrderFill] = []
+
+
+class Cancelled(msgspec.Struct, frozen=True):
+    order_ids: list[int]
+
+
+Result = Rejection | Done | OrderView | Cancelled

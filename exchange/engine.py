@@ -1,0 +1,644 @@
+"""The exchange's state machine: apply one command at a time, in memory, and record what to commit.
+
+Pipeline
+--------
+Each order command runs hold → match → settle, in the style of an exchange-core risk pipeline:
+
+1. Check everything that could refuse the command (account, role, instrument, size, funds). A refusal is
+   a ``Rejection`` value and nothing has changed.
+2. Ask the order book. If the book refuses, nothing has changed either.
+3. Post the hold, then settle each book event: trades move cash, tokens and fees in the ledger; a closed
+   order releases whatever it still holds.
+
+Effects accumulate in the ledger and in ``Effects`` until the sequencer takes them with ``take_effects`` and
+commits them in one transaction. The engine never does I/O and never reads the clock: the caller passes
+``ts`` (microseconds since the epoch) and ``at`` (the same instant as a datetime, for the rows).
+
+Holds
+-----
+A sell holds the tokens. A buy limit holds what ``fees.buy_hold`` says. A market buy by quantity holds the
+cost of its quantity at the worst price the book would reach and is sent to the book as an IOC limit at that
+price, so it can never spend more than it holds. A market buy by budget holds the budget and gives the book
+the share of it that leaves room for the taker fee.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import ClassVar
+
+from exchange import fees
+from exchange.commands import (
+    AmendOrder,
+    ApproveIssuer,
+    Burn,
+    CancelAll,
+    Cancelled,
+    CancelOrder,
+    Command,
+    CreateAccount,
+    Deposit,
+    Done,
+    ListInstrument,
+    Mint,
+    OrderFill,
+    OrderView,
+    PlaceOrder,
+    Redeem,
+    Rejection,
+    Result,
+    SetInstrumentStatus,
+    Withdraw,
+)
+from exchange.ledger import AVAILABLE, CASH, EXTERNAL, FEES, HELD, ISSUANCE, REDEMPTION, SYSTEM_ACCOUNTS, Ledger
+from exchange.records import KINDS, ROLES, STATUSES, TRADING_ROLES, Account, Approval, Instrument, Order
+from matching import events as ev
+from matching.book import OrderBook
+from matching.types import BUY, BY_REQUEST, GTC, IOC, SELF_TRADE, SELL, TIME_IN_FORCE
+
+MESSAGES = {
+    "unknown_account": "No such account.",
+    "unknown_instrument": "No such instrument; list them with GET /v1/instruments.",
+    "unknown_order": "No such open order in this account.",
+    "not_permitted": "This account's role does not allow that.",
+    "instrument_halted": "Trading in this instrument is halted; only cancels are accepted.",
+    "insufficient_funds": "Available balance does not cover the order and its maximum fee.",
+    "insufficient_tokens": "Available token balance is lower than the quantity.",
+    "invalid_amount": "The amount must be a positive whole number of micro-yuan.",
+    "invalid_qty": "The quantity must be a positive whole number of lots.",
+    "invalid_price": "The price must be a positive whole number of micro-yuan per lot.",
+    "off_tick_price": "The price must be a multiple of the instrument's tick.",
+    "invalid_budget": "The budget must be a positive whole number of micro-yuan, for market buys only.",
+    "invalid_order_type": "The order type must be 'limit' or 'market'.",
+    "invalid_side": "The side must be 'buy' or 'sell'.",
+    "invalid_time_in_force": "Time in force must be GTC, IOC or FOK (market orders are IOC).",
+    "invalid_stp_mode": "Self-trade prevention must be cancel_newest, cancel_oldest, cancel_both or decrement "
+                        "(decrement is not available for budget orders).",
+    "post_only_requires_gtc": "A post-only order must be GTC.",
+    "would_take": "A post-only order may not trade on arrival; change its price.",
+    "duplicate_order_id": "That order id is already on the book.",
+    "no_change": "The amendment changes nothing.",
+    "qty_below_minimum": "The quantity is below the instrument's minimum order size.",
+    "qty_above_maximum": "The quantity is above the instrument's maximum order size.",
+    "qty_not_above_filled": "The new quantity must be larger than what is already filled.",
+    "name_taken": "An account with that name exists.",
+    "invalid_role": "The role must be admin, issuer or trader.",
+    "symbol_taken": "An instrument with that symbol exists.",
+    "invalid_instrument": "The instrument's attributes are incomplete or out of range.",
+    "invalid_status": "The status must be 'trading' or 'halted'.",
+    "not_approved": "This issuer is not approved to mint this instrument.",
+    "over_capacity": "Minting that much would exceed the issuer's declared capacity.",
+    "over_supply_cap": "Minting that much would exceed the dataset's supply cap.",
+    "capacity_below_issued": "The capacity is below what the issuer has already minted.",
+}
+
+
+def reject(code: str) -> Rejection:
+    return Rejection(code, MESSAGES[code])
+
+
+def _positive_int(value: object) -> bool:
+    return type(value) is int and value > 0
+
+
+@dataclass
+class Effects:
+    """Rows to commit, besides the ledger's: everything changed since the last ``take_effects``."""
+
+    accounts: list[tuple] = field(default_factory=list)
+    instruments: dict[int, Instrument] = field(default_factory=dict)
+    approvals: dict[tuple[int, int], Approval] = field(default_factory=dict)
+    new_orders: dict[int, Order] = field(default_factory=dict)
+    changed_orders: dict[int, Order] = field(default_factory=dict)
+    fills: list[tuple] = field(default_factory=list)
+    redemptions: list[tuple] = field(default_factory=list)
+    entries: list[tuple] = field(default_factory=list)
+    postings: list[tuple] = field(default_factory=list)
+    balances: list[tuple] = field(default_factory=list)
+    events: list[tuple[str, list]] = field(default_factory=list)
+    """(symbol, book events) per order command, for market data after the commit."""
+
+
+@dataclass
+class Ids:
+    """The next id of each kind; the single writer hands them out, recovery resumes them."""
+
+    account: int = 100
+    instrument: int = 1
+    order: int = 1
+    fill: int = 1
+    entry: int = 1
+    redemption: int = 1
+
+
+class Engine:
+    """All accounts, instruments, open orders and balances, changed only through ``apply``."""
+
+    def __init__(self, ids: Ids | None = None) -> None:
+        self.ids = ids or Ids()
+        self.ledger = Ledger(self.ids.entry)
+        self.accounts: dict[int, Account] = {}
+        self.account_names: set[str] = set()
+        self.instruments: dict[str, Instrument] = {}
+        self.instruments_by_id: dict[int, Instrument] = {}
+        self.approvals: dict[tuple[int, int], Approval] = {}
+        self.orders: dict[int, Order] = {}
+        """Open orders, plus those touched since the last ``take_effects``."""
+        self.open_by_account: dict[int, set[int]] = {}
+        self.client_orders: dict[tuple[int, str], int] = {}
+        self.volume = fees.VolumeTracker()
+        self.effects = Effects()
+
+    # Entry point
+
+    def apply(self, command: Command, ts: int, at: datetime) -> Result:
+        """Apply ``command`` at time ``ts`` (microseconds) / ``at``; return its result."""
+        handler = self._handlers.get(type(command))
+        if handler is None:
+            raise TypeError(f"no handler for {type(command).__name__}")
+        return handler(self, command, ts, at)
+
+    def take_effects(self) -> Effects:
+        """Everything to commit since the last call; closed orders are forgotten from memory."""
+        effects = self.effects
+        effects.entries, effects.postings, effects.balances = self.ledger.take_rows()
+        for order in (*effects.new_orders.values(), *effects.changed_orders.values()):
+            if order.status != "open":
+                self.orders.pop(order.id, None)
+        self.effects = Effects()
+        return effects
+
+    # Accounts, instruments, issuers
+
+    def _create_account(self, cmd: CreateAccount, ts: int, at: datetime) -> Result:
+        if cmd.role not in ROLES:
+            return reject("invalid_role")
+        if cmd.name in self.account_names or cmd.name in SYSTEM_ACCOUNTS.values():
+            return reject("name_taken")
+        account = Account(self.ids.account, cmd.name, cmd.role, at)
+        self.ids.account += 1
+        self.add_account(account)
+        self.effects.accounts.append((account.id, account.name, account.role, at))
+        return Done(account.id)
+
+    def add_account(self, account: Account) -> None:
+        self.accounts[account.id] = account
+        self.account_names.add(account.name)
+
+    def _list_instrument(self, cmd: ListInstrument, ts: int, at: datetime) -> Result:
+        if cmd.symbol in self.instruments:
+            return reject("symbol_taken")
+        if not self._valid_listing(cmd):
+            return reject("invalid_instrument")
+        instrument = Instrument(
+            self.ids.instrument, cmd.symbol, cmd.kind, "trading", cmd.tick, cmd.min_qty, cmd.max_qty,
+            cmd.maker_fee_bps, cmd.taker_fee_bps, cmd.model, cmd.substitution_group, cmd.quality,
+            cmd.tokens_per_lot, cmd.issuer_id, cmd.description, cmd.license, cmd.grants, cmd.supply_cap, 0, at,
+        )
+        self.ids.instrument += 1
+        self.add_instrument(instrument, OrderBook(instrument.tick))
+        self.effects.instruments[instrument.id] = instrument
+        return Done(instrument.id)
+
+    def _valid_listing(self, cmd: ListInstrument) -> bool:
+        if not (cmd.symbol and cmd.symbol.isascii() and cmd.symbol != CASH and len(cmd.symbol) <= 32):
+            return False
+        if cmd.kind not in KINDS or not _positive_int(cmd.tick):
+            return False
+        if not (_positive_int(cmd.min_qty) and _positive_int(cmd.max_qty) and cmd.min_qty <= cmd.max_qty):
+            return False
+        if not all(type(b) is int and 0 <= b <= 10_000 for b in (cmd.maker_fee_bps, cmd.taker_fee_bps)):
+            return False
+        if cmd.kind == "compute":
+            return bool(cmd.model and cmd.substitution_group and type(cmd.quality) is int
+                        and 0 <= cmd.quality <= 100 and _positive_int(cmd.tokens_per_lot))
+        issuer = self.accounts.get(cmd.issuer_id) if type(cmd.issuer_id) is int else None
+        return issuer is not None and issuer.role == "issuer" and _positive_int(cmd.supply_cap)
+
+    def add_instrument(self, instrument: Instrument, book: OrderBook) -> None:
+        instrument.book = book
+        self.instruments[instrument.symbol] = instrument
+        self.instruments_by_id[instrument.id] = instrument
+
+    def _set_instrument_status(self, cmd: SetInstrumentStatus, ts: int, at: datetime) -> Result:
+        instrument = self.instruments.get(cmd.symbol)
+        if instrument is None:
+            return reject("unknown_instrument")
+        if cmd.status not in STATUSES:
+            return reject("invalid_status")
+        instrument.status = cmd.status
+        self.effects.instruments[instrument.id] = instrument
+        return Done(instrument.id)
+
+    def _approve_issuer(self, cmd: ApproveIssuer, ts: int, at: datetime) -> Result:
+        account = self.accounts.get(cmd.account_id)
+        instrument = self.instruments.get(cmd.symbol)
+        if account is None:
+            return reject("unknown_account")
+        if instrument is None:
+            return reject("unknown_instrument")
+        if account.role != "issuer" or (instrument.kind == "dataset" and instrument.issuer_id != account.id):
+            return reject("not_permitted")
+        if type(cmd.capacity) is not int or cmd.capacity < 0:
+            return reject("invalid_qty")
+        key = (account.id, instrument.id)
+        approval = self.approvals.get(key)
+        if approval is None:
+            approval = self.approvals[key] = Approval(account.id, instrument.id, cmd.capacity, 0, at)
+        elif cmd.capacity < approval.issued:
+            return reject("capacity_below_issued")
+        approval.capacity = cmd.capacity
+        approval.approved_at = at
+        self.effects.approvals[key] = approval
+        return Done(account.id)
+
+    # Cash and tokens
+
+    def _deposit(self, cmd: Deposit, ts: int, at: datetime) -> Result:
+        if cmd.account_id not in self.accounts:
+            return reject("unknown_account")
+        if not _positive_int(cmd.amount):
+            return reject("invalid_amount")
+        self.ledger.post("deposit", at, [(EXTERNAL, CASH, AVAILABLE, -cmd.amount),
+                                         (cmd.account_id, CASH, AVAILABLE, cmd.amount)])
+        return Done(cmd.account_id)
+
+    def _withdraw(self, cmd: Withdraw, ts: int, at: datetime) -> Result:
+        if cmd.account_id not in self.accounts:
+            return reject("unknown_account")
+        if not _positive_int(cmd.amount):
+            return reject("invalid_amount")
+        if self.ledger.available(cmd.account_id, CASH) < cmd.amount:
+            return reject("insufficient_funds")
+        self.ledger.post("withdrawal", at, [(cmd.account_id, CASH, AVAILABLE, -cmd.amount),
+                                            (EXTERNAL, CASH, AVAILABLE, cmd.amount)])
+        return Done(cmd.account_id)
+
+    def _token_command(self, cmd: Mint | Burn | Redeem) -> tuple[Account, Instrument] | Rejection:
+        account = self.accounts.get(cmd.account_id)
+        instrument = self.instruments.get(cmd.symbol)
+        if account is None:
+            return reject("unknown_account")
+        if instrument is None:
+            return reject("unknown_instrument")
+        if not _positive_int(cmd.qty):
+            return reject("invalid_qty")
+        return account, instrument
+
+    def _mint(self, cmd: Mint, ts: int, at: datetime) -> Result:
+        found = self._token_command(cmd)
+        if isinstance(found, Rejection):
+            return found
+        account, instrument = found
+        approval = self.approvals.get((account.id, instrument.id))
+        if account.role != "issuer" or approval is None:
+            return reject("not_approved")
+        if approval.issued + cmd.qty > approval.capacity:
+            return reject("over_capacity")
+        if instrument.supply_cap is not None and instrument.issued + cmd.qty > instrument.supply_cap:
+            return reject("over_supply_cap")
+        approval.issued += cmd.qty
+        instrument.issued += cmd.qty
+        self.effects.approvals[(account.id, instrument.id)] = approval
+        self.ledger.post("mint", at, [(ISSUANCE, instrument.symbol, AVAILABLE, -cmd.qty),
+                                      (account.id, instrument.symbol, AVAILABLE, cmd.qty)])
+        return Done(account.id)
+
+    def _burn(self, cmd: Burn, ts: int, at: datetime) -> Result:
+        found = self._token_command(cmd)
+        if isinstance(found, Rejection):
+            return found
+        account, instrument = found
+        approval = self.approvals.get((account.id, instrument.id))
+        if account.role != "issuer" or approval is None:
+            return reject("not_approved")
+        if self.ledger.available(account.id, instrument.symbol) < cmd.qty or approval.issued < cmd.qty:
+            return reject("insufficient_tokens")
+        approval.issued -= cmd.qty
+        instrument.issued -= cmd.qty
+        self.effects.approvals[(account.id, instrument.id)] = approval
+        self.ledger.post("burn", at, [(account.id, instrument.symbol, AVAILABLE, -cmd.qty),
+                                      (ISSUANCE, instrument.symbol, AVAILABLE, cmd.qty)])
+        return Done(account.id)
+
+    def _redeem(self, cmd: Redeem, ts: int, at: datetime) -> Result:
+        found = self._token_command(cmd)
+        if isinstance(found, Rejection):
+            return found
+        account, instrument = found
+        if self.ledger.available(account.id, instrument.symbol) < cmd.qty:
+            return reject("insufficient_tokens")
+        redemption_id = self.ids.redemption
+        self.ids.redemption += 1
+        self.ledger.post("redemption", at, [(account.id, instrument.symbol, AVAILABLE, -cmd.qty),
+                                            (REDEMPTION, instrument.symbol, AVAILABLE, cmd.qty)])
+        self.effects.redemptions.append((redemption_id, instrument.id, account.id, cmd.qty, at))
+        return Done(redemption_id)
+
+    # Orders
+
+    def _trader(self, account_id: int) -> Account | Rejection:
+        account = self.accounts.get(account_id)
+        if account is None:
+            return reject("unknown_account")
+        if account.role not in TRADING_ROLES:
+            return reject("not_permitted")
+        return account
+
+    def _place_order(self, cmd: PlaceOrder, ts: int, at: datetime) -> Result:
+        account = self._trader(cmd.account_id)
+        if isinstance(account, Rejection):
+            return account
+        if cmd.client_order_id is not None:
+            original = self.client_orders.get((account.id, cmd.client_order_id))
+            if original is not None:
+                return self.view(original)
+        instrument = self.instruments.get(cmd.symbol)
+        if instrument is None:
+            return reject("unknown_instrument")
+        if instrument.status != "trading":
+            return reject("instrument_halted")
+        refusal = self._check_order(cmd, instrument)
+        if refusal is not None:
+            return refusal
+
+        percent = fees.tier_percent(self.volume.trailing(account.id, ts))
+        maker_ppm = fees.rate_ppm(instrument.maker_fee_bps, percent)
+        taker_ppm = fees.rate_ppm(instrument.taker_fee_bps, percent)
+        book = instrument.book
+        assert book is not None
+        price = cmd.price
+        tif = cmd.tif if cmd.type == "limit" else IOC
+        if cmd.side == SELL:
+            hold_asset, hold = instrument.symbol, cmd.qty
+        elif cmd.budget is not None:
+            hold_asset, hold = CASH, cmd.budget
+        else:
+            if cmd.type == "market":
+                # Capped at the worst price the book would reach now: it cannot spend more than it holds.
+                price = book.price_to_fill(BUY, cmd.qty)
+            hold_asset = CASH
+            hold = 0 if price is None else fees.buy_hold(cmd.qty, price, max(maker_ppm, taker_ppm))
+        if hold > self.ledger.available(account.id, hold_asset):
+            return reject("insufficient_funds" if hold_asset == CASH else "insufficient_tokens")
+
+        seq = instrument.seq + 1
+        order_id = self.ids.order
+        if cmd.budget is not None:
+            events = book.buy_with_budget(seq, ts, order_id, account.id, fees.budget_for_notional(hold, taker_ppm),
+                                          cmd.stp)
+        elif cmd.type == "market" and (cmd.side == SELL or price is None):
+            events = book.market(seq, ts, order_id, account.id, cmd.side, cmd.qty, cmd.stp)
+        else:
+            events = book.limit(seq, ts, order_id, account.id, cmd.side, price, cmd.qty, tif, cmd.post_only,
+                                cmd.stp)
+        first = events[0]
+        if type(first) is ev.Rejected:
+            return reject(first.code)
+
+        instrument.seq = seq
+        self.effects.instruments[instrument.id] = instrument
+        self.ids.order += 1
+        order = Order(
+            order_id, instrument.id, account.id, cmd.client_order_id, cmd.side, cmd.type, tif, cmd.post_only,
+            cmd.stp, cmd.price, cmd.qty, cmd.budget, cmd.qty or 0, 0, 0, 0, 0, 0, maker_ppm, taker_ppm, hold,
+            "open", None, seq, at, at,
+        )
+        self.orders[order_id] = order
+        self.effects.new_orders[order_id] = order
+        self.open_by_account.setdefault(account.id, set()).add(order_id)
+        if cmd.client_order_id is not None:
+            self.client_orders[(account.id, cmd.client_order_id)] = order_id
+        self.ledger.hold(account.id, hold_asset, hold, at, order_id)
+        fills = self._settle(instrument, events, ts, at)
+        if book.order(order_id) is None and order.status == "open":
+            self._close(order, instrument, "filled" if order.open_qty == 0 else "expired", None, at)
+        self.effects.events.append((instrument.symbol, events))
+        return self.view(order_id, fills.get(order_id, []))
+
+    def _check_order(self, cmd: PlaceOrder, instrument: Instrument) -> Rejection | None:
+        """Everything about a new order that the book does not check itself, or that must hold before a hold."""
+        if cmd.side not in (BUY, SELL):
+            return reject("invalid_side")
+        if cmd.type == "limit":
+            if cmd.budget is not None:
+                return reject("invalid_budget")
+            if not _positive_int(cmd.price):
+                return reject("invalid_price")
+            if cmd.price % instrument.tick:
+                return reject("off_tick_price")
+            if cmd.tif not in TIME_IN_FORCE:
+                return reject("invalid_time_in_force")
+        elif cmd.type == "market":
+            if cmd.price is not None:
+                return reject("invalid_price")
+            if cmd.post_only or cmd.tif not in (IOC, GTC):
+                return reject("invalid_time_in_force")
+            if cmd.budget is not None:
+                if cmd.side != BUY or cmd.qty is not None or not _positive_int(cmd.budget):
+                    return reject("invalid_budget")
+                return None
+        else:
+            return reject("invalid_order_type")
+        if not _positive_int(cmd.qty):
+            return reject("invalid_qty")
+        if cmd.qty < instrument.min_qty:
+            return reject("qty_below_minimum")
+        if cmd.qty > instrument.max_qty:
+            return reject("qty_above_maximum")
+        return None
+
+    def _cancel_order(self, cmd: CancelOrder, ts: int, at: datetime) -> Result:
+        order = self.orders.get(cmd.order_id)
+        if order is None or order.account_id != cmd.account_id or order.status != "open":
+            return reject("unknown_order")
+        self._cancel(order, ts, at)
+        return self.view(order.id)
+
+    def _cancel_all(self, cmd: CancelAll, ts: int, at: datetime) -> Result:
+        instrument = self.instruments.get(cmd.symbol)
+        if instrument is None:
+            return reject("unknown_instrument")
+        cancelled = []
+        for order_id in sorted(self.open_by_account.get(cmd.account_id, ())):
+            order = self.orders[order_id]
+            if order.instrument_id == instrument.id:
+                self._cancel(order, ts, at)
+                cancelled.append(order_id)
+        return Cancelled(cancelled)
+
+    def _cancel(self, order: Order, ts: int, at: datetime) -> None:
+        instrument = self.instruments_by_id[order.instrument_id]
+        assert instrument.book is not None
+        instrument.seq += 1
+        self.effects.instruments[instrument.id] = instrument
+        events = instrument.book.cancel(instrument.seq, ts, order.id)
+        self._settle(instrument, events, ts, at)
+        self.effects.events.append((instrument.symbol, events))
+
+    def _amend_order(self, cmd: AmendOrder, ts: int, at: datetime) -> Result:
+        order = self.orders.get(cmd.order_id)
+        if order is None or order.account_id != cmd.account_id or order.status != "open":
+            return reject("unknown_order")
+        instrument = self.instruments_by_id[order.instrument_id]
+        if instrument.status != "trading":
+            return reject("instrument_halted")
+        assert instrument.book is not None and order.qty is not None and order.price is not None
+        new_price = order.price if cmd.price is None else cmd.price
+        new_qty = order.qty if cmd.qty is None else cmd.qty
+        if not _positive_int(new_price):
+            return reject("invalid_price")
+        if new_price % instrument.tick:
+            return reject("off_tick_price")
+        if not _positive_int(new_qty):
+            return reject("invalid_qty")
+        if new_qty <= order.filled_qty:
+            return reject("qty_not_above_filled")
+        if new_qty > instrument.max_qty:
+            return reject("qty_above_maximum")
+        open_qty = new_qty - order.filled_qty
+        if order.side == BUY:
+            asset = CASH
+            needed = fees.buy_hold(open_qty, new_price, max(order.maker_fee_ppm, order.taker_fee_ppm))
+        else:
+            asset, needed = instrument.symbol, open_qty
+        extra = needed - order.held
+        if extra > self.ledger.available(order.account_id, asset):
+            return reject("insufficient_funds" if asset == CASH else "insufficient_tokens")
+        seq = instrument.seq + 1
+        events = instrument.book.amend(seq, ts, order.id, None if new_price == order.price else new_price,
+                                       None if open_qty == order.open_qty else open_qty)
+        if type(events[0]) is ev.Rejected:
+            return reject(events[0].code)
+        instrument.seq = seq
+        self.effects.instruments[instrument.id] = instrument
+        amended = events[0]
+        assert type(amended) is ev.Amended
+        if extra > 0:
+            self.ledger.hold(order.account_id, asset, extra, at, order.id)
+        else:
+            self.ledger.release(order.account_id, asset, -extra, at, order.id)
+        order.held = needed
+        order.price, order.qty, order.open_qty = new_price, new_qty, open_qty
+        if not amended.priority_kept:
+            order.priority = seq
+        self._touch(order, at)
+        fills = self._settle(instrument, events, ts, at)
+        if instrument.book.order(order.id) is None and order.status == "open":
+            self._close(order, instrument, "filled", None, at)
+        self.effects.events.append((instrument.symbol, events))
+        return self.view(order.id, fills.get(order.id, []))
+
+    # Settlement
+
+    def _settle(self, instrument: Instrument, events: list[ev.Event], ts: int, at: datetime
+                ) -> dict[int, list[OrderFill]]:
+        """Apply the book's trades and closures to orders and the ledger; return each order's new fills."""
+        fills: dict[int, list[OrderFill]] = {}
+        orders = self.orders
+        for event in events:
+            kind = type(event)
+            if kind is ev.Trade:
+                maker, taker = orders[event.maker_order_id], orders[event.taker_order_id]
+                fill_id, maker_fee, taker_fee = self._trade(instrument, event, maker, taker, ts, at)
+                fills.setdefault(maker.id, []).append(OrderFill(fill_id, event.price, event.qty, maker_fee, "maker"))
+                fills.setdefault(taker.id, []).append(OrderFill(fill_id, event.price, event.qty, taker_fee, "taker"))
+                if event.maker_remaining == 0:
+                    self._close(maker, instrument, "filled", None, at)
+            elif kind is ev.Cancelled:
+                order = orders[event.order_id]
+                if event.reason in (BY_REQUEST, SELF_TRADE):
+                    self._close(order, instrument, "cancelled", event.reason, at)
+                elif order.budget is not None and order.filled_qty:
+                    self._close(order, instrument, "filled", None, at)  # spent all the budget could buy
+                else:
+                    self._close(order, instrument, "expired", event.reason, at)
+            elif kind is ev.Decremented:
+                order = orders[event.order_id]
+                order.open_qty = event.remaining
+                if order.side == SELL:
+                    self.ledger.release(order.account_id, instrument.symbol, event.qty, at, order.id)
+                    order.held -= event.qty
+                self._touch(order, at)
+        return fills
+
+    def _trade(self, instrument: Instrument, trade: ev.Trade, maker: Order, taker: Order, ts: int, at: datetime
+               ) -> tuple[int, int, int]:
+        notional = trade.price * trade.qty
+        maker_fee = fees.fee_increment(maker.maker_notional, maker.maker_notional + notional, maker.maker_fee_ppm)
+        taker_fee = fees.fee_increment(taker.taker_notional, taker.taker_notional + notional, taker.taker_fee_ppm)
+        maker.maker_notional += notional
+        taker.taker_notional += notional
+        for order, fee in ((maker, maker_fee), (taker, taker_fee)):
+            order.filled_qty += trade.qty
+            order.filled_notional += notional
+            order.fee += fee
+            if order.qty is not None:
+                order.open_qty -= trade.qty
+            self._touch(order, at)
+            self.volume.add(order.account_id, ts, notional)
+        buyer, seller = (taker, maker) if taker.side == BUY else (maker, taker)
+        buyer_fee, seller_fee = (taker_fee, maker_fee) if taker.side == BUY else (maker_fee, taker_fee)
+        buyer.held -= notional + buyer_fee
+        seller.held -= trade.qty
+        fill_id = self.ids.fill
+        self.ids.fill += 1
+        symbol = instrument.symbol
+        self.ledger.post("trade", at, [
+            (buyer.account_id, CASH, HELD, -(notional + buyer_fee)),
+            (buyer.account_id, symbol, AVAILABLE, trade.qty),
+            (seller.account_id, symbol, HELD, -trade.qty),
+            (seller.account_id, CASH, AVAILABLE, notional - seller_fee),
+            (FEES, CASH, AVAILABLE, buyer_fee + seller_fee),
+        ], fill_id=fill_id)
+        self.effects.fills.append((fill_id, instrument.id, trade.seq, trade.price, trade.qty, maker.id, taker.id,
+                                   maker.account_id, taker.account_id, taker.side, maker_fee, taker_fee, at))
+        return fill_id, maker_fee, taker_fee
+
+    def _close(self, order: Order, instrument: Instrument, status: str, reason: str | None, at: datetime) -> None:
+        """Mark ``order`` closed and release what it still holds."""
+        order.status = status
+        order.reason = reason
+        order.open_qty = 0
+        asset = instrument.symbol if order.side == SELL else CASH
+        self.ledger.release(order.account_id, asset, order.held, at, order.id)
+        order.held = 0
+        self._touch(order, at)
+        open_orders = self.open_by_account.get(order.account_id)
+        if open_orders is not None:
+            open_orders.discard(order.id)
+
+    def _touch(self, order: Order, at: datetime) -> None:
+        order.updated_at = at
+        if order.id not in self.effects.new_orders:
+            self.effects.changed_orders[order.id] = order
+
+    # Views
+
+    def view(self, order_id: int, fills: list[OrderFill] | None = None) -> OrderView | Done:
+        """The order as it stands, or ``Done(order_id)`` when it is no longer in memory (look it up)."""
+        order = self.orders.get(order_id)
+        if order is None:
+            return Done(order_id)
+        instrument = self.instruments_by_id[order.instrument_id]
+        return OrderView(
+            order.id, order.account_id, instrument.symbol, order.client_order_id, order.side, order.type,
+            order.tif, order.post_only, order.stp, order.price, order.qty, order.budget, order.open_qty,
+            order.filled_qty, order.filled_notional, order.fee, order.status, order.reason, fills or [],
+        )
+
+    _handlers: ClassVar[dict[type, Callable[..., Result]]] = {
+        CreateAccount: _create_account,
+        ListInstrument: _list_instrument,
+        SetInstrumentStatus: _set_instrument_status,
+        ApproveIssuer: _approve_issuer,
+        Deposit: _deposit,
+        Withdraw: _withdraw,
+        Mint: _mint,
+        Burn: _burn,
+        Redeem: _redeem,
+        PlaceOrder: _place_order,
+        CancelOrder: _cancel_order,
+        CancelAll: _cancel_all,
+        AmendOrder: _amend_order,
+    }

@@ -1,0 +1,97 @@
+"""The exchange's in-memory records of accounts, instruments and orders, mirroring their tables."""
+
+from datetime import datetime
+
+import msgspec
+
+from matching.book import OrderBook
+
+ROLES = frozenset(("admin", "issuer", "trader"))
+TRADING_ROLES = frozenset(("issuer", "trader"))
+KINDS = frozenset(("compute", "dataset"))
+STATUSES = frozenset(("trading", "halted"))
+
+
+class Account(msgspec.Struct):
+    id: int
+    name: str
+    role: str
+    created_at: datetime
+
+
+class Instrument(msgspec.Struct):
+    id: int
+    symbol: str
+    kind: str
+    status: str
+    tick: int
+    min_qty: int
+    max_qty: int
+    maker_fee_bps: int
+    taker_fee_bps: int
+    model: str | None
+    substitution_group: str | None
+    quality: int | None
+    tokens_per_lot: int | None
+    issuer_id: int | None
+    description: str | None
+    license: str | None
+    grants: str | None
+    supply_cap: int | None
+    seq: int
+    created_at: datetime
+    book: OrderBook | None = None
+    issued: int = 0
+    """Lots minted less lots burned, over every issuer."""
+
+    ROW_FIELDS = (
+        "id", "symbol", "kind", "status", "tick", "min_qty", "max_qty", "maker_fee_bps", "taker_fee_bps",
+        "model", "substitution_group", "quality", "tokens_per_lot", "issuer_id", "description", "license",
+        "grants", "supply_cap", "seq", "created_at",
+    )
+
+    def row(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.ROW_FIELDS)
+
+
+class Approval(msgspec.Struct):
+    account_id: int
+    instrument_id: int
+    capacity: int
+    issued: int
+    approved_at: datetime
+
+
+class Order(msgspec.Struct, gc=False):
+    """One order and everything the exchange tracks about it; a row of ``book_order``."""
+
+    id: int
+    instrument_id: int
+    account_id: int
+    client_order_id: str | None
+    side: str
+    type: str
+    tif: str
+    post_only: bool
+    stp: str
+    price: int | None
+    qty: int | None
+    budget: int | None
+    open_qty: int
+    filled_qty: int
+    filled_notional: int
+    maker_notional: int
+    taker_notional: int
+    fee: int
+    maker_fee_ppm: int
+    taker_fee_ppm: int
+    held: int
+    status: str
+    reason: str | None
+    priority: int
+    created_at: datetime
+    updated_at: datetime
+
+    def row(self) -> tuple:
+        """The values of ``book_order``'s columns, in the order of this Struct's fields."""
+        return msgspec.structs.astuple(self)
