@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test lint bench clean
+.PHONY: install test lint bench bench-exchange check clean
 
 install: $(INSTALLED)
 
@@ -22,6 +22,12 @@ test: lint
 
 bench: $(INSTALLED)
 	$(BIN)/python -m loadtest.bench_matching
+
+bench-exchange: $(INSTALLED)
+	$(BIN)/python -m loadtest.bench_exchange
+
+check: $(INSTALLED)
+	$(BIN)/tokex check
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache

@@ -411,7 +411,7 @@ class Engine:
             self.client_orders[(account.id, cmd.client_order_id)] = order_id
         self.ledger.hold(account.id, hold_asset, hold, at, order_id)
         fills = self._settle(instrument, events, ts, at)
-        if book.order(order_id) is None and order.status == "open":
+        if order_id not in book and order.status == "open":
             self._close(order, instrument, "filled" if order.open_qty == 0 else "expired", None, at)
         self.effects.events.append((instrument.symbol, events))
         return self.view(order_id, fills.get(order_id, []))
@@ -524,7 +524,7 @@ class Engine:
             order.priority = seq
         self._touch(order, at)
         fills = self._settle(instrument, events, ts, at)
-        if instrument.book.order(order.id) is None and order.status == "open":
+        if order.id not in instrument.book and order.status == "open":
             self._close(order, instrument, "filled", None, at)
         self.effects.events.append((instrument.symbol, events))
         return self.view(order.id, fills.get(order.id, []))

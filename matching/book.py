@@ -345,6 +345,10 @@ class OrderBook:
                 out.extend(msgspec.structs.replace(o) for o in book_side.levels[price].open_orders())
         return out
 
+    def __contains__(self, order_id: object) -> bool:
+        """Whether ``order_id`` rests on the book."""
+        return order_id in self._orders
+
     @property
     def open_order_count(self) -> int:
         return len(self._orders)
