@@ -485,33 +485,27 @@ class OrderBook:
             level = levels[price]
             total_before = level.total
             queue = level.orders
+            cap = left // price if by_budget else left  # lots this order can still take at this price
             used = 0  # entries at the front of the queue that are dead or used up
+            dead = 0
             filled = 0  # lots traded away from this level
-            filled_orders = 0
             for maker in queue:
                 maker_qty = maker.qty
                 if not maker_qty:
                     used += 1
+                    dead += 1
                     continue
-                if by_budget:
-                    take = left // price
-                    if not take:
-                        stop = True
-                        break
-                else:
-                    take = left
                 if maker.account == account:
-                    # Self-trade prevention; rare, so it keeps the level's counters up to date itself.
+                    # Self-trade prevention: rare, so it keeps the level's total up to date itself.
                     if stp == CANCEL_NEWEST:
-                        emit(Cancelled(seq, ts, order_id, account, 0 if by_budget else left, SELF_TRADE))
-                        left = 0
+                        emit(Cancelled(seq, ts, order_id, account, 0 if by_budget else cap, SELF_TRADE))
+                        cap = 0
                         stop = True
                         break
-                    cut = maker_qty if stp != DECREMENT or maker_qty < left else left
+                    cut = maker_qty if stp != DECREMENT or maker_qty < cap else cap
                     if cut == maker_qty:
                         del orders[maker.order_id]
                         maker.qty = 0
-                        level.live -= 1
                         used += 1
                         emit(Cancelled(seq, ts, maker.order_id, maker.account, cut, SELF_TRADE))
                     else:
@@ -521,33 +515,38 @@ class OrderBook:
                     if stp == CANCEL_OLDEST:
                         continue
                     if stp == DECREMENT:
-                        left -= cut
-                        if left > 0:
-                            emit(Decremented(seq, ts, order_id, account, cut, left))
+                        cap -= cut
+                        if cap:
+                            emit(Decremented(seq, ts, order_id, account, cut, cap))
                             continue
                         emit(Cancelled(seq, ts, order_id, account, cut, SELF_TRADE))
                     else:
-                        emit(Cancelled(seq, ts, order_id, account, 0 if by_budget else left, SELF_TRADE))
-                    left = 0
+                        emit(Cancelled(seq, ts, order_id, account, 0 if by_budget else cap, SELF_TRADE))
+                    cap = 0
                     stop = True
                     break
-                if maker_qty <= take:
+                if maker_qty <= cap:
                     del orders[maker.order_id]
                     used += 1
                     filled += maker_qty
-                    filled_orders += 1
                     emit(Trade(seq, ts, price, maker_qty, maker.order_id, maker.account, order_id, account, side, 0))
-                    left -= maker_qty * price if by_budget else maker_qty
-                    if left <= 0:
+                    cap -= maker_qty
+                    if not cap:
                         break
                 else:
-                    maker.qty = maker_qty - take
-                    filled += take
-                    emit(Trade(seq, ts, price, take, maker.order_id, maker.account, order_id, account, side,
-                               maker_qty - take))
-                    left -= take * price if by_budget else take
+                    maker.qty = maker_qty - cap
+                    filled += cap
+                    emit(Trade(seq, ts, price, cap, maker.order_id, maker.account, order_id, account, side,
+                               maker_qty - cap))
+                    cap = 0
                     break
-            level.live -= filled_orders
+            if stop:
+                left = 0
+            elif by_budget:
+                left -= filled * price
+            else:
+                left = cap
+            level.live -= used - dead
             total = level.total = level.total - filled
             if total != total_before:
                 emit(LevelChanged(seq, ts, maker_side, price, total))
