@@ -61,7 +61,9 @@ def w2_commands(book: OrderBook, n: int = 500_000, seed: int = 2) -> tuple[list[
         while live and scratch.order(live[-1]) is None:
             where.pop(live.pop(), None)
 
-    for seq in range(1, n + 1):
+    seq = 0
+    while len(script) < n:
+        seq += 1
         bid = scratch.best_bid()
         ask = scratch.best_ask()
         bid_px = bid[0] if bid else MID - TICK
@@ -129,7 +131,7 @@ def w2_commands(book: OrderBook, n: int = 500_000, seed: int = 2) -> tuple[list[
                 scratch.limit(*args)
                 mix["sweep"] += 1
         if seq % 1000 == 0:
-            bids, asks = scratch.depth(10_000)
+            bids, asks = scratch.depth(100_000)
             levels_seen.append(len(bids) + len(asks))
     mix["mean_levels"] = round(statistics.mean(levels_seen))
     mix["mean_live_orders"] = count
@@ -197,11 +199,9 @@ def run_w3() -> float:
         replay(rest)
         gc.collect()
         start = time.perf_counter()
-        for method, args in sweep:
-            for event in method(*args):
-                if type(event) is Trade:
-                    fills += 1
+        results = [method(*args) for method, args in sweep]
         elapsed += time.perf_counter() - start
+        fills += sum(type(event) is Trade for events in results for event in events)
         book.check()
         if book.open_order_count:
             raise AssertionError("W3 sweep left resting orders behind")
