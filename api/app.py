@@ -1,0 +1,118 @@
+"""The HTTP API as a Starlette app: ``create_app()``, served by any ASGI server.
+
+    uvicorn.run(create_app(), host="127.0.0.1", port=8000)
+
+Lifespan
+--------
+Start-up opens the database (``exchange.database.Database``: the server at ``database_url``, or the embedded one
+in ``home``; migrated), an asyncpg pool, the committed market view, the API key store and the sequencer, whose
+``publish`` feeds the market view. They are handed to handlers as ``app.state.services`` (``api.services``).
+Shutdown stops the sequencer (it finishes the commands already queued), closes the pool and stops the database,
+each step bounded in time so a lost database cannot hang it.
+
+Every route is declared in a ``routes_*`` module (``api.endpoints``); ``ENDPOINTS`` lists them all, and the
+OpenAPI document is generated from the same list.
+"""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncpg
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.endpoints import Endpoint, routes
+from api.keys import KeyStore, load_master_key
+from api.marketdata import MarketData
+from api.problems import Problem
+from api.ratelimit import RateLimiter, RateLimits
+from api.routes_accounts import accounts
+from api.routes_instruments import instruments
+from api.routes_keys import keys
+from api.routes_market import market
+from api.routes_orders import orders
+from api.routes_tokens import tokens
+from api.services import Services
+from exchange.database import Database
+from exchange.sequencer import Sequencer
+
+log = logging.getLogger(__name__)
+
+ENDPOINTS: list[Endpoint] = [*instruments, *market, *accounts, *keys, *tokens, *orders]
+SHUTDOWN_STEP_SECONDS = 10.0
+
+
+def create_app(database_url: str | None = None, *, home: Path | str | None = None, master_key: bytes | None = None,
+               rate_limits: RateLimits | None = None, pool_size: int = 10, command_timeout: float = 10.0) -> Starlette:
+    """The API app. ``database_url`` None runs the embedded PostgreSQL in ``home`` (default TOKEX_HOME);
+    ``master_key`` None loads it (``api.keys.load_master_key``) from TOKEX_MASTER_KEY or ``home``."""
+    limits = rate_limits or RateLimits()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        database = Database(database_url, home=home)
+        await database.start()
+        try:
+            pool = await asyncpg.create_pool(database.dsn, min_size=1, max_size=pool_size,
+                                             command_timeout=command_timeout)
+            try:
+                market_view = MarketData()
+                async with pool.acquire() as conn:
+                    await market_view.load(conn)
+                sequencer = await Sequencer.open(pool, publish=market_view.apply)
+                try:
+                    app.state.services = Services(
+                        pool=pool,
+                        sequencer=sequencer,
+                        market=market_view,
+                        keys=KeyStore(pool, master_key or load_master_key(home)),
+                        key_limiter=RateLimiter(limits.per_key_rate, limits.per_key_burst),
+                        address_limiter=RateLimiter(limits.per_address_rate, limits.per_address_burst),
+                    )
+                    yield
+                finally:
+                    await _bounded(sequencer.stop(), "stopping the sequencer")
+            finally:
+                if not await _bounded(pool.close(), "closing the database pool"):
+                    pool.terminate()
+        finally:
+            await database.stop()
+
+    app = Starlette(
+        routes=routes(ENDPOINTS),
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_exception, Exception: _internal_error},
+    )
+    # An unknown path is a 404 problem, not a redirect to a guess with(out) a trailing slash.
+    app.router.redirect_slashes = False
+    return app
+
+
+async def _bounded(step, what: str) -> bool:
+    try:
+        await asyncio.wait_for(step, SHUTDOWN_STEP_SECONDS)
+        return True
+    except TimeoutError:
+        log.warning("%s took over %s s; abandoned", what, SHUTDOWN_STEP_SECONDS)
+        return False
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return Problem("not_found", f"No route {request.url.path}; the API is described at /v1/openapi.json."
+                       ).response(request.url.path)
+    if exc.status_code == 405:
+        return Problem("method_not_allowed", headers=dict(exc.headers or {})).response(request.url.path)
+    log.error("unexpected HTTP exception %s for %s", exc.status_code, request.url.path)
+    return Problem("internal_error").response(request.url.path)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return Problem("internal_error").response(request.url.path)

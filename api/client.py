@@ -1,0 +1,199 @@
+"""A small async client for the tokex API that signs its requests.
+
+    async with Client("http://127.0.0.1:8000", key_id, secret) as client:
+        order = await client.place_order("DEEPSEEK-V3", "buy", price="1.85", qty=10)
+        book = await client.book("DEEPSEEK-V3", depth=5)
+
+Each helper returns the decoded JSON body and raises ``ApiError`` (with the problem's ``status``, ``code``,
+``detail`` and ``field``) for any error answer. ``request`` is the raw form: it returns the ``httpx.Response``
+whatever its status, for callers that want to look at errors themselves. A client without a key sends
+unsigned requests, which only public endpoints accept.
+
+``transport`` passes through to httpx, e.g. ``httpx.ASGITransport(app)`` to call an app in-process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from typing import Any
+
+import httpx
+import msgspec
+
+from api.signing import KEY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
+
+
+class Signer(httpx.Auth):
+    """httpx authentication that signs each request with an API key."""
+
+    def __init__(self, key_id: str, secret: str, clock=time.time) -> None:
+        self.key_id = key_id
+        self.secret = secret
+        self.clock = clock
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        timestamp = str(int(self.clock()))
+        request.headers[KEY_HEADER] = self.key_id
+        request.headers[TIMESTAMP_HEADER] = timestamp
+        request.headers[SIGNATURE_HEADER] = signature(self.secret, timestamp, request.method, request.url.raw_path,
+                                                      request.content)
+        yield request
+
+
+class ApiError(Exception):
+    """An error answer: ``status`` and the problem's ``code``, ``detail`` and ``field``."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        self.status = status
+        self.problem = problem
+        self.code = problem.get("code", "")
+        self.detail = problem.get("detail", "")
+        self.field = problem.get("field")
+        super().__init__(f"{status} {self.code}: {self.detail}")
+
+
+def _params(values: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in values.items() if value is not None}
+
+
+class Client:
+    """Signed calls to one tokex server."""
+
+    def __init__(self, base_url: str, key_id: str | None = None, secret: str | None = None, *,
+                 transport: httpx.AsyncBaseTransport | None = None, timeout: float = 10.0) -> None:
+        self.base_url = base_url
+        self.transport = transport
+        self.timeout = timeout
+        auth = Signer(key_id, secret) if key_id and secret else None
+        self.http = httpx.AsyncClient(base_url=base_url, auth=auth, transport=transport, timeout=timeout)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    def with_key(self, key_id: str, secret: str) -> Client:
+        """Another client for the same server and transport, signing with another key."""
+        return Client(self.base_url, key_id, secret, transport=self.transport, timeout=self.timeout)
+
+    async def request(self, method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None,
+                      content: bytes | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
+        """Send one request as it is; return the response whatever its status."""
+        if json is not None:
+            content = msgspec.json.encode(json)
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        return await self.http.request(method, path, params=_params(params or {}), content=content, headers=headers)
+
+    async def call(self, method: str, path: str, **options: Any) -> Any:
+        """Send one request; return the decoded body of a success, raise ``ApiError`` otherwise."""
+        response = await self.request(method, path, **options)
+        body = msgspec.json.decode(response.content) if response.content else None
+        if response.is_error:
+            raise ApiError(response.status_code, body if isinstance(body, dict) else {"detail": response.text})
+        return body
+
+    # Public market data
+
+    async def instruments(self) -> list[dict]:
+        return (await self.call("GET", "/v1/instruments"))["items"]
+
+    async def instrument(self, symbol: str) -> dict:
+        return await self.call("GET", f"/v1/instruments/{symbol}")
+
+    async def book(self, symbol: str, depth: int | None = None) -> dict:
+        return await self.call("GET", f"/v1/instruments/{symbol}/book", params={"depth": depth})
+
+    async def ticker(self, symbol: str) -> dict:
+        return await self.call("GET", f"/v1/instruments/{symbol}/ticker")
+
+    # Own account
+
+    async def me(self) -> dict:
+        return await self.call("GET", "/v1/accounts/me")
+
+    async def balances(self) -> dict[str, dict]:
+        """Balances by asset: {"CNY": {"asset": "CNY", "available": "100", "held": "0"}, ...}."""
+        return {b["asset"]: b for b in (await self.call("GET", "/v1/balances"))["items"]}
+
+    async def ledger(self, **query: Any) -> dict:
+        return await self.call("GET", "/v1/ledger", params=query)
+
+    async def keys(self) -> list[dict]:
+        return (await self.call("GET", "/v1/keys"))["items"]
+
+    async def revoke_key(self, key_id: str) -> dict:
+        return await self.call("DELETE", f"/v1/keys/{key_id}")
+
+    # Orders
+
+    async def place_order(self, symbol: str, side: str, *, qty: int | None = None, price: str | None = None,
+                          type: str = "limit", **options: Any) -> dict:
+        body = _params({"symbol": symbol, "side": side, "type": type, "qty": qty, "price": price, **options})
+        return await self.call("POST", "/v1/orders", json=body)
+
+    async def orders(self, **query: Any) -> dict:
+        return await self.call("GET", "/v1/orders", params=query)
+
+    async def order(self, order_id: int) -> dict:
+        return await self.call("GET", f"/v1/orders/{order_id}")
+
+    async def order_by_client_id(self, client_order_id: str) -> dict:
+        return await self.call("GET", f"/v1/orders/by-client-id/{client_order_id}")
+
+    async def cancel_order(self, order_id: int) -> dict:
+        return await self.call("DELETE", f"/v1/orders/{order_id}")
+
+    async def cancel_all(self, symbol: str) -> list[int]:
+        return (await self.call("DELETE", "/v1/orders", params={"symbol": symbol}))["order_ids"]
+
+    async def amend_order(self, order_id: int, *, price: str | None = None, qty: int | None = None) -> dict:
+        return await self.call("PATCH", f"/v1/orders/{order_id}", json=_params({"price": price, "qty": qty}))
+
+    async def fills(self, **query: Any) -> dict:
+        return await self.call("GET", "/v1/fills", params=query)
+
+    # Tokens
+
+    async def mint(self, symbol: str, qty: int) -> dict:
+        return await self.call("POST", "/v1/mints", json={"symbol": symbol, "qty": qty})
+
+    async def burn(self, symbol: str, qty: int) -> dict:
+        return await self.call("POST", "/v1/burns", json={"symbol": symbol, "qty": qty})
+
+    async def redeem(self, symbol: str, qty: int) -> dict:
+        return await self.call("POST", "/v1/redemptions", json={"symbol": symbol, "qty": qty})
+
+    async def redemptions(self, **query: Any) -> dict:
+        return await self.call("GET", "/v1/redemptions", params=query)
+
+    # Admin
+
+    async def create_account(self, name: str, role: str) -> dict:
+        return await self.call("POST", "/v1/accounts", json={"name": name, "role": role})
+
+    async def create_key(self, account_id: int, scopes: list[str], label: str = "") -> dict:
+        return await self.call("POST", "/v1/keys", json={"account_id": account_id, "scopes": scopes, "label": label})
+
+    async def create_instrument(self, **attributes: Any) -> dict:
+        return await self.call("POST", "/v1/instruments", json=attributes)
+
+    async def halt(self, symbol: str) -> dict:
+        return await self.call("POST", f"/v1/instruments/{symbol}/halt")
+
+    async def resume(self, symbol: str) -> dict:
+        return await self.call("POST", f"/v1/instruments/{symbol}/resume")
+
+    async def deposit(self, account_id: int, amount: str) -> dict:
+        return await self.call("POST", "/v1/deposits", json={"account_id": account_id, "amount": amount})
+
+    async def withdraw(self, account_id: int, amount: str) -> dict:
+        return await self.call("POST", "/v1/withdrawals", json={"account_id": account_id, "amount": amount})
+
+    async def approve_issuer(self, account_id: int, symbol: str, capacity: int) -> dict:
+        return await self.call("POST", "/v1/issuer-approvals",
+                               json={"account_id": account_id, "symbol": symbol, "capacity": capacity})

@@ -1,0 +1,193 @@
+"""API keys: their scopes, the master key, and secrets that a database dump cannot reproduce.
+
+Keys
+----
+A key is a public id (``tk_`` and 16 hex digits, sent as TOKEX-KEY), an account, scopes and a secret that
+signs requests (``api.signing``). An admin creates keys (``POST /v1/keys``, or the CLI through
+``KeyStore.create``); the secret is returned once. Keys are revoked, never deleted, so their ids stay unique.
+
+Scopes
+------
+``read`` (own reads), ``trade`` (orders, redemptions), ``issue`` (mint, burn), ``admin`` (everything an admin
+does). Which scopes a key may hold follows its account's role: admin: read, admin; issuer: read, trade, issue;
+trader: read, trade.
+
+Secrets
+-------
+The secret is never stored. The ``api_key`` row holds a random 32-byte salt, and the secret is
+``hex(HMAC-SHA256(master key, key id + salt))``, derived again whenever a request is checked. Without the master
+key the rows cannot sign anything, so a database dump or backup alone is not a credential.
+
+Master key
+----------
+32 random bytes kept outside the database: ``TOKEX_MASTER_KEY`` (64 hex digits) when set, else the file
+``$TOKEX_HOME/master.key``, created with mode 0600 on first start. Keep it with the server's secrets and out of
+backups of the database. Losing or changing it invalidates every key at once (then create new ones).
+
+Caching
+-------
+A checked key is cached for ``CACHE_SECONDS``: revoking through this process takes effect at once; a key
+revoked by another process (the CLI) stops working within that time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+
+from exchange.embedded import tokex_home
+
+SCOPES = ("read", "trade", "issue", "admin")
+ROLE_SCOPES = {
+    "admin": frozenset(("read", "admin")),
+    "issuer": frozenset(("read", "trade", "issue")),
+    "trader": frozenset(("read", "trade")),
+}
+KEY_ID = re.compile(r"^tk_[0-9a-f]{16}$")
+CACHE_SECONDS = 2.0
+MASTER_KEY_ENV = "TOKEX_MASTER_KEY"
+MASTER_KEY_FILE = "master.key"
+
+
+def load_master_key(home: Path | str | None = None) -> bytes:
+    """The master key from TOKEX_MASTER_KEY, else from ``home``/master.key (made 0600 on first use)."""
+    text = os.environ.get(MASTER_KEY_ENV)
+    if text:
+        return _parse_master_key(text, MASTER_KEY_ENV)
+    folder = Path(home) if home is not None else tokex_home()
+    path = folder / MASTER_KEY_FILE
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _parse_master_key(path.read_text(), str(path))
+    with os.fdopen(fd, "w") as file:
+        file.write(secrets.token_hex(32) + "\n")
+    return _parse_master_key(path.read_text(), str(path))
+
+
+def _parse_master_key(text: str, origin: str) -> bytes:
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ValueError(f"{origin} must hold a master key of 64 hex digits (32 random bytes)")
+    return key
+
+
+def derive_secret(master_key: bytes, key_id: str, salt: bytes) -> str:
+    """The signing secret of key ``key_id``."""
+    return hmac.new(master_key, key_id.encode("ascii") + salt, hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key, its account and what it may do."""
+
+    key_id: str
+    account_id: int
+    role: str
+    scopes: frozenset[str]
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    id: str
+    account_id: int
+    scopes: list[str]
+    label: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ScopeNotAllowed(ValueError):
+    """The scopes asked for are not all allowed for the account's role."""
+
+
+class UnknownAccount(LookupError):
+    pass
+
+
+KEY_COLUMNS = "id, account_id, scopes, label, created_at, revoked_at"
+INSERT_KEY = f"""
+INSERT INTO api_key (id, account_id, scopes, salt, label, created_at) VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING {KEY_COLUMNS}
+"""
+FIND_KEY = """
+SELECT k.account_id, k.scopes, k.salt, a.role FROM api_key k JOIN account a ON a.id = k.account_id
+WHERE k.id = $1 AND k.revoked_at IS NULL
+"""
+LIST_KEYS = f"SELECT {KEY_COLUMNS} FROM api_key WHERE account_id = $1 ORDER BY created_at, id"
+REVOKE_KEY = f"""
+UPDATE api_key SET revoked_at = coalesce(revoked_at, $3)
+WHERE id = $1 AND ($2::bigint IS NULL OR account_id = $2)
+RETURNING {KEY_COLUMNS}
+"""
+
+
+class KeyStore:
+    """Create, check, list and revoke keys; ``find`` is what every signed request calls."""
+
+    def __init__(self, pool: asyncpg.Pool, master_key: bytes) -> None:
+        self.pool = pool
+        self.master_key = master_key
+        self._cache: dict[str, tuple[float, Principal, str]] = {}
+
+    async def create(self, account_id: int, scopes: list[str], label: str = "") -> tuple[KeyRow, str]:
+        """Create a key; return it and its secret. Raise UnknownAccount or ScopeNotAllowed."""
+        wanted = sorted(set(scopes), key=SCOPES.index)
+        async with self.pool.acquire() as conn:
+            role = await conn.fetchval("SELECT role FROM account WHERE id = $1", account_id)
+            if role not in ROLE_SCOPES:
+                raise UnknownAccount(account_id)
+            refused = set(wanted) - ROLE_SCOPES[role]
+            if refused:
+                raise ScopeNotAllowed(f"a key of a {role} account may not hold {', '.join(sorted(refused))}; "
+                                      f"allowed: {', '.join(sorted(ROLE_SCOPES[role]))}")
+            key_id = "tk_" + secrets.token_hex(8)
+            salt = secrets.token_bytes(32)
+            row = await conn.fetchrow(INSERT_KEY, key_id, account_id, wanted, salt, label, datetime.now(UTC))
+        return KeyRow(**row), derive_secret(self.master_key, key_id, salt)
+
+    async def find(self, key_id: str) -> tuple[Principal, str] | None:
+        """The principal and secret of a live key, or None if it is unknown or revoked."""
+        if not KEY_ID.match(key_id):
+            return None
+        now = time.monotonic()
+        cached = self._cache.get(key_id)
+        if cached is not None and now - cached[0] < CACHE_SECONDS:
+            return cached[1], cached[2]
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(FIND_KEY, key_id)
+        if row is None:
+            self._cache.pop(key_id, None)
+            return None
+        principal = Principal(key_id, row["account_id"], row["role"], frozenset(row["scopes"]))
+        secret = derive_secret(self.master_key, key_id, row["salt"])
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key_id] = (now, principal, secret)
+        return principal, secret
+
+    async def list(self, account_id: int) -> list[KeyRow]:
+        async with self.pool.acquire() as conn:
+            return [KeyRow(**row) for row in await conn.fetch(LIST_KEYS, account_id)]
+
+    async def revoke(self, key_id: str, account_id: int | None = None) -> KeyRow | None:
+        """Revoke ``key_id`` (only if it belongs to ``account_id``, when given); None if there is no such key."""
+        if not KEY_ID.match(key_id):
+            return None
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(REVOKE_KEY, key_id, account_id, datetime.now(UTC))
+        self._cache.pop(key_id, None)
+        return None if row is None else KeyRow(**row)

@@ -1,0 +1,149 @@
+"""The committed market view: each instrument's price levels, last trade and 24-hour figures.
+
+Source
+------
+``load`` reads the view from the database before the sequencer takes its first command; from then on the
+sequencer's ``publish`` callback (``apply``) hands over the book events of each batch after it has committed.
+So the view never shows anything uncommitted, and a batch that failed to commit never reaches it. LevelChanged
+events carry absolute totals per (side, price), so applying one is an assignment; every event carries the
+instrument's seq, and a book's ``seq`` is the last one applied. ``listeners`` are called after each batch, with
+the same argument, for consumers (such as a feed) that must see changes in the view's order.
+
+Layout
+------
+Per symbol: bids and asks as sorted maps from price to total lots (bids keyed by negated price, so both iterate
+best first), the last trade, and one bucket per minute of trades (open, high, low, close, lots, notional) for
+the trailing 24 hours. A depth-N read is O(N); applying a batch is O(events x log levels).
+
+What it does not do: checksums and gap detection are the feed's; it keeps no per-order data.
+"""
+
+from collections import deque
+from collections.abc import Callable
+
+import asyncpg
+from sortedcontainers import SortedDict
+
+from matching import events as ev
+
+MINUTE_US = 60_000_000
+DAY_MINUTES = 1440
+
+Batch = list[tuple[str, list]]
+
+LOAD_INSTRUMENTS = "SELECT id, symbol, seq FROM instrument"
+LOAD_LEVELS = """
+SELECT instrument_id, side, price, sum(open_qty)::bigint FROM book_order
+WHERE status = 'open' AND price IS NOT NULL
+GROUP BY instrument_id, side, price
+"""
+LOAD_LAST_TRADES = """
+SELECT i.id, f.price, f.qty FROM instrument i
+CROSS JOIN LATERAL (SELECT price, qty FROM fill WHERE instrument_id = i.id ORDER BY id DESC LIMIT 1) AS f
+"""
+LOAD_MINUTES = """
+SELECT instrument_id, (extract(epoch FROM date_trunc('minute', created_at)) / 60)::bigint AS minute,
+       (array_agg(price ORDER BY id))[1], max(price), min(price), (array_agg(price ORDER BY id DESC))[1],
+       sum(qty)::bigint, sum(price::numeric * qty)
+FROM fill WHERE created_at > now() - interval '24 hours'
+GROUP BY instrument_id, minute ORDER BY instrument_id, minute
+"""
+
+
+class BookView:
+    """One instrument's committed levels and trade figures."""
+
+    __slots__ = ("asks", "bids", "last_price", "last_qty", "minutes", "seq")
+
+    def __init__(self, seq: int = 0) -> None:
+        self.seq = seq
+        self.bids: SortedDict = SortedDict()
+        """-price -> lots"""
+        self.asks: SortedDict = SortedDict()
+        """price -> lots"""
+        self.last_price: int | None = None
+        self.last_qty: int | None = None
+        self.minutes: deque[list[int]] = deque()
+        """[minute, open, high, low, close, lots, notional], oldest first"""
+
+    def set_level(self, side: str, price: int, total: int) -> None:
+        levels, key = (self.bids, -price) if side == "buy" else (self.asks, price)
+        if total:
+            levels[key] = total
+        else:
+            levels.pop(key, None)
+
+    def trade(self, minute: int, price: int, qty: int) -> None:
+        self.last_price, self.last_qty = price, qty
+        minutes = self.minutes
+        if minutes and minutes[-1][0] >= minute:
+            bucket = minutes[-1]  # a clock step backwards lands in the newest bucket rather than reordering
+            bucket[2] = max(bucket[2], price)
+            bucket[3] = min(bucket[3], price)
+            bucket[4] = price
+            bucket[5] += qty
+            bucket[6] += price * qty
+        else:
+            minutes.append([minute, price, price, price, price, qty, price * qty])
+        while minutes and minutes[0][0] <= minute - DAY_MINUTES:
+            minutes.popleft()
+
+    def depth(self, n: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """The best ``n`` levels of each side as (price, lots), best first."""
+        bids = [(-key, self.bids[key]) for key in self.bids.islice(0, n)]
+        asks = [(key, self.asks[key]) for key in self.asks.islice(0, n)]
+        return bids, asks
+
+    def day(self, now_minute: int) -> tuple[int | None, int | None, int | None, int, int]:
+        """(open, high, low, lots, notional) over the 24 hours up to ``now_minute``."""
+        recent = [bucket for bucket in self.minutes if bucket[0] > now_minute - DAY_MINUTES]
+        if not recent:
+            return None, None, None, 0, 0
+        return (recent[0][1], max(b[2] for b in recent), min(b[3] for b in recent), sum(b[5] for b in recent),
+                sum(b[6] for b in recent))
+
+
+class MarketData:
+    """Every instrument's ``BookView``, by symbol."""
+
+    def __init__(self) -> None:
+        self.books: dict[str, BookView] = {}
+        self.listeners: list[Callable[[Batch], None]] = []
+
+    async def load(self, conn: asyncpg.Connection) -> None:
+        """Read the committed view; call before the sequencer starts."""
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            symbols = {}
+            for instrument_id, symbol, seq in await conn.fetch(LOAD_INSTRUMENTS):
+                symbols[instrument_id] = symbol
+                self.books[symbol] = BookView(seq)
+            for instrument_id, side, price, total in await conn.fetch(LOAD_LEVELS):
+                self.books[symbols[instrument_id]].set_level(side, price, total)
+            for instrument_id, price, qty in await conn.fetch(LOAD_LAST_TRADES):
+                book = self.books[symbols[instrument_id]]
+                book.last_price, book.last_qty = price, qty
+            for instrument_id, minute, open_, high, low, close, lots, notional in await conn.fetch(LOAD_MINUTES):
+                self.books[symbols[instrument_id]].minutes.append(
+                    [minute, open_, high, low, close, lots, int(notional)])
+
+    def apply(self, batch: Batch) -> None:
+        """Apply one committed batch of (symbol, book events); the sequencer's ``publish``."""
+        books = self.books
+        for symbol, events in batch:
+            book = books.get(symbol)
+            if book is None:
+                book = books[symbol] = BookView()
+            for event in events:
+                kind = type(event)
+                if kind is ev.LevelChanged:
+                    book.set_level(event.side, event.price, event.total)
+                elif kind is ev.Trade:
+                    book.trade(event.ts // MINUTE_US, event.price, event.qty)
+                if event.seq > book.seq:
+                    book.seq = event.seq
+        for listener in self.listeners:
+            listener(batch)
+
+    def known(self, symbol: str, seq: int) -> BookView:
+        """The view of ``symbol``, adding an empty one at ``seq`` for an instrument listed since ``load``."""
+        return self.books.setdefault(symbol, BookView(seq))

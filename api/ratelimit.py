@@ -1,0 +1,62 @@
+"""Token-bucket rate limits: per API key for signed requests, per client address for public ones.
+
+Each bucket holds up to ``burst`` tokens and refills at ``rate`` tokens a second; a request takes one. An empty
+bucket answers how long until the next token, which becomes the 429's ``Retry-After``. Requests that fail
+authentication are counted against their address, so guessing signatures is throttled too.
+
+Buckets live in memory, in this process. Full buckets carry no information, so the table is pruned of them
+when it grows past ``max_keys``; memory stays bounded under a flood of distinct addresses.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """The limits a server applies; a rate of None turns that limit off."""
+
+    per_key_rate: float | None = 50.0
+    per_key_burst: float = 100.0
+    per_address_rate: float | None = 20.0
+    per_address_burst: float = 40.0
+
+
+class RateLimiter:
+    """Buckets by key (any hashable); ``take`` answers 0.0 when allowed, else the seconds to wait."""
+
+    def __init__(self, rate: float | None, burst: float, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = 100_000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self.max_keys = max_keys
+        self._buckets: dict[object, list[float]] = {}
+
+    def take(self, key: object) -> float:
+        if self.rate is None:
+            return 0.0
+        now = self.clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.max_keys:
+                self._prune(now)
+            bucket = self._buckets[key] = [self.burst, now]
+        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
+            return 0.0
+        bucket[0] = tokens
+        return (1.0 - tokens) / self.rate
+
+    def _prune(self, now: float) -> None:
+        assert self.rate is not None
+        full_after = self.burst / self.rate
+        for key, (_, updated) in list(self._buckets.items()):
+            if now - updated >= full_after:
+                del self._buckets[key]
+        if len(self._buckets) >= self.max_keys:
+            # Everyone is active: forgetting some buckets only errs towards letting requests through.
+            self._buckets.clear()

@@ -1,0 +1,111 @@
+"""Accounts, their balances and ledger, and the cash an admin moves in and out."""
+
+from api.endpoints import Call, Endpoints, cursor_id, money
+from api.problems import Problem
+from api.schemas import (
+    CASH,
+    MAX_AMOUNT,
+    Account,
+    Balance,
+    BalanceList,
+    CashTransfer,
+    LedgerEntry,
+    LedgerPage,
+    LedgerQuery,
+    Movement,
+    NewAccount,
+    Posting,
+    asset_amount,
+)
+from api.units import from_micro
+from exchange.commands import CreateAccount, Deposit, Withdraw
+
+accounts = Endpoints("accounts")
+
+ACCOUNT = "SELECT id, name, role, created_at FROM account WHERE id = $1 AND role <> 'system'"
+BALANCES = "SELECT asset, available, held FROM balance WHERE account_id = $1 ORDER BY asset <> 'CNY', asset"
+LEDGER = """
+WITH page AS (
+    SELECT DISTINCT entry_id FROM posting
+    WHERE account_id = $1 AND ($2::bigint IS NULL OR entry_id < $2) AND ($3::text IS NULL OR asset = $3)
+    ORDER BY entry_id DESC
+    LIMIT $4
+)
+SELECT e.id, e.kind, e.order_id, e.fill_id, e.created_at,
+       array_agg(p.asset ORDER BY p.asset, p.bucket) AS assets,
+       array_agg(p.bucket ORDER BY p.asset, p.bucket) AS buckets,
+       array_agg(p.amount ORDER BY p.asset, p.bucket) AS amounts
+FROM page
+JOIN journal_entry e ON e.id = page.entry_id
+JOIN posting p ON p.entry_id = page.entry_id AND p.account_id = $1
+GROUP BY e.id
+ORDER BY e.id DESC
+"""
+
+
+async def read_account(call: Call, account_id: int) -> Account:
+    async with call.services.connection() as conn:
+        row = await conn.fetchrow(ACCOUNT, account_id)
+    if row is None:
+        raise Problem("unknown_account")
+    return Account(**row)
+
+
+@accounts.route("POST", "/v1/accounts", summary="Create an account", scope="admin", body=NewAccount,
+                response=Account, status=201, errors=("name_taken",))
+async def create_account(call: Call) -> Account:
+    """Create an admin, issuer or trader account; give it keys with POST /v1/keys."""
+    done = await call.submit(CreateAccount(call.body.name, call.body.role))
+    return await read_account(call, done.id)
+
+
+@accounts.route("GET", "/v1/accounts/me", summary="The key's own account", scope="read", response=Account)
+async def me(call: Call) -> Account:
+    """The account the signing key belongs to."""
+    return await read_account(call, call.account_id)
+
+
+@accounts.route("GET", "/v1/balances", summary="Own balances", scope="read", response=BalanceList)
+async def balances(call: Call) -> BalanceList:
+    """Available and held amounts per asset: CNY in yuan, tokens in lots. Held is what open orders reserve."""
+    async with call.services.connection() as conn:
+        rows = await conn.fetch(BALANCES, call.account_id)
+    return BalanceList([Balance(asset, asset_amount(asset, available), asset_amount(asset, held))
+                        for asset, available, held in rows])
+
+
+@accounts.route("GET", "/v1/ledger", summary="Own ledger entries", scope="read", query=LedgerQuery,
+                response=LedgerPage, errors=("invalid_cursor",))
+async def ledger(call: Call) -> LedgerPage:
+    """Journal entries that moved this account's balances, newest first, with this account's postings."""
+    query = call.query
+    before = None if query.cursor is None else cursor_id(query.cursor)
+    async with call.services.connection() as conn:
+        rows = await conn.fetch(LEDGER, call.account_id, before, query.asset, query.limit + 1)
+    items = [
+        LedgerEntry(row["id"], row["kind"], row["order_id"], row["fill_id"], row["created_at"], [
+            Posting(asset, bucket, asset_amount(asset, amount))
+            for asset, bucket, amount in zip(row["assets"], row["buckets"], row["amounts"], strict=True)
+        ])
+        for row in rows[: query.limit]
+    ]
+    more = len(rows) > query.limit
+    return LedgerPage(items, str(items[-1].id) if more else None)
+
+
+@accounts.route("POST", "/v1/deposits", summary="Credit cash", scope="admin", body=CashTransfer,
+                response=Movement, status=201, errors=("unknown_account", "invalid_amount"))
+async def deposit(call: Call) -> Movement:
+    """Credit CNY to an account (money that arrived from outside the exchange)."""
+    amount = money(call.body.amount, "amount", MAX_AMOUNT)
+    await call.submit(Deposit(call.body.account_id, amount))
+    return Movement(call.body.account_id, CASH, from_micro(amount))
+
+
+@accounts.route("POST", "/v1/withdrawals", summary="Debit cash", scope="admin", body=CashTransfer,
+                response=Movement, status=201, errors=("unknown_account", "invalid_amount", "insufficient_funds"))
+async def withdraw(call: Call) -> Movement:
+    """Debit CNY from an account's available balance (money paid out of the exchange)."""
+    amount = money(call.body.amount, "amount", MAX_AMOUNT)
+    await call.submit(Withdraw(call.body.account_id, amount))
+    return Movement(call.body.account_id, CASH, from_micro(-amount))

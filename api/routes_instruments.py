@@ -1,0 +1,102 @@
+"""Instruments: public reference data; an admin lists, halts and resumes them."""
+
+from api.endpoints import Call, Endpoints, money
+from api.problems import Problem
+from api.schemas import (
+    CASH,
+    MAX_PRICE,
+    Instrument,
+    InstrumentList,
+    NewComputeInstrument,
+    NewInstrument,
+    Symbol,
+)
+from api.units import from_micro
+from exchange.commands import ListInstrument, SetInstrumentStatus
+
+instruments = Endpoints("instruments")
+
+COLUMNS = """symbol, kind, status, tick, min_qty, max_qty, maker_fee_bps, taker_fee_bps, model, substitution_group,
+quality, tokens_per_lot, issuer_id, description, license, grants, supply_cap, created_at"""
+ALL = f"SELECT {COLUMNS} FROM instrument ORDER BY symbol"
+ONE = f"SELECT {COLUMNS} FROM instrument WHERE symbol = $1"
+SYMBOL = {"symbol": (Symbol, "unknown_instrument")}
+
+
+def instrument(row) -> Instrument:
+    values = dict(row)
+    values["tick"] = from_micro(values["tick"])
+    return Instrument(**values)
+
+
+async def read_instrument(call: Call, symbol: str) -> Instrument:
+    async with call.services.connection() as conn:
+        row = await conn.fetchrow(ONE, symbol)
+    if row is None:
+        raise Problem("unknown_instrument", field="symbol")
+    return instrument(row)
+
+
+@instruments.route("GET", "/v1/instruments", summary="List instruments", response=InstrumentList)
+async def list_instruments(call: Call) -> InstrumentList:
+    """Every instrument, trading or halted, by symbol."""
+    async with call.services.connection() as conn:
+        rows = await conn.fetch(ALL)
+    return InstrumentList([instrument(row) for row in rows])
+
+
+@instruments.route("GET", "/v1/instruments/{symbol}", summary="One instrument", response=Instrument,
+                   errors=("unknown_instrument",), params=SYMBOL)
+async def get_instrument(call: Call) -> Instrument:
+    """One instrument's attributes and status."""
+    return await read_instrument(call, call.params["symbol"])
+
+
+@instruments.route("POST", "/v1/instruments", summary="List a new instrument", scope="admin", body=NewInstrument,
+                   response=Instrument, status=201,
+                   errors=("symbol_taken", "invalid_instrument", "invalid_decimal", "too_precise", "out_of_range"))
+async def create_instrument(call: Call) -> Instrument:
+    """List a compute block or a dataset token; it trades at once. The tick is in yuan per lot."""
+    body: NewInstrument = call.body
+    if body.symbol == CASH:
+        raise Problem("invalid_field", f"{CASH} is the cash asset, not an instrument symbol.", field="symbol")
+    tick = money(body.tick, "tick", MAX_PRICE)
+    if body.min_qty > body.max_qty:
+        raise Problem("out_of_range", "max_qty must not be below min_qty.", field="max_qty")
+    common = {
+        "symbol": body.symbol, "tick": tick, "min_qty": body.min_qty, "max_qty": body.max_qty,
+        "maker_fee_bps": body.maker_fee_bps, "taker_fee_bps": body.taker_fee_bps,
+    }
+    if isinstance(body, NewComputeInstrument):
+        command = ListInstrument(kind="compute", model=body.model, substitution_group=body.substitution_group,
+                                 quality=body.quality, tokens_per_lot=body.tokens_per_lot, **common)
+    else:
+        command = ListInstrument(kind="dataset", issuer_id=body.issuer_id, description=body.description,
+                                 license=body.license, grants=body.grants, supply_cap=body.supply_cap, **common)
+    try:
+        await call.submit(command)
+    except Problem as problem:
+        if problem.code == "invalid_instrument" and command.kind == "dataset":
+            # Everything else was validated above: what is left is the issuer.
+            raise Problem("invalid_instrument", "issuer_id must name an issuer account.", field="issuer_id") from None
+        raise
+    return await read_instrument(call, body.symbol)
+
+
+async def set_status(call: Call, status: str) -> Instrument:
+    await call.submit(SetInstrumentStatus(call.params["symbol"], status))
+    return await read_instrument(call, call.params["symbol"])
+
+
+@instruments.route("POST", "/v1/instruments/{symbol}/halt", summary="Halt trading", scope="admin",
+                   response=Instrument, errors=("unknown_instrument",), params=SYMBOL)
+async def halt(call: Call) -> Instrument:
+    """Stop trading: new orders and amendments are refused, cancels still work. Halting twice is harmless."""
+    return await set_status(call, "halted")
+
+
+@instruments.route("POST", "/v1/instruments/{symbol}/resume", summary="Resume trading", scope="admin",
+                   response=Instrument, errors=("unknown_instrument",), params=SYMBOL)
+async def resume(call: Call) -> Instrument:
+    """Trade again after a halt."""
+    return await set_status(call, "trading")

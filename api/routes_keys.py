@@ -1,0 +1,44 @@
+"""API keys over HTTP: an admin creates them; an account lists and revokes its own."""
+
+from api.endpoints import Call, Endpoints
+from api.keys import KeyRow, ScopeNotAllowed, UnknownAccount
+from api.problems import Problem
+from api.schemas import ApiKey, ApiKeyList, CreatedApiKey, KeyId, NewKey
+
+keys = Endpoints("keys")
+
+
+def api_key(row: KeyRow) -> ApiKey:
+    return ApiKey(row.id, row.account_id, row.scopes, row.label, row.created_at, row.revoked_at)
+
+
+@keys.route("POST", "/v1/keys", summary="Create an API key", scope="admin", body=NewKey, response=CreatedApiKey,
+            status=201, errors=("unknown_account", "invalid_scope"))
+async def create_key(call: Call) -> CreatedApiKey:
+    """Create a key for any account. The secret is in this answer only: store it now."""
+    body = call.body
+    try:
+        row, secret = await call.services.keys.create(body.account_id, body.scopes, body.label)
+    except UnknownAccount:
+        raise Problem("unknown_account", field="account_id") from None
+    except ScopeNotAllowed as exc:
+        raise Problem("invalid_scope", str(exc)) from None
+    return CreatedApiKey(row.id, row.account_id, row.scopes, row.label, row.created_at, row.revoked_at, secret)
+
+
+@keys.route("GET", "/v1/keys", summary="Own API keys", scope="read", response=ApiKeyList)
+async def list_keys(call: Call) -> ApiKeyList:
+    """This account's keys, revoked ones included; never their secrets."""
+    return ApiKeyList([api_key(row) for row in await call.services.keys.list(call.account_id)])
+
+
+@keys.route("DELETE", "/v1/keys/{key_id}", summary="Revoke an API key", scope=("read", "admin"), response=ApiKey,
+            errors=("unknown_key",), params={"key_id": (KeyId, "unknown_key")})
+async def revoke_key(call: Call) -> ApiKey:
+    """Revoke one of this account's keys (an admin key may revoke any). Revoking twice changes nothing."""
+    assert call.principal is not None
+    owner = None if "admin" in call.principal.scopes else call.account_id
+    row = await call.services.keys.revoke(call.params["key_id"], owner)
+    if row is None:
+        raise Problem("unknown_key", field="key_id")
+    return api_key(row)

@@ -1,0 +1,53 @@
+"""Public market data: an instrument's order book by price level, and its ticker, as last committed."""
+
+import time
+
+from api.endpoints import Call, Endpoints
+from api.marketdata import MINUTE_US, BookView
+from api.problems import Problem
+from api.schemas import Book, BookQuery, Level, Symbol, Ticker
+from api.units import from_micro
+
+market = Endpoints("market data")
+
+SYMBOL = {"symbol": (Symbol, "unknown_instrument")}
+
+
+def price(value: int | None) -> str | None:
+    return None if value is None else from_micro(value)
+
+
+async def book_view(call: Call, symbol: str) -> BookView:
+    view = call.services.market.books.get(symbol)
+    if view is None:
+        # Listed after start-up and never traded: the database says whether it exists, and its seq.
+        async with call.services.connection() as conn:
+            seq = await conn.fetchval("SELECT seq FROM instrument WHERE symbol = $1", symbol)
+        if seq is None:
+            raise Problem("unknown_instrument", field="symbol")
+        view = call.services.market.known(symbol, seq)
+    return view
+
+
+@market.route("GET", "/v1/instruments/{symbol}/book", summary="Order book", query=BookQuery, response=Book,
+              errors=("unknown_instrument",), params=SYMBOL)
+async def book(call: Call) -> Book:
+    """Total lots per price level, best first, as of sequence number ``seq`` (the feed's numbering)."""
+    symbol = call.params["symbol"]
+    view = await book_view(call, symbol)
+    bids, asks = view.depth(call.query.depth)
+    return Book(symbol, view.seq, [Level(from_micro(p), q) for p, q in bids],
+                [Level(from_micro(p), q) for p, q in asks])
+
+
+@market.route("GET", "/v1/instruments/{symbol}/ticker", summary="Ticker", response=Ticker,
+              errors=("unknown_instrument",), params=SYMBOL)
+async def ticker(call: Call) -> Ticker:
+    """Best bid and ask, the last trade, and the trailing 24 hours (by whole minutes)."""
+    symbol = call.params["symbol"]
+    view = await book_view(call, symbol)
+    bids, asks = view.depth(1)
+    open_, high, low, volume, notional = view.day(time.time_ns() // 1000 // MINUTE_US)
+    return Ticker(symbol, view.seq, price(bids[0][0]) if bids else None, price(asks[0][0]) if asks else None,
+                  price(view.last_price), view.last_qty, price(open_), price(high), price(low), volume,
+                  from_micro(notional))

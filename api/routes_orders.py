@@ -1,0 +1,269 @@
+"""Orders and fills of the signing key's own account: place, list, get, cancel, amend.
+
+The acting account is always the key's: no body field names it, and an order of another account is answered
+exactly as an order that does not exist (404 ``unknown_order``).
+
+A command's answer is the engine's view of the order right after the commit (``OrderView``): status, filled
+quantity and notional, fees, and the fills this command made. Reads come from the committed rows.
+"""
+
+from datetime import UTC, datetime
+
+from api.endpoints import Call, Endpoints, cursor_id, money
+from api.problems import Problem
+from api.schemas import (
+    MAX_AMOUNT,
+    MAX_PRICE,
+    CancelAllQuery,
+    CancelledOrders,
+    ClientOrderId,
+    Fill,
+    FillPage,
+    FillQuery,
+    Id,
+    NewOrder,
+    Order,
+    OrderAmendment,
+    OrderFill,
+    OrderPage,
+    OrderQuery,
+    OrderWithFills,
+    average_price,
+)
+from api.units import from_micro
+from exchange.commands import AmendOrder, CancelAll, Cancelled, CancelOrder, Done, OrderView, PlaceOrder
+
+orders = Endpoints("orders")
+
+ORDER_ID = {"order_id": (Id, "unknown_order")}
+COLUMNS = """o.id, i.symbol, o.client_order_id, o.side, o.type, o.tif, o.post_only, o.stp, o.price, o.qty, o.budget,
+o.status, o.reason, o.open_qty, o.filled_qty, o.filled_notional, o.fee, o.created_at, o.updated_at"""
+BY_ID = f"""
+SELECT {COLUMNS} FROM book_order o JOIN instrument i ON i.id = o.instrument_id
+WHERE o.id = $1 AND o.account_id = $2
+"""
+BY_CLIENT_ID = f"""
+SELECT {COLUMNS} FROM book_order o JOIN instrument i ON i.id = o.instrument_id
+WHERE o.account_id = $1 AND o.client_order_id = $2
+"""
+LIST = f"""
+SELECT {COLUMNS} FROM book_order o JOIN instrument i ON i.id = o.instrument_id
+WHERE o.account_id = $1 AND ($2::bigint IS NULL OR o.id < $2)
+  AND ($3::text IS NULL OR (o.status = 'open') = ($3 = 'open'))
+  AND ($4::text IS NULL OR i.symbol = $4)
+  AND ($5::text IS NULL OR o.side = $5)
+ORDER BY o.id DESC
+LIMIT $6
+"""
+# A fill of an order happened between the order's creation and its last update: the bounds let the account's
+# (account, created_at) index find them without an index on order ids.
+ORDER_FILLS = """
+SELECT id, price, qty, maker_fee AS fee, 'maker' AS role FROM fill
+WHERE maker_account_id = $1 AND created_at BETWEEN $3 AND $4 AND maker_order_id = $2
+UNION ALL
+SELECT id, price, qty, taker_fee, 'taker' FROM fill
+WHERE taker_account_id = $1 AND created_at BETWEEN $3 AND $4 AND taker_order_id = $2
+ORDER BY id
+"""
+FILLS = """
+SELECT mine.*, i.symbol FROM (
+    (SELECT f.id, f.maker_order_id AS order_id, f.instrument_id,
+            CASE WHEN f.taker_side = 'buy' THEN 'sell' ELSE 'buy' END AS side, 'maker' AS role,
+            f.price, f.qty, f.maker_fee AS fee, f.seq, f.created_at
+     FROM fill f
+     WHERE f.maker_account_id = $1
+       AND ($2::timestamptz IS NULL OR f.created_at < $2 OR (f.created_at = $2 AND f.id < $3))
+       AND ($4::text IS NULL OR f.instrument_id = (SELECT id FROM instrument WHERE symbol = $4))
+     ORDER BY f.created_at DESC, f.id DESC
+     LIMIT $5)
+    UNION ALL
+    (SELECT f.id, f.taker_order_id, f.instrument_id, f.taker_side, 'taker',
+            f.price, f.qty, f.taker_fee, f.seq, f.created_at
+     FROM fill f
+     WHERE f.taker_account_id = $1
+       AND ($2::timestamptz IS NULL OR f.created_at < $2 OR (f.created_at = $2 AND f.id < $3))
+       AND ($4::text IS NULL OR f.instrument_id = (SELECT id FROM instrument WHERE symbol = $4))
+     ORDER BY f.created_at DESC, f.id DESC
+     LIMIT $5)
+) AS mine JOIN instrument i ON i.id = mine.instrument_id
+ORDER BY mine.created_at DESC, mine.id DESC
+LIMIT $5
+"""
+
+
+def optional_price(value: int | None) -> str | None:
+    return None if value is None else from_micro(value)
+
+
+def order_from_row(row) -> Order:
+    return Order(
+        row["id"], row["symbol"], row["client_order_id"], row["side"], row["type"], row["tif"], row["post_only"],
+        row["stp"], optional_price(row["price"]), row["qty"], optional_price(row["budget"]), row["status"],
+        row["reason"], row["open_qty"], row["filled_qty"], from_micro(row["filled_notional"]),
+        average_price(row["filled_notional"], row["filled_qty"]), from_micro(row["fee"]), row["created_at"],
+        row["updated_at"],
+    )
+
+
+def order_from_view(view: OrderView) -> Order:
+    return Order(
+        view.id, view.symbol, view.client_order_id, view.side, view.type, view.tif, view.post_only, view.stp,
+        optional_price(view.price), view.qty, optional_price(view.budget), view.status, view.reason, view.open_qty,
+        view.filled_qty, from_micro(view.filled_notional), average_price(view.filled_notional, view.filled_qty),
+        from_micro(view.fee), None, None,
+    )
+
+
+def with_fills(order: Order, fills: list[OrderFill]) -> OrderWithFills:
+    return OrderWithFills(*(getattr(order, name) for name in Order.__struct_fields__), fills)
+
+
+async def read_order(call: Call, row) -> OrderWithFills:
+    """The committed order of ``row`` with all its fills."""
+    fills = []
+    if row["filled_qty"]:
+        async with call.services.connection() as conn:
+            fills = [
+                OrderFill(fill_id, from_micro(price), qty, from_micro(fee), role)
+                for fill_id, price, qty, fee, role in await conn.fetch(
+                    ORDER_FILLS, call.account_id, row["id"], row["created_at"], row["updated_at"])
+            ]
+    return with_fills(order_from_row(row), fills)
+
+
+async def fetch_order(call: Call, order_id: int) -> OrderWithFills:
+    async with call.services.connection() as conn:
+        row = await conn.fetchrow(BY_ID, order_id, call.account_id)
+    if row is None:
+        raise Problem("unknown_order", field="order_id")
+    return await read_order(call, row)
+
+
+async def answer(call: Call, result: OrderView | Done) -> OrderWithFills:
+    """The order a command answered with; from the database when the engine no longer holds all of it."""
+    if isinstance(result, Done):
+        return await fetch_order(call, result.id)
+    fills = [OrderFill(f.fill_id, from_micro(f.price), f.qty, from_micro(f.fee), f.role) for f in result.fills]
+    if sum(f.qty for f in fills) != result.filled_qty:
+        # A replayed client_order_id: the view carries no fills of earlier commands.
+        return await fetch_order(call, result.id)
+    return with_fills(order_from_view(result), fills)
+
+
+@orders.route("POST", "/v1/orders", summary="Place an order", scope="trade", body=NewOrder,
+              response=OrderWithFills, status=201,
+              errors=("unknown_instrument", "not_permitted", "instrument_halted", "insufficient_funds",
+                      "insufficient_tokens", "off_tick_price", "invalid_price", "invalid_qty", "invalid_budget",
+                      "invalid_time_in_force", "invalid_stp_mode", "post_only_requires_gtc", "would_take",
+                      "qty_below_minimum", "qty_above_maximum", "too_precise", "invalid_decimal", "out_of_range"))
+async def place_order(call: Call) -> OrderWithFills:
+    """Place an order for the key's account; the answer comes after the commit, with the order as it then stands
+    (status, filled quantity, average price) and the fills it made. Sending a ``client_order_id`` again returns
+    the original order and changes nothing."""
+    body: NewOrder = call.body
+    price = None if body.price is None else money(body.price, "price", MAX_PRICE)
+    budget = None if body.budget is None else money(body.budget, "budget", MAX_AMOUNT)
+    result = await call.submit(PlaceOrder(
+        call.account_id, body.symbol, body.side, body.type, price, body.qty, budget, body.tif, body.post_only,
+        body.stp, body.client_order_id,
+    ))
+    return await answer(call, result)
+
+
+@orders.route("GET", "/v1/orders", summary="List own orders", scope="read", query=OrderQuery, response=OrderPage,
+              errors=("invalid_cursor",))
+async def list_orders(call: Call) -> OrderPage:
+    """Own orders, newest first; filter by status (open, closed, all), symbol and side."""
+    query: OrderQuery = call.query
+    before = None if query.cursor is None else cursor_id(query.cursor)
+    status = None if query.status == "all" else query.status
+    async with call.services.connection() as conn:
+        rows = await conn.fetch(LIST, call.account_id, before, status, query.symbol, query.side, query.limit + 1)
+    items = [order_from_row(row) for row in rows[: query.limit]]
+    return OrderPage(items, str(items[-1].id) if len(rows) > query.limit else None)
+
+
+@orders.route("GET", "/v1/orders/{order_id}", summary="Get an order", scope="read", response=OrderWithFills,
+              errors=("unknown_order",), params=ORDER_ID)
+async def get_order(call: Call) -> OrderWithFills:
+    """One own order, open or closed, with all its fills."""
+    return await fetch_order(call, call.params["order_id"])
+
+
+@orders.route("GET", "/v1/orders/by-client-id/{client_order_id}", summary="Get an order by client order id",
+              scope="read", response=OrderWithFills, errors=("unknown_order",),
+              params={"client_order_id": (ClientOrderId, "unknown_order")})
+async def get_order_by_client_id(call: Call) -> OrderWithFills:
+    """One own order by the client_order_id it was placed with."""
+    async with call.services.connection() as conn:
+        row = await conn.fetchrow(BY_CLIENT_ID, call.account_id, call.params["client_order_id"])
+    if row is None:
+        raise Problem("unknown_order", field="client_order_id")
+    return await read_order(call, row)
+
+
+@orders.route("DELETE", "/v1/orders/{order_id}", summary="Cancel an order", scope="trade", response=Order,
+              errors=("unknown_order",), params=ORDER_ID)
+async def cancel_order(call: Call) -> Order:
+    """Cancel one open order of this account; what it held is released."""
+    result = await call.submit(CancelOrder(call.account_id, call.params["order_id"]))
+    if isinstance(result, Done):
+        return await fetch_order(call, result.id)
+    return order_from_view(result)
+
+
+@orders.route("DELETE", "/v1/orders", summary="Cancel all orders in an instrument", scope="trade",
+              query=CancelAllQuery, response=CancelledOrders, errors=("unknown_instrument",))
+async def cancel_all(call: Call) -> CancelledOrders:
+    """Cancel every open order of this account in ``symbol``; answers the ids cancelled."""
+    result = await call.submit(CancelAll(call.account_id, call.query.symbol))
+    assert isinstance(result, Cancelled)
+    return CancelledOrders(result.order_ids)
+
+
+@orders.route("PATCH", "/v1/orders/{order_id}", summary="Amend an order", scope="trade", body=OrderAmendment,
+              response=Order, params=ORDER_ID,
+              errors=("unknown_order", "instrument_halted", "insufficient_funds", "insufficient_tokens",
+                      "off_tick_price", "invalid_price", "invalid_qty", "qty_not_above_filled", "qty_above_maximum",
+                      "no_change", "too_precise", "invalid_decimal", "out_of_range"))
+async def amend_order(call: Call) -> Order:
+    """Change an open limit order's price and/or total quantity. Lowering only the quantity keeps its place in
+    the queue; a new price or a larger quantity sends it to the back (and a new price may trade at once)."""
+    body: OrderAmendment = call.body
+    price = None if body.price is None else money(body.price, "price", MAX_PRICE)
+    result = await call.submit(AmendOrder(call.account_id, call.params["order_id"], price, body.qty))
+    if isinstance(result, Done):
+        return await fetch_order(call, result.id)
+    return order_from_view(result)
+
+
+@orders.route("GET", "/v1/fills", summary="List own fills", scope="read", query=FillQuery, response=FillPage,
+              errors=("invalid_cursor",))
+async def list_fills(call: Call) -> FillPage:
+    """This account's fills, newest first, each with this account's side, role and fee."""
+    query: FillQuery = call.query
+    after, before_id = (None, None) if query.cursor is None else fill_cursor(query.cursor)
+    async with call.services.connection() as conn:
+        rows = await conn.fetch(FILLS, call.account_id, after, before_id, query.symbol, query.limit + 1)
+    items = [
+        Fill(row["id"], row["order_id"], row["symbol"], row["side"], row["role"], from_micro(row["price"]),
+             row["qty"], from_micro(row["fee"]), row["seq"], row["created_at"])
+        for row in rows[: query.limit]
+    ]
+    next_cursor = None
+    if len(rows) > query.limit:
+        last = items[-1]
+        micros = (last.created_at - EPOCH) // MICROSECOND
+        next_cursor = f"{micros}-{last.id}"
+    return FillPage(items, next_cursor)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = datetime.resolution
+
+
+def fill_cursor(cursor: str) -> tuple[datetime, int]:
+    micros, _, fill_id = cursor.partition("-")
+    if not (micros.isdecimal() and fill_id.isdecimal()) or int(fill_id) > 2**63 - 1 or int(micros) > 2**52:
+        raise Problem("invalid_cursor", "Pass the next_cursor of the previous page as it was.")
+    return EPOCH + int(micros) * MICROSECOND, int(fill_id)

@@ -1,0 +1,82 @@
+"""Tokens in and out of existence: issuer approval (admin), mint and burn (issuer), redemption (holder)."""
+
+from api.endpoints import Call, Endpoints, cursor_id
+from api.schemas import (
+    IssuerApproval,
+    Movement,
+    NewIssuerApproval,
+    PageQuery,
+    Redemption,
+    RedemptionPage,
+    TokenQty,
+)
+from exchange.commands import ApproveIssuer, Burn, Mint, Redeem
+
+tokens = Endpoints("issuance")
+
+APPROVAL = """
+SELECT a.account_id, i.symbol, a.capacity, a.issued, a.approved_at
+FROM issuer_approval a JOIN instrument i ON i.id = a.instrument_id
+WHERE a.account_id = $1 AND i.symbol = $2
+"""
+REDEMPTION = """
+SELECT r.id, i.symbol, r.qty, r.created_at FROM redemption r JOIN instrument i ON i.id = r.instrument_id
+WHERE r.id = $1
+"""
+REDEMPTIONS = """
+SELECT r.id, i.symbol, r.qty, r.created_at FROM redemption r JOIN instrument i ON i.id = r.instrument_id
+WHERE r.account_id = $1 AND ($2::bigint IS NULL OR r.id < $2)
+ORDER BY r.id DESC
+LIMIT $3
+"""
+
+
+@tokens.route("POST", "/v1/issuer-approvals", summary="Approve an issuer", scope="admin", body=NewIssuerApproval,
+              response=IssuerApproval, status=201,
+              errors=("unknown_account", "unknown_instrument", "not_permitted", "capacity_below_issued"))
+async def approve_issuer(call: Call) -> IssuerApproval:
+    """Let an issuer mint an instrument up to ``capacity`` lots outstanding; again to change the capacity."""
+    body = call.body
+    await call.submit(ApproveIssuer(body.account_id, body.symbol, body.capacity))
+    async with call.services.connection() as conn:
+        row = await conn.fetchrow(APPROVAL, body.account_id, body.symbol)
+    return IssuerApproval(**row)
+
+
+@tokens.route("POST", "/v1/mints", summary="Mint tokens", scope="issue", body=TokenQty, response=Movement,
+              status=201, errors=("unknown_instrument", "not_approved", "over_capacity", "over_supply_cap"))
+async def mint(call: Call) -> Movement:
+    """Create lots into the issuer's own available balance, within its approved capacity and the supply cap."""
+    await call.submit(Mint(call.account_id, call.body.symbol, call.body.qty))
+    return Movement(call.account_id, call.body.symbol, str(call.body.qty))
+
+
+@tokens.route("POST", "/v1/burns", summary="Burn tokens", scope="issue", body=TokenQty, response=Movement,
+              status=201, errors=("unknown_instrument", "not_approved", "insufficient_tokens"))
+async def burn(call: Call) -> Movement:
+    """Destroy unsold lots from the issuer's own available balance."""
+    await call.submit(Burn(call.account_id, call.body.symbol, call.body.qty))
+    return Movement(call.account_id, call.body.symbol, str(-call.body.qty))
+
+
+@tokens.route("POST", "/v1/redemptions", summary="Redeem tokens", scope="trade", body=TokenQty,
+              response=Redemption, status=201, errors=("unknown_instrument", "insufficient_tokens"))
+async def redeem(call: Call) -> Redemption:
+    """Consume lots held in this account: what they grant is delivered outside the exchange."""
+    done = await call.submit(Redeem(call.account_id, call.body.symbol, call.body.qty))
+    async with call.services.connection() as conn:
+        row = await conn.fetchrow(REDEMPTION, done.id)
+    return Redemption(**row)
+
+
+@tokens.route("GET", "/v1/redemptions", summary="Own redemptions", scope="read", query=PageQuery,
+              response=RedemptionPage, errors=("invalid_cursor",))
+async def redemptions(call: Call) -> RedemptionPage:
+    """This account's redemptions, newest first."""
+    query = call.query
+    before = None if query.cursor is None else cursor_id(query.cursor)
+    async with call.services.connection() as conn:
+        rows = await conn.fetch(REDEMPTIONS, call.account_id, before, query.limit + 1)
+    items = [Redemption(**row) for row in rows[: query.limit]]
+    return RedemptionPage(items, str(items[-1].id) if len(rows) > query.limit else None)
+

@@ -1,0 +1,409 @@
+"""The API's request and response bodies and query strings, as msgspec Structs.
+
+Requests forbid unknown fields. Field types carry their limits (``Meta``), so decoding validates them and the
+OpenAPI document (``api.openapi``) states them. Limits that are not business rules protect the database:
+every integer fits a PostgreSQL bigint even when multiplied out (price x qty), and no text holds a NUL.
+
+Units at the boundary: CNY amounts and prices are decimal strings in yuan ("1.85"), converted exactly to
+micro-yuan (``api.units``); quantities are integer lots. Balances and ledger amounts are strings for every
+asset: yuan for CNY, whole lots for a token.
+"""
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from api.units import from_micro
+
+BIGINT = 2**63 - 1
+MAX_QTY = 10**12
+"""Lots in one order, mint, burn or capacity."""
+MAX_PRICE = 10**12
+"""Micro-yuan per lot (one million CNY)."""
+MAX_AMOUNT = 10**15
+"""Micro-yuan in one deposit, withdrawal or budget (one billion CNY)."""
+
+DECIMAL_PATTERN = r"^(0|[1-9][0-9]{0,14})(\.[0-9]{1,6})?$"
+TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+
+Id = Annotated[int, Meta(ge=1, le=BIGINT)]
+Symbol = Annotated[str, Meta(pattern=r"^[A-Z0-9][A-Z0-9._-]{0,31}$", description="Instrument symbol.",
+                             examples=["DEEPSEEK-V3"])]
+Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Account name.")]
+Text = Annotated[str, Meta(min_length=1, max_length=2000, pattern=TEXT_PATTERN)]
+Label = Annotated[str, Meta(max_length=200, pattern=TEXT_PATTERN)]
+Qty = Annotated[int, Meta(ge=1, le=MAX_QTY, description="Whole lots.")]
+Bps = Annotated[int, Meta(ge=0, le=10_000, description="Basis points.")]
+Decimal = Annotated[str, Meta(
+    max_length=32, description="A positive CNY amount in yuan, as a decimal string with at most 6 decimals.",
+    extra_json_schema={"pattern": DECIMAL_PATTERN, "examples": ["1.85"]},
+)]
+ClientOrderId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}$",
+                                    description="Unique per account; sending it again returns the original order.")]
+KeyId = Annotated[str, Meta(pattern=r"^tk_[0-9a-f]{16}$", description="The public id of an API key.")]
+Limit = Annotated[int, Meta(ge=1, le=500)]
+Cursor = Annotated[str, Meta(pattern=r"^[0-9]{1,19}(-[0-9]{1,19})?$",
+                             description="Opaque: the next_cursor of the previous page.")]
+Asset = Annotated[str, Meta(pattern=r"^[A-Z0-9][A-Z0-9._-]{0,31}$", description="CNY or an instrument symbol.")]
+
+Role = Literal["admin", "issuer", "trader"]
+Scope = Literal["read", "trade", "issue", "admin"]
+Side = Literal["buy", "sell"]
+OrderType = Literal["limit", "market"]
+TimeInForce = Literal["GTC", "IOC", "FOK"]
+SelfTradePrevention = Literal["cancel_newest", "cancel_oldest", "cancel_both", "decrement"]
+OrderStatus = Literal["open", "filled", "cancelled", "expired"]
+
+
+class Request(Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+# Requests
+
+
+class NewAccount(Request):
+    name: Name
+    role: Role
+
+
+class NewKey(Request):
+    account_id: Id
+    scopes: Annotated[list[Scope], Meta(min_length=1, max_length=4)]
+    label: Label = ""
+
+
+class NewComputeInstrument(Request, tag="compute", tag_field="kind"):
+    """A standardized block of tokens of one model class."""
+
+    symbol: Symbol
+    tick: Decimal
+    model: Text
+    substitution_group: Text
+    quality: Annotated[int, Meta(ge=0, le=100)]
+    tokens_per_lot: Annotated[int, Meta(ge=1, le=BIGINT)]
+    min_qty: Qty = 1
+    max_qty: Qty = 1_000_000
+    maker_fee_bps: Bps = 10
+    taker_fee_bps: Bps = 20
+
+
+class NewDatasetInstrument(Request, tag="dataset", tag_field="kind"):
+    """Units of access to one dataset, minted by its issuer."""
+
+    symbol: Symbol
+    tick: Decimal
+    issuer_id: Id
+    description: Text
+    license: Text
+    grants: Text
+    supply_cap: Qty
+    min_qty: Qty = 1
+    max_qty: Qty = 1_000_000
+    maker_fee_bps: Bps = 10
+    taker_fee_bps: Bps = 20
+
+
+NewInstrument = NewComputeInstrument | NewDatasetInstrument
+
+
+class CashTransfer(Request):
+    """A deposit or a withdrawal of CNY for an account."""
+
+    account_id: Id
+    amount: Decimal
+
+
+class NewIssuerApproval(Request):
+    account_id: Id
+    symbol: Symbol
+    capacity: Annotated[int, Meta(ge=0, le=MAX_QTY, description="Lots the issuer may have minted at once.")]
+
+
+class TokenQty(Request):
+    """Lots of one instrument to mint, burn or redeem, in the key's own account."""
+
+    symbol: Symbol
+    qty: Qty
+
+
+class NewOrder(Request):
+    """A limit order needs price and qty; a market order qty, or (buy only) a CNY budget instead."""
+
+    symbol: Symbol
+    side: Side
+    type: OrderType = "limit"
+    price: Decimal | None = None
+    qty: Qty | None = None
+    budget: Decimal | None = None
+    tif: TimeInForce = "GTC"
+    post_only: bool = False
+    stp: SelfTradePrevention = "cancel_newest"
+    client_order_id: ClientOrderId | None = None
+
+
+class OrderAmendment(Request):
+    """A new price, a new total quantity, or both. Lowering the quantity keeps time priority."""
+
+    price: Decimal | None = None
+    qty: Qty | None = None
+
+
+# Query strings
+
+
+class OrderQuery(Request):
+    status: Literal["open", "closed", "all"] = "all"
+    symbol: Symbol | None = None
+    side: Side | None = None
+    limit: Limit = 100
+    cursor: Cursor | None = None
+
+
+class FillQuery(Request):
+    symbol: Symbol | None = None
+    limit: Limit = 100
+    cursor: Cursor | None = None
+
+
+class LedgerQuery(Request):
+    asset: Asset | None = None
+    limit: Limit = 100
+    cursor: Cursor | None = None
+
+
+class PageQuery(Request):
+    limit: Limit = 100
+    cursor: Cursor | None = None
+
+
+class CancelAllQuery(Request):
+    symbol: Symbol
+
+
+class BookQuery(Request):
+    depth: Annotated[int, Meta(ge=1, le=1000, description="Price levels per side.")] = 20
+
+
+# Responses
+
+
+class Account(Struct):
+    id: int
+    name: str
+    role: Role
+    created_at: datetime
+
+
+class ApiKey(Struct):
+    id: str
+    account_id: int
+    scopes: list[Scope]
+    label: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyList(Struct):
+    items: list[ApiKey]
+
+
+class CreatedApiKey(ApiKey):
+    secret: str
+    """Shown once: it signs requests. The exchange cannot show it again."""
+
+
+class Instrument(Struct):
+    symbol: str
+    kind: Literal["compute", "dataset"]
+    status: Literal["trading", "halted"]
+    tick: str
+    min_qty: int
+    max_qty: int
+    maker_fee_bps: int
+    taker_fee_bps: int
+    model: str | None
+    substitution_group: str | None
+    quality: int | None
+    tokens_per_lot: int | None
+    issuer_id: int | None
+    description: str | None
+    license: str | None
+    grants: str | None
+    supply_cap: int | None
+    created_at: datetime
+
+
+class InstrumentList(Struct):
+    items: list[Instrument]
+
+
+class Balance(Struct):
+    asset: str
+    available: str
+    held: str
+
+
+class BalanceList(Struct):
+    items: list[Balance]
+
+
+class Movement(Struct):
+    """Cash or tokens that moved into or out of an account."""
+
+    account_id: int
+    asset: str
+    amount: str
+
+
+class IssuerApproval(Struct):
+    account_id: int
+    symbol: str
+    capacity: int
+    issued: int
+    approved_at: datetime
+
+
+class Redemption(Struct):
+    id: int
+    symbol: str
+    qty: int
+    created_at: datetime
+
+
+class RedemptionPage(Struct):
+    items: list[Redemption]
+    next_cursor: str | None
+
+
+class OrderFill(Struct):
+    fill_id: int
+    price: str
+    qty: int
+    fee: str
+    role: Literal["maker", "taker"]
+
+
+class Order(Struct):
+    id: int
+    symbol: str
+    client_order_id: str | None
+    side: Side
+    type: OrderType
+    tif: TimeInForce
+    post_only: bool
+    stp: SelfTradePrevention
+    price: str | None
+    qty: int | None
+    budget: str | None
+    status: OrderStatus
+    reason: str | None
+    open_qty: int
+    filled_qty: int
+    filled_notional: str
+    average_price: str | None
+    """filled_notional / filled_qty, rounded half-even to the micro-yuan; filled_notional is exact."""
+    fee: str
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+class OrderWithFills(Order):
+    fills: list[OrderFill]
+
+
+class OrderPage(Struct):
+    items: list[Order]
+    next_cursor: str | None
+
+
+class CancelledOrders(Struct):
+    order_ids: list[int]
+
+
+class Fill(Struct):
+    id: int
+    order_id: int
+    symbol: str
+    side: Side
+    role: Literal["maker", "taker"]
+    price: str
+    qty: int
+    fee: str
+    seq: int
+    created_at: datetime
+
+
+class FillPage(Struct):
+    items: list[Fill]
+    next_cursor: str | None
+
+
+class Posting(Struct):
+    asset: str
+    bucket: Literal["available", "held"]
+    amount: str
+
+
+class LedgerEntry(Struct):
+    id: int
+    kind: str
+    order_id: int | None
+    fill_id: int | None
+    created_at: datetime
+    postings: list[Posting]
+    """This account's postings only; the other side of the entry is not shown."""
+
+
+class LedgerPage(Struct):
+    items: list[LedgerEntry]
+    next_cursor: str | None
+
+
+class Level(Struct):
+    price: str
+    qty: int
+
+
+class Book(Struct):
+    symbol: str
+    seq: int
+    bids: list[Level]
+    asks: list[Level]
+
+
+class Ticker(Struct):
+    symbol: str
+    seq: int
+    best_bid: str | None
+    best_ask: str | None
+    last_price: str | None
+    last_qty: int | None
+    open_24h: str | None
+    high_24h: str | None
+    low_24h: str | None
+    volume_24h: int
+    notional_24h: str
+
+
+CASH = "CNY"
+
+
+def asset_amount(asset: str, value: int) -> str:
+    """An amount of ``asset`` as a string: yuan for CNY, whole lots for a token."""
+    return from_micro(value) if asset == CASH else str(value)
+
+
+def average_price(notional: int, qty: int) -> str | None:
+    """``notional / qty`` in yuan, rounded half-even to the micro-yuan; None before the first fill."""
+    if not qty:
+        return None
+    quotient, remainder = divmod(notional, qty)
+    if 2 * remainder > qty or (2 * remainder == qty and quotient % 2):
+        quotient += 1
+    return from_micro(quotient)
+
+
+encoder = msgspec.json.Encoder()
