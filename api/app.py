@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
+import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -29,6 +30,7 @@ from starlette.responses import Response
 from api.endpoints import Endpoint, routes
 from api.keys import KeyStore, load_master_key
 from api.marketdata import MarketData
+from api.openapi import document, meta
 from api.problems import Problem
 from api.ratelimit import RateLimiter, RateLimits
 from api.routes_accounts import accounts
@@ -43,7 +45,7 @@ from exchange.sequencer import Sequencer
 
 log = logging.getLogger(__name__)
 
-ENDPOINTS: list[Endpoint] = [*instruments, *market, *accounts, *keys, *tokens, *orders]
+ENDPOINTS: list[Endpoint] = [*instruments, *market, *accounts, *keys, *tokens, *orders, *meta]
 SHUTDOWN_STEP_SECONDS = 10.0
 
 
@@ -90,6 +92,7 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
     )
     # An unknown path is a 404 problem, not a redirect to a guess with(out) a trailing slash.
     app.router.redirect_slashes = False
+    app.state.openapi = msgspec.Raw(msgspec.json.encode(document(ENDPOINTS)))
     return app
 
 

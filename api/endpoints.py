@@ -20,6 +20,7 @@ header that lists every declared one.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -120,7 +121,7 @@ class Endpoint:
 
     @property
     def description(self) -> str:
-        return (self.handler.__doc__ or "").strip()
+        return inspect.cleandoc(self.handler.__doc__ or "")
 
 
 class Endpoints(list[Endpoint]):

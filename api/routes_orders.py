@@ -21,6 +21,7 @@ from api.schemas import (
     FillPage,
     FillQuery,
     Id,
+    NewLimitOrder,
     NewOrder,
     Order,
     OrderAmendment,
@@ -32,6 +33,7 @@ from api.schemas import (
 )
 from api.units import from_micro
 from exchange.commands import AmendOrder, CancelAll, Cancelled, CancelOrder, Done, OrderView, PlaceOrder
+from matching.types import IOC
 
 orders = Endpoints("orders")
 
@@ -154,20 +156,23 @@ async def answer(call: Call, result: OrderView | Done) -> OrderWithFills:
               response=OrderWithFills, status=201,
               errors=("unknown_instrument", "not_permitted", "instrument_halted", "insufficient_funds",
                       "insufficient_tokens", "off_tick_price", "invalid_price", "invalid_qty", "invalid_budget",
-                      "invalid_time_in_force", "invalid_stp_mode", "post_only_requires_gtc", "would_take",
+                      "invalid_stp_mode", "post_only_requires_gtc", "would_take",
                       "qty_below_minimum", "qty_above_maximum", "too_precise", "invalid_decimal", "out_of_range"))
 async def place_order(call: Call) -> OrderWithFills:
-    """Place an order for the key's account; the answer comes after the commit, with the order as it then stands
-    (status, filled quantity, average price) and the fills it made. Sending a ``client_order_id`` again returns
-    the original order and changes nothing."""
+    """Place a limit or a market order (``type``) for the key's account. The answer comes after the commit, with
+    the order as it then stands (status, filled quantity, average price) and the fills it made. Sending a
+    ``client_order_id`` again returns the original order and changes nothing."""
     body: NewOrder = call.body
-    price = None if body.price is None else money(body.price, "price", MAX_PRICE)
-    budget = None if body.budget is None else money(body.budget, "budget", MAX_AMOUNT)
-    result = await call.submit(PlaceOrder(
-        call.account_id, body.symbol, body.side, body.type, price, body.qty, budget, body.tif, body.post_only,
-        body.stp, body.client_order_id,
-    ))
-    return await answer(call, result)
+    if isinstance(body, NewLimitOrder):
+        command = PlaceOrder(call.account_id, body.symbol, body.side, "limit", money(body.price, "price", MAX_PRICE),
+                             body.qty, None, body.tif, body.post_only, body.stp, body.client_order_id)
+    else:
+        if (body.qty is None) == (body.budget is None):
+            raise Problem("invalid_field", "A market order takes either qty or (buy only) budget.", field="qty")
+        budget = None if body.budget is None else money(body.budget, "budget", MAX_AMOUNT)
+        command = PlaceOrder(call.account_id, body.symbol, body.side, "market", None, body.qty, budget, IOC,
+                             False, body.stp, body.client_order_id)
+    return await answer(call, await call.submit(command))
 
 
 @orders.route("GET", "/v1/orders", summary="List own orders", scope="read", query=OrderQuery, response=OrderPage,

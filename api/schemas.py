@@ -129,19 +129,33 @@ class TokenQty(Request):
     qty: Qty
 
 
-class NewOrder(Request):
-    """A limit order needs price and qty; a market order qty, or (buy only) a CNY budget instead."""
+class NewLimitOrder(Request, tag="limit", tag_field="type"):
+    """Buy or sell ``qty`` lots at ``price`` or better; what does not trade at once rests (GTC), expires (IOC) or
+    makes the whole order do nothing (FOK). A post-only order never takes: it is refused if it would."""
 
     symbol: Symbol
     side: Side
-    type: OrderType = "limit"
-    price: Decimal | None = None
-    qty: Qty | None = None
-    budget: Decimal | None = None
+    price: Decimal
+    qty: Qty
     tif: TimeInForce = "GTC"
     post_only: bool = False
     stp: SelfTradePrevention = "cancel_newest"
     client_order_id: ClientOrderId | None = None
+
+
+class NewMarketOrder(Request, tag="market", tag_field="type"):
+    """Trade now at the best prices, up to ``qty`` lots, or (buy only) for up to ``budget`` CNY including the
+    fee; give exactly one of the two. The rest expires."""
+
+    symbol: Symbol
+    side: Side
+    qty: Qty | None = None
+    budget: Decimal | None = None
+    stp: SelfTradePrevention = "cancel_newest"
+    client_order_id: ClientOrderId | None = None
+
+
+NewOrder = NewLimitOrder | NewMarketOrder
 
 
 class OrderAmendment(Request):

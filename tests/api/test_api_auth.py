@@ -59,7 +59,7 @@ async def test_the_signature_covers_method_path_query_and_body(live, new_account
     assert await send("GET", "/v1/orders?limit=5", "/v1/orders?limit=6", b"", b"") == 401
     assert await send("GET", "/v1/orders", "/v1/balances", b"", b"") == 401
     assert await send("DELETE", "/v1/orders?symbol=X", "/v1/orders?symbol=X", b"", b"", "GET") == 401
-    body = b'{"symbol": "NOPE", "side": "buy", "price": "1", "qty": 1}'
+    body = b'{"type": "limit", "symbol": "NOPE", "side": "buy", "price": "1", "qty": 1}'
     assert await send("POST", "/v1/orders", "/v1/orders", body, body) == 404  # signed: reaches the engine
     tampered = body.replace(b'"qty": 1', b'"qty": 2')
     assert await send("POST", "/v1/orders", "/v1/orders", body, tampered) == 401
@@ -67,8 +67,8 @@ async def test_the_signature_covers_method_path_query_and_body(live, new_account
 
 async def test_scopes_are_enforced(live, new_account):
     _, reader = await new_account(scopes=["read"])
-    assert await status_and_code(reader, "POST", "/v1/orders", json={"symbol": "X", "side": "buy"}) == \
-        (403, "insufficient_scope")
+    order = {"type": "limit", "symbol": "X", "side": "buy"}
+    assert await status_and_code(reader, "POST", "/v1/orders", json=order) == (403, "insufficient_scope")
     _, trader = await new_account()
     assert await status_and_code(trader, "POST", "/v1/accounts", json={"name": "x", "role": "trader"}) == \
         (403, "insufficient_scope")
@@ -146,9 +146,9 @@ async def test_an_account_never_sees_or_touches_another_accounts_things(market, 
     assert (await bob.balances())["CNY"]["available"] == "5"
     assert (await bob.ledger())["items"][0]["postings"] == [{"asset": "CNY", "bucket": "available", "amount": "5"}]
     # Nothing in the body can name another account for trading.
-    assert await status_and_code(bob, "POST", "/v1/orders", json={
-        "symbol": symbol, "side": "sell", "price": "1", "qty": 1, "account_id": alice_account["id"]}) == \
-        (422, "unknown_field")
+    forged = {"type": "limit", "symbol": symbol, "side": "sell", "price": "1", "qty": 1,
+              "account_id": alice_account["id"]}
+    assert await status_and_code(bob, "POST", "/v1/orders", json=forged) == (422, "unknown_field")
 
     still = await alice.order(order["id"])
     assert still["status"] == "open" and still["qty"] == 10

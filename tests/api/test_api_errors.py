@@ -41,7 +41,7 @@ async def test_unknown_routes_and_methods(admin):
 async def test_validation_names_the_field(market, new_account):
     symbol, _ = market
     _, trader = await new_account(cash="10")
-    order = {"symbol": symbol, "side": "buy", "price": "1.00", "qty": 1}
+    order = {"type": "limit", "symbol": symbol, "side": "buy", "price": "1.00", "qty": 1}
     cases = [
         ({**order, "colour": "red"}, "unknown_field", "colour"),
         ({**order, "qty": "1"}, "invalid_field", "qty"),
@@ -57,7 +57,11 @@ async def test_validation_names_the_field(market, new_account):
         ({**order, "symbol": "lower"}, "invalid_field", "symbol"),
         ({**order, "client_order_id": "has space"}, "invalid_field", "client_order_id"),
         ({**order, "tif": "GTD"}, "invalid_field", "tif"),
-        ({**order, "type": "market", "tif": "FOK"}, "invalid_price", "price"),
+        ({**order, "type": "market"}, "unknown_field", "price"),
+        ({k: v for k, v in order.items() if k != "type"}, "missing_field", "type"),
+        ({"type": "market", "symbol": symbol, "side": "buy"}, "invalid_field", "qty"),
+        ({"type": "market", "symbol": symbol, "side": "buy", "qty": 1, "budget": "1"}, "invalid_field", "qty"),
+        ({"type": "market", "symbol": symbol, "side": "sell", "budget": "1"}, "invalid_budget", "budget"),
     ]
     for body, code, field in cases:
         status, answer = await problem(trader, "POST", "/v1/orders", json=body)
@@ -104,10 +108,10 @@ async def test_business_rejections_change_nothing(market, new_account, admin):
     symbol, issuer = market
     account, trader = await new_account(cash="10")
     cases = [
-        ({"symbol": symbol, "side": "buy", "price": "5.00", "qty": 3}, 409, "insufficient_funds"),
-        ({"symbol": symbol, "side": "sell", "price": "5.00", "qty": 3}, 409, "insufficient_tokens"),
-        ({"symbol": "NO-SUCH", "side": "buy", "price": "1.00", "qty": 1}, 404, "unknown_instrument"),
-        ({"symbol": symbol, "side": "buy", "price": "1.00", "qty": 10**7}, 422, "qty_above_maximum"),
+        ({"type": "limit", "symbol": symbol, "side": "buy", "price": "5.00", "qty": 3}, 409, "insufficient_funds"),
+        ({"type": "limit", "symbol": symbol, "side": "sell", "price": "5.00", "qty": 3}, 409, "insufficient_tokens"),
+        ({"type": "limit", "symbol": "NO-SUCH", "side": "buy", "price": "1.00", "qty": 1}, 404, "unknown_instrument"),
+        ({"type": "limit", "symbol": symbol, "side": "buy", "price": "1.00", "qty": 10**7}, 422, "qty_above_maximum"),
     ]
     before = await trader.balances()
     for body, status, code in cases:
@@ -115,7 +119,7 @@ async def test_business_rejections_change_nothing(market, new_account, admin):
         assert (got, answer["code"]) == (status, code)
     await issuer.place_order(symbol, "sell", price="2.00", qty=1)
     got, answer = await problem(trader, "POST", "/v1/orders", json={
-        "symbol": symbol, "side": "buy", "price": "2.00", "qty": 1, "post_only": True})
+        "type": "limit", "symbol": symbol, "side": "buy", "price": "2.00", "qty": 1, "post_only": True})
     assert (got, answer["code"]) == (409, "would_take")
     got, answer = await problem(admin, "POST", "/v1/withdrawals", json={"account_id": account["id"], "amount": "11"})
     assert (got, answer["code"]) == (409, "insufficient_funds")

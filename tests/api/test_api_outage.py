@@ -43,7 +43,8 @@ async def test_outage_is_503_with_retry_after_and_nothing_is_half_done(reachable
                     before = await trader.place_order("OUT", "buy", price="1.00", qty=1)
 
                     await server.stop_async()
-                    order = {"symbol": "OUT", "side": "buy", "price": "1.00", "qty": 2, "client_order_id": "during"}
+                    order = {"type": "limit", "symbol": "OUT", "side": "buy", "price": "1.00", "qty": 2,
+                             "client_order_id": "during"}
                     for method, path, options in [
                         ("POST", "/v1/orders", {"json": order}),
                         ("GET", "/v1/balances", {}),
