@@ -34,6 +34,10 @@ class RateLimiter:
         self.max_keys = max_keys
         self._buckets: dict[object, list[float]] = {}
 
+    def __len__(self) -> int:
+        """Buckets held."""
+        return len(self._buckets)
+
     def take(self, key: object) -> float:
         if self.rate is None:
             return 0.0
