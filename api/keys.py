@@ -138,15 +138,16 @@ RETURNING {KEY_COLUMNS}
 class KeyStore:
     """Create, check, list and revoke keys; ``find`` is what every signed request calls."""
 
-    def __init__(self, pool: asyncpg.Pool, master_key: bytes) -> None:
+    def __init__(self, pool: asyncpg.Pool, master_key: bytes, acquire_timeout: float = 5.0) -> None:
         self.pool = pool
         self.master_key = master_key
+        self.acquire_timeout = acquire_timeout
         self._cache: dict[str, tuple[float, Principal, str]] = {}
 
     async def create(self, account_id: int, scopes: list[str], label: str = "") -> tuple[KeyRow, str]:
         """Create a key; return it and its secret. Raise UnknownAccount or ScopeNotAllowed."""
         wanted = sorted(set(scopes), key=SCOPES.index)
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
             role = await conn.fetchval("SELECT role FROM account WHERE id = $1", account_id)
             if role not in ROLE_SCOPES:
                 raise UnknownAccount(account_id)
@@ -167,7 +168,7 @@ class KeyStore:
         cached = self._cache.get(key_id)
         if cached is not None and now - cached[0] < CACHE_SECONDS:
             return cached[1], cached[2]
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
             row = await conn.fetchrow(FIND_KEY, key_id)
         if row is None:
             self._cache.pop(key_id, None)
@@ -180,14 +181,14 @@ class KeyStore:
         return principal, secret
 
     async def list(self, account_id: int) -> list[KeyRow]:
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
             return [KeyRow(**row) for row in await conn.fetch(LIST_KEYS, account_id)]
 
     async def revoke(self, key_id: str, account_id: int | None = None) -> KeyRow | None:
         """Revoke ``key_id`` (only if it belongs to ``account_id``, when given); None if there is no such key."""
         if not KEY_ID.match(key_id):
             return None
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
             row = await conn.fetchrow(REVOKE_KEY, key_id, account_id, datetime.now(UTC))
         self._cache.pop(key_id, None)
         return None if row is None else KeyRow(**row)

@@ -7,7 +7,8 @@ sequencer's ``publish`` callback (``apply``) hands over the book events of each 
 So the view never shows anything uncommitted, and a batch that failed to commit never reaches it. LevelChanged
 events carry absolute totals per (side, price), so applying one is an assignment; every event carries the
 instrument's seq, and a book's ``seq`` is the last one applied. ``listeners`` are called after each batch, with
-the same argument, for consumers (such as a feed) that must see changes in the view's order.
+the same argument, for consumers (such as a feed) that must see changes in the view's order; they run inside
+the sequencer's writer task, so they must be quick and must not block.
 
 Layout
 ------
@@ -18,6 +19,7 @@ the trailing 24 hours. A depth-N read is O(N); applying a batch is O(events x lo
 What it does not do: checksums and gap detection are the feed's; it keeps no per-order data.
 """
 
+import logging
 from collections import deque
 from collections.abc import Callable
 
@@ -25,6 +27,8 @@ import asyncpg
 from sortedcontainers import SortedDict
 
 from matching import events as ev
+
+log = logging.getLogger(__name__)
 
 MINUTE_US = 60_000_000
 DAY_MINUTES = 1440
@@ -142,7 +146,11 @@ class MarketData:
                 if event.seq > book.seq:
                     book.seq = event.seq
         for listener in self.listeners:
-            listener(batch)
+            try:
+                listener(batch)
+            except Exception:
+                # This runs inside the sequencer's writer task: an error must not stop the exchange.
+                log.exception("a market data listener failed")
 
     def known(self, symbol: str, seq: int) -> BookView:
         """The view of ``symbol``, adding an empty one at ``seq`` for an instrument listed since ``load``."""

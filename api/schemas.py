@@ -265,7 +265,7 @@ class BalanceList(Struct):
 
 
 class Movement(Struct):
-    """Cash or tokens that moved into or out of an account."""
+    """Cash or tokens that moved into (positive ``amount``) or out of (negative) an account."""
 
     account_id: int
     asset: str
@@ -317,11 +317,14 @@ class Order(Struct):
     open_qty: int
     filled_qty: int
     filled_notional: str
-    average_price: str | None
-    """filled_notional / filled_qty, rounded half-even to the micro-yuan; filled_notional is exact."""
+    average_price: Annotated[str | None, Meta(
+        description="filled_notional / filled_qty, rounded half-even to the micro-yuan (filled_notional is exact); "
+                    "null before the first fill.")]
     fee: str
-    created_at: datetime | None
-    updated_at: datetime | None
+    created_at: Annotated[datetime | None, Meta(
+        description="Null in the answer to a command (place, cancel, amend); read the order for it.")]
+    updated_at: Annotated[datetime | None, Meta(
+        description="Null in the answer to a command (place, cancel, amend); read the order for it.")]
 
 
 class OrderWithFills(Order):
