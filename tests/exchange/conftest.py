@@ -1,0 +1,98 @@
+"""Fixtures for the exchange core: a migrated database, a pool on it, and a running sequencer.
+
+    migrated_database_url   function: ``fresh_database_url`` with the repository's migrations applied
+    pool                    function: an asyncpg pool on that database, closed after the test
+    databases               session: ``Databases``, to create (migrated) and drop databases of one's own
+    exchange                function: an opened ``Sequencer`` on the pool; stopped after the test, which then
+                            fails if ``invariants.problems`` finds anything
+    module_exchange         module: the same on a database of its own, shared by the tests of one module that
+                            use it (they run on the module's event loop: ``asyncio(loop_scope="module")``); for
+                            tests that assert they changed nothing, where a new database each would only cost time
+
+Everything runs against the real PostgreSQL of the session (see ``tests/conftest.py``); nothing is mocked.
+"""
+
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from exchange import invariants
+from exchange.migrations import migrate
+from exchange.sequencer import Sequencer
+
+
+class Databases:
+    """Creates migrated databases on the session's server and drops them, for fixtures and state machines
+    that need a database of their own."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+
+    async def create(self, prefix: str = "tokex_test_ex") -> tuple[str, str]:
+        """Create and migrate a new database; return its name and DSN."""
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        await self._admin(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        dsn = urlunsplit(urlsplit(self.admin_url)._replace(path="/" + name))
+        await migrate(dsn)
+        return name, dsn
+
+    async def drop(self, name: str) -> None:
+        await self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    async def _admin(self, statement: str) -> None:
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+
+async def assert_invariants(sequencer: Sequencer) -> None:
+    async with sequencer.pool.acquire() as conn:
+        assert await invariants.problems(conn, sequencer.engine) == []
+
+
+@pytest.fixture
+async def migrated_database_url(fresh_database_url: str) -> str:
+    await migrate(fresh_database_url)
+    return fresh_database_url
+
+
+@pytest.fixture
+async def pool(migrated_database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    async with asyncpg.create_pool(migrated_database_url, min_size=1, max_size=4) as created:
+        yield created
+
+
+@pytest.fixture
+async def exchange(pool: asyncpg.Pool) -> AsyncIterator[Sequencer]:
+    sequencer = await Sequencer.open(pool)
+    try:
+        yield sequencer
+    finally:
+        await sequencer.stop()
+    await assert_invariants(sequencer)
+
+
+@pytest.fixture(scope="session")
+def databases(postgres_admin_url: str) -> Databases:
+    return Databases(postgres_admin_url)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_exchange(databases: Databases) -> AsyncIterator[Sequencer]:
+    name, dsn = await databases.create("tokex_test_mod")
+    try:
+        async with asyncpg.create_pool(dsn, min_size=1, max_size=4) as created:
+            sequencer = await Sequencer.open(created)
+            try:
+                yield sequencer
+            finally:
+                await sequencer.stop()
+            await assert_invariants(sequencer)
+    finally:
+        await databases.drop(name)

@@ -1,0 +1,359 @@
+"""The whole exchange under random commands, against a real PostgreSQL, every invariant checked after each step.
+
+Each run of the machine gets a database of its own and drives the (async) sequencer from a dedicated event
+loop, because Hypothesis state machines are synchronous. After every step: ``invariants.problems`` on what
+is committed, no negative balance outside the system accounts, every asset summing to zero over all
+accounts, and a small model of what the system accounts must show (cash deposited less withdrawn, tokens
+minted less burned, tokens redeemed, the fees of the fills). A refused command or a replayed client order id
+must leave the engine exactly as it was, and a restart must rebuild it identically.
+"""
+
+import asyncio
+import dataclasses
+
+import asyncpg
+import msgspec
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from exchange import invariants
+from exchange.commands import (
+    AmendOrder,
+    ApproveIssuer,
+    Burn,
+    CancelAll,
+    CancelOrder,
+    Command,
+    CreateAccount,
+    Deposit,
+    Done,
+    ListInstrument,
+    Mint,
+    OrderView,
+    PlaceOrder,
+    Redeem,
+    Rejection,
+    Result,
+    SetInstrumentStatus,
+    Withdraw,
+)
+from exchange.engine import Engine
+from exchange.ledger import CASH, EXTERNAL, FEES, ISSUANCE, REDEMPTION, SYSTEM_ACCOUNTS
+from exchange.sequencer import Sequencer
+from matching.types import BUY, FOK, GTC, IOC, SELL, STP_MODES
+
+ADMIN, ISSUER, ALICE, BOB = 100, 101, 102, 103
+NOBODY = 999
+TRADERS = (ISSUER, ALICE, BOB)
+COMPUTE, DATASET = "DEEPSEEK-V3", "DS-STEEL-QC"
+SYMBOLS = (COMPUTE, DATASET)
+STEP = {COMPUTE: 100, DATASET: 1}
+"""Micro-yuan per price step: small prices, so fees have fractions of a micro-yuan and rounding shows."""
+COMPUTE_CAPACITY, SUPPLY_CAP = 400, 200
+START_CASH = 2_000_000
+
+accounts = st.sampled_from((ISSUER, ALICE, BOB, ADMIN, NOBODY))
+traders = st.sampled_from(TRADERS)
+order_accounts = st.sampled_from((*TRADERS, *TRADERS, *TRADERS, ADMIN, NOBODY))
+"""Mostly traders; sometimes an admin or an unknown account, which must be refused."""
+symbols = st.sampled_from(SYMBOLS)
+sides = st.sampled_from((BUY, SELL))
+steps = st.integers(90, 110)
+qtys = st.integers(1, 25)
+stps = st.sampled_from(sorted(STP_MODES))
+client_order_ids = st.sampled_from((None, None, "c1", "c2", "c3"))
+deals = st.fixed_dictionaries({
+    "maker": traders, "taker": st.sampled_from((ALICE, BOB, ISSUER)), "symbol": symbols, "side": sides,
+    "step": steps, "qty": st.integers(2, 25),
+    "taken": st.integers(1, 30), "how": st.sampled_from(("limit", "market", "budget")),
+})
+
+
+def engine_state(engine: Engine) -> dict:
+    """What a refused command must leave unchanged, and what a restart must rebuild."""
+    return {
+        # Ids.entry only seeds the ledger, which counts entries itself from then on.
+        "ids": {name: value for name, value in dataclasses.asdict(engine.ids).items() if name != "entry"},
+        "next entry": engine.ledger.next_entry_id,
+        "balances": {key: tuple(value) for key, value in engine.ledger.balances.items()},
+        "instruments": {s: (i.status, i.seq, i.issued) for s, i in engine.instruments.items()},
+        "books": {s: i.book.resting_orders() for s, i in engine.instruments.items()},
+        "open orders": {i: msgspec.structs.astuple(o) for i, o in engine.orders.items() if o.status == "open"},
+        "approvals": {key: (a.capacity, a.issued) for key, a in engine.approvals.items()},
+        "client orders": dict(engine.client_orders),
+    }
+
+
+class ExchangeMachine(RuleBasedStateMachine):
+    databases = None
+    """Set by the test before the machine runs (the ``databases`` fixture): each run creates its own."""
+
+    orders = Bundle("orders")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.pool: asyncpg.Pool | None = None
+        self.exchange: Sequencer | None = None
+        self.database, dsn = self.run(self.databases.create("tokex_test_sm"))
+        self.pool = self.run(self.open_pool(dsn))
+        self.exchange = self.run(Sequencer.open(self.pool))
+        # The model: what the system accounts must show.
+        self.deposited = len(TRADERS) * START_CASH
+        self.minted = {COMPUTE: 100, DATASET: 60}
+        self.redeemed = dict.fromkeys(SYMBOLS, 0)
+        self.commands_since_restart = 0
+        self.run(self.setup())
+
+    def run(self, coroutine):
+        return self.loop.run_until_complete(coroutine)
+
+    @staticmethod
+    async def open_pool(dsn: str) -> asyncpg.Pool:
+        # Made inside the loop: a pool binds to the event loop that is current when it is created.
+        return await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+
+    async def setup(self) -> None:
+        """Accounts, two instruments, and a first round of trades so that every trader holds tokens."""
+        commands: list[Command] = [
+            CreateAccount("admin", "admin"), CreateAccount("issuer", "issuer"),
+            CreateAccount("alice", "trader"), CreateAccount("bob", "trader"),
+            ListInstrument(COMPUTE, "compute", tick=STEP[COMPUTE], min_qty=1, max_qty=25, model="deepseek-v3",
+                           substitution_group="chat-general", quality=90, tokens_per_lot=1_000_000),
+            ListInstrument(DATASET, "dataset", tick=STEP[DATASET], min_qty=2, max_qty=25, maker_fee_bps=25,
+                           taker_fee_bps=50, issuer_id=ISSUER, description="Steel plant QC images",
+                           license="research only", grants="1,000 records", supply_cap=SUPPLY_CAP),
+            ApproveIssuer(ISSUER, COMPUTE, COMPUTE_CAPACITY),
+            ApproveIssuer(ISSUER, DATASET, 10 * SUPPLY_CAP),
+            Mint(ISSUER, COMPUTE, self.minted[COMPUTE]),
+            Mint(ISSUER, DATASET, self.minted[DATASET]),
+            *(Deposit(account, START_CASH) for account in TRADERS),
+        ]
+        for symbol in SYMBOLS:
+            for buyer in (ALICE, BOB):
+                commands.append(PlaceOrder(ISSUER, symbol, SELL, price=100 * STEP[symbol], qty=20))
+                commands.append(PlaceOrder(buyer, symbol, BUY, price=100 * STEP[symbol], qty=20))
+            commands.append(PlaceOrder(ISSUER, symbol, SELL, price=104 * STEP[symbol], qty=10))
+            commands.append(PlaceOrder(ALICE, symbol, SELL, price=106 * STEP[symbol], qty=5))
+            commands.append(PlaceOrder(BOB, symbol, BUY, price=96 * STEP[symbol], qty=10))
+        results = await asyncio.gather(*(self.exchange.submit(command) for command in commands))
+        for command, result in zip(commands, results, strict=True):
+            assert not isinstance(result, Rejection), (command, result)
+
+    def teardown(self) -> None:
+        try:
+            if self.exchange is not None:
+                self.run(self.exchange.stop())
+            if self.pool is not None:
+                self.run(self.pool.close())
+            self.run(self.databases.drop(self.database))
+        finally:
+            self.loop.close()
+
+    def submit(self, command: Command) -> Result:
+        """Apply ``command``; a refusal must leave the engine exactly as it was."""
+        before = engine_state(self.exchange.engine)
+        self.commands_since_restart += 1
+        result = self.run(self.exchange.submit(command))
+        if isinstance(result, Rejection):
+            assert engine_state(self.exchange.engine) == before, (command, result)
+        return result
+
+    def symbol_of(self, order_id: int) -> str | None:
+        engine = self.exchange.engine
+        order = engine.orders.get(order_id)
+        return None if order is None else engine.instruments_by_id[order.instrument_id].symbol
+
+    # Cash and tokens
+
+    @rule(account=accounts, amount=st.integers(0, 600_000), withdraw=st.booleans())
+    def cash(self, account: int, amount: int, withdraw: bool) -> None:
+        if withdraw:
+            if self.submit(Withdraw(account, amount)) == Done(account):
+                self.deposited -= amount
+        elif self.submit(Deposit(account, amount)) == Done(account):
+            self.deposited += amount
+
+    @rule(account=st.sampled_from((ISSUER, ISSUER, ALICE, BOB)), symbol=symbols, qty=st.integers(1, 120),
+          action=st.sampled_from(("mint", "burn", "redeem")))
+    def tokens(self, account: int, symbol: str, qty: int, action: str) -> None:
+        if action == "mint":
+            result = self.submit(Mint(account, symbol, qty))
+            if isinstance(result, Done):
+                self.minted[symbol] += qty
+            else:
+                assert result.code in {"over_capacity", "over_supply_cap", "not_approved"}, result
+        elif action == "burn":
+            if isinstance(self.submit(Burn(account, symbol, qty)), Done):
+                self.minted[symbol] -= qty
+        elif isinstance(self.submit(Redeem(account, symbol, qty)), Done):
+            self.redeemed[symbol] += qty
+
+    # Orders
+
+    def place(self, command: PlaceOrder):
+        engine = self.exchange.engine
+        original = engine.client_orders.get((command.account_id, command.client_order_id))
+        if original is not None:
+            # A replay answers the original order, whatever else it says, and changes nothing.
+            before = engine_state(engine)
+            assert self.submit(command) == engine.view(original)
+            assert engine_state(engine) == before
+            return multiple()
+        result = self.submit(command)
+        if command.account_id not in TRADERS:
+            assert result.code in {"not_permitted", "unknown_account"}, result
+        if isinstance(result, Rejection):
+            return multiple()
+        assert isinstance(result, OrderView), result
+        for fill in result.fills:
+            if command.type == "limit":
+                assert fill.price <= command.price if command.side == BUY else fill.price >= command.price
+            assert fill.fee >= 0 and fill.role == "taker"
+        assert result.filled_qty == sum(fill.qty for fill in result.fills)
+        assert result.filled_notional == sum(fill.price * fill.qty for fill in result.fills)
+        if command.budget is not None:
+            assert result.filled_notional + result.fee <= command.budget, result
+        return multiple(result.id)
+
+    @rule(target=orders, account=order_accounts, symbol=symbols, step=st.integers(95, 110), qty=qtys, stp=stps,
+          client=client_order_ids)
+    def buy_limit(self, account, symbol, step, qty, stp, client):
+        return self.place(PlaceOrder(account, symbol, BUY, price=step * STEP[symbol], qty=qty, stp=stp,
+                                     client_order_id=client))
+
+    @rule(target=orders, account=order_accounts, symbol=symbols, step=st.integers(90, 105), qty=qtys, stp=stps,
+          client=client_order_ids)
+    def sell_limit(self, account, symbol, step, qty, stp, client):
+        return self.place(PlaceOrder(account, symbol, SELL, price=step * STEP[symbol], qty=qty, stp=stp,
+                                     client_order_id=client))
+
+    @rule(target=orders, account=traders, symbol=symbols, side=sides, step=steps, qty=qtys,
+          tif=st.sampled_from((IOC, FOK, GTC)), stp=stps)
+    def limit_now_or_post_only(self, account, symbol, side, step, qty, tif, stp):
+        """IOC and FOK orders; a GTC here is post-only."""
+        return self.place(PlaceOrder(account, symbol, side, price=step * STEP[symbol], qty=qty, tif=tif, stp=stp,
+                                     post_only=tif == GTC))
+
+    @rule(target=orders, account=traders, symbol=symbols, side=sides, qty=qtys, stp=stps,
+          budget=st.none() | st.integers(1, 300_000))
+    def market(self, account, symbol, side, qty, stp, budget):
+        """By quantity, or a buy by budget (``decrement`` is refused for those)."""
+        if budget is None:
+            return self.place(PlaceOrder(account, symbol, side, "market", qty=qty, stp=stp))
+        return self.place(PlaceOrder(account, symbol, BUY, "market", budget=budget, stp=stp))
+
+    @rule(deal=deals)
+    def rest_then_take(self, deal: dict) -> None:
+        """Rest an order, then take from it: trades in most runs, partial fills, and sometimes self-trades.
+
+        One argument and no target make this Hypothesis's simplest rule, the one its simplest runs repeat.
+        """
+        symbol, side, price = deal["symbol"], deal["side"], deal["step"] * STEP[deal["symbol"]]
+        self.place(PlaceOrder(deal["maker"], symbol, side, price=price, qty=deal["qty"]))
+        taker, taken, other = deal["taker"], max(deal["taken"], 2), SELL if side == BUY else BUY
+        if deal["how"] == "limit":
+            self.place(PlaceOrder(taker, symbol, other, price=price, qty=taken))
+        elif deal["how"] == "market" or other == SELL:
+            self.place(PlaceOrder(taker, symbol, other, "market", qty=taken))
+        else:
+            self.place(PlaceOrder(taker, symbol, BUY, "market", budget=taken * price))
+
+    @rule(order=orders, owner=st.booleans(), account=traders)
+    def cancel(self, order: int, owner: bool, account: int) -> None:
+        live = self.exchange.engine.orders.get(order)
+        if owner and live is not None:
+            account = live.account_id
+        result = self.submit(CancelOrder(account, order))
+        if isinstance(result, OrderView):
+            assert (result.status, result.open_qty) == ("cancelled", 0)
+            assert live is not None and live.account_id == account
+        else:
+            assert result.code == "unknown_order"
+
+    @rule(account=traders, symbol=symbols)
+    def cancel_all(self, account: int, symbol: str) -> None:
+        self.submit(CancelAll(account, symbol))
+        engine = self.exchange.engine
+        instrument_id = engine.instruments[symbol].id
+        assert not [o for o in engine.orders.values()
+                    if o.account_id == account and o.instrument_id == instrument_id and o.status == "open"]
+
+    @rule(order=orders, step=st.none() | steps, qty=st.none() | st.integers(1, 30))
+    def amend(self, order: int, step: int | None, qty: int | None) -> None:
+        live = self.exchange.engine.orders.get(order)
+        account = ALICE if live is None else live.account_id
+        price = None if step is None else step * STEP[self.symbol_of(order) or COMPUTE]
+        result = self.submit(AmendOrder(account, order, price=price, qty=qty))
+        if isinstance(result, OrderView):
+            for fill in result.fills:
+                assert fill.price <= result.price if result.side == BUY else fill.price >= result.price
+
+    # Hypothesis favours rules with few arguments; these two would otherwise crowd out the trading.
+    @precondition(lambda self: self.commands_since_restart % 5 == 4)
+    @rule(symbol=symbols, order=orders, step=steps)
+    def halt_then_resume(self, symbol: str, order: int, step: int) -> None:
+        """While halted, orders and amends are refused and cancels work; then trading resumes."""
+        assert self.submit(SetInstrumentStatus(symbol, "halted")) == Done(self.exchange.engine.instruments[symbol].id)
+        result = self.submit(PlaceOrder(BOB, symbol, BUY, price=step * STEP[symbol], qty=2))
+        assert result.code == "instrument_halted"
+        live = self.exchange.engine.orders.get(order)
+        if live is not None and live.status == "open" and self.symbol_of(order) == symbol:
+            assert self.submit(AmendOrder(live.account_id, order, qty=live.qty + 1)).code == "instrument_halted"
+            assert self.submit(CancelOrder(live.account_id, order)).status == "cancelled"
+        self.submit(SetInstrumentStatus(symbol, "trading"))
+
+    @precondition(lambda self: self.commands_since_restart >= 10)
+    @rule()
+    def restart(self) -> None:
+        """Stop, and start again from the database: the engine must come back identical."""
+        before = engine_state(self.exchange.engine)
+        self.run(self.exchange.stop())
+        self.exchange = None
+        self.exchange = self.run(Sequencer.open(self.pool))
+        self.commands_since_restart = 0
+        assert engine_state(self.exchange.engine) == before
+
+    # Checks after every step
+
+    @invariant()
+    def invariants_hold(self) -> None:
+        async def check() -> tuple[list[str], int]:
+            async with self.pool.acquire() as conn:
+                found = await invariants.problems(conn, self.exchange.engine)
+                fees = await conn.fetchval("SELECT coalesce(sum(maker_fee + taker_fee), 0) FROM fill")
+            return found, fees
+
+        found, fees = self.run(check())
+        assert found == []
+        engine = self.exchange.engine
+        totals: dict[str, int] = {}
+        for (account, asset), (available, held) in engine.ledger.balances.items():
+            if account not in SYSTEM_ACCOUNTS:
+                assert available >= 0 and held >= 0, (account, asset, available, held)
+            totals[asset] = totals.get(asset, 0) + available + held
+        assert all(total == 0 for total in totals.values()), totals
+        assert engine.ledger.available(EXTERNAL, CASH) == -self.deposited
+        assert engine.ledger.available(FEES, CASH) == fees
+        for symbol in SYMBOLS:
+            assert engine.ledger.available(ISSUANCE, symbol) == -self.minted[symbol]
+            assert engine.ledger.available(REDEMPTION, symbol) == self.redeemed[symbol]
+            assert engine.instruments[symbol].issued == self.minted[symbol]
+        assert self.minted[COMPUTE] <= COMPUTE_CAPACITY and self.minted[DATASET] <= SUPPLY_CAP
+
+
+def test_the_exchange_keeps_its_invariants_under_random_commands(databases) -> None:
+    ExchangeMachine.databases = databases
+    run_state_machine_as_test(ExchangeMachine, settings=settings(
+        max_examples=40, stateful_step_count=40, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    ))
