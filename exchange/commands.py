@@ -5,6 +5,8 @@ value: the command's result, or a ``Rejection`` with a stable code and a message
 Programmer errors (a command of an unknown type) raise instead.
 """
 
+from datetime import datetime
+
 import msgspec
 
 from matching.types import CANCEL_NEWEST, GTC
@@ -150,6 +152,8 @@ class OrderView(msgspec.Struct, frozen=True):
     fee: int
     status: str
     reason: str | None
+    created_at: datetime
+    updated_at: datetime
     fills: list[OrderFill] = []
 
 

@@ -69,6 +69,7 @@ MESSAGES = {
     "invalid_price": "The price must be a positive whole number of micro-yuan per lot.",
     "off_tick_price": "The price must be a multiple of the instrument's tick.",
     "invalid_budget": "The budget must be a positive whole number of micro-yuan, for market buys only.",
+    "budget_too_small": "The budget does not even cover the taker fee on one micro-yuan; raise it.",
     "invalid_order_type": "The order type must be 'limit' or 'market'.",
     "invalid_side": "The side must be 'buy' or 'sell'.",
     "invalid_time_in_force": "Time in force must be GTC, IOC or FOK (market orders are IOC).",
@@ -82,6 +83,8 @@ MESSAGES = {
     "qty_above_maximum": "The quantity is above the instrument's maximum order size.",
     "qty_not_above_filled": "The new quantity must be larger than what is already filled.",
     "name_taken": "An account with that name exists.",
+    "invalid_text": "Text fields may not contain the NUL character.",
+    "amount_too_large": "The amount would take a balance beyond what the exchange can record.",
     "invalid_role": "The role must be admin, issuer or trader.",
     "symbol_taken": "An instrument with that symbol exists.",
     "invalid_instrument": "The instrument's attributes are incomplete or out of range.",
@@ -97,8 +100,18 @@ def reject(code: str) -> Rejection:
     return Rejection(code, MESSAGES[code])
 
 
+MAX_BIGINT = 2**63 - 1
+"""The largest amount a PostgreSQL bigint column stores: a row the database would refuse fails its whole batch,
+so every number is checked against it before anything changes."""
+
+
 def _positive_int(value: object) -> bool:
-    return type(value) is int and value > 0
+    return type(value) is int and 0 < value <= MAX_BIGINT
+
+
+def _storable(*texts: str | None) -> bool:
+    """Whether PostgreSQL's text type accepts every one of ``texts`` (it refuses the NUL character)."""
+    return all(text is None or (type(text) is str and "\x00" not in text) for text in texts)
 
 
 @dataclass
@@ -162,6 +175,7 @@ class Engine:
         """Everything to commit since the last call; closed orders are forgotten from memory."""
         effects = self.effects
         effects.entries, effects.postings, effects.balances = self.ledger.take_rows()
+        self.ids.entry = self.ledger.next_entry_id
         for order in (*effects.new_orders.values(), *effects.changed_orders.values()):
             if order.status != "open":
                 self.orders.pop(order.id, None)
@@ -173,6 +187,8 @@ class Engine:
     def _create_account(self, cmd: CreateAccount, ts: int, at: datetime) -> Result:
         if cmd.role not in ROLES:
             return reject("invalid_role")
+        if not _storable(cmd.name):
+            return reject("invalid_text")
         if cmd.name in self.account_names or cmd.name in SYSTEM_ACCOUNTS.values():
             return reject("name_taken")
         account = Account(self.ids.account, cmd.name, cmd.role, at)
@@ -202,6 +218,8 @@ class Engine:
 
     def _valid_listing(self, cmd: ListInstrument) -> bool:
         if not (cmd.symbol and cmd.symbol.isascii() and cmd.symbol != CASH and len(cmd.symbol) <= 32):
+            return False
+        if not _storable(cmd.symbol, cmd.model, cmd.substitution_group, cmd.description, cmd.license, cmd.grants):
             return False
         if cmd.kind not in KINDS or not _positive_int(cmd.tick):
             return False
@@ -239,7 +257,7 @@ class Engine:
             return reject("unknown_instrument")
         if account.role != "issuer" or (instrument.kind == "dataset" and instrument.issuer_id != account.id):
             return reject("not_permitted")
-        if type(cmd.capacity) is not int or cmd.capacity < 0:
+        if type(cmd.capacity) is not int or not 0 <= cmd.capacity <= MAX_BIGINT:
             return reject("invalid_qty")
         key = (account.id, instrument.id)
         approval = self.approvals.get(key)
@@ -259,6 +277,9 @@ class Engine:
             return reject("unknown_account")
         if not _positive_int(cmd.amount):
             return reject("invalid_amount")
+        # The external account is minus all cash ever deposited: it bounds every other balance.
+        if self.ledger.available(EXTERNAL, CASH) - cmd.amount < -MAX_BIGINT:
+            return reject("amount_too_large")
         self.ledger.post("deposit", at, [(EXTERNAL, CASH, AVAILABLE, -cmd.amount),
                                          (cmd.account_id, CASH, AVAILABLE, cmd.amount)])
         return Done(cmd.account_id)
@@ -290,8 +311,10 @@ class Engine:
         if isinstance(found, Rejection):
             return found
         account, instrument = found
+        if account.role != "issuer":
+            return reject("not_permitted")
         approval = self.approvals.get((account.id, instrument.id))
-        if account.role != "issuer" or approval is None:
+        if approval is None:
             return reject("not_approved")
         if approval.issued + cmd.qty > approval.capacity:
             return reject("over_capacity")
@@ -309,8 +332,10 @@ class Engine:
         if isinstance(found, Rejection):
             return found
         account, instrument = found
+        if account.role != "issuer":
+            return reject("not_permitted")
         approval = self.approvals.get((account.id, instrument.id))
-        if account.role != "issuer" or approval is None:
+        if approval is None:
             return reject("not_approved")
         if self.ledger.available(account.id, instrument.symbol) < cmd.qty or approval.issued < cmd.qty:
             return reject("insufficient_tokens")
@@ -349,6 +374,8 @@ class Engine:
         account = self._trader(cmd.account_id)
         if isinstance(account, Rejection):
             return account
+        if not _storable(cmd.client_order_id):
+            return reject("invalid_text")
         if cmd.client_order_id is not None:
             original = self.client_orders.get((account.id, cmd.client_order_id))
             if original is not None:
@@ -381,6 +408,8 @@ class Engine:
             hold = 0 if price is None else fees.buy_hold(cmd.qty, price, max(maker_ppm, taker_ppm))
         if hold > self.ledger.available(account.id, hold_asset):
             return reject("insufficient_funds" if hold_asset == CASH else "insufficient_tokens")
+        if cmd.budget is not None and fees.budget_for_notional(hold, taker_ppm) == 0:
+            return reject("budget_too_small")
 
         seq = instrument.seq + 1
         order_id = self.ids.order
@@ -456,6 +485,9 @@ class Engine:
         return self.view(order.id)
 
     def _cancel_all(self, cmd: CancelAll, ts: int, at: datetime) -> Result:
+        account = self._trader(cmd.account_id)
+        if isinstance(account, Rejection):
+            return account
         instrument = self.instruments.get(cmd.symbol)
         if instrument is None:
             return reject("unknown_instrument")
@@ -494,6 +526,8 @@ class Engine:
             return reject("invalid_qty")
         if new_qty <= order.filled_qty:
             return reject("qty_not_above_filled")
+        if new_qty < instrument.min_qty:
+            return reject("qty_below_minimum")
         if new_qty > instrument.max_qty:
             return reject("qty_above_maximum")
         open_qty = new_qty - order.filled_qty
@@ -624,7 +658,8 @@ class Engine:
         return OrderView(
             order.id, order.account_id, instrument.symbol, order.client_order_id, order.side, order.type,
             order.tif, order.post_only, order.stp, order.price, order.qty, order.budget, order.open_qty,
-            order.filled_qty, order.filled_notional, order.fee, order.status, order.reason, fills or [],
+            order.filled_qty, order.filled_notional, order.fee, order.status, order.reason, order.created_at,
+            order.updated_at, fills or [],
         )
 
     _handlers: ClassVar[dict[type, Callable[..., Result]]] = {

@@ -127,7 +127,11 @@ class Sequencer:
             if not future.done():
                 future.set_result(result)
         if self.publish is not None and effects.events:
-            self.publish(effects.events)
+            try:
+                self.publish(effects.events)
+            except Exception:
+                # Market data is downstream of the commit: its failure must not stop the writer.
+                log.exception("publishing a committed batch failed")
 
     async def _fail(self, batch: list[tuple[Command, asyncio.Future]], reason: str) -> None:
         self.down = reason
@@ -136,12 +140,13 @@ class Sequencer:
         for _, future in pending:
             if not future.done():
                 future.set_exception(Unavailable(reason))
-        while True:
+        while not self._stopping:
             try:
                 async with self.pool.acquire() as conn:
                     self.engine = await store.load(conn)
-                break
             except DATABASE_ERRORS:
                 await asyncio.sleep(self.retry_interval)
-        log.info("engine rebuilt from the database; accepting commands again")
-        self.down = None
+                continue
+            log.info("engine rebuilt from the database; accepting commands again")
+            self.down = None
+            return
