@@ -191,7 +191,7 @@ class ExchangeMachine(RuleBasedStateMachine):
             if isinstance(result, Done):
                 self.minted[symbol] += qty
             else:
-                assert result.code in {"over_capacity", "over_supply_cap", "not_approved"}, result
+                assert result.code in {"over_capacity", "over_supply_cap", "not_approved", "not_permitted"}, result
         elif action == "burn":
             if isinstance(self.submit(Burn(account, symbol, qty)), Done):
                 self.minted[symbol] -= qty
