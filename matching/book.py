@@ -55,6 +55,7 @@ from matching.types import (
     GTC,
     INVALID_BUDGET,
     INVALID_ORDER_ID,
+    INVALID_POST_ONLY,
     INVALID_PRICE,
     INVALID_QTY,
     INVALID_SIDE,
@@ -117,11 +118,15 @@ class OrderBook:
     ) -> list[Event]:
         """Match a limit order as far as ``price`` allows; rest, expire or kill the rest by ``tif``."""
         # One cheap test admits the common valid order; anything odd goes to the exact diagnosis.
-        if (
-            type(order_id) is not int or type(price) is not int or type(qty) is not int
-            or qty <= 0 or price <= 0 or price % self.tick or post_only
-            or tif not in TIME_IN_FORCE or stp not in STP_MODES or order_id in self._orders
-        ):
+        try:
+            odd = (
+                type(order_id) is not int or type(price) is not int or type(qty) is not int
+                or order_id <= 0 or qty <= 0 or price <= 0 or price % self.tick or post_only is not False
+                or tif not in TIME_IN_FORCE or stp not in STP_MODES or order_id in self._orders
+            )
+        except TypeError:  # an unhashable value where a code belongs
+            odd = True
+        if odd:
             code = self._limit_rejection(order_id, side, price, qty, tif, post_only, stp)
             if code is not None:
                 return [Rejected(seq, ts, order_id, code)]
@@ -214,6 +219,8 @@ class OrderBook:
 
     def cancel(self, seq: int, ts: int, order_id: OrderId) -> list[Event]:
         """Remove a resting order."""
+        if type(order_id) is not int:
+            return [Rejected(seq, ts, order_id, INVALID_ORDER_ID)]
         order = self._orders.pop(order_id, None)
         if order is None:
             return [Rejected(seq, ts, order_id, UNKNOWN_ORDER)]
@@ -245,9 +252,11 @@ class OrderBook:
         quantity sends it to the back of its (new) level; a new price that crosses the book matches first,
         as a new limit order would, unless the order is post-only, which is then refused and left as it was.
         """
-        order = self._orders.get(order_id)
+        order = self._orders.get(order_id) if type(order_id) is int else None
         code = None
-        if order is None:
+        if type(order_id) is not int:
+            code = INVALID_ORDER_ID
+        elif order is None:
             code = UNKNOWN_ORDER
         elif qty is not None and (type(qty) is not int or qty <= 0):
             code = INVALID_QTY
@@ -388,8 +397,10 @@ class OrderBook:
             return INVALID_PRICE
         if price % self.tick:
             return OFF_TICK_PRICE
-        if tif not in TIME_IN_FORCE:
+        if type(tif) is not str or tif not in TIME_IN_FORCE:
             return INVALID_TIME_IN_FORCE
+        if type(post_only) is not bool:
+            return INVALID_POST_ONLY
         if post_only and tif != GTC:
             return POST_ONLY_REQUIRES_GTC
         if post_only and self._crosses(side, price):
@@ -398,13 +409,13 @@ class OrderBook:
 
     def _invalid_new(self, order_id: OrderId, side: str, qty: Qty, stp: str) -> str | None:
         """The rejection code for a new order's common fields, or None when they are valid."""
-        if type(order_id) is not int:
+        if type(order_id) is not int or order_id <= 0:
             return INVALID_ORDER_ID
-        if side != BUY and side != SELL:
+        if type(side) is not str or (side != BUY and side != SELL):
             return INVALID_SIDE
         if type(qty) is not int or qty <= 0:
             return INVALID_QTY
-        if stp not in STP_MODES:
+        if type(stp) is not str or stp not in STP_MODES:
             return INVALID_STP_MODE
         if order_id in self._orders:
             return DUPLICATE_ORDER_ID

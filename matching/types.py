@@ -3,7 +3,9 @@
 Units
 -----
 Every number the book sees is an ``int``: a price is micro-yuan per lot, a quantity is whole lots, a budget is
-micro-yuan. A float, a bool or anything else in their place is rejected, never coerced.
+micro-yuan, and an order id is positive. A float, a bool or anything else in their place is rejected, never
+coerced; so is a flag that is not a bool or a code that is not one of the strings below. Account ids are the
+caller's business and are only compared.
 
 Codes
 -----
@@ -54,6 +56,7 @@ OFF_TICK_PRICE: Final = "off_tick_price"
 INVALID_BUDGET: Final = "invalid_budget"
 INVALID_TIME_IN_FORCE: Final = "invalid_time_in_force"
 INVALID_STP_MODE: Final = "invalid_stp_mode"
+INVALID_POST_ONLY: Final = "invalid_post_only"
 POST_ONLY_REQUIRES_GTC: Final = "post_only_requires_gtc"
 DUPLICATE_ORDER_ID: Final = "duplicate_order_id"
 UNKNOWN_ORDER: Final = "unknown_order"

@@ -68,7 +68,8 @@ class Model:
         code = self._fault(order_id, side, qty, stp) or (
             codes.INVALID_PRICE if _bad(price)
             else codes.OFF_TICK_PRICE if price % self.tick
-            else codes.INVALID_TIME_IN_FORCE if tif not in codes.TIME_IN_FORCE
+            else codes.INVALID_TIME_IN_FORCE if type(tif) is not str or tif not in codes.TIME_IN_FORCE
+            else codes.INVALID_POST_ONLY if type(post_only) is not bool
             else codes.POST_ONLY_REQUIRES_GTC if post_only and tif != GTC
             else codes.WOULD_TAKE if post_only and self.crosses(side, price)
             else None
@@ -101,6 +102,8 @@ class Model:
         return out
 
     def cancel(self, seq, ts, order_id):
+        if type(order_id) is not int:
+            return [Rejected(seq, ts, order_id, codes.INVALID_ORDER_ID)]
         order = self.find(order_id)
         if order is None:
             return [Rejected(seq, ts, order_id, codes.UNKNOWN_ORDER)]
@@ -109,10 +112,11 @@ class Model:
                 self._level(seq, ts, order.side, order.price)]
 
     def amend(self, seq, ts, order_id, price=None, qty=None):
-        o = self.find(order_id)
+        o = self.find(order_id) if type(order_id) is int else None
         moved = o is not None and price is not None and price != o.price
         code = (
-            codes.UNKNOWN_ORDER if o is None
+            codes.INVALID_ORDER_ID if type(order_id) is not int
+            else codes.UNKNOWN_ORDER if o is None
             else codes.INVALID_QTY if qty is not None and _bad(qty)
             else codes.INVALID_PRICE if price is not None and _bad(price)
             else codes.OFF_TICK_PRICE if price is not None and price % self.tick
@@ -138,10 +142,10 @@ class Model:
     def _fault(self, order_id, side, qty, stp) -> str | None:
         """The rejection code for the fields every new order has, checked in this order."""
         return (
-            codes.INVALID_ORDER_ID if type(order_id) is not int
-            else codes.INVALID_SIDE if side not in (BUY, SELL)
+            codes.INVALID_ORDER_ID if type(order_id) is not int or order_id <= 0
+            else codes.INVALID_SIDE if type(side) is not str or side not in (BUY, SELL)
             else codes.INVALID_QTY if _bad(qty)
-            else codes.INVALID_STP_MODE if stp not in codes.STP_MODES
+            else codes.INVALID_STP_MODE if type(stp) is not str or stp not in codes.STP_MODES
             else codes.DUPLICATE_ORDER_ID if self.find(order_id)
             else None
         )
