@@ -1,23 +1,143 @@
-"""The `tokex` command."""
+"""The `tokex` command.
+
+    tokex serve [--host H] [--port P] [--database-url URL]   serve the API until SIGTERM or Ctrl-C
+    tokex demo [--host H] [--port P] [--database-url URL]    serve a seeded demo market with a gentle order flow
+    tokex admin COMMAND ...                                  accounts, keys, cash, instruments, issuers
+    tokex check [--database-url URL]                         verify the ledger and order-book invariants
+
+Without ``--database-url`` (or DATABASE_URL) the embedded PostgreSQL runs in TOKEX_HOME (default ./var);
+TOKEX_HOST and TOKEX_PORT set where to listen (default 127.0.0.1:8000).
+
+``tokex admin`` runs the same API in process, on the database itself, with a key made for the one command and
+revoked after it; that needs the database to itself (``api.server.writer_lock``). While a server runs, send
+the command to it instead: ``tokex admin --server URL ...`` signs with TOKEX_KEY and TOKEX_SECRET, the id and
+secret of an admin key (``tokex admin create-admin`` makes the first one, before the first start). Every
+admin command prints the API's JSON answer.
+"""
+
+from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
+import os
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import version
+from typing import Any
 
 import asyncpg
+import httpx
+import msgspec
 
+from api import demo as market
+from api import server
+from api.app import create_app
+from api.bootstrap import create_admin
+from api.client import ApiError, Client
+from api.server import NO_LIMITS, Settings, WriterBusy, open_database
 from exchange import invariants
 from exchange.database import Database
+from exchange.embedded import EmbeddedPostgresError
+
+KEY_ENV = "TOKEX_KEY"
+SECRET_ENV = "TOKEX_SECRET"
+DEFAULT_SCOPES = {"admin": "read,admin", "issuer": "read,trade,issue", "trader": "read,trade"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokex", description="tokex: an exchange for AI token blocks.")
     parser.add_argument("--version", action="version", version=f"tokex {version('tokex')}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    check = commands.add_parser("check", help="verify every ledger and order-book invariant in the database")
-    check.add_argument("--database-url", help="an external PostgreSQL (default: DATABASE_URL, else embedded)")
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument("--database-url", help="an external PostgreSQL (default: DATABASE_URL, else embedded "
+                                                 "in TOKEX_HOME)")
+    listen = argparse.ArgumentParser(add_help=False)
+    listen.add_argument("--host", default=os.environ.get("TOKEX_HOST") or "127.0.0.1",
+                        help="address to listen on (default: TOKEX_HOST, else 127.0.0.1)")
+    listen.add_argument("--port", type=int, default=int(os.environ.get("TOKEX_PORT") or 8000),
+                        help="port (default: TOKEX_PORT, else 8000; 0 picks a free one)")
+    listen.add_argument("--access-log", action="store_true", help="log every request")
+
+    commands.add_parser("check", parents=[database],
+                        help="verify every ledger and order-book invariant in the database")
+
+    serve = commands.add_parser("serve", parents=[database, listen], help="serve the API until SIGTERM or Ctrl-C")
+    serve.add_argument("--no-rate-limit", action="store_true",
+                       help="turn the per-key and per-address rate limits off (for benchmarks; or set "
+                            "TOKEX_NO_RATE_LIMIT=1)")
+
+    demo = commands.add_parser("demo", parents=[database, listen],
+                               help="serve a demo market: instruments, sellers, buyers and a gentle order flow")
+    demo.add_argument("--flow-rate", type=float, default=3.0,
+                      help="simulated actions per second (default 3; 0 seeds the market and leaves it still)")
+    demo.add_argument("--seed", type=int, default=None, help="random seed of the simulated flow")
+
+    admin = commands.add_parser("admin", parents=[database], help="accounts, keys, cash, instruments, issuers",
+                                description="Administer the exchange. Prints the API's JSON answer.")
+    admin.add_argument("--server", metavar="URL",
+                       help=f"send the command to this running server, signed with {KEY_ENV} and {SECRET_ENV} "
+                            "(an admin key); default: act on the database, which no server may be using")
+    actions = admin.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    action = actions.add_parser("create-admin", help="create the admin account if missing and a new key for it "
+                                                     "(on the database; run it before the first start)")
+    action.add_argument("--name", default="admin")
+
+    action = actions.add_parser("create-account", help="create an account")
+    action.add_argument("name")
+    action.add_argument("--role", choices=("trader", "issuer", "admin"), default="trader")
+    action.add_argument("--key", action="store_true", help="also create a key with the role's usual scopes")
+
+    action = actions.add_parser("create-key", help="create a key for an account; its secret is shown once")
+    action.add_argument("account_id", type=int)
+    action.add_argument("--scopes", required=True,
+                        help="comma-separated, within what the role allows: "
+                             + "; ".join(f"{role} {scopes}" for role, scopes in DEFAULT_SCOPES.items()))
+    action.add_argument("--label", default="")
+
+    for name, text in (("deposit", "credit CNY to an account"), ("withdraw", "debit CNY from an account")):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("account_id", type=int)
+        action.add_argument("amount", help="CNY as a decimal string, e.g. 1000 or 12.50")
+
+    action = actions.add_parser("list-compute", help="list a compute instrument: a token block of a model class")
+    action.add_argument("symbol", help="e.g. DEEPSEEK-V3")
+    action.add_argument("--model", required=True, help="e.g. deepseek-v3")
+    action.add_argument("--group", required=True, help="substitution group, e.g. chat-general")
+    action.add_argument("--quality", type=int, required=True, help="0-100")
+    action.add_argument("--tokens-per-lot", type=int, default=1_000_000)
+    instrument_options(action)
+
+    action = actions.add_parser("list-dataset", help="list a dataset token, minted by its issuer")
+    action.add_argument("symbol", help="e.g. DS-STEEL-QC")
+    action.add_argument("--issuer", type=int, required=True, help="the issuer's account id")
+    action.add_argument("--description", required=True)
+    action.add_argument("--license", required=True)
+    action.add_argument("--grants", required=True, help="what one token grants, e.g. '1,000 records'")
+    action.add_argument("--supply-cap", type=int, required=True, help="lots that may exist at once")
+    instrument_options(action)
+
+    actions.add_parser("instruments", help="show every instrument")
+
+    action = actions.add_parser("approve-issuer", help="let an issuer mint an instrument up to a capacity")
+    action.add_argument("account_id", type=int)
+    action.add_argument("symbol")
+    action.add_argument("capacity", type=int, help="lots the issuer may have minted at once")
+
+    for name, text in (("halt", "stop trading an instrument"), ("resume", "trade an instrument again")):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("symbol")
     return parser
+
+
+def instrument_options(action: argparse.ArgumentParser) -> None:
+    action.add_argument("--tick", default="0.01", help="price step in CNY per lot (default 0.01)")
+    action.add_argument("--min-qty", type=int, default=1)
+    action.add_argument("--max-qty", type=int, default=1_000_000)
+    action.add_argument("--maker-fee-bps", type=int, default=10)
+    action.add_argument("--taker-fee-bps", type=int, default=20)
 
 
 async def check(database_url: str | None) -> int:
@@ -34,11 +154,161 @@ async def check(database_url: str | None) -> int:
     return 1 if found else 0
 
 
+# -- admin -----------------------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def in_process_admin(database_url: str | None) -> AsyncIterator[Client]:
+    """An admin client of the API run in this process on the database; its key is revoked at the end."""
+
+    async with open_database(database_url, None) as dsn:
+        app = create_app(dsn, rate_limits=NO_LIMITS)
+        async with app.router.lifespan_context(app):
+            services = app.state.services
+            _, key_id, secret = await create_admin(services.pool, sequencer=services.sequencer)
+            transport = httpx.ASGITransport(app=app)
+            try:
+                async with Client("http://tokex", key_id, secret, transport=transport) as client:
+                    yield client
+            finally:
+                await services.keys.revoke(key_id)
+
+
+@contextlib.asynccontextmanager
+async def remote_admin(url: str) -> AsyncIterator[Client]:
+    key_id, secret = os.environ.get(KEY_ENV), os.environ.get(SECRET_ENV)
+    if not key_id or not secret:
+        raise SystemExit(f"tokex admin --server needs {KEY_ENV} and {SECRET_ENV}: the id and secret of an admin key")
+    async with Client(url.rstrip("/"), key_id, secret) as client:
+        yield client
+
+
+async def create_admin_key(database_url: str | None, name: str) -> dict:
+
+    async with open_database(database_url, None) as dsn:
+        app = create_app(dsn, rate_limits=NO_LIMITS)
+        async with app.router.lifespan_context(app):
+            services = app.state.services
+            account_id, key_id, secret = await create_admin(services.pool, name, sequencer=services.sequencer)
+    return {"account_id": account_id, "key_id": key_id, "secret": secret}
+
+
+async def admin_action(client: Client, options: argparse.Namespace) -> Any:
+    action = options.action
+    if action == "create-account":
+        account = await client.create_account(options.name, options.role)
+        if not options.key:
+            return account
+        key = await client.create_key(account["id"], DEFAULT_SCOPES[options.role].split(","), "tokex admin")
+        return {"account": account, "key": key}
+    if action == "create-key":
+        scopes = [scope.strip() for scope in options.scopes.split(",") if scope.strip()]
+        return await client.create_key(options.account_id, scopes, options.label)
+    if action == "deposit":
+        return await client.deposit(options.account_id, options.amount)
+    if action == "withdraw":
+        return await client.withdraw(options.account_id, options.amount)
+    if action in ("list-compute", "list-dataset"):
+        common = {"symbol": options.symbol, "tick": options.tick, "min_qty": options.min_qty,
+                  "max_qty": options.max_qty, "maker_fee_bps": options.maker_fee_bps,
+                  "taker_fee_bps": options.taker_fee_bps}
+        if action == "list-compute":
+            return await client.create_instrument(kind="compute", model=options.model,
+                                                  substitution_group=options.group, quality=options.quality,
+                                                  tokens_per_lot=options.tokens_per_lot, **common)
+        return await client.create_instrument(kind="dataset", issuer_id=options.issuer,
+                                              description=options.description, license=options.license,
+                                              grants=options.grants, supply_cap=options.supply_cap, **common)
+    if action == "instruments":
+        return await client.instruments()
+    if action == "approve-issuer":
+        return await client.approve_issuer(options.account_id, options.symbol, options.capacity)
+    if action == "halt":
+        return await client.halt(options.symbol)
+    if action == "resume":
+        return await client.resume(options.symbol)
+    raise ValueError(f"unknown admin action {action!r}")
+
+
+async def admin(options: argparse.Namespace) -> int:
+    if options.action == "create-admin":
+        if options.server:
+            raise SystemExit("tokex admin create-admin works on the database, not through --server")
+        result = await create_admin_key(database_url(options), options.name)
+    else:
+        connect = remote_admin(options.server) if options.server else in_process_admin(database_url(options))
+        async with connect as client:
+            result = await admin_action(client, options)
+    print(msgspec.json.format(msgspec.json.encode(result), indent=2).decode())
+    return 0
+
+
+# -- serve and demo --------------------------------------------------------------------------------------------
+
+
+def serve_settings(options: argparse.Namespace, no_rate_limit: bool = False) -> Settings:
+
+    return Settings(host=options.host, port=options.port, database_url=database_url(options),
+                    rate_limits=NO_LIMITS if no_rate_limit else None, access_log=options.access_log)
+
+
+async def serve(options: argparse.Namespace) -> int:
+
+    no_limit = options.no_rate_limit or os.environ.get("TOKEX_NO_RATE_LIMIT", "") not in ("", "0")
+    settings = serve_settings(options, no_limit)
+
+    async def started(_: server.Server, url: str) -> None:
+        where = "external database" if settings.database_url else "embedded PostgreSQL in TOKEX_HOME"
+        print(f"tokex: serving on {url} ({where}{'; rate limits off' if no_limit else ''}); "
+              "SIGTERM or Ctrl-C stops it", flush=True)
+
+    status = await server.serve(settings, started)
+    print("tokex: stopped", flush=True)
+    return status
+
+
+async def demo(options: argparse.Namespace) -> int:
+
+    settings = serve_settings(options)
+    status = await server.serve(settings, market.starter(options.flow_rate, options.seed))
+    print("tokex demo: stopped", flush=True)
+    return status
+
+
+def database_url(options: argparse.Namespace) -> str | None:
+    return options.database_url or Database.from_env().database_url
+
+
+def run(main: Callable[[], Awaitable[int]]) -> int:
+    """Run one command; known failures become a message and status 1."""
+
+    try:
+        return asyncio.run(main())
+    except ApiError as exc:
+        print(f"tokex: {exc}", file=sys.stderr)
+    except (WriterBusy, EmbeddedPostgresError) as exc:
+        print(f"tokex: {exc}", file=sys.stderr)
+    except BrokenPipeError:
+        pass  # the reader went away (| head): nothing left to tell
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"tokex: the database could not be reached: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     options = parser.parse_args(argv)
     if options.command == "check":
-        return asyncio.run(check(options.database_url or Database.from_env().database_url))
+        return run(lambda: check(database_url(options)))
+    if options.command == "admin":
+        return run(lambda: admin(options))
+    if options.command in ("serve", "demo"):
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+        # One line per request of the demo's own clients would drown the rest.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        return run(lambda: serve(options) if options.command == "serve" else demo(options))
     parser.print_help(sys.stderr)
     return 2
 

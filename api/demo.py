@@ -1,0 +1,342 @@
+"""A demo market: instruments, sellers with minted capacity, buyers with cash, and a gentle flow of orders.
+
+``tokex demo`` serves the API (``api.server``) and, once it listens, calls ``starter(...)``'s coroutine, which
+seeds the market through the public API and keeps it alive with a simulated flow, also through the public
+API, one signed client per simulated account.
+
+The market
+----------
+Three compute blocks of one substitution group (``chat-general``), 1 lot = 1M tokens, priced in CNY per lot
+where telecom token packages put them (400,000 tokens for 1 CNY is 2.50 per 1M; 10M tokens for 9.90 CNY a
+month is 0.99 per 1M): DEEPSEEK-V3 around 2.20, GLM-4.5 around 1.80, XINGCHEN around 1.10. Two dataset
+tokens, each issued by its data owner: DS-STEEL-QC (steel surface inspection records) and DS-MACHINE-MAINT
+(machine-tool maintenance records), one token = 1,000 records.
+
+Accounts: three compute sellers and two dataset issuers who mint and offer, three buyers who bid, take and
+redeem what they bought (they consume the tokens). ``demo-seller`` and ``demo-buyer`` are left to the person
+trying the demo: the flow never touches them. The keys printed are new at every start (a secret is shown once);
+the previous demo keys of these accounts are revoked.
+
+Seeding happens once per database: an existing DEEPSEEK-V3 means the market is there, and a later start only
+makes new keys and restarts the flow.
+
+The flow
+--------
+About ``rate`` actions a second (Poisson), each on one instrument whose fair price takes a small random walk
+within a band: ~40% an offer a few ticks above fair, ~40% a bid a few ticks below, ~15% a market order that
+takes the touch, ~5% a redemption. Each account keeps at most ``MAX_OPEN`` orders per instrument, cancelling its
+oldest; a seller out of tokens mints more, a buyer out of cash is topped up by the admin. Refusals are part of
+the game and are only counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from api.client import ApiError, Client
+from api.keys import KeyStore
+from api.server import Server
+from api.services import Services
+from api.units import from_micro, to_micro
+from exchange.commands import CreateAccount, Done
+
+log = logging.getLogger(__name__)
+
+TICK = 10_000  # 0.01 CNY
+MAX_OPEN = 4
+KEY_LABEL = "demo"
+REPORT_SECONDS = 60.0
+SCOPES = {"admin": ["read", "admin"], "issuer": ["read", "trade", "issue"], "trader": ["read", "trade"]}
+
+
+@dataclass
+class Market:
+    """One instrument of the demo and the random walk of its fair price (micro-yuan per lot)."""
+
+    symbol: str
+    fair: int
+    low: int
+    high: int
+    lots: tuple[int, int]
+    """Size range of a maker order, in lots."""
+    listing: dict
+    sellers: list[str] = field(default_factory=list)
+
+    def walk(self, rng: random.Random) -> int:
+        step = rng.choice((-1, 0, 0, 1)) * TICK * max(1, self.fair // 2_000_000)
+        self.fair = min(self.high, max(self.low, self.fair + step))
+        return self.fair
+
+
+def compute(symbol: str, model: str, quality: int, fair: str, low: str, high: str) -> Market:
+    return Market(symbol, to_micro(fair, "fair"), to_micro(low, "low"), to_micro(high, "high"), (20, 200), {
+        "kind": "compute", "symbol": symbol, "tick": from_micro(TICK), "model": model,
+        "substitution_group": "chat-general", "quality": quality, "tokens_per_lot": 1_000_000,
+    })
+
+
+def dataset(symbol: str, issuer: str, description: str, grants: str, fair: str, low: str, high: str) -> Market:
+    return Market(symbol, to_micro(fair, "fair"), to_micro(low, "low"), to_micro(high, "high"), (1, 20), {
+        "kind": "dataset", "symbol": symbol, "tick": from_micro(TICK), "description": description,
+        "license": "Model training and internal analytics by the holder; no redistribution of the records.",
+        "grants": grants, "supply_cap": 100_000,
+    }, [issuer])
+
+
+def markets() -> list[Market]:
+    return [
+        compute("DEEPSEEK-V3", "deepseek-v3", 90, "2.20", "1.90", "2.50"),
+        compute("GLM-4.5", "glm-4.5", 88, "1.80", "1.50", "2.20"),
+        compute("XINGCHEN", "xingchen", 80, "1.10", "0.95", "1.40"),
+        dataset("DS-STEEL-QC", "steel-qc-lab",
+                "Surface inspections of hot-rolled steel strip: defect class, position and grade, with the line's "
+                "speed, temperature and thickness at the time.", "1,000 inspection records", "12", "10", "15"),
+        dataset("DS-MACHINE-MAINT", "machine-tool-service",
+                "Maintenance records of CNC machine tools: spindle vibration and temperature before each alarm, "
+                "the alarm, and the repair done.", "1,000 maintenance records", "6.5", "5", "8"),
+    ]
+
+
+COMPUTE_SELLERS = ["yunfeng-cloud", "telecom-compute", "lakeside-gpu"]
+BUYERS = ["agent-platform", "chat-app", "factory-analytics"]
+DEMO_SELLER, DEMO_BUYER, ADMIN = "demo-seller", "demo-buyer", "admin"
+BUYER_CASH = "200000"
+SELLER_MINT = 20_000
+CAPACITY = 1_000_000
+
+
+@dataclass
+class Account:
+    name: str
+    role: str
+    id: int
+    client: Client
+    key_id: str = ""
+    secret: str = ""
+
+
+class Demo:
+    """The seeded market and its flow, on a running server."""
+
+    def __init__(self, services: Services, url: str, rate: float, rng: random.Random) -> None:
+        self.services = services
+        self.url = url
+        self.rate = rate
+        self.rng = rng
+        self.markets = markets()
+        self.accounts: dict[str, Account] = {}
+        self.open: dict[tuple[str, str], deque[int]] = {}
+        self.counts: Counter[str] = Counter()
+
+    # -- seeding ---------------------------------------------------------------------------------------------
+
+    async def seed(self) -> None:
+        admin = await self.account(ADMIN, "admin")
+        listed = {item["symbol"] for item in await admin.client.instruments()}
+        fresh = self.markets[0].symbol not in listed
+        compute_symbols = [m.symbol for m in self.markets if m.listing["kind"] == "compute"]
+        for market in self.markets:
+            if market.listing["kind"] == "compute":
+                market.sellers = list(COMPUTE_SELLERS)
+        for name in COMPUTE_SELLERS:
+            await self.account(name, "issuer")
+        for market in self.markets:
+            if market.listing["kind"] == "dataset":
+                await self.account(market.sellers[0], "issuer")
+        for name in BUYERS:
+            await self.account(name, "trader")
+        await self.account(DEMO_SELLER, "issuer")
+        await self.account(DEMO_BUYER, "trader")
+        if not fresh:
+            return
+        for market in self.markets:
+            listing = dict(market.listing)
+            if listing["kind"] == "dataset":
+                listing["issuer_id"] = self.accounts[market.sellers[0]].id
+            if market.symbol not in listed:
+                await admin.client.create_instrument(**listing)
+            for name in market.sellers:
+                await self.mint(name, market.symbol, SELLER_MINT if market.listing["kind"] == "compute" else 5_000)
+        for symbol in compute_symbols:
+            await self.mint(DEMO_SELLER, symbol, 1_000)
+        for name in BUYERS:
+            await admin.client.deposit(self.accounts[name].id, BUYER_CASH)
+        await admin.client.deposit(self.accounts[DEMO_BUYER].id, "10000")
+        for market in self.markets:
+            await self.ladder(market)
+
+    async def account(self, name: str, role: str) -> Account:
+        """The account ``name`` (created if missing) with a new demo key; its older demo keys are revoked."""
+        services = self.services
+        async with services.connection() as conn:
+            account_id = await conn.fetchval("SELECT id FROM account WHERE name = $1", name)
+        if account_id is None:
+            if role == "admin":
+                done = await services.sequencer.submit(CreateAccount(name, role))
+                assert isinstance(done, Done) and done.id is not None, done
+                account_id = done.id
+            else:
+                account_id = (await self.accounts[ADMIN].client.create_account(name, role))["id"]
+        keys: KeyStore = services.keys
+        for row in await keys.list(account_id):
+            if row.label == KEY_LABEL and row.revoked_at is None:
+                await keys.revoke(row.id)
+        key, secret = await keys.create(account_id, SCOPES[role], KEY_LABEL)
+        account = Account(name, role, account_id, Client(self.url, key.id, secret), key.id, secret)
+        self.accounts[name] = account
+        return account
+
+    async def mint(self, name: str, symbol: str, qty: int) -> None:
+        admin = self.accounts[ADMIN].client
+        account = self.accounts[name]
+        with contextlib.suppress(ApiError):
+            await admin.approve_issuer(account.id, symbol, CAPACITY)
+        await account.client.mint(symbol, qty)
+
+    async def ladder(self, market: Market) -> None:
+        """A few levels each side, then one trade so the ticker has a last price."""
+        low, high = market.lots
+        for level in range(1, 5):
+            for name in market.sellers:
+                await self.place(name, market.symbol, "sell", market.fair + level * 2 * TICK,
+                                 self.rng.randint(low, high))
+            for name in BUYERS:
+                await self.place(name, market.symbol, "buy", market.fair - level * 2 * TICK,
+                                 self.rng.randint(low, high) // 2 or 1)
+        await self.take(BUYERS[0], market.symbol, "buy", max(1, low // 2))
+
+    # -- the flow --------------------------------------------------------------------------------------------
+
+    async def flow(self) -> None:
+        if self.rate <= 0:
+            return
+        reported = asyncio.get_running_loop().time()
+        while True:
+            await asyncio.sleep(self.rng.expovariate(self.rate))
+            try:
+                await self.step()
+            except ApiError as exc:
+                self.counts[f"refused {exc.code}"] += 1
+            except httpx.HTTPError as exc:
+                log.warning("demo flow: %s; pausing", exc)
+                await asyncio.sleep(1.0)
+            now = asyncio.get_running_loop().time()
+            if now - reported >= REPORT_SECONDS:
+                reported = now
+                log.info("demo flow, last %.0f s: %s", REPORT_SECONDS,
+                         ", ".join(f"{what} {n}" for what, n in self.counts.most_common()))
+                self.counts.clear()
+
+    async def step(self) -> None:
+        rng = self.rng
+        market = rng.choices(self.markets, weights=[3, 3, 3, 1, 1])[0]
+        fair = market.walk(rng)
+        low, high = market.lots
+        roll = rng.random()
+        if roll < 0.40:
+            price = fair + rng.randint(1, 6) * TICK
+            await self.place(rng.choice(market.sellers), market.symbol, "sell", price, rng.randint(low, high))
+        elif roll < 0.80:
+            price = max(TICK, fair - rng.randint(1, 6) * TICK)
+            await self.place(rng.choice(BUYERS), market.symbol, "buy", price, max(1, rng.randint(low, high) // 2))
+        elif roll < 0.95:
+            if rng.random() < 0.7:
+                await self.take(rng.choice(BUYERS), market.symbol, "buy", max(1, rng.randint(low, high) // 4))
+            else:
+                await self.take(rng.choice(market.sellers), market.symbol, "sell", max(1, rng.randint(low, high) // 4))
+        else:
+            await self.redeem(rng.choice(BUYERS), market.symbol)
+
+    async def place(self, name: str, symbol: str, side: str, price: int, qty: int) -> None:
+        account = self.accounts[name]
+        try:
+            order = await account.client.place_order(symbol, side, price=from_micro(price), qty=qty)
+        except ApiError as exc:
+            if exc.code == "insufficient_tokens" and account.role == "issuer":
+                await account.client.mint(symbol, SELLER_MINT // 4 if qty > 20 else 1_000)
+                self.counts["mints"] += 1
+            elif exc.code == "insufficient_funds":
+                await self.accounts[ADMIN].client.deposit(account.id, BUYER_CASH)
+                self.counts["top-ups"] += 1
+            raise
+        self.counts["orders"] += 1
+        if order["fills"]:
+            self.counts["orders that traded"] += 1
+        if order["status"] == "open":
+            mine = self.open.setdefault((name, symbol), deque())
+            mine.append(order["id"])
+            while len(mine) > MAX_OPEN:
+                with contextlib.suppress(ApiError):  # it may have filled meanwhile
+                    await account.client.cancel_order(mine.popleft())
+                    self.counts["cancels"] += 1
+
+    async def take(self, name: str, symbol: str, side: str, qty: int) -> None:
+        order = await self.accounts[name].client.place_order(symbol, side, type="market", qty=qty)
+        self.counts["market orders"] += 1
+        if order["fills"]:
+            self.counts["orders that traded"] += 1
+
+    async def redeem(self, name: str, symbol: str) -> None:
+        account = self.accounts[name]
+        held = int((await account.client.balances()).get(symbol, {}).get("available", "0"))
+        if held > 1:
+            await account.client.redeem(symbol, max(1, held // 3))
+            self.counts["redemptions"] += 1
+
+    async def close(self) -> None:
+        for account in self.accounts.values():
+            await account.client.aclose()
+
+    # -- what the person trying it needs ---------------------------------------------------------------------
+
+    def banner(self) -> str:
+        symbols = ", ".join(m.symbol for m in self.markets)
+        lines = [
+            f"tokex demo: a live market on {self.url}",
+            f"  instruments: {symbols} (compute in CNY per 1M tokens)",
+            f"  simulated flow: about {self.rate:g} actions a second by {len(COMPUTE_SELLERS) + 2 + len(BUYERS)} "
+            "accounts; SIGTERM or Ctrl-C stops the demo",
+            "  demo keys, new at every start (the secrets are shown only here):",
+        ]
+        described = {
+            DEMO_SELLER: "seller: an issuer holding 1,000 lots of each compute block",
+            DEMO_BUYER: "buyer: a trader with 10,000 CNY",
+            ADMIN: "admin: accounts, keys, cash, instruments (tokex admin --server URL ...)",
+        }
+        for name, text in described.items():
+            account = self.accounts[name]
+            lines.append(f"    {name} (account {account.id}), {text}")
+            lines.append(f"      export TOKEX_KEY={account.key_id} TOKEX_SECRET={account.secret}")
+        lines.append(f"  try: curl -s {self.url}/v1/instruments/DEEPSEEK-V3/book")
+        return "\n".join(lines)
+
+
+def starter(rate: float = 3.0, seed: int | None = None) -> Callable[[Server, str], Awaitable[None]]:
+    """The ``on_started`` hook of ``api.server.serve`` that seeds the demo and runs its flow beside the server."""
+
+    async def start(server: Server, url: str) -> None:
+        demo = Demo(server.config.app.state.services, url, rate, random.Random(seed))
+        try:
+            await demo.seed()
+        except BaseException:
+            await demo.close()
+            raise
+        print(demo.banner(), flush=True)
+
+        async def run() -> None:
+            try:
+                await demo.flow()
+            finally:
+                await demo.close()
+
+        server.run_beside(run(), "demo flow")
+
+    return start
