@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from importlib.metadata import version
 from typing import Any
 
@@ -279,11 +279,21 @@ def database_url(options: argparse.Namespace) -> str | None:
     return options.database_url or Database.from_env().database_url
 
 
-def run(main: Callable[[], Awaitable[int]]) -> int:
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (as uvicorn itself would choose), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run one command; known failures become a message and status 1."""
 
     try:
-        return asyncio.run(main())
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            return runner.run(main())
     except ApiError as exc:
         print(f"tokex: {exc}", file=sys.stderr)
     except (WriterBusy, EmbeddedPostgresError) as exc:
