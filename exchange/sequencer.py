@@ -8,6 +8,15 @@ effects in one transaction, and only then answers each caller and hands the book
 While one batch commits, the next accumulates in the queue: that is the group commit, one fsync per batch
 instead of one per order.
 
+One writer
+----------
+The sequencer writes through one connection of its own, which holds a PostgreSQL advisory lock for as long as
+it writes. A second process on the same database waits for it (and gives up with a clear error after
+``lock_timeout``); after a crash, the restarted process waits until the dead writer's session is gone, so it
+never loads the database while the old writer's last commit is still landing. The connection asks for custom
+plans: the batch statements see tables that grow from nothing, and a generic plan chosen while they were tiny
+would stay slow.
+
 Failure
 -------
 If the commit fails (the database is gone, or a bug raised while applying), no command of the batch is
@@ -33,6 +42,10 @@ log = logging.getLogger(__name__)
 # What a lost or failing database looks like to asyncpg: connection errors are OSErrors or asyncpg's
 # own interface errors; server-side failures (shutdown, disk full, serialization) are PostgresErrors.
 DATABASE_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+WRITER_LOCK = int.from_bytes(b"tokexwri", "big", signed=True)
+"""The advisory lock key held by the one writer of a database."""
 
 
 class Unavailable(Exception):
@@ -62,14 +75,21 @@ class Sequencer:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._stopping = False
+        self._writer: asyncpg.Connection | None = None
+        """The connection that holds the writer lock and commits every batch."""
         self.batches = 0
 
     @classmethod
-    async def open(cls, pool: asyncpg.Pool, **options) -> "Sequencer":
-        """Load the engine from the database and start writing."""
-        async with pool.acquire() as conn:
-            engine = await store.load(conn)
+    async def open(cls, pool: asyncpg.Pool, lock_timeout: float = 30.0, **options) -> "Sequencer":
+        """Become the database's writer, load the engine from it and start writing."""
+        lock = await claim_writer_lock(pool, lock_timeout)
+        try:
+            engine = await store.load(lock)
+        except BaseException:
+            await pool.release(lock)
+            raise
         sequencer = cls(pool, engine, **options)
+        sequencer._writer = lock
         sequencer.start()
         return sequencer
 
@@ -82,6 +102,13 @@ class Sequencer:
         self._wake.set()
         if self._task is not None:
             await self._task
+        if self._writer is not None:
+            lock, self._writer = self._writer, None
+            try:
+                await lock.execute("SELECT pg_advisory_unlock($1)", WRITER_LOCK)
+                await self.pool.release(lock)
+            except DATABASE_ERRORS:
+                lock.terminate()  # the session is gone or going: the lock goes with it
 
     async def submit(self, command: Command) -> Result:
         """Apply ``command``; return its result once committed. Raise ``Unavailable`` if it cannot be."""
@@ -112,8 +139,9 @@ class Sequencer:
         try:
             results = [self.engine.apply(command, now, at) for command, _ in batch]
             effects = self.engine.take_effects()
-            async with self.pool.acquire() as conn:
-                await store.write(conn, effects)
+            if self._writer is None:
+                raise asyncpg.InterfaceError("the sequencer has no writer connection")
+            await store.write(self._writer, effects)
         except DATABASE_ERRORS as exc:
             await self._fail(batch, f"the database is unavailable ({type(exc).__name__})")
             return
@@ -142,11 +170,48 @@ class Sequencer:
                 future.set_exception(Unavailable(reason))
         while not self._stopping:
             try:
-                async with self.pool.acquire() as conn:
-                    self.engine = await store.load(conn)
-            except DATABASE_ERRORS:
+                writer = await self._keep_writer()
+                self.engine = await store.load(writer)
+            except (*DATABASE_ERRORS, WriterLockTimeout):
                 await asyncio.sleep(self.retry_interval)
                 continue
             log.info("engine rebuilt from the database; accepting commands again")
             self.down = None
             return
+
+    async def _keep_writer(self) -> asyncpg.Connection:
+        """The writer connection, still holding the lock, or a new one that has claimed it anew."""
+        if self._writer is not None:
+            try:
+                await self._writer.fetchval("SELECT 1")
+                return self._writer
+            except DATABASE_ERRORS:
+                lost, self._writer = self._writer, None
+                lost.terminate()
+                await self.pool.release(lost)
+        self._writer = await claim_writer_lock(self.pool, timeout=self.retry_interval * 20)
+        return self._writer
+
+
+class WriterLockTimeout(RuntimeError):
+    """Another process holds this database's writer lock."""
+
+
+async def claim_writer_lock(pool: asyncpg.Pool, timeout: float) -> asyncpg.Connection:
+    """Take a pool connection for writing and the writer lock on it; wait up to ``timeout`` seconds for the lock."""
+    conn = await pool.acquire()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        await conn.execute("SET plan_cache_mode = force_custom_plan")
+        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", WRITER_LOCK):
+            if loop.time() > deadline:
+                raise WriterLockTimeout(
+                    f"another tokex process has been writing to this database for over {timeout:.0f} s; "
+                    "stop it, or point this one at another database"
+                )
+            await asyncio.sleep(0.05)
+    except BaseException:
+        await pool.release(conn)
+        raise
+    return conn

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import asyncpg
-import pytest
 
 from exchange import invariants, store
 from exchange.commands import CreateAccount, Deposit, Done, OrderView, PlaceOrder
@@ -170,11 +169,6 @@ async def test_acknowledged_orders_survive_sigkill_and_the_exchange_carries_on(
         os.unlink(ack_log)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug: nothing keeps a second writer off the database. A restart that loads while the killed process's "
-    "last COMMIT is still landing starts from a state without that batch (seen in the test above before it "
-    "waited for the dead sessions: 'the engine's book differs from the committed open orders', and a "
-    "UniqueViolationError on the next journal entry)"))
 async def test_a_restart_waits_for_the_old_writer_to_finish(fresh_database_url: str) -> None:
     await migrate(fresh_database_url)
     async with (asyncpg.create_pool(fresh_database_url, min_size=1, max_size=2) as old_pool,
