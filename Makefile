@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test lint bench bench-exchange check clean
+.PHONY: install run test lint bench bench-exchange bench-api check clean
 
 install: $(INSTALLED)
 
@@ -13,6 +13,12 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(INSTALLED)
+
+# The demo keeps its embedded PostgreSQL and master key in TOKEX_HOME: ./var unless set.
+TOKEX_HOME ?= $(CURDIR)/var
+
+run: $(INSTALLED)
+	TOKEX_HOME="$(TOKEX_HOME)" $(BIN)/tokex demo
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
@@ -25,6 +31,9 @@ bench: $(INSTALLED)
 
 bench-exchange: $(INSTALLED)
 	$(BIN)/python -m loadtest.bench_exchange
+
+bench-api: $(INSTALLED)
+	$(BIN)/python -m loadtest.bench_api
 
 check: $(INSTALLED)
 	$(BIN)/tokex check

@@ -18,7 +18,7 @@ trying the demo: the flow never touches them. The keys printed are new at every 
 the previous demo keys of these accounts are revoked.
 
 Seeding happens once per database: an existing DEEPSEEK-V3 means the market is there, and a later start only
-makes new keys and restarts the flow.
+makes new keys, cancels the simulated accounts' orders of the last run and restarts the flow.
 
 The flow
 --------
@@ -156,6 +156,10 @@ class Demo:
         await self.account(DEMO_SELLER, "issuer")
         await self.account(DEMO_BUYER, "trader")
         if not fresh:
+            # A restart: the flow's orders of the last run rest at stale prices and nobody tracks them any more.
+            for market in self.markets:
+                for name in [*market.sellers, *BUYERS]:
+                    await self.accounts[name].client.cancel_all(market.symbol)
             return
         for market in self.markets:
             listing = dict(market.listing)
@@ -307,8 +311,8 @@ class Demo:
             "  demo keys, new at every start (the secrets are shown only here):",
         ]
         described = {
-            DEMO_SELLER: "seller: an issuer holding 1,000 lots of each compute block",
-            DEMO_BUYER: "buyer: a trader with 10,000 CNY",
+            DEMO_SELLER: "seller: an issuer, minted 1,000 lots of each compute block at the first start",
+            DEMO_BUYER: "buyer: a trader, funded with 10,000 CNY at the first start",
             ADMIN: "admin: accounts, keys, cash, instruments (tokex admin --server URL ...)",
         }
         for name, text in described.items():
