@@ -119,7 +119,9 @@ class Effects:
     """Rows to commit, besides the ledger's: everything changed since the last ``take_effects``."""
 
     accounts: list[tuple] = field(default_factory=list)
+    new_instruments: list[Instrument] = field(default_factory=list)
     instruments: dict[int, Instrument] = field(default_factory=dict)
+    """Instruments whose status or sequence number changed (new ones included)."""
     approvals: dict[tuple[int, int], Approval] = field(default_factory=dict)
     new_orders: dict[int, Order] = field(default_factory=dict)
     changed_orders: dict[int, Order] = field(default_factory=dict)
@@ -213,6 +215,7 @@ class Engine:
         )
         self.ids.instrument += 1
         self.add_instrument(instrument, OrderBook(instrument.tick))
+        self.effects.new_instruments.append(instrument)
         self.effects.instruments[instrument.id] = instrument
         return Done(instrument.id)
 

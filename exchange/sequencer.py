@@ -2,11 +2,11 @@
 
 Flow
 ----
-``submit`` queues a command with a future and wakes the writer task. The writer takes everything queued
-(up to ``max_batch``), applies each command to the engine (hold → match → settle), commits the batch's
-effects in one transaction, and only then answers each caller and hands the book events to ``publish``.
-While one batch commits, the next accumulates in the queue: that is the group commit, one fsync per batch
-instead of one per order.
+``submit`` queues a command with a future and wakes the writer task. The writer takes what is queued (up to
+``max_batch``), applies each command to the engine (hold → match → settle), commits the batch's effects
+atomically, and only then answers each caller and hands the book events to ``publish``. While one batch
+commits, the next is applied in memory and waits to be written after it: that is the group commit, one fsync
+per batch instead of one per order, with Python and PostgreSQL working at the same time.
 
 One writer
 ----------
@@ -35,7 +35,7 @@ import asyncpg
 
 from exchange import store
 from exchange.commands import Command, Result
-from exchange.engine import Engine
+from exchange.engine import Effects, Engine
 
 log = logging.getLogger(__name__)
 
@@ -122,34 +122,59 @@ class Sequencer:
         return await future
 
     async def _run(self) -> None:
+        writing: asyncio.Task | None = None  # the previous batch's commit, still under way
         while True:
             if not self._queue:
-                if self._stopping:
+                if writing is not None:
+                    await writing
+                    writing = None
+                elif self._stopping:
                     return
-                self._wake.clear()
-                await self._wake.wait()
+                else:
+                    self._wake.clear()
+                    await self._wake.wait()
                 continue
-            batch = self._queue[: self.max_batch]
-            del self._queue[: self.max_batch]
-            await self._commit(batch)
+            # Keep two batches in flight, so that applying one overlaps committing the other: with no commit
+            # under way, take half of what waits and leave the rest to follow at once.
+            size = len(self._queue) if writing is not None else (len(self._queue) + 1) // 2
+            size = min(size, self.max_batch)
+            batch = self._queue[:size]
+            del self._queue[:size]
+            applied = self._apply(batch)
+            if writing is not None:
+                committed = await writing
+                writing = None
+                if not committed:
+                    # The engine was rebuilt from the database without the failed batch, and without this one.
+                    self._refuse(batch, self.down or "the database is unavailable")
+                    continue
+            if applied is None:
+                await self._fail(batch, "the exchange hit an internal error and is recovering")
+                continue
+            writing = asyncio.get_running_loop().create_task(self._commit(batch, *applied))
+            await asyncio.sleep(0)  # let the commit send its statement before the next batch is applied
 
-    async def _commit(self, batch: list[tuple[Command, asyncio.Future]]) -> None:
+    def _apply(self, batch: list[tuple[Command, asyncio.Future]]) -> tuple[list[Result], Effects] | None:
+        """Run a batch through the engine; None if a bug raised (memory is then half-changed)."""
         now = time.time_ns() // 1000
         at = datetime.fromtimestamp(now / 1_000_000, UTC)
         try:
             results = [self.engine.apply(command, now, at) for command, _ in batch]
-            effects = self.engine.take_effects()
+            return results, self.engine.take_effects()
+        except Exception:
+            log.exception("applying a batch failed; rebuilding from the database")
+            return None
+
+    async def _commit(self, batch: list[tuple[Command, asyncio.Future]], results: list[Result],
+                      effects: Effects) -> bool:
+        """Write one applied batch; answer its callers and publish it if it committed."""
+        try:
             if self._writer is None:
                 raise asyncpg.InterfaceError("the sequencer has no writer connection")
             await store.write(self._writer, effects)
         except DATABASE_ERRORS as exc:
             await self._fail(batch, f"the database is unavailable ({type(exc).__name__})")
-            return
-        except Exception:
-            # A bug while applying leaves memory half-changed: the database is the truth to go back to.
-            log.exception("applying a batch failed; rebuilding from the database")
-            await self._fail(batch, "the exchange hit an internal error and is recovering")
-            return
+            return False
         self.batches += 1
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
@@ -160,14 +185,19 @@ class Sequencer:
             except Exception:
                 # Market data is downstream of the commit: its failure must not stop the writer.
                 log.exception("publishing a committed batch failed")
+        return True
+
+    @staticmethod
+    def _refuse(batch: list[tuple[Command, asyncio.Future]], reason: str) -> None:
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(Unavailable(reason))
 
     async def _fail(self, batch: list[tuple[Command, asyncio.Future]], reason: str) -> None:
         self.down = reason
         pending = batch + self._queue
         self._queue = []
-        for _, future in pending:
-            if not future.done():
-                future.set_exception(Unavailable(reason))
+        self._refuse(pending, reason)
         while not self._stopping:
             try:
                 writer = await self._keep_writer()
