@@ -11,7 +11,8 @@ Shutdown stops the sequencer (it finishes the commands already queued), closes t
 each step bounded in time so a lost database cannot hang it.
 
 Every route is declared in a ``routes_*`` module (``api.endpoints``); ``ENDPOINTS`` lists them all, and the
-OpenAPI document is generated from the same list.
+OpenAPI document is generated from the same list. Besides them: the market-data WebSocket ``/v1/ws``
+(``api.feed``, whose hub listens to the market view and runs while the app does).
 """
 
 import asyncio
@@ -26,7 +27,9 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import WebSocketRoute
 
+from api import feed
 from api.endpoints import Endpoint, routes
 from api.keys import KeyStore, load_master_key
 from api.marketdata import MarketData
@@ -34,6 +37,7 @@ from api.openapi import document, meta
 from api.problems import Problem
 from api.ratelimit import RateLimiter, RateLimits
 from api.routes_accounts import accounts
+from api.routes_history import history
 from api.routes_instruments import instruments
 from api.routes_keys import keys
 from api.routes_market import market
@@ -45,12 +49,13 @@ from exchange.sequencer import Sequencer
 
 log = logging.getLogger(__name__)
 
-ENDPOINTS: list[Endpoint] = [*instruments, *market, *accounts, *keys, *tokens, *orders, *meta]
+ENDPOINTS: list[Endpoint] = [*instruments, *market, *history, *accounts, *keys, *tokens, *orders, *meta]
 SHUTDOWN_STEP_SECONDS = 10.0
 
 
 def create_app(database_url: str | None = None, *, home: Path | str | None = None, master_key: bytes | None = None,
-               rate_limits: RateLimits | None = None, pool_size: int = 10, command_timeout: float = 10.0) -> Starlette:
+               rate_limits: RateLimits | None = None, pool_size: int = 10, command_timeout: float = 10.0,
+               feed_limits: feed.FeedLimits | None = None) -> Starlette:
     """The API app. ``database_url`` None runs the embedded PostgreSQL in ``home`` (default TOKEX_HOME);
     ``master_key`` None loads it (``api.keys.load_master_key``) from TOKEX_MASTER_KEY or ``home``."""
     limits = rate_limits or RateLimits()
@@ -66,6 +71,8 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
                 market_view = MarketData()
                 async with pool.acquire() as conn:
                     await market_view.load(conn)
+                    hub = feed.Hub(market_view, feed_limits, await conn.fetchval(feed.NEXT_FILL_ID))
+                market_view.listeners.append(hub.publish)
                 sequencer = await Sequencer.open(pool, publish=market_view.apply)
                 try:
                     app.state.services = Services(
@@ -76,7 +83,12 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
                         key_limiter=RateLimiter(limits.per_key_rate, limits.per_key_burst),
                         address_limiter=RateLimiter(limits.per_address_rate, limits.per_address_burst),
                     )
-                    yield
+                    app.state.feed = hub
+                    hub.start(app.state.services)
+                    try:
+                        yield
+                    finally:
+                        await hub.stop()
                 finally:
                     await _bounded(sequencer.stop(), "stopping the sequencer")
             finally:
@@ -86,7 +98,7 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
             await database.stop()
 
     app = Starlette(
-        routes=routes(ENDPOINTS),
+        routes=[*routes(ENDPOINTS), WebSocketRoute("/v1/ws", feed.endpoint)],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_exception, Exception: _internal_error},
     )

@@ -1,0 +1,191 @@
+"""Public market history: an instrument's trades and candles, read from the persisted fills.
+
+Trades
+------
+``GET /v1/instruments/{symbol}/trades`` lists fills as public trades: ``id`` (the fill id, also the ``id`` of
+the feed's trades), price, lots, the taker's ``side``, the instrument's ``seq`` and the time. Pages go newest
+first (``order=desc``, the default) or oldest first (``order=asc``); ``cursor`` is a trade id, exclusive: the
+``next_cursor`` of a page, or any id to start from, so a client that saw trade 1234 on the feed catches up with
+``order=asc&cursor=1234``. ``start`` and ``end`` (RFC 3339 with a zone, end exclusive) bound the time.
+
+Candles
+-------
+``GET /v1/instruments/{symbol}/candles?interval=1m`` (``1m``, ``5m``, ``1h``, ``1d``; bins start at whole UTC
+minutes, hours and days): open, high, low, close, volume in lots, notional in CNY and the volume-weighted average
+price, oldest first. Every bin of the range is listed; a bin without trades says so (``volume`` 0, ``notional``
+"0", prices null): nothing is carried over or invented. Without ``start`` the answer is the ``limit`` bins up to
+the current one (or up to ``end``); with ``start`` it is at most ``limit`` bins from the one holding ``start``.
+The feed's ``candles`` channel sends the same object as it changes.
+"""
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
+
+from msgspec import Meta, Struct
+
+from api.endpoints import Call, Endpoints
+from api.problems import Problem
+from api.schemas import Limit, Request, Side, Symbol, average_price
+from api.units import from_micro
+
+history = Endpoints("market data")
+
+SYMBOL = {"symbol": (Symbol, "unknown_instrument")}
+INTERVALS: dict[str, timedelta] = {
+    "1m": timedelta(minutes=1),
+    "5m": timedelta(minutes=5),
+    "1h": timedelta(hours=1),
+    "1d": timedelta(days=1),
+}
+ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
+"""Bins are whole multiples of their interval from this UTC midnight."""
+
+Interval = Literal["1m", "5m", "1h", "1d"]
+Time = Annotated[datetime, Meta(tz=True, description="RFC 3339 with a time zone, e.g. 2026-11-28T09:30:00Z.")]
+TradeId = Annotated[str, Meta(pattern=r"^[0-9]{1,18}$", description="A trade id, exclusive: the next_cursor of the "
+                                                                    "previous page, or any trade id to page from.")]
+
+
+class TradeQuery(Request):
+    order: Literal["desc", "asc"] = "desc"
+    cursor: TradeId | None = None
+    start: Time | None = None
+    end: Time | None = None
+    limit: Limit = 100
+
+
+class CandleQuery(Request):
+    interval: Interval = "1m"
+    start: Time | None = None
+    end: Time | None = None
+    limit: Annotated[int, Meta(ge=1, le=1000)] = 300
+
+
+class Trade(Struct):
+    id: int
+    price: str
+    qty: int
+    side: Annotated[Side, Meta(description="The taker's side.")]
+    seq: int
+    created_at: datetime
+
+
+class TradePage(Struct):
+    items: list[Trade]
+    next_cursor: str | None
+
+
+class Candle(Struct):
+    start: datetime
+    open: str | None
+    high: str | None
+    low: str | None
+    close: str | None
+    volume: Annotated[int, Meta(description="Lots traded; 0 means no trade in this bin, and the prices are null.")]
+    notional: str
+    vwap: Annotated[str | None, Meta(description="notional / volume, rounded half-even to the micro-yuan.")]
+
+
+class CandleList(Struct):
+    symbol: str
+    interval: Interval
+    items: list[Candle]
+
+
+INSTRUMENT_ID = "SELECT id FROM instrument WHERE symbol = $1"
+TRADES_DESC = """
+SELECT id, price, qty, taker_side, seq, created_at FROM fill
+WHERE instrument_id = $1 AND ($2::bigint IS NULL OR id < $2)
+  AND ($3::timestamptz IS NULL OR created_at >= $3) AND ($4::timestamptz IS NULL OR created_at < $4)
+ORDER BY id DESC
+LIMIT $5
+"""
+TRADES_ASC = """
+SELECT id, price, qty, taker_side, seq, created_at FROM fill
+WHERE instrument_id = $1 AND ($2::bigint IS NULL OR id > $2)
+  AND ($3::timestamptz IS NULL OR created_at >= $3) AND ($4::timestamptz IS NULL OR created_at < $4)
+ORDER BY id
+LIMIT $5
+"""
+CANDLES = """
+SELECT date_bin($2::interval, created_at, $5::timestamptz) AS start,
+       (array_agg(price ORDER BY id))[1] AS open, max(price) AS high, min(price) AS low,
+       (array_agg(price ORDER BY id DESC))[1] AS close, sum(qty)::bigint AS volume,
+       sum(price::numeric * qty) AS notional
+FROM fill
+WHERE instrument_id = $1 AND created_at >= $3 AND created_at < $4
+GROUP BY 1
+ORDER BY 1
+"""
+
+
+def floor(moment: datetime, interval: timedelta) -> datetime:
+    """The start of the bin of ``interval`` that holds ``moment``."""
+    return ORIGIN + (moment - ORIGIN) // interval * interval
+
+
+def empty_candle(start: datetime) -> Candle:
+    return Candle(start, None, None, None, None, 0, "0", None)
+
+
+def candle(start: datetime, open_: int, high: int, low: int, close: int, volume: int, notional: int) -> Candle:
+    return Candle(start, from_micro(open_), from_micro(high), from_micro(low), from_micro(close), volume,
+                  from_micro(notional), average_price(notional, volume))
+
+
+async def instrument_id(call: Call, conn, symbol: str) -> int:
+    found = await conn.fetchval(INSTRUMENT_ID, symbol)
+    if found is None:
+        raise Problem("unknown_instrument", field="symbol")
+    return found
+
+
+@history.route("GET", "/v1/instruments/{symbol}/trades", summary="Trades", query=TradeQuery, response=TradePage,
+               errors=("unknown_instrument",), params=SYMBOL)
+async def trades(call: Call) -> TradePage:
+    """Public trades (fills) of the instrument, newest first unless ``order=asc``; ``cursor`` is a trade id,
+    exclusive. ``side`` is the taker's."""
+    query: TradeQuery = call.query
+    cursor = None if query.cursor is None else int(query.cursor)
+    async with call.services.connection() as conn:
+        found = await instrument_id(call, conn, call.params["symbol"])
+        rows = await conn.fetch(TRADES_ASC if query.order == "asc" else TRADES_DESC, found, cursor, query.start,
+                                query.end, query.limit + 1)
+    items = [Trade(row["id"], from_micro(row["price"]), row["qty"], row["taker_side"], row["seq"], row["created_at"])
+             for row in rows[: query.limit]]
+    return TradePage(items, str(items[-1].id) if len(rows) > query.limit else None)
+
+
+@history.route("GET", "/v1/instruments/{symbol}/candles", summary="Candles", query=CandleQuery, response=CandleList,
+               errors=("unknown_instrument", "out_of_range"), params=SYMBOL)
+async def candles(call: Call) -> CandleList:
+    """OHLC, volume, notional and VWAP per bin of ``interval``, computed from the fills, oldest first. Every bin
+    of the range is listed; one without trades has volume 0 and null prices."""
+    query: CandleQuery = call.query
+    interval = INTERVALS[query.interval]
+    if query.start is not None and query.end is not None and query.end <= query.start:
+        raise Problem("out_of_range", "end must be after start.", field="end")
+    try:
+        if query.start is not None:
+            first = floor(query.start, interval)
+            stop = first + query.limit * interval
+            if query.end is not None:
+                stop = min(stop, floor(query.end - timedelta.resolution, interval) + interval)
+        else:
+            end = query.end if query.end is not None else datetime.now(UTC) + timedelta.resolution
+            stop = floor(end - timedelta.resolution, interval) + interval
+            first = stop - query.limit * interval
+    except OverflowError:
+        raise Problem("out_of_range", "The range reaches past the dates the server can represent.",
+                      field="start" if query.start is not None else "end") from None
+    async with call.services.connection() as conn:
+        found = await instrument_id(call, conn, call.params["symbol"])
+        rows = await conn.fetch(CANDLES, found, interval, first, stop, ORIGIN)
+    traded = {row["start"]: candle(row["start"], row["open"], row["high"], row["low"], row["close"], row["volume"],
+                                   int(row["notional"])) for row in rows}
+    items = []
+    start = first
+    while start < stop:
+        items.append(traded.get(start) or empty_candle(start))
+        start += interval
+    return CandleList(call.params["symbol"], query.interval, items)
