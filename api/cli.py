@@ -257,10 +257,15 @@ async def serve(options: argparse.Namespace) -> int:
     no_limit = options.no_rate_limit or os.environ.get("TOKEX_NO_RATE_LIMIT", "") not in ("", "0")
     settings = serve_settings(options, no_limit)
 
-    async def started(_: server.Server, url: str) -> None:
+    async def started(running: server.Server, url: str) -> None:
         where = "external database" if settings.database_url else "embedded PostgreSQL in TOKEX_HOME"
         print(f"tokex: serving on {url} ({where}{'; rate limits off' if no_limit else ''}); "
               "SIGTERM or Ctrl-C stops it", flush=True)
+        async with running.config.app.state.services.connection() as conn:
+            admins = await conn.fetchval("SELECT count(*) FROM account WHERE role = 'admin'")
+        if not admins:
+            print("tokex: no admin account yet: stop the server and run `tokex admin create-admin` for the first "
+                  "admin key", flush=True)
 
     status = await server.serve(settings, started)
     print("tokex: stopped", flush=True)

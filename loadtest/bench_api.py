@@ -9,7 +9,9 @@ measured seconds. Every figure printed last is the median of ``--runs`` runs.
 
 Mix, like W2 of ``bench_matching`` (about 1,000 live orders): ~55% limit orders (half near the touch, a tenth
 of those crossing; half up to 1,000 ticks deep), ~35% cancels of the connection's own open orders, ~10% market
-orders that take a few lots at the touch. A connection keeps between 12 and 20 orders open.
+orders of 20-400 lots that take from the touch. A connection keeps between 12 and 20 orders open. It learns of
+its orders only from its own answers, so a cancel may name an order that filled meanwhile: that is answered
+404 ``unknown_order``, a refusal, as it would be for any client.
 
 Counted: acknowledged requests per second (any answer from the exchange after its commit: placed, cancelled,
 or refused for a business reason such as a cancel of an order that filled meanwhile), latency from writing the
@@ -209,7 +211,7 @@ class Trader:
             else:
                 price = MID + sign * rng.randint(1, 1000) * TICK
             return "limit", self.order(side, price, rng.randint(1, 500)), None
-        return "market", self.order(side, None, rng.randint(1, 50)), None
+        return "market", self.order(side, None, rng.randint(20, 400)), None
 
     def learn(self, kind: str, status: int, body: bytes) -> None:
         if status == 201 and kind != "market":
