@@ -175,6 +175,11 @@ class Sequencer:
         except DATABASE_ERRORS as exc:
             await self._fail(batch, f"the database is unavailable ({type(exc).__name__})")
             return False
+        except Exception:
+            # Whatever else stops a write, the batch did not commit; the database is the truth to go back to.
+            log.exception("writing a batch failed; rebuilding from the database")
+            await self._fail(batch, "the exchange hit an internal error and is recovering")
+            return False
         self.batches += 1
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
@@ -203,6 +208,11 @@ class Sequencer:
                 writer = await self._keep_writer()
                 self.engine = await store.load(writer)
             except (*DATABASE_ERRORS, WriterLockTimeout):
+                await asyncio.sleep(self.retry_interval)
+                continue
+            except Exception:
+                # Rebuilding must outlast anything the way back throws: the writer is the only way back.
+                log.exception("rebuilding the engine failed; retrying")
                 await asyncio.sleep(self.retry_interval)
                 continue
             log.info("engine rebuilt from the database; accepting commands again")
