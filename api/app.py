@@ -12,7 +12,8 @@ each step bounded in time so a lost database cannot hang it.
 
 Every route is declared in a ``routes_*`` module (``api.endpoints``); ``ENDPOINTS`` lists them all, and the
 OpenAPI document is generated from the same list. Besides them: the market-data WebSocket ``/v1/ws``
-(``api.feed``, whose hub listens to the market view and runs while the app does).
+(``api.feed``, whose hub listens to the market view and runs while the app does) and the market-watch page at
+``/`` with its files under ``/static/``.
 """
 
 import asyncio
@@ -26,8 +27,9 @@ import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import WebSocketRoute
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from api import feed
 from api.endpoints import Endpoint, routes
@@ -51,6 +53,9 @@ log = logging.getLogger(__name__)
 
 ENDPOINTS: list[Endpoint] = [*instruments, *market, *history, *accounts, *keys, *tokens, *orders, *meta]
 SHUTDOWN_STEP_SECONDS = 10.0
+STATIC = Path(__file__).parent / "static"
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+                                           "frame-ancestors 'none'", "Cache-Control": "no-cache"}
 
 
 def create_app(database_url: str | None = None, *, home: Path | str | None = None, master_key: bytes | None = None,
@@ -98,7 +103,8 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
             await database.stop()
 
     app = Starlette(
-        routes=[*routes(ENDPOINTS), WebSocketRoute("/v1/ws", feed.endpoint)],
+        routes=[*routes(ENDPOINTS), WebSocketRoute("/v1/ws", feed.endpoint), Route("/", market_watch),
+                Mount("/static", StaticFiles(directory=STATIC), name="static")],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_exception, Exception: _internal_error},
     )
@@ -106,6 +112,11 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
     app.router.redirect_slashes = False
     app.state.openapi = msgspec.Raw(msgspec.json.encode(document(ENDPOINTS)))
     return app
+
+
+async def market_watch(request: Request) -> Response:
+    """The market-watch page: plain HTML, CSS and JavaScript of this server, fed by ``/v1/ws``."""
+    return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
 
 async def _bounded(step, what: str) -> bool:
