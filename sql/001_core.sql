@@ -79,7 +79,6 @@ CREATE TABLE posting (
     bucket      text NOT NULL CHECK (bucket IN ('available', 'held')),
     amount      bigint NOT NULL CHECK (amount <> 0)
 );
-CREATE INDEX posting_entry ON posting (entry_id);
 CREATE INDEX posting_account ON posting (account_id, entry_id);
 
 CREATE TABLE book_order (
@@ -110,9 +109,11 @@ CREATE TABLE book_order (
     -- the sequence number at which the order last joined its price level: recovery's queue order
     priority         bigint NOT NULL,
     created_at       timestamptz NOT NULL,
-    updated_at       timestamptz NOT NULL,
-    UNIQUE (account_id, client_order_id)
+    updated_at       timestamptz NOT NULL
 );
+-- A client order id names one order of its account, for ever: a repeat returns that order.
+CREATE UNIQUE INDEX book_order_client_id ON book_order (account_id, client_order_id)
+    WHERE client_order_id IS NOT NULL;
 CREATE INDEX book_order_open ON book_order (instrument_id, priority) WHERE status = 'open';
 CREATE INDEX book_order_account ON book_order (account_id, id);
 
