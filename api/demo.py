@@ -319,6 +319,7 @@ class Demo:
             account = self.accounts[name]
             lines.append(f"    {name} (account {account.id}), {text}")
             lines.append(f"      export TOKEX_KEY={account.key_id} TOKEX_SECRET={account.secret}")
+        lines.append(f"  watch it in a browser: {self.url}/")
         lines.append(f"  try: curl -s {self.url}/v1/instruments/DEEPSEEK-V3/book")
         return "\n".join(lines)
 

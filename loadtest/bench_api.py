@@ -467,11 +467,12 @@ async def count_batches(database_url: str | None, home: Path, window: tuple[floa
 
 
 def report_run(number: int, stats: Stats) -> None:
-    cpu = ", ".join(f"{name} {100 * seconds / stats.seconds:.0f}%" for name, seconds in stats.cpu.items())
+    cpu = ", ".join(f"{name} {100 * seconds / stats.seconds:.0f}% ({1e6 * seconds / max(stats.acked, 1):.0f} us)"
+                    for name, seconds in stats.cpu.items())
     print(f"run {number}: {stats.rate:,.0f} acknowledged/s, p50 {stats.percentile_ms(0.50):.2f} ms, "
           f"p99 {stats.percentile_ms(0.99):.2f} ms, max {1000 * max(stats.latencies, default=0):.1f} ms, "
           f"errors {sum(stats.errors.values())}; {stats.batches:,} group commits of "
-          f"~{stats.acked / max(stats.batches, 1):.0f} requests; CPU (of one core): {cpu}")
+          f"~{stats.acked / max(stats.batches, 1):.0f} requests; CPU busy (of one core) and per request: {cpu}")
 
 
 def report_profile(stats: Stats) -> None:
@@ -512,6 +513,11 @@ async def main(args: argparse.Namespace) -> None:
     print("  mix: " + ", ".join(f"{kind} {100 * n / total:.1f}%" for kind, n in kinds.most_common()))
     print("  refusals (answers, all runs): " + (", ".join(f"{k} {v}" for k, v in refusals.most_common()) or "none"))
     print("  errors (all runs): " + (", ".join(f"{k} {v}" for k, v in errors.most_common()) or "none"))
+    per_order = {name: statistics.median(s.cpu[name] / max(s.acked, 1) for s in runs) for name in runs[0].cpu}
+    cores = psutil.cpu_count() or 1
+    print("  CPU per acknowledged request: " + ", ".join(f"{name} {1e6 * v:.0f} us" for name, v in per_order.items())
+          + f"; all together {1e6 * sum(per_order.values()):.0f} us, so {cores} cores at 100% would ack at most "
+          f"{cores / sum(per_order.values()):,.0f}/s")
     met = rate >= TARGET_RATE and p99 <= TARGET_P99_MS and not errors
     print(f"  target {'met' if met else 'MISSED'}")
 
