@@ -309,7 +309,8 @@ class Engine:
             return reject("invalid_qty")
         return account, instrument
 
-    def _mint(self, cmd: Mint, ts: int, at: datetime) -> Result:
+    def _approved(self, cmd: Mint | Burn) -> tuple[Instrument, Approval] | Rejection:
+        """The instrument and the issuer's approval for it, when the command's account may mint or burn it."""
         found = self._token_command(cmd)
         if isinstance(found, Rejection):
             return found
@@ -319,35 +320,39 @@ class Engine:
         approval = self.approvals.get((account.id, instrument.id))
         if approval is None:
             return reject("not_approved")
+        return instrument, approval
+
+    def _mint(self, cmd: Mint, ts: int, at: datetime) -> Result:
+        found = self._approved(cmd)
+        if isinstance(found, Rejection):
+            return found
+        instrument, approval = found
         if approval.issued + cmd.qty > approval.capacity:
             return reject("over_capacity")
         if instrument.supply_cap is not None and instrument.issued + cmd.qty > instrument.supply_cap:
             return reject("over_supply_cap")
-        approval.issued += cmd.qty
-        instrument.issued += cmd.qty
-        self.effects.approvals[(account.id, instrument.id)] = approval
-        self.ledger.post("mint", at, [(ISSUANCE, instrument.symbol, AVAILABLE, -cmd.qty),
-                                      (account.id, instrument.symbol, AVAILABLE, cmd.qty)])
-        return Done(account.id)
+        self._issue(instrument, approval, cmd.qty, at)
+        return Done(cmd.account_id)
 
     def _burn(self, cmd: Burn, ts: int, at: datetime) -> Result:
-        found = self._token_command(cmd)
+        found = self._approved(cmd)
         if isinstance(found, Rejection):
             return found
-        account, instrument = found
-        if account.role != "issuer":
-            return reject("not_permitted")
-        approval = self.approvals.get((account.id, instrument.id))
-        if approval is None:
-            return reject("not_approved")
-        if self.ledger.available(account.id, instrument.symbol) < cmd.qty or approval.issued < cmd.qty:
+        instrument, approval = found
+        if self.ledger.available(cmd.account_id, instrument.symbol) < cmd.qty or approval.issued < cmd.qty:
             return reject("insufficient_tokens")
-        approval.issued -= cmd.qty
-        instrument.issued -= cmd.qty
-        self.effects.approvals[(account.id, instrument.id)] = approval
-        self.ledger.post("burn", at, [(account.id, instrument.symbol, AVAILABLE, -cmd.qty),
-                                      (ISSUANCE, instrument.symbol, AVAILABLE, cmd.qty)])
-        return Done(account.id)
+        self._issue(instrument, approval, -cmd.qty, at)
+        return Done(cmd.account_id)
+
+    def _issue(self, instrument: Instrument, approval: Approval, qty: int, at: datetime) -> None:
+        """Mint ``qty`` lots into the issuer's holdings, or burn them when negative."""
+        approval.issued += qty
+        instrument.issued += qty
+        self.effects.approvals[(approval.account_id, instrument.id)] = approval
+        self.ledger.post("mint" if qty > 0 else "burn", at, [
+            (ISSUANCE, instrument.symbol, AVAILABLE, -qty),
+            (approval.account_id, instrument.symbol, AVAILABLE, qty),
+        ])
 
     def _redeem(self, cmd: Redeem, ts: int, at: datetime) -> Result:
         found = self._token_command(cmd)
