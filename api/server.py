@@ -29,7 +29,9 @@ The engine in memory is the only writer of its database: a second process openin
 data would decide on balances it does not see. So a serving process holds a session advisory lock
 (``WRITER_LOCK``) on a connection of its own for as long as it runs, and everything else that writes through a
 sequencer of its own (``tokex admin`` without ``--server``, a second ``tokex serve``) takes the same lock
-first, and stops with ``WriterBusy`` if it cannot.
+first, and stops with ``WriterBusy`` if it cannot. The sequencer holds a writer lock of its own too
+(``exchange.sequencer``), which waits for a writer that is still dying; this one is taken before anything
+starts and fails at once, with a message that says what to do.
 """
 
 from __future__ import annotations
