@@ -160,7 +160,6 @@ async def check(database_url: str | None) -> int:
 @contextlib.asynccontextmanager
 async def in_process_admin(database_url: str | None) -> AsyncIterator[Client]:
     """An admin client of the API run in this process on the database; its key is revoked at the end."""
-
     async with open_database(database_url, None) as dsn:
         app = create_app(dsn, rate_limits=NO_LIMITS)
         async with app.router.lifespan_context(app):
@@ -176,6 +175,7 @@ async def in_process_admin(database_url: str | None) -> AsyncIterator[Client]:
 
 @contextlib.asynccontextmanager
 async def remote_admin(url: str) -> AsyncIterator[Client]:
+    """An admin client of the server at ``url``, signing with TOKEX_KEY and TOKEX_SECRET."""
     key_id, secret = os.environ.get(KEY_ENV), os.environ.get(SECRET_ENV)
     if not key_id or not secret:
         raise SystemExit(f"tokex admin --server needs {KEY_ENV} and {SECRET_ENV}: the id and secret of an admin key")
@@ -184,7 +184,7 @@ async def remote_admin(url: str) -> AsyncIterator[Client]:
 
 
 async def create_admin_key(database_url: str | None, name: str) -> dict:
-
+    """The admin account ``name`` (made if missing) and a new key for it, which stays valid."""
     async with open_database(database_url, None) as dsn:
         app = create_app(dsn, rate_limits=NO_LIMITS)
         async with app.router.lifespan_context(app):
