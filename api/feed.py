@@ -101,12 +101,15 @@ Fan-out
 -------
 ``Hub.publish`` is the market view's listener: it runs in the sequencer's writer task after each commit, keeps
 its own copy of every book's levels (so each update's checksum is that of the book right after its command),
-encodes each message once and queues it on its channel. A flush, at most every ``flush_interval`` seconds,
-joins each channel's queued messages into one part and hands each connection one frame: the parts of its
-channels, built once per distinct set of channels. Each connection has a sender task and a bounded queue of
-frames; frames that wait while a send is blocked are merged into the next. When the queue overflows
-(``max_queue`` frames or ``max_queue_bytes``) the connection is dropped from every channel and closed with
-1013 and a reason; nothing else ever waits for a subscriber. A closing that the peer does not read within
+encodes each message once and queues it on its stream. A flush, at most every ``flush_interval`` seconds (and
+never more often than fan-out leaves half the event loop to the rest), joins each stream's queued messages into
+one part and makes one frame per connection from the parts of its streams, built once per distinct set of
+streams: subscribers of the same channels get the very same string. The frames are handed over
+``delivery_chunk`` at a time per turn of the event loop, so that commits go on meanwhile. A connection sends
+one frame at a time, straight to the server's ASGI ``send`` (no task per send; one only when the peer's buffer
+is full); frames that come while a send waits are queued and merged into the next one. When that queue
+overflows (``max_queue`` frames or ``max_queue_bytes``) the connection is dropped from every stream and closed
+with 1013 and a reason: nothing else ever waits for a subscriber. A closing that the peer does not read within
 ``close_timeout`` seconds is abandoned to the server.
 """
 
@@ -119,13 +122,14 @@ import logging
 import re
 import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from sortedcontainers import SortedDict
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from api.marketdata import MINUTE_US, Batch, BookView, MarketData
@@ -163,6 +167,8 @@ class FeedLimits:
     """Frames waiting for one connection; a frame holds whatever accumulated during one flush interval."""
     max_queue_bytes: int = 8 * 1024 * 1024
     flush_interval: float = 0.02
+    delivery_chunk: int = 64
+    """Frames handed over per turn of the event loop."""
     heartbeat_interval: float = 1.0
     close_timeout: float = 5.0
 
@@ -415,40 +421,78 @@ class FeedError(Exception):
 
 
 class Connection:
-    """One WebSocket: its subscriptions, its bounded queue of frames and the task that sends them."""
+    """One WebSocket: its subscriptions and the frames it is owed, sent in order, at most one send at a time."""
 
-    __slots__ = ("address", "bucket", "close_reason", "done", "errors", "feeds", "hub", "keys", "queue", "queued",
-                 "sender", "wake", "websocket")
+    __slots__ = ("address", "bucket", "close_reason", "done", "draining", "errors", "feeds", "hub", "idle", "keys",
+                 "queue", "queued", "send", "sending", "websocket")
 
-    def __init__(self, hub: Hub, websocket: WebSocket, address: str) -> None:
+    def __init__(self, hub: Hub, websocket: WebSocket, send: Send, address: str) -> None:
         self.hub = hub
         self.websocket = websocket
+        self.send = send
+        """The server's ASGI ``send``: data frames go to it without starlette's per-message checks."""
         self.address = address
         self.feeds: dict[tuple, Feed] = {}
         self.keys: dict[tuple, str] = {}
         """user feed key -> the API key that authorized it"""
         self.queue: list[str] = []
+        """Frames waiting while a send is blocked (the peer reads slower than it is sent to)."""
         self.queued = 0
-        self.wake = asyncio.Event()
+        self.sending: asyncio.Task | None = None
+        self.idle = asyncio.Event()
+        self.idle.set()
         self.done = asyncio.Event()
         self.close_reason: tuple[int, str] | None = None
+        self.draining = False
         self.errors = 0
         self.bucket = [hub.limits.message_burst, time.monotonic()]
-        self.sender: asyncio.Task | None = None
 
-    def put(self, text: str) -> None:
-        """Queue one frame; overflowing the queue closes the connection instead."""
-        if self.close_reason is not None:
+    def put(self, text: str | asyncio.Event) -> None:
+        """Send one frame now, or queue it behind a send that waits; overflowing the queue closes the connection.
+        An event instead of a frame is set: everything queued for the connection before it has been put."""
+        if type(text) is not str:
+            text.set()
+            return
+        if self.close_reason is not None and not self.draining:
+            return
+        if self.sending is None:
+            self._start(text)
             return
         queue = self.queue
         queue.append(text)
         self.queued += len(text)
         limits = self.hub.limits
-        if len(queue) > 1 and (len(queue) > limits.max_queue or self.queued > limits.max_queue_bytes):
+        if len(queue) > limits.max_queue or self.queued > limits.max_queue_bytes:
             self.close(SLOW_CONSUMER, f"slow consumer: {len(queue)} frames ({self.queued} bytes) waiting; "
                                       "reconnect and resync")
+
+    def _start(self, text: str) -> None:
+        try:
+            waiting = send_eagerly(self.send, {"type": "websocket.send", "text": text})
+        except (OSError, RuntimeError):
+            self.close(1000, "")
             return
-        self.wake.set()
+        if waiting is not None:
+            self.sending = waiting
+            self.idle.clear()
+            waiting.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task) -> None:
+        self.sending = None
+        if task.cancelled():
+            self.idle.set()
+            return
+        if task.exception() is not None:
+            self.close(1000, "")
+            self.idle.set()
+            return
+        frames = self.queue
+        if frames:
+            self.queue = []
+            self.queued = 0
+            self._start(frames[0] if len(frames) == 1 else "[" + ",".join(f[1:-1] for f in frames) + "]")
+        if self.sending is None:
+            self.idle.set()
 
     def close(self, code: int, reason: str, drain: bool = False) -> None:
         """Have the connection closed with ``code``, after what is queued when ``drain``, else at once; the hub
@@ -456,34 +500,14 @@ class Connection:
         if self.close_reason is not None:
             return
         self.close_reason = (code, reason)
+        self.draining = drain
         if not drain:
             self.queue = []
             self.queued = 0
-            if self.sender is not None:
-                self.sender.cancel()
-        self.wake.set()
+            if self.sending is not None:
+                self.sending.cancel()
         self.hub.drop(self)
         self.done.set()
-
-    async def send_loop(self) -> None:
-        """Send queued frames, merging those that waited, until the queue is empty after a close."""
-        websocket = self.websocket
-        while True:
-            frames = self.queue
-            if not frames:
-                if self.close_reason is not None:
-                    return
-                await self.wake.wait()
-                self.wake.clear()
-                continue
-            self.queue = []
-            self.queued = 0
-            text = frames[0] if len(frames) == 1 else "[" + ",".join(f[1:-1] for f in frames) + "]"
-            try:
-                await websocket.send_text(text)
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                self.close(1000, "")
-                return
 
     def take_token(self) -> bool:
         limits = self.hub.limits
@@ -495,6 +519,38 @@ class Connection:
             return False
         self.bucket[0] = tokens - 1.0
         return True
+
+
+def send_eagerly(send: Send, message: dict) -> asyncio.Task | None:
+    """Run ``send(message)`` now, in the caller's task; None when it finished, else the task that finishes it.
+
+    A send finishes at once unless the connection's write buffer is full, so a task per send would only cost
+    time: this is what Python 3.12 calls an eager task start, done by hand.
+    """
+    coroutine = send(message)
+    try:
+        waiting = coroutine.send(None)
+    except StopIteration:
+        return None
+    return asyncio.get_running_loop().create_task(_resume(coroutine, waiting))
+
+
+async def _resume(coroutine, waiting) -> None:
+    """Drive a coroutine that yielded ``waiting`` on to its end."""
+    try:
+        while True:
+            try:
+                if waiting is None:
+                    await asyncio.sleep(0)
+                else:
+                    waiting._asyncio_future_blocking = False  # taken in hand, as a task does with what it is yielded
+                    await waiting
+            except BaseException as exc:  # cancelled, most likely: let the coroutine clean up
+                waiting = coroutine.throw(exc)
+                continue
+            waiting = coroutine.send(None)
+    except StopIteration:
+        return
 
 
 @dataclass
@@ -551,6 +607,7 @@ class Hub:
         here, in that order; so counting the trades published numbers them as the database does."""
         self.services: Services | None = None
         self._dirty: list[Feed] = []
+        self._deliveries: deque[tuple[Connection, str | asyncio.Event]] = deque()
         self._flush_wanted = asyncio.Event()
         self._last_flush = 0.0
         self._user_jobs: dict[str, UserJob] = {}
@@ -578,7 +635,7 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for connection in list(self.connections):
-            connection.close(GOING_AWAY, "the server is stopping", drain=True)
+            connection.close(GOING_AWAY, "the server is stopping")
 
     # Publication: in the sequencer's writer task, right after a commit
 
@@ -710,22 +767,36 @@ class Hub:
 
     async def _flusher(self) -> None:
         loop = asyncio.get_running_loop()
-        interval = self.limits.flush_interval
+        chunk = self.limits.delivery_chunk
+        deliveries = self._deliveries
+        pause = self.limits.flush_interval
         while True:
             await self._flush_wanted.wait()
-            wait = self._last_flush + interval - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
             self._flush_wanted.clear()
-            self._last_flush = loop.time()
             try:
-                self.flush()
+                flushed = self._dirty
+                if flushed:
+                    wait = self._last_flush + pause - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    self._last_flush = loop.time()
+                    self.flush()
+                # A few sends per turn of the loop, so that the sequencer's commits go on meanwhile.
+                while deliveries:
+                    for _ in range(min(chunk, len(deliveries))):
+                        connection, text = deliveries.popleft()
+                        connection.put(text)
+                    if deliveries:
+                        await asyncio.sleep(0)
+                if flushed:
+                    # Fan-out takes at most about half the loop: the more subscribers, the fewer, larger frames.
+                    pause = max(self.limits.flush_interval, loop.time() - self._last_flush)
             except Exception:
                 log.exception("flushing the feed failed")
 
     def flush(self) -> None:
-        """Hand every queued message to its subscribers: one frame per connection, built once per distinct set
-        of streams."""
+        """Turn every queued message into frames for its subscribers, in order: one frame per connection, built
+        once per distinct set of streams. The flusher hands them over."""
         dirty = self._dirty
         if not dirty:
             return
@@ -744,14 +815,21 @@ class Hub:
                 else:
                     found.append(feed)
         frames: dict[Any, str] = {}
+        deliveries = self._deliveries
         for connection, feeds in targets.items():
             key = feeds[0] if len(feeds) == 1 else tuple(feeds)
             text = frames.get(key)
             if text is None:
                 text = frames[key] = "[" + ",".join(parts[feed] for feed in feeds) + "]"
-            connection.put(text)
+            deliveries.append((connection, text))
+        self._flush_wanted.set()
         self.stats["flushes"] += 1
         self.stats["frames"] += len(targets)
+
+    def send(self, connection: Connection, *messages: str) -> None:
+        """Queue a frame for one connection, after what is queued for it already."""
+        self._deliveries.append((connection, frame(*messages)))
+        self._flush_wanted.set()
 
     async def _heartbeats(self) -> None:
         while True:
@@ -785,7 +863,7 @@ class Hub:
         self._feed(("heartbeat", key[1])).subscribers.add(connection)
         if key[0] == "user":
             self.user_feeds.setdefault(key[1], {})[key[2]] = feed
-        connection.put(frame(*first))
+        self.send(connection, *first)
 
     def unsubscribe(self, connection: Connection, key: tuple) -> None:
         feed = connection.feeds.pop(key, None)
@@ -828,39 +906,47 @@ class Hub:
 
     # The endpoint
 
-    async def serve(self, websocket: WebSocket) -> None:
-        """Run one connection until it closes."""
+    async def serve(self, websocket: WebSocket, send: Send) -> None:
+        """Run one connection until it closes; ``send`` is the ASGI send ``websocket`` was made with."""
         address = websocket.client.host if websocket.client else "unknown"
         await websocket.accept()
         if self.per_address[address] >= self.limits.max_connections_per_address:
             reason = f"too many connections from {address} (at most {self.limits.max_connections_per_address})"
-            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
                 await websocket.send_text(frame(encode(ErrorMessage("too_many_connections", reason))))
                 await asyncio.wait_for(websocket.close(POLICY_VIOLATION, reason), self.limits.close_timeout)
             return
-        connection = Connection(self, websocket, address)
+        connection = Connection(self, websocket, send, address)
         self.connections.add(connection)
         self.per_address[address] += 1
-        connection.sender = asyncio.get_running_loop().create_task(connection.send_loop())
         try:
             await self._receive(connection)
         finally:
             connection.close(1000, "")  # unless closed already
             code, reason = connection.close_reason or (1000, "")
             if code != 1000:
-                await asyncio.wait({connection.sender}, timeout=self.limits.close_timeout)
                 with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
-                    await asyncio.wait_for(websocket.close(code, reason), self.limits.close_timeout)
-            connection.sender.cancel()
+                    await asyncio.wait_for(self._close(connection, code, reason), self.limits.close_timeout)
+            if connection.sending is not None:
+                connection.sending.cancel()
+
+    async def _close(self, connection: Connection, code: int, reason: str) -> None:
+        if connection.draining:
+            handed = asyncio.Event()
+            self._deliveries.append((connection, handed))
+            self._flush_wanted.set()
+            await handed.wait()
+            await connection.idle.wait()
+        await connection.websocket.close(code, reason)
 
     async def _receive(self, connection: Connection) -> None:
         websocket = connection.websocket
         done = asyncio.ensure_future(connection.done.wait())
         try:
-            while True:
+            while connection.close_reason is None:
                 receiving = asyncio.ensure_future(websocket.receive())
                 await asyncio.wait((receiving, done), return_when=asyncio.FIRST_COMPLETED)
-                if not receiving.done():
+                if connection.close_reason is not None or not receiving.done():
                     receiving.cancel()
                     return
                 message = receiving.result()
@@ -902,7 +988,7 @@ class Hub:
     def _refuse(self, connection: Connection, error: FeedError, request_id: int | str | None) -> None:
         connection.errors += 1
         self.stats["errors"] += 1
-        connection.put(frame(encode(ErrorMessage(error.code, error.detail, request_id))))
+        self.send(connection, encode(ErrorMessage(error.code, error.detail, request_id)))
         if connection.errors >= self.limits.max_errors:
             connection.close(POLICY_VIOLATION, f"{connection.errors} bad messages", drain=True)
 
@@ -945,7 +1031,7 @@ class Hub:
         if key not in connection.feeds:
             raise FeedError("not_subscribed", "This connection does not subscribe to that.")
         self.unsubscribe(connection, key)
-        connection.put(frame(encode(Unsubscribed(request.channel, request.symbol, request.interval, request.id))))
+        self.send(connection, encode(Unsubscribed(request.channel, request.symbol, request.interval, request.id)))
 
     async def _ladder(self, symbol: str) -> Ladder:
         ladder = self.ladders.get(symbol)
@@ -1028,8 +1114,8 @@ class Hub:
             for key, key_id in list(connection.keys.items()):
                 if key_id not in live and key in connection.feeds:
                     self.unsubscribe(connection, key)
-                    connection.put(frame(encode(ErrorMessage(
-                        "key_revoked", f"The key of the user subscription on {key[1]} was revoked."))))
+                    self.send(connection, encode(ErrorMessage(
+                        "key_revoked", f"The key of the user subscription on {key[1]} was revoked.")))
 
     async def _user_round(self, conn, jobs: dict[str, UserJob], initial: list[tuple[str, int]], poll: bool) -> None:
         balances: dict[tuple[int, str], tuple[int, int]] = {}
@@ -1133,7 +1219,13 @@ def parse(text: str) -> Subscribe | Unsubscribe:
         raise FeedError("malformed_message", f"Not JSON: {exc}.") from None
 
 
-async def endpoint(websocket: WebSocket) -> None:
-    """``/v1/ws``."""
-    hub: Hub = websocket.app.state.feed
-    await hub.serve(websocket)
+class Endpoint:
+    """``/v1/ws``: an ASGI app, so that the hub sends data frames straight to the server's ``send``."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        websocket = WebSocket(scope, receive, send)
+        hub: Hub = websocket.app.state.feed
+        await hub.serve(websocket, send)
+
+
+endpoint = Endpoint()
