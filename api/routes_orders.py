@@ -112,7 +112,7 @@ def order_from_view(view: OrderView) -> Order:
         view.id, view.symbol, view.client_order_id, view.side, view.type, view.tif, view.post_only, view.stp,
         optional_price(view.price), view.qty, optional_price(view.budget), view.status, view.reason, view.open_qty,
         view.filled_qty, from_micro(view.filled_notional), average_price(view.filled_notional, view.filled_qty),
-        from_micro(view.fee), None, None,
+        from_micro(view.fee), view.created_at, view.updated_at,
     )
 
 

@@ -321,10 +321,8 @@ class Order(Struct):
         description="filled_notional / filled_qty, rounded half-even to the micro-yuan (filled_notional is exact); "
                     "null before the first fill.")]
     fee: str
-    created_at: Annotated[datetime | None, Meta(
-        description="Null in the answer to a command (place, cancel, amend); read the order for it.")]
-    updated_at: Annotated[datetime | None, Meta(
-        description="Null in the answer to a command (place, cancel, amend); read the order for it.")]
+    created_at: datetime
+    updated_at: datetime
 
 
 class OrderWithFills(Order):
