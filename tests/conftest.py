@@ -12,8 +12,8 @@ end. That TOKEX_HOME is made with `tempfile` rather than pytest's tmp_path: pyte
                           any server still running there afterwards is killed
 
 Databases are made from template0, so a test sees no data of another. pytest-asyncio runs in auto
-mode (set below unless configured otherwise): `async def test_...` needs no marker; sync tests are
-unaffected. The fixtures themselves are sync, so they work with any event loop scope.
+mode (pyproject.toml): `async def test_...` needs no marker. The fixtures themselves are sync, so they
+work with any event loop scope.
 """
 
 from __future__ import annotations
@@ -36,16 +36,6 @@ import psutil
 import pytest
 
 from exchange.embedded import EmbeddedPostgres
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # "strict" is the plugin's default; an explicit setting on the command line or in the ini file wins.
-    if (
-        config.pluginmanager.hasplugin("asyncio")
-        and config.getoption("asyncio_mode", None) is None
-        and config.getini("asyncio_mode") == "strict"
-    ):
-        config.option.asyncio_mode = "auto"
 
 
 def with_database(dsn: str, database: str) -> str:
