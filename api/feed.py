@@ -101,16 +101,16 @@ Fan-out
 -------
 ``Hub.publish`` is the market view's listener: it runs in the sequencer's writer task after each commit, keeps
 its own copy of every book's levels (so each update's checksum is that of the book right after its command),
-encodes each message once and queues it on its stream. A flush, at most every ``flush_interval`` seconds (and
-never more often than fan-out leaves half the event loop to the rest), joins each stream's queued messages into
-one part and makes one frame per connection from the parts of its streams, built once per distinct set of
-streams: subscribers of the same channels get the very same string. The frames are handed over
-``delivery_chunk`` at a time per turn of the event loop, so that commits go on meanwhile. A connection sends
-one frame at a time, straight to the server's ASGI ``send`` (no task per send; one only when the peer's buffer
-is full); frames that come while a send waits are queued and merged into the next one. When that queue
-overflows (``max_queue`` frames or ``max_queue_bytes``) the connection is dropped from every stream and closed
-with 1013 and a reason: nothing else ever waits for a subscriber. A closing that the peer does not read within
-``close_timeout`` seconds is abandoned to the server.
+encodes each message once and queues it on its stream. A flush, at most every ``flush_interval`` seconds, joins
+each stream's queued messages into one part and makes one frame per connection from the parts of its streams,
+built once per distinct set of streams: subscribers of the same channels get the very same string. The frames
+are handed over ``delivery_chunk`` at a time per turn of the event loop, so that commits go on meanwhile; what
+is published while they go out waits for the next flush, so a busier hub sends fewer and larger frames. A
+connection sends one frame at a time, straight to the server's ASGI ``send`` (no task per send; one only when
+the peer's buffer is full); frames that come while a send waits are queued and merged into the next one. When
+that queue overflows (``max_queue`` frames or ``max_queue_bytes``) the connection is dropped from every stream
+and closed with 1013 and a reason: nothing else ever waits for a subscriber. A closing that the peer does not
+read within ``close_timeout`` seconds is abandoned to the server.
 """
 
 from __future__ import annotations
@@ -767,30 +767,27 @@ class Hub:
 
     async def _flusher(self) -> None:
         loop = asyncio.get_running_loop()
+        interval = self.limits.flush_interval
         chunk = self.limits.delivery_chunk
         deliveries = self._deliveries
-        pause = self.limits.flush_interval
         while True:
             await self._flush_wanted.wait()
             self._flush_wanted.clear()
             try:
-                flushed = self._dirty
-                if flushed:
-                    wait = self._last_flush + pause - loop.time()
+                if self._dirty:
+                    wait = self._last_flush + interval - loop.time()
                     if wait > 0:
                         await asyncio.sleep(wait)
                     self._last_flush = loop.time()
                     self.flush()
-                # A few sends per turn of the loop, so that the sequencer's commits go on meanwhile.
+                # A few sends per turn of the loop, so that the sequencer's commits go on meanwhile. What is
+                # published while they go out waits for the next flush: the busier, the fewer and larger the frames.
                 while deliveries:
                     for _ in range(min(chunk, len(deliveries))):
                         connection, text = deliveries.popleft()
                         connection.put(text)
                     if deliveries:
                         await asyncio.sleep(0)
-                if flushed:
-                    # Fan-out takes at most about half the loop: the more subscribers, the fewer, larger frames.
-                    pause = max(self.limits.flush_interval, loop.time() - self._last_flush)
             except Exception:
                 log.exception("flushing the feed failed")
 
