@@ -26,17 +26,17 @@ yuan, quantities integer lots, ``ts`` microseconds since the epoch (the time of 
 
 level2
 ------
-    {"type": "snapshot", "channel": "level2", "symbol": S, "seq": 41, "ts": ..., "bids": [["1.85", 10], ...],
-     "asks": [["1.86", 4], ...], "checksum": 2873198347}
+    {"type": "snapshot", "channel": "level2", "symbol": S, "seq": 41, "ts": ...,
+     "bids": [["2.17", 163], ["2.16", 172]], "asks": [["2.2", 216]], "checksum": 1428513646}
     {"type": "update", "channel": "level2", "symbol": S, "seq": 44, "prev_seq": 41, "ts": ...,
-     "bids": [["1.85", 0]], "asks": [["1.84", 6]], "checksum": 90112784}
+     "bids": [["2.17", 0]], "asks": [["2.18", 5]], "checksum": 3656971804}
 
 The snapshot is the whole book at ``seq``, best price first. An update carries every level one command
 changed, with its new absolute size (0: the level is gone), to apply in the order given; ``prev_seq`` is the
 ``seq`` of the previous level2 update of the instrument (or the seq the server started at), so commands that
 changed no level leave no hole. A client keeps the ``seq`` of its book and, for each update:
 
-1. ``seq`` <= the book's seq: already in the book (possible after a REST sync); skip it.
+1. ``seq`` <= the book's seq: already in the book (after a REST sync or a new snapshot); skip it.
 2. ``prev_seq`` > the book's seq: an update was missed; resync.
 3. Otherwise apply it, take its ``seq``, and check the checksum; a mismatch means resync.
 
@@ -56,9 +56,9 @@ trades
 
 One message per command that traded; ``id`` is the trade's id in ``GET /v1/instruments/{symbol}/trades``
 and ``side`` the taker's. ``prev_seq`` chains the trades messages as it does level2 updates: a client
-holding the last trades ``seq`` it saw (the ``seq`` of its ``subscribed`` answer to start with) has missed
-trades when ``prev_seq`` or a heartbeat's ``trades_seq`` is above it; REST pages with ``order=asc`` and
-``cursor`` = the last trade id it has fill the hole.
+holding the last trades ``seq`` it saw (the ``seq`` of its ``subscribed`` answer to start with) skips a message
+whose ``seq`` is not above it, and has missed trades when ``prev_seq`` or a heartbeat's ``trades_seq`` is above
+it; REST pages with ``order=asc`` and ``cursor`` = the last trade id it has fill the hole.
 
 ticker, candles
 ---------------

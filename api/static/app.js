@@ -147,7 +147,7 @@ function handle(message) {
       if (mine && message.channel === "trades") state.tradesSeq = message.seq;
       return;
     case "trades":
-      if (!mine) return;
+      if (!mine || message.seq <= state.tradesSeq) return;
       if (state.tradesSeq >= 0 && message.prev_seq > state.tradesSeq) loadTrades().catch(warn);
       state.tradesSeq = message.seq;
       for (const trade of message.trades) state.trades.set(trade.id, { ...trade, ts: message.ts, fresh: true });

@@ -128,3 +128,8 @@ async def test_after_a_restart_sequences_and_trade_ids_go_on(postgres_admin_url)
                                           if i >= follower.trade_ids[0]]
             await follower.stop()
             await rest.aclose()
+
+
+def test_the_documented_example_checksums_hold():
+    assert checksum([("2.17", 163), ("2.16", 172)], [("2.2", 216)]) == 1428513646
+    assert checksum([("2.16", 172)], [("2.18", 5), ("2.2", 216)]) == 3656971804
