@@ -79,13 +79,18 @@ def now_us() -> int:
 
 
 class Recorder:
-    """A market-view listener after the feed's: when each seq of the instrument was published, by channel."""
+    """A market-view listener after the feed's: when each seq of the instrument was published, by channel.
+
+    Kept in arrays, which the garbage collector does not walk: a dict of every seq would lengthen the server's
+    collections, and so the latency measured.
+    """
 
     def __init__(self, symbol: str) -> None:
         self.symbol = symbol
-        self.level2: list[int] = []
-        self.trades: list[int] = []
-        self.published: dict[int, int] = {}
+        self.level2 = array("q")
+        self.trades = array("q")
+        self.seqs = array("q")
+        self.times = array("q")
 
     def publish(self, batch) -> None:
         from matching import events as ev
@@ -96,12 +101,11 @@ class Recorder:
                 continue
             seqs_l2 = {e.seq for e in events if type(e) is ev.LevelChanged}
             seqs_trades = {e.seq for e in events if type(e) is ev.Trade}
-            for seq in sorted(seqs_l2):
-                self.level2.append(seq)
-                self.published[seq] = at
-            for seq in sorted(seqs_trades):
-                self.trades.append(seq)
-                self.published[seq] = at
+            self.level2.extend(sorted(seqs_l2))
+            self.trades.extend(sorted(seqs_trades))
+            for seq in sorted(seqs_l2 | seqs_trades):
+                self.seqs.append(seq)
+                self.times.append(at)
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -212,8 +216,8 @@ async def serve(args: argparse.Namespace) -> None:
         if command["cmd"] == "flow":
             say({"flow": await flow(command["rate"], command["seconds"])})
         elif command["cmd"] == "record":
-            say({"level2": recorder.level2, "trades": recorder.trades,
-                 "published": [[seq, at] for seq, at in recorder.published.items()]})
+            say({"level2": recorder.level2.tolist(), "trades": recorder.trades.tolist(),
+                 "published": list(zip(recorder.seqs.tolist(), recorder.times.tolist(), strict=True))})
         elif command["cmd"] == "memory":
             say({"rss": process.memory_info().rss, "connections": len(hub.connections)})
         elif command["cmd"] == "quit":
@@ -274,15 +278,12 @@ class Chain:
             self.breaks += 1
         self.exact = True
 
-    def frame(self, data: bytes, pattern: re.Pattern, mark: bytes) -> int:
-        """Take the first and last messages of one frame; return the seq of the first (0 if none)."""
-        start = data.find(mark)
-        if start < 0:
-            return 0
-        first = pattern.match(data, start)
-        seq = int(first[1])
-        self.follow(seq, int(first[2]))
-        self.last = int(pattern.match(data, data.rfind(mark))[1])
+    def frame(self, data: bytes, pattern: re.Pattern, first: int, last: int) -> int:
+        """Take the first and last messages of one frame, at those offsets; return the seq of the first."""
+        found = pattern.match(data, first)
+        seq = int(found[1])
+        self.follow(seq, int(found[2]))
+        self.last = int(pattern.match(data, last)[1])
         return seq
 
     def every(self, seq: int, prev: int) -> None:
@@ -402,9 +403,14 @@ class Subscriber(asyncio.Protocol):
                     self.samples.append(received)
                 oldest = min(oldest, seq) if oldest else seq
         else:
-            first_update = self.level2.frame(data, UPDATE, UPDATE_MARK)
-            first_trades = self.trades.frame(data, TRADES, TRADES_MARK)
-            oldest = min(first_update or first_trades, first_trades or first_update)
+            first_update, last_update = data.find(UPDATE_MARK), data.rfind(UPDATE_MARK)
+            first_trades, last_trades = data.find(TRADES_MARK), data.rfind(TRADES_MARK)
+            oldest = 0
+            if first_update >= 0:
+                oldest = self.level2.frame(data, UPDATE, first_update, last_update)
+            if first_trades >= 0:
+                seq = self.trades.frame(data, TRADES, first_trades, last_trades)
+                oldest = min(oldest, seq) if oldest else seq
         if self.measuring and oldest:
             self.oldest.append(oldest)
             self.oldest.append(received)
