@@ -133,3 +133,23 @@ async def test_after_a_restart_sequences_and_trade_ids_go_on(postgres_admin_url)
 def test_the_documented_example_checksums_hold():
     assert checksum([("2.17", 163), ("2.16", 172)], [("2.2", 216)]) == 1428513646
     assert checksum([("2.16", 172)], [("2.18", 5), ("2.2", 216)]) == 3656971804
+
+
+async def test_subscribers_of_the_same_channels_get_the_same_frame(live, market: Market):
+    clients = [await FeedClient.open(live) for _ in range(3)]
+    for client in clients:
+        await client.subscribe("level2", market.symbol)
+        await client.subscribe("trades", market.symbol)
+        await client.until(lambda m: m["type"] == "subscribed" and m["channel"] == "trades")
+    await market.traders[0].place_order(market.symbol, "sell", price="2.5", qty=4)
+    await market.traders[1].place_order(market.symbol, "buy", price="2.5", qty=1)
+    frames = []
+    for client in clients:
+        while True:
+            text = await asyncio.wait_for(client.connection.recv(), 5)
+            if '"trades"' in text and '"type":"trades"' in text:
+                frames.append(text)
+                break
+    assert frames[0] == frames[1] == frames[2]
+    for client in clients:
+        await client.close()
