@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-exchange bench-api check clean
+.PHONY: install run test lint bench bench-exchange bench-api check clean bench-feed
 
 install: $(INSTALLED)
 
@@ -34,6 +34,9 @@ bench-exchange: $(INSTALLED)
 
 bench-api: $(INSTALLED)
 	$(BIN)/python -m loadtest.bench_api
+
+bench-feed: $(INSTALLED)
+	$(BIN)/python -m loadtest.bench_feed
 
 check: $(INSTALLED)
 	$(BIN)/tokex check

@@ -48,6 +48,7 @@ async def ticker(call: Call) -> Ticker:
     view = await book_view(call, symbol)
     bids, asks = view.depth(1)
     open_, high, low, volume, notional = view.day(time.time_ns() // 1000 // MINUTE_US)
+    change = None if view.last_price is None or open_ is None else from_micro(view.last_price - open_)
     return Ticker(symbol, view.seq, price(bids[0][0]) if bids else None, price(asks[0][0]) if asks else None,
-                  price(view.last_price), view.last_qty, price(open_), price(high), price(low), volume,
+                  price(view.last_price), view.last_qty, price(open_), price(high), price(low), change, volume,
                   from_micro(notional))

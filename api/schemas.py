@@ -399,6 +399,8 @@ class Ticker(Struct):
     open_24h: str | None
     high_24h: str | None
     low_24h: str | None
+    change_24h: Annotated[str | None, Meta(
+        description="last_price - open_24h, signed; null without a trade in the last 24 hours.")]
     volume_24h: int
     notional_24h: str
 

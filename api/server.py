@@ -176,7 +176,7 @@ class Server(uvicorn.Server):
 def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on", log_level=settings.log_level,
                           access_log=settings.access_log, timeout_graceful_shutdown=settings.drain_seconds,
-                          server_header=False)
+                          server_header=False, ws_per_message_deflate=False)
 
 
 async def serve(settings: Settings, on_started: Callable[[Server, str], Awaitable[None]] | None = None) -> int:

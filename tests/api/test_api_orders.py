@@ -155,6 +155,11 @@ async def test_book_and_ticker(market, new_account, admin):
     assert ticker["volume_24h"] == 6 and ticker["notional_24h"] == "12"
     assert ticker["seq"] == (await admin.book(symbol))["seq"]
     assert (await admin.book(symbol))["asks"][0] == {"price": "2", "qty": 2}
+    assert ticker["open_24h"] == "2" and ticker["change_24h"] == "0"
+
+    await buyer.place_order(symbol, "buy", price="2.10", qty=3)  # 2 lots at 2.00, then 1 at 2.10
+    ticker = await admin.ticker(symbol)
+    assert (ticker["last_price"], ticker["change_24h"], ticker["high_24h"]) == ("2.1", "0.1", "2.1")
 
 
 async def test_instruments_halt_resume_and_redemption(market, new_account, admin):
