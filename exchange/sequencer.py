@@ -19,10 +19,10 @@ would stay slow.
 
 Failure
 -------
-If the commit fails (the database is gone, or a bug raised while applying), no command of the batch is
-answered with success: each caller gets ``Unavailable``. The engine's memory is ahead of the database then,
-so it is thrown away; the sequencer refuses new commands (``Unavailable``, immediately) until it has
-reloaded the engine from the database, retrying until the database is back.
+If the commit fails (the database is gone, or a bug raised while applying), no command of the batch, nor of
+the batch applied behind it, is answered with success: each caller gets ``Unavailable``. The engine's memory
+is ahead of the database then, so it is thrown away; the sequencer refuses new commands (``Unavailable``,
+immediately) until it has reloaded the engine from the database, retrying until the database is back.
 """
 
 import asyncio
