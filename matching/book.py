@@ -16,7 +16,8 @@ Self-trade prevention follows the incoming order's mode (``matching.types``).
 Invariants (asserted by ``check``)
 ----------------------------------
 - Never crossed at rest: best bid < best ask.
-- Each level's total and live count equal the sum and number of its open orders; no empty level is kept.
+- Each level's total and dead count equal the lots of its open orders and the number of its dead entries; no
+  empty level is kept.
 - The id map holds exactly the open orders, each at its own side and price.
 
 What it does not do
@@ -148,7 +149,6 @@ class OrderBook:
             level = own.levels.get(price) or own.open_level(price)
             order = RestingOrder(order_id, account, side, level.price, qty, post_only, stp)
             level.orders.append(order)
-            level.live += 1
             total = level.total = level.total + qty
             self._orders[order_id] = order
             return [Accepted(seq, ts, order_id, account, side, price, qty), LevelChanged(seq, ts, side, price, total)]
@@ -230,12 +230,13 @@ class OrderBook:
         book_side = self._bids if side == BUY else self._asks
         level = book_side.levels[price]
         order.qty = 0  # dead in place: the queue forgets it when matching or compaction reaches it
-        live = level.live = level.live - 1
         total = level.total = level.total - qty
-        if not live:
+        if not total:
             book_side.close_level(price)
-        elif len(level.orders) > 2 * live + COMPACT_SLACK:
-            level.compact()
+        else:
+            dead = level.dead = level.dead + 1
+            if 2 * dead > len(level.orders) + COMPACT_SLACK:
+                level.compact_if_sparse()
         return [Cancelled(seq, ts, order_id, order.account, qty, BY_REQUEST), LevelChanged(seq, ts, side, price, total)]
 
     def amend(
@@ -372,7 +373,8 @@ class OrderBook:
                 _require(level.price == price, f"{side} level keyed {price} says {level.price}")
                 _require(price % self.tick == 0, f"{side} level {price} is off the tick {self.tick}")
                 _require(open_orders, f"empty {side} level {price} kept")
-                _require(level.live == len(open_orders), f"{side} {price}: live count {level.live} wrong")
+                dead = len(level.orders) - len(open_orders)
+                _require(level.dead == dead, f"{side} {price}: dead count {level.dead} != {dead}")
                 total = sum(o.qty for o in open_orders)
                 _require(level.total == total, f"{side} {price}: total {level.total} != {total}")
                 for o in open_orders:
@@ -497,9 +499,9 @@ class OrderBook:
             total_before = level.total
             queue = level.orders
             cap = left // price if by_budget else left  # lots this order can still take at this price
+            start = cap  # minus what self-trade prevention takes off: ``start - cap`` lots traded here
             used = 0  # entries at the front of the queue that are dead or used up
             dead = 0
-            filled = 0  # lots traded away from this level
             for maker in queue:
                 maker_qty = maker.qty
                 if not maker_qty:
@@ -510,7 +512,6 @@ class OrderBook:
                     # Self-trade prevention: rare, so it keeps the level's total up to date itself.
                     if stp == CANCEL_NEWEST:
                         emit(Cancelled(seq, ts, order_id, account, 0 if by_budget else cap, SELF_TRADE))
-                        cap = 0
                         stop = True
                         break
                     cut = maker_qty if stp != DECREMENT or maker_qty < cap else cap
@@ -527,43 +528,42 @@ class OrderBook:
                         continue
                     if stp == DECREMENT:
                         cap -= cut
+                        start -= cut
                         if cap:
                             emit(Decremented(seq, ts, order_id, account, cut, cap))
                             continue
                         emit(Cancelled(seq, ts, order_id, account, cut, SELF_TRADE))
                     else:
                         emit(Cancelled(seq, ts, order_id, account, 0 if by_budget else cap, SELF_TRADE))
-                    cap = 0
                     stop = True
                     break
                 if maker_qty <= cap:
                     del orders[maker.order_id]
                     used += 1
-                    filled += maker_qty
                     emit(Trade(seq, ts, price, maker_qty, maker.order_id, maker.account, order_id, account, side, 0))
                     cap -= maker_qty
                     if not cap:
                         break
                 else:
                     maker.qty = maker_qty - cap
-                    filled += cap
                     emit(Trade(seq, ts, price, cap, maker.order_id, maker.account, order_id, account, side,
                                maker_qty - cap))
                     cap = 0
                     break
+            filled = start - cap
             if stop:
                 left = 0
             elif by_budget:
                 left -= filled * price
             else:
                 left = cap
-            level.live -= used - dead
             total = level.total = level.total - filled
             if total != total_before:
                 emit(LevelChanged(seq, ts, maker_side, price, total))
-            if not level.live:
+            if not total:
                 opposite.close_level(price)
             else:
+                level.dead -= dead
                 popleft = queue.popleft
                 for _ in range(used):
                     popleft()
@@ -586,7 +586,7 @@ class OrderBook:
         own = self._bids if order.side == BUY else self._asks
         level = own.levels[order.price]
         level.drop(order)
-        if not level.live:
+        if not level.total:
             own.close_level(order.price)
         return level.total
 

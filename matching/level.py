@@ -4,13 +4,15 @@ Layout
 ------
 ``orders`` is a deque in time priority. Cancelling an order in the middle would cost O(n) in a deque, so a
 cancelled order is only marked dead (``qty == 0``) and stays in the queue until matching pops it from the
-front or the level compacts itself. ``live`` counts the orders still open and ``total`` their lots, so both
-are exact at all times; the book drops a level as soon as ``live`` reaches zero.
+front or the level compacts itself. ``total`` sums the open lots and ``dead`` counts the dead entries, so
+both are exact at all times. Every open order has at least one lot, so ``total == 0`` means the level is
+empty; the book drops it then. (Counting dead entries rather than live ones keeps the hot path of resting a
+new order one counter lighter.)
 
 Invariants
 ----------
-- ``total`` is the sum of ``qty`` over the queue and ``live`` the number of entries with ``qty > 0``.
-- Dead entries never outnumber live ones by more than ``COMPACT_SLACK`` for long: ``drop`` compacts.
+- ``total`` is the sum of ``qty`` over the queue and ``dead`` the number of entries with ``qty == 0``.
+- Dead entries never outnumber live ones by more than ``COMPACT_SLACK``: whoever kills an entry compacts.
 """
 
 from collections import deque
@@ -40,26 +42,26 @@ class Level(msgspec.Struct, gc=False):
 
     price: Price
     total: Qty
-    live: int
+    dead: int
     orders: deque[RestingOrder]
 
     def append(self, order: RestingOrder) -> None:
         """Queue ``order`` behind every order already here."""
         self.orders.append(order)
         self.total += order.qty
-        self.live += 1
 
     def drop(self, order: RestingOrder) -> None:
         """Take ``order`` out of the level wherever it stands: O(1), amortized over compaction."""
         self.total -= order.qty
-        self.live -= 1
         order.qty = 0
-        if len(self.orders) > 2 * self.live + COMPACT_SLACK:
-            self.compact()
+        self.dead += 1
+        self.compact_if_sparse()
 
-    def compact(self) -> None:
-        """Forget the dead entries."""
-        self.orders = deque(o for o in self.orders if o.qty)
+    def compact_if_sparse(self) -> None:
+        """Forget the dead entries once they outnumber the live ones by ``COMPACT_SLACK``."""
+        if 2 * self.dead > len(self.orders) + COMPACT_SLACK:
+            self.orders = deque(o for o in self.orders if o.qty)
+            self.dead = 0
 
     def open_orders(self) -> list[RestingOrder]:
         """The open orders in priority order."""

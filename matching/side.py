@@ -25,8 +25,9 @@ from sortedcontainers import SortedList
 from matching.level import Level
 from matching.types import Price
 
-STALE_SLACK = 64
-"""Stale prices tolerated beyond the number of live levels before the index is rebuilt."""
+STALE_SLACK = 512
+"""Stale prices tolerated beyond the number of live levels before the index is rebuilt. Generous, because
+a stale price is a free reopening while each insert into ``prices`` costs about as much as a whole order."""
 
 
 class BookSide:
