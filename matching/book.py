@@ -478,8 +478,9 @@ class OrderBook:
         ``left`` is lots, or micro-yuan when ``by_budget``. A return of 0 or less means the incoming order is
         closed: fully filled, or cancelled by self-trade prevention (its Cancelled event is already emitted).
 
-        Each level's queue is walked with a plain iterator; the entries used up at its front are counted and
-        popped after the walk (or dropped with the level), which keeps the per-fill work small.
+        Each level's queue is walked with a plain iterator and nothing is removed from it during the walk: a
+        maker filled in full only leaves the id map. If the level survives, the entries used up at its front
+        (dead, or gone from the id map) are popped after the walk; if it empties, they go with it.
         """
         if side == BUY:
             opposite, maker_side = self._asks, SELL
@@ -500,16 +501,12 @@ class OrderBook:
             queue = level.orders
             cap = left // price if by_budget else left  # lots this order can still take at this price
             start = cap  # minus what self-trade prevention takes off: ``start - cap`` lots traded here
-            used = 0  # entries at the front of the queue that are dead or used up
-            dead = 0
             for maker in queue:
                 maker_qty = maker.qty
                 if not maker_qty:
-                    used += 1
-                    dead += 1
                     continue
                 if maker.account == account:
-                    # Self-trade prevention: rare, so it keeps the level's total up to date itself.
+                    # Self-trade prevention: rare, so it keeps the level's total and dead count up to date itself.
                     if stp == CANCEL_NEWEST:
                         emit(Cancelled(seq, ts, order_id, account, 0 if by_budget else cap, SELF_TRADE))
                         stop = True
@@ -518,7 +515,7 @@ class OrderBook:
                     if cut == maker_qty:
                         del orders[maker.order_id]
                         maker.qty = 0
-                        used += 1
+                        level.dead += 1
                         emit(Cancelled(seq, ts, maker.order_id, maker.account, cut, SELF_TRADE))
                     else:
                         maker.qty = maker_qty - cut
@@ -537,19 +534,21 @@ class OrderBook:
                         emit(Cancelled(seq, ts, order_id, account, 0 if by_budget else cap, SELF_TRADE))
                     stop = True
                     break
-                if maker_qty <= cap:
+                if maker_qty < cap:
                     del orders[maker.order_id]
-                    used += 1
                     emit(Trade(seq, ts, price, maker_qty, maker.order_id, maker.account, order_id, account, side, 0))
                     cap -= maker_qty
-                    if not cap:
-                        break
+                    continue
+                # This maker takes the rest of what the order can buy here, in full or in part.
+                if maker_qty == cap:
+                    del orders[maker.order_id]
+                    emit(Trade(seq, ts, price, cap, maker.order_id, maker.account, order_id, account, side, 0))
                 else:
                     maker.qty = maker_qty - cap
                     emit(Trade(seq, ts, price, cap, maker.order_id, maker.account, order_id, account, side,
                                maker_qty - cap))
-                    cap = 0
-                    break
+                cap = 0
+                break
             filled = start - cap
             if stop:
                 left = 0
@@ -562,11 +561,16 @@ class OrderBook:
                 emit(LevelChanged(seq, ts, maker_side, price, total))
             if not total:
                 opposite.close_level(price)
-            else:
-                level.dead -= dead
-                popleft = queue.popleft
-                for _ in range(used):
-                    popleft()
+                continue
+            popleft = queue.popleft
+            while True:  # the level still has an open order, so this stops
+                first = queue[0]
+                if first.qty:
+                    if first.order_id in orders:
+                        break
+                else:
+                    level.dead -= 1
+                popleft()
         return left
 
     def _rest(
