@@ -145,7 +145,7 @@ class Indexer:
                 return []
             fills = [tuple(row) for row in await conn.fetch(FILLS, first - WINDOW, current)]
             rows = rows_for(minutes, groups, fills, now)
-            columns = [list(column) for column in zip(*rows, strict=True)]
+            columns = [list(column) for column in zip(*map(msgspec.structs.astuple, rows), strict=True)]
             added = [row_of(record) for record in await conn.fetch(INSERT, *columns)]
         if added and self.publish is not None:
             try:
