@@ -109,15 +109,16 @@ async def index_history(call: Call) -> IndexHistory:
         raise Problem("out_of_range", "end must be after start.", field="end")
     low, high = query.start, query.end
     if query.cursor is not None:
-        try:
-            last = datetime.fromtimestamp(int(query.cursor), UTC)
-            # The last page ended with the bin starting at ``last``: continue below it, or after it.
-            if query.order == "desc":
-                high = last if high is None else min(high, last)
-            else:
-                low = last + interval if low is None else max(low, last + interval)
-        except (OverflowError, ValueError, OSError):
-            raise Problem("invalid_cursor") from None
+        # A cursor is the start of the last bin of the previous page, in Unix seconds: a multiple of the interval
+        # (ORIGIN is a whole UTC day), and at most 11 digits, so it is always a representable time.
+        if int(query.cursor) % int(interval.total_seconds()):
+            raise Problem("invalid_cursor", f"Pass the next_cursor of the previous page, of the same interval "
+                                            f"({query.interval}), as it was.")
+        last = datetime.fromtimestamp(int(query.cursor), UTC)
+        if query.order == "desc":
+            high = last if high is None else min(high, last)
+        else:
+            low = last + interval if low is None else max(low, last + interval)
     group = call.params["group"]
     async with call.services.connection() as conn:
         if not await conn.fetchval(GROUP_LISTED, group):
