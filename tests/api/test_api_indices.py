@@ -2,38 +2,13 @@
 and the values and history read back."""
 
 import asyncio
-from datetime import datetime, timedelta
 
-import asyncpg
 import pytest
 from api_server import Live, unique
+from index_clock import compute_index, iso, on_server
 
 from api.client import ApiError, Client
-from exchange.indexer import MINUTE, SETTLE, Indexer, floor_minute
-
-AHEAD = timedelta(hours=12)
-"""The stepped clock runs this far past the trades: still inside their 24-hour window, and past any minute the
-server's own job computes meanwhile."""
-
-
-async def on_server(live: Live, coroutine):
-    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, live.loop))
-
-
-async def compute_index(live: Live, minutes: int = 1) -> datetime:
-    """Run the server's minute job for ``minutes`` more minutes, on a clock ``AHEAD`` of the last trade; return
-    the newest minute computed. New rows reach the server's feed as the job's would."""
-    conn = await asyncpg.connect(live.dsn)
-    try:
-        traded = await conn.fetchval("SELECT max(created_at) FROM fill")
-        newest = await conn.fetchval("SELECT max(at) FROM price_index")
-    finally:
-        await conn.close()
-    at = max(floor_minute(traded) + AHEAD, newest or traded) + minutes * MINUTE
-    services, hub = live.app.state.services, live.app.state.feed
-    indexer = Indexer(services.pool, clock=lambda: at + SETTLE, publish=hub.publish_index)
-    await on_server(live, indexer.run_once())
-    return at
+from exchange.indexer import MINUTE
 
 
 async def group_market(admin: Client, new_account, group: str) -> tuple[Client, Client, list[str]]:
@@ -127,7 +102,3 @@ async def test_the_server_runs_the_minute_job(live: Live) -> None:
         return {task.get_name() for task in asyncio.all_tasks()}
 
     assert "price-index" in await on_server(live, tasks())
-
-
-def iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
