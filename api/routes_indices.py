@@ -22,7 +22,7 @@ from api.problems import Problem
 from api.routes_history import INTERVALS, ORIGIN, Interval, Time
 from api.schemas import TEXT_PATTERN, Request
 from api.units import from_micro
-from exchange.indexer import LATEST, IndexRow, row_of
+from exchange.indexer import COLUMNS, LATEST, IndexRow, row_of
 
 indices = Endpoints("price index")
 
@@ -73,16 +73,48 @@ class IndexHistory(Struct):
 
 
 GROUP_LISTED = "SELECT EXISTS (SELECT 1 FROM instrument WHERE kind = 'compute' AND substitution_group = $1)"
-HISTORY = """
-SELECT DISTINCT ON (bin) date_bin($2::interval, at, $3::timestamptz) AS bin, substitution_group, at, value, stale,
-       trades, volume_tokens, notional, computed_at
-FROM price_index
-WHERE substitution_group = $1 AND ($4::timestamptz IS NULL OR at >= $4) AND ($5::timestamptz IS NULL OR at < $5)
-ORDER BY bin {order}, at DESC
-LIMIT $6
+# Both walk the (group, at) key one bin at a time, one index probe a step, and stop after $6 bins: the cost of a
+# page does not grow with the history. $4 and $5 bound ``at`` (null: unbounded).
+HISTORY_DESC = f"""
+WITH RECURSIVE lasts (at, n) AS (
+    (SELECT at, 1 FROM price_index
+     WHERE substitution_group = $1
+       AND at >= coalesce($4::timestamptz, '-infinity') AND at < coalesce($5::timestamptz, 'infinity')
+     ORDER BY at DESC LIMIT 1)
+    UNION ALL
+    SELECT (SELECT p.at FROM price_index p
+            WHERE p.substitution_group = $1 AND p.at >= coalesce($4::timestamptz, '-infinity')
+              AND p.at < date_bin($2::interval, l.at, $3::timestamptz)
+            ORDER BY p.at DESC LIMIT 1), l.n + 1
+    FROM lasts l WHERE l.at IS NOT NULL AND l.n < $6
+)
+SELECT date_bin($2::interval, p.at, $3::timestamptz) AS bin, {", ".join("p." + c for c in COLUMNS)}
+FROM lasts l JOIN price_index p ON p.substitution_group = $1 AND p.at = l.at
+ORDER BY p.at DESC
 """
-HISTORY_DESC = HISTORY.format(order="DESC")
-HISTORY_ASC = HISTORY.format(order="ASC")
+HISTORY_ASC = f"""
+WITH RECURSIVE firsts (at, n) AS (
+    (SELECT at, 1 FROM price_index
+     WHERE substitution_group = $1
+       AND at >= coalesce($4::timestamptz, '-infinity') AND at < coalesce($5::timestamptz, 'infinity')
+     ORDER BY at LIMIT 1)
+    UNION ALL
+    SELECT (SELECT p.at FROM price_index p
+            WHERE p.substitution_group = $1 AND p.at >= date_bin($2::interval, f.at, $3::timestamptz) + $2::interval
+              AND p.at < coalesce($5::timestamptz, 'infinity')
+            ORDER BY p.at LIMIT 1), f.n + 1
+    FROM firsts f WHERE f.at IS NOT NULL AND f.n < $6
+)
+SELECT date_bin($2::interval, p.at, $3::timestamptz) AS bin, {", ".join("p." + c for c in COLUMNS)}
+FROM firsts f CROSS JOIN LATERAL (
+    SELECT * FROM price_index p
+    WHERE p.substitution_group = $1 AND p.at >= f.at
+      AND p.at < least(date_bin($2::interval, f.at, $3::timestamptz) + $2::interval,
+                       coalesce($5::timestamptz, 'infinity'))
+    ORDER BY p.at DESC LIMIT 1
+) AS p
+ORDER BY p.at
+"""
 
 
 def price_index(row: IndexRow) -> PriceIndex:

@@ -73,8 +73,12 @@ ON CONFLICT (substitution_group, at) DO NOTHING
 RETURNING {", ".join(COLUMNS)}
 """
 LATEST = f"""
-SELECT DISTINCT ON (substitution_group) {", ".join(COLUMNS)} FROM price_index
-ORDER BY substitution_group, at DESC
+SELECT p.* FROM ({GROUPS}) AS g
+CROSS JOIN LATERAL (
+    SELECT {", ".join(COLUMNS)} FROM price_index
+    WHERE substitution_group = g.substitution_group ORDER BY at DESC LIMIT 1
+) AS p
+ORDER BY p.substitution_group
 """
 
 
@@ -167,5 +171,5 @@ class Indexer:
                 # A bug in one run must not end the minute job for the life of the server.
                 log.exception("computing the price index failed; retrying next minute")
             now = self.clock()
-            due = floor_minute(now) + MINUTE + SETTLE
+            due = floor_minute(now - SETTLE) + MINUTE + SETTLE
             await self.sleep((due - now).total_seconds())

@@ -2,6 +2,7 @@
 and the values and history read back."""
 
 import asyncio
+from datetime import datetime, timedelta
 
 import pytest
 from api_server import Live, unique
@@ -102,3 +103,31 @@ async def test_the_server_runs_the_minute_job(live: Live) -> None:
         return {task.get_name() for task in asyncio.all_tasks()}
 
     assert "price-index" in await on_server(live, tasks())
+
+
+async def test_every_interval_pages_to_the_last_minute_of_each_bin(live: Live, admin: Client, new_account) -> None:
+    group = unique("bins")
+    issuer, trader, (one_m, _) = await group_market(admin, new_account, group)
+    await trade(issuer, trader, one_m, "1.5", 3)
+    await compute_index(live, minutes=1)
+    # 70 minutes on, the job catches up the last hour only: ten minutes stay missing, and no bin is invented.
+    at = await compute_index(live, minutes=70)
+    minutes = (await admin.index_history(group, limit=1000))["items"]
+    assert [m["start"] for m in minutes] == sorted((m["start"] for m in minutes), reverse=True)
+    assert minutes[0]["start"] == iso(at)
+    for interval, seconds in (("5m", 300), ("1h", 3600), ("1d", 86400)):
+        expected: dict[str, dict] = {}
+        for item in reversed(minutes):  # oldest first: the last one written to a bin is its newest minute
+            moment = datetime.fromisoformat(item["start"])
+            start = moment - timedelta(seconds=int(moment.timestamp()) % seconds)
+            expected[iso(start)] = item["index"]
+        for order in ("asc", "desc"):
+            pages, cursor = [], None
+            while True:
+                page = await admin.index_history(group, interval=interval, order=order, limit=4, cursor=cursor)
+                pages.extend((item["start"], item["index"]) for item in page["items"])
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
+            wanted = sorted(expected.items(), reverse=order == "desc")
+            assert pages == wanted, (interval, order)
