@@ -8,8 +8,8 @@ Start-up opens the database (``exchange.database.Database``: the server at ``dat
 in ``home``; migrated), an asyncpg pool, the committed market view, the API key store and the sequencer, whose
 ``publish`` feeds the market view, and starts the price index's minute job (``exchange.indexer``), which hands
 each new value to the feed. They are handed to handlers as ``app.state.services`` (``api.services``).
-Shutdown stops the sequencer (it finishes the commands already queued), closes the pool and stops the database,
-each step bounded in time so a lost database cannot hang it.
+Shutdown stops the minute job and the feed, then the sequencer (it finishes the commands already queued), closes
+the pool and stops the database, each step bounded in time so a lost database cannot hang it.
 
 Every route is declared in a ``routes_*`` module (``api.endpoints``); ``ENDPOINTS`` lists them all, and the
 OpenAPI document is generated from the same list. Besides them: the market-data WebSocket ``/v1/ws``

@@ -148,9 +148,11 @@ class Indexer:
             if not groups:
                 return []
             fills = [tuple(row) for row in await conn.fetch(FILLS, first - WINDOW, current)]
-            rows = rows_for(minutes, groups, fills, now)
+            # In a thread: a catch-up over a busy day takes a while, and the event loop also runs the sequencer.
+            rows = await asyncio.to_thread(rows_for, minutes, groups, fills, now)
             columns = [list(column) for column in zip(*map(msgspec.structs.astuple, rows), strict=True)]
-            added = [row_of(record) for record in await conn.fetch(INSERT, *columns)]
+            added = sorted((row_of(record) for record in await conn.fetch(INSERT, *columns)),
+                           key=lambda row: (row.at, row.substitution_group))
         if added and self.publish is not None:
             try:
                 self.publish(added)

@@ -80,12 +80,20 @@ def trimmed_mean(points: Iterable[tuple[Fraction, int]]) -> Fraction:
 
 def compute(trades: Iterable[IndexTrade]) -> IndexValue:
     """The index of the trades of one group's window."""
-    trades = list(trades)
-    volume = sum(t.qty * t.tokens_per_lot for t in trades)
-    notional = sum(t.price * t.qty for t in trades)
-    if not trades:
+    count = volume = notional = 0
+    # Trades at one price and lot size sit side by side in price order, so merging them changes nothing; the
+    # exact arithmetic then runs once per distinct price rather than once per trade.
+    lots: dict[tuple[int, int], int] = {}
+    for price, qty, tokens_per_lot in trades:
+        count += 1
+        volume += qty * tokens_per_lot
+        notional += price * qty
+        key = (price, tokens_per_lot)
+        lots[key] = lots.get(key, 0) + qty
+    if not count:
         return IndexValue(None, 0, 0, 0)
-    mean = trimmed_mean((unit_price(t), t.qty * t.tokens_per_lot) for t in trades)
+    mean = trimmed_mean((unit_price(IndexTrade(price, qty, tokens_per_lot)), qty * tokens_per_lot)
+                        for (price, tokens_per_lot), qty in lots.items())
     # Fraction's round() rounds half to even: a published value that ends in exactly half a micro-yuan goes to
     # the even neighbour, so rounding favours neither side over many values.
-    return IndexValue(round(mean), len(trades), volume, notional)
+    return IndexValue(round(mean), count, volume, notional)
