@@ -21,8 +21,9 @@ itself comes from ``exchange.price_index``.
 import asyncio
 import bisect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -90,7 +91,8 @@ def floor_minute(moment: datetime) -> datetime:
     return moment.replace(second=0, microsecond=0)
 
 
-def row_of(record: asyncpg.Record) -> IndexRow:
+def row_of(record: Mapping[str, Any]) -> IndexRow:
+    """The row of a ``price_index`` record (numeric columns come back as Decimal)."""
     values = dict(record)
     values["volume_tokens"] = int(values["volume_tokens"])
     values["notional"] = int(values["notional"])
