@@ -6,9 +6,10 @@ Lifespan
 --------
 Start-up opens the database (``exchange.database.Database``: the server at ``database_url``, or the embedded one
 in ``home``; migrated), an asyncpg pool, the committed market view, the API key store and the sequencer, whose
-``publish`` feeds the market view. They are handed to handlers as ``app.state.services`` (``api.services``).
-Shutdown stops the sequencer (it finishes the commands already queued), closes the pool and stops the database,
-each step bounded in time so a lost database cannot hang it.
+``publish`` feeds the market view, and starts the price index's minute job (``exchange.indexer``), which hands
+each new value to the feed. They are handed to handlers as ``app.state.services`` (``api.services``).
+Shutdown stops the minute job and the feed, then the sequencer (it finishes the commands already queued), closes
+the pool and stops the database, each step bounded in time so a lost database cannot hang it.
 
 Every route is declared in a ``routes_*`` module (``api.endpoints``); ``ENDPOINTS`` lists them all, and the
 OpenAPI document is generated from the same list. Besides them: the market-data WebSocket ``/v1/ws``
@@ -17,6 +18,7 @@ OpenAPI document is generated from the same list. Besides them: the market-data 
 """
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,7 +41,9 @@ from api.openapi import document, meta
 from api.problems import Problem
 from api.ratelimit import RateLimiter, RateLimits
 from api.routes_accounts import accounts
+from api.routes_fees import fees
 from api.routes_history import history
+from api.routes_indices import indices
 from api.routes_instruments import instruments
 from api.routes_keys import keys
 from api.routes_market import market
@@ -47,11 +51,13 @@ from api.routes_orders import orders
 from api.routes_tokens import tokens
 from api.services import Services
 from exchange.database import Database
+from exchange.indexer import Indexer, latest
 from exchange.sequencer import Sequencer
 
 log = logging.getLogger(__name__)
 
-ENDPOINTS: list[Endpoint] = [*instruments, *market, *history, *accounts, *keys, *tokens, *orders, *meta]
+ENDPOINTS: list[Endpoint] = [*instruments, *market, *history, *accounts, *keys, *tokens, *orders, *indices, *fees,
+                             *meta]
 SHUTDOWN_STEP_SECONDS = 10.0
 STATIC = Path(__file__).parent / "static"
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
@@ -77,6 +83,7 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
                 async with pool.acquire() as conn:
                     await market_view.load(conn)
                     hub = feed.Hub(market_view, feed_limits, await conn.fetchval(feed.NEXT_FILL_ID))
+                    hub.indices = await latest(conn)
                 market_view.listeners.append(hub.publish)
                 sequencer = await Sequencer.open(pool, publish=market_view.apply)
                 try:
@@ -90,9 +97,14 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
                     )
                     app.state.feed = hub
                     hub.start(app.state.services)
+                    app.state.indexer = Indexer(pool, publish=hub.publish_index)
+                    indexing = asyncio.get_running_loop().create_task(app.state.indexer.run(), name="price-index")
                     try:
                         yield
                     finally:
+                        indexing.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await indexing
                         await hub.stop()
                 finally:
                     await _bounded(sequencer.stop(), "stopping the sequencer")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Generator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import msgspec
@@ -111,6 +112,16 @@ class Client:
     async def ticker(self, symbol: str) -> dict:
         return await self.call("GET", f"/v1/instruments/{symbol}/ticker")
 
+    async def instrument_fees(self, symbol: str) -> dict:
+        return await self.call("GET", f"/v1/instruments/{symbol}/fees")
+
+    async def indices(self) -> dict[str, dict]:
+        """The newest token price index by substitution group."""
+        return {i["group"]: i for i in (await self.call("GET", "/v1/indices"))["items"]}
+
+    async def index_history(self, group: str, **query: Any) -> dict:
+        return await self.call("GET", f"/v1/indices/{quote(group, safe='')}/history", params=query)
+
     # Own account
 
     async def me(self) -> dict:
@@ -122,6 +133,10 @@ class Client:
 
     async def ledger(self, **query: Any) -> dict:
         return await self.call("GET", "/v1/ledger", params=query)
+
+    async def fees(self) -> dict:
+        """Own fee tier, trailing 30-day volume and what the next tier needs."""
+        return await self.call("GET", "/v1/accounts/me/fees")
 
     async def keys(self) -> list[dict]:
         return (await self.call("GET", "/v1/keys"))["items"]

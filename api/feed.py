@@ -7,10 +7,12 @@ The client sends JSON text messages, one per frame, of at most 4 KiB:
     {"type": "subscribe", "channel": "level2", "symbol": "DEEPSEEK-V3"}
     {"type": "subscribe", "channel": "candles", "symbol": "DEEPSEEK-V3", "interval": "5m"}
     {"type": "unsubscribe", "channel": "level2", "symbol": "DEEPSEEK-V3"}
+    {"type": "subscribe", "channel": "index", "group": "chat-general"}
 
-Channels: ``ticker``, ``level2``, ``trades``, ``candles`` (``interval`` ``1m``, ``5m``, ``1h`` or ``1d``) and
-``user``. An optional ``id`` (number or string) comes back in the answer, ``subscribed``/``unsubscribed`` or
-``error``. ``level2`` takes ``"snapshot": false`` for a client that starts from the REST book instead.
+Channels: ``ticker``, ``level2``, ``trades``, ``candles`` (``interval`` ``1m``, ``5m``, ``1h`` or ``1d``),
+``user``, and ``index``, which takes a substitution ``group`` instead of a ``symbol``. An optional ``id`` (number
+or string) comes back in the answer, ``subscribed``/``unsubscribed`` or ``error``. ``level2`` takes
+``"snapshot": false`` for a client that starts from the REST book instead.
 Subscribing again to a channel one holds answers as the first time (for ``level2``, with a fresh snapshot): that
 is how to resync without reconnecting.
 
@@ -73,6 +75,18 @@ Every second, for each instrument a connection subscribes to anything of:
 ``{"type": "heartbeat", "symbol": S, "seq": 57, "level2_seq": 44, "trades_seq": 44, "ts": ...}``: the latest
 seq of the instrument and of its last level2 and trades messages, sent after every message it accounts for.
 
+index
+-----
+    {"type": "index", "channel": "index", "group": G, "index": {"group": G, "at": "2026-11-28T09:31:00Z",
+     "value": "2.0875", "stale": false, "trades": 4, "volume_tokens": 50000000, "notional": "105", ...}}
+
+The group's token price index, the object of ``GET /v1/indices``: the newest value on subscribing (none before
+the first minute is computed), then each minute as it is computed (after an outage, every minute caught up, in
+order). Its answers are ``{"type": "subscribed", "channel": "index", "group": G}`` and ``unsubscribed`` alike.
+Every second, for each group a connection subscribes to: ``{"type": "heartbeat", "group": G, "at": ..., "ts":
+...}``, ``at`` being that of the group's newest value (null before the first): a client whose newest ``at`` is
+older missed a value, which ``GET /v1/indices/{group}/history`` fills in.
+
 user
 ----
 Orders, fills and balances (CNY and the instrument's token) of one's own account on one instrument, the
@@ -92,10 +106,10 @@ Limits and errors
 Bad input gets ``{"type": "error", "code": ..., "detail": ...}`` and changes nothing else: ``malformed_message``
 (not JSON, or a binary frame), ``unknown_type``, ``invalid_message``, ``unknown_channel``,
 ``unknown_instrument``, ``unknown_interval``, ``message_too_large``, ``too_many_subscriptions``,
-``not_subscribed``, ``rate_limited`` (more than ``message_rate`` messages a second), and for ``user``
-``unauthenticated``, ``stale_timestamp``, ``invalid_signature``, ``insufficient_scope``. After
-``max_errors`` of them the connection is closed with 1008 (policy violation), as is a connection over
-``max_connections_per_address`` (after an error ``too_many_connections``).
+``not_subscribed``, ``rate_limited`` (more than ``message_rate`` messages a second), ``unknown_group``
+(``index``), and for ``user`` ``unauthenticated``, ``stale_timestamp``, ``invalid_signature``,
+``insufficient_scope``. After ``max_errors`` of them the connection is closed with 1008 (policy violation), as
+is a connection over ``max_connections_per_address`` (after an error ``too_many_connections``).
 
 Fan-out
 -------
@@ -134,16 +148,18 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from api.marketdata import MINUTE_US, Batch, BookView, MarketData
 from api.routes_history import Candle, candle, empty_candle
+from api.routes_indices import GROUP_LISTED, PriceIndex, price_index
 from api.routes_orders import COLUMNS, order_from_row
 from api.schemas import Balance, Fill, Order, asset_amount
 from api.services import READ_ERRORS, Services
 from api.signing import WINDOW_SECONDS, signature
 from api.units import from_micro
+from exchange.indexer import IndexRow
 from matching import events as ev
 
 log = logging.getLogger(__name__)
 
-CHANNELS = ("ticker", "level2", "trades", "candles", "user")
+CHANNELS = ("ticker", "level2", "trades", "candles", "user", "index")
 INTERVAL_MINUTES = {"1m": 1, "5m": 5, "1h": 60, "1d": 1440}
 CHECKSUM_DEPTH = 10
 SYMBOL = re.compile(r"^[A-Z0-9][A-Z0-9._-]{0,31}$")
@@ -178,7 +194,8 @@ class FeedLimits:
 
 class Subscribe(msgspec.Struct, tag="subscribe", tag_field="type", forbid_unknown_fields=True, kw_only=True):
     channel: str
-    symbol: str
+    symbol: str | None = None
+    group: str | None = None
     interval: str | None = None
     snapshot: bool = True
     id: int | str | None = None
@@ -189,7 +206,8 @@ class Subscribe(msgspec.Struct, tag="subscribe", tag_field="type", forbid_unknow
 
 class Unsubscribe(msgspec.Struct, tag="unsubscribe", tag_field="type", forbid_unknown_fields=True, kw_only=True):
     channel: str
-    symbol: str
+    symbol: str | None = None
+    group: str | None = None
     interval: str | None = None
     id: int | str | None = None
 
@@ -315,6 +333,30 @@ class BalanceUpdate(Message, tag="balance"):
     symbol: str
     seq: int
     balance: Balance
+
+
+class GroupSubscribed(Message, tag="subscribed"):
+    channel: str
+    group: str
+    id: int | str | None = None
+
+
+class GroupUnsubscribed(Message, tag="unsubscribed"):
+    channel: str
+    group: str
+    id: int | str | None = None
+
+
+class IndexUpdate(Message, tag="index"):
+    channel: str
+    group: str
+    index: PriceIndex
+
+
+class IndexHeartbeat(Message, tag="heartbeat"):
+    group: str
+    at: datetime | None
+    ts: int
 
 
 _encode = msgspec.json.Encoder().encode
@@ -616,6 +658,8 @@ class Hub:
         self._user_wake = asyncio.Event()
         self._balances: dict[tuple, dict[str, tuple[int, int]]] = {}
         """user feed key -> asset -> the (available, held) last sent"""
+        self.indices: dict[str, IndexRow] = {}
+        """group -> its newest price index"""
         self._tasks: list[asyncio.Task] = []
         self.stats = Counter()
 
@@ -725,6 +769,18 @@ class Hub:
                 feed = self.feeds.get(("candles", symbol, interval))
                 if feed is not None:
                     self._queue(feed, self._candle(symbol, ladder, interval))
+
+    def publish_index(self, rows: list[IndexRow]) -> None:
+        """Queue newly computed price index rows, oldest first; the ``exchange.indexer.Indexer``'s ``publish``."""
+        for row in rows:
+            group = row.substitution_group
+            newest = self.indices.get(group)
+            if newest is None or row.at > newest.at:
+                self.indices[group] = row
+            feed = self.feeds.get(("index", group))
+            if feed is not None:
+                self._queue(feed, encode(IndexUpdate("index", group, price_index(row))))
+        self._flush_wanted.set()
 
     def _queue(self, feed: Feed, message: str) -> None:
         if not feed.pending:
@@ -844,6 +900,9 @@ class Hub:
             if key[0] == "heartbeat" and feed.subscribers:
                 ladder = self.ladders[key[1]]
                 self._queue(feed, encode(Heartbeat(key[1], ladder.seq, ladder.level2_seq, ladder.trades_seq, ts)))
+            elif key[0] == "index_heartbeat" and feed.subscribers:
+                newest = self.indices.get(key[1])
+                self._queue(feed, encode(IndexHeartbeat(key[1], None if newest is None else newest.at, ts)))
         self.flush()
         if self.user_feeds:
             self._user_poll = True
@@ -857,7 +916,7 @@ class Hub:
         feed = self._feed(key)
         feed.subscribers.add(connection)
         connection.feeds[key] = feed
-        self._feed(("heartbeat", key[1])).subscribers.add(connection)
+        self._feed(heartbeat_key(key)).subscribers.add(connection)
         if key[0] == "user":
             self.user_feeds.setdefault(key[1], {})[key[2]] = feed
         self.send(connection, *first)
@@ -867,9 +926,9 @@ class Hub:
         connection.keys.pop(key, None)
         if feed is not None:
             self._leave(feed, connection)
-        symbol = key[1]
-        if not any(other[1] == symbol for other in connection.feeds):
-            heartbeat = self.feeds.get(("heartbeat", symbol))
+        beat = heartbeat_key(key)
+        if not any(heartbeat_key(other) == beat for other in connection.feeds):
+            heartbeat = self.feeds.get(beat)
             if heartbeat is not None:
                 self._leave(heartbeat, connection)
 
@@ -991,11 +1050,15 @@ class Hub:
 
     async def _subscribe(self, connection: Connection, request: Subscribe) -> None:
         channel, symbol, interval = request.channel, request.symbol, request.interval
-        key = stream_key(channel, symbol, interval)
+        key = stream_key(channel, symbol, interval, request.group)
         held = next((k for k in connection.feeds if k[:2] == key), None) if channel == "user" else key
         if held not in connection.feeds and len(connection.feeds) >= self.limits.max_subscriptions:
             raise FeedError("too_many_subscriptions", f"At most {self.limits.max_subscriptions} subscriptions on "
                                                       "one connection.")
+        if channel == "index":
+            await self._subscribe_index(connection, key, request.id)
+            return
+        assert symbol is not None
         ladder = await self._ladder(symbol)
         api_key = None
         if channel == "user":
@@ -1022,13 +1085,35 @@ class Hub:
             self._user_wake.set()
 
     def _unsubscribe(self, connection: Connection, request: Unsubscribe) -> None:
-        key = stream_key(request.channel, request.symbol, request.interval)
+        key = stream_key(request.channel, request.symbol, request.interval, request.group)
         if key[0] == "user":
             key = next((k for k in connection.feeds if k[:2] == key), key)
         if key not in connection.feeds:
             raise FeedError("not_subscribed", "This connection does not subscribe to that.")
         self.unsubscribe(connection, key)
+        if key[0] == "index":
+            self.send(connection, encode(GroupUnsubscribed("index", key[1], request.id)))
+            return
+        assert request.symbol is not None
         self.send(connection, encode(Unsubscribed(request.channel, request.symbol, request.interval, request.id)))
+
+    async def _subscribe_index(self, connection: Connection, key: tuple, request_id: int | str | None) -> None:
+        group = key[1]
+        if group not in self.indices:
+            assert self.services is not None
+            try:
+                async with self.services.connection() as conn:
+                    listed = await conn.fetchval(GROUP_LISTED, group)
+            except READ_ERRORS:
+                raise FeedError("unavailable", "The exchange cannot look that group up now; try again.") from None
+            if not listed:
+                raise FeedError("unknown_group", f"No compute instrument has the substitution group {group!r}; "
+                                                 "GET /v1/instruments shows each one's group.")
+        first = [encode(GroupSubscribed("index", group, request_id))]
+        newest = self.indices.get(group)
+        if newest is not None:
+            first.append(encode(IndexUpdate("index", group, price_index(newest))))
+        self.subscribe(connection, key, first)
 
     async def _ladder(self, symbol: str) -> Ladder:
         ladder = self.ladders.get(symbol)
@@ -1192,9 +1277,20 @@ def user_target(symbol: str) -> str:
     return f"/v1/ws/user/{symbol}"
 
 
-def stream_key(channel: str, symbol: str, interval: str | None) -> tuple:
+def heartbeat_key(key: tuple) -> tuple:
+    """The heartbeat stream that accounts for stream ``key``: its instrument's, or its group's."""
+    return ("index_heartbeat", key[1]) if key[0] == "index" else ("heartbeat", key[1])
+
+
+def stream_key(channel: str, symbol: str | None, interval: str | None, group: str | None = None) -> tuple:
     if channel not in CHANNELS:
         raise FeedError("unknown_channel", f"channel must be one of {', '.join(CHANNELS)}.")
+    if channel == "index":
+        if group is None or symbol is not None or interval is not None:
+            raise FeedError("invalid_message", "The index channel takes a group, and no symbol or interval.")
+        return ("index", group)
+    if symbol is None or group is not None:
+        raise FeedError("invalid_message", f"The {channel} channel takes a symbol, and no group.")
     if channel == "candles":
         if interval not in INTERVAL_MINUTES:
             raise FeedError("unknown_interval", f"interval must be one of {', '.join(INTERVAL_MINUTES)}.")

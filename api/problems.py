@@ -70,6 +70,7 @@ CODES: dict[str, Spec] = {
     "invalid_scope": Spec(422, "Scope not allowed for the role", "scopes"),
     # Things the API itself keeps
     "unknown_key": Spec(404, "Unknown key"),
+    "unknown_group": Spec(404, "Unknown substitution group", "group"),
     # The engine's rejections
     "unknown_account": Spec(404, "Unknown account"),
     "unknown_instrument": Spec(404, "Unknown instrument"),
@@ -111,6 +112,7 @@ CODES: dict[str, Spec] = {
 DETAILS = {
     **MESSAGES,
     "unknown_key": "No such API key in this account.",
+    "unknown_group": "No compute instrument has this substitution group; GET /v1/instruments shows each one's group.",
     "not_found": "No such route; the API is described at /v1/openapi.json.",
     "internal_error": "The server hit an unexpected error; nothing is known to have changed. Try again.",
 }

@@ -2,7 +2,8 @@
 // tokex market watch. Reference data and history come from the REST API, everything live from the feed at
 // /v1/ws (its protocol is described in api/feed.py): the level2 book is rebuilt from a snapshot and updates,
 // checked by sequence and CRC32 checksum, and resynced by subscribing again after a gap; a closed connection
-// is reopened with backoff and every subscription made again.
+// is reopened with backoff and every subscription made again. Each substitution group's token price index comes
+// from GET /v1/indices and then from the feed's index channel.
 
 const LADDER_DEPTH = 15;
 const TAPE_LENGTH = 60;
@@ -19,6 +20,7 @@ const state = {
   candles: new Map(), // start (ms) -> candle
   liveCandles: new Set(), // starts set by the feed since the last REST load
   tickers: new Map(),
+  indices: new Map(), // substitution group -> the newest index object
   resyncs: 0,
   reconnects: 0,
   status: "connecting",
@@ -90,7 +92,13 @@ function subscribeAll() {
   for (const instrument of state.instruments.slice(0, MAX_TICKERS)) {
     send({ type: "subscribe", channel: "ticker", symbol: instrument.symbol });
   }
+  for (const group of groups()) send({ type: "subscribe", channel: "index", group });
   if (state.symbol) subscribeMarket();
+}
+
+function groups() {
+  const found = state.instruments.filter((i) => i.kind === "compute").map((i) => i.substitution_group);
+  return [...new Set(found)].sort();
 }
 
 function subscribeMarket() {
@@ -125,6 +133,7 @@ function setStatus(kind, text) {
 // Messages
 
 function handle(message) {
+  if (message.group !== undefined) return handleIndex(message);
   const mine = message.symbol === state.symbol;
   switch (message.type) {
     case "snapshot":
@@ -176,6 +185,18 @@ function handle(message) {
   }
 }
 
+function handleIndex(message) {
+  const known = state.indices.get(message.group);
+  if (message.type === "index") {
+    if (!known || message.index.at >= known.at) state.indices.set(message.group, message.index);
+    return render();
+  }
+  // A heartbeat names the newest minute computed: a newer one than shown means a value was missed.
+  if (message.type === "heartbeat" && message.at !== null && (!known || message.at > known.at)) {
+    loadIndices().catch(warn);
+  }
+}
+
 // REST
 
 async function getJSON(path) {
@@ -192,6 +213,15 @@ async function loadInstruments() {
     state.instruments.find((i) => i.kind === "compute") || state.instruments[0];
   renderInstruments();
   if (first) select(first.symbol);
+}
+
+async function loadIndices() {
+  const answer = await getJSON("/v1/indices");
+  for (const index of answer.items) {
+    const known = state.indices.get(index.group);
+    if (!known || index.at >= known.at) state.indices.set(index.group, index);
+  }
+  render();
 }
 
 async function loadTrades() {
@@ -256,6 +286,7 @@ function render() {
   requestAnimationFrame(() => {
     frameWanted = false;
     renderInstruments();
+    renderIndices();
     renderTicker();
     renderBook();
     renderTrades();
@@ -296,6 +327,31 @@ function renderInstruments() {
       button.setAttribute("aria-current", String(button.dataset.symbol === state.symbol));
     }
   }
+}
+
+function renderIndices() {
+  const list = $("#indices");
+  list.replaceChildren(...groups().map((group) => {
+    const index = state.indices.get(group);
+    const item = document.createElement("li");
+    item.dataset.group = group;
+    item.innerHTML = '<span class="name"></span><span class="value"></span><span class="meta"></span>';
+    item.querySelector(".name").textContent = group;
+    if (!index) {
+      item.querySelector(".value").textContent = "—";
+      item.querySelector(".meta").textContent = "not computed yet";
+      return item;
+    }
+    item.dataset.at = index.at;
+    item.dataset.stale = String(index.stale);
+    const at = new Date(index.at).toTimeString().slice(0, 5);
+    // Stale means no trade in 24 hours: no value is shown rather than an old one.
+    item.querySelector(".value").textContent = index.stale ? "stale" : index.value;
+    item.querySelector(".meta").textContent = index.stale
+      ? `no trades in the 24 h to ${at}`
+      : `${index.trades.toLocaleString("en")} trades · ${(index.volume_tokens / 1e6).toLocaleString("en")}M tokens · ${at}`;
+    return item;
+  }));
 }
 
 function renderTicker() {
@@ -449,5 +505,6 @@ for (const button of document.querySelectorAll(".intervals button")) {
 }
 window.addEventListener("resize", render);
 loadInstruments()
+  .then(() => loadIndices().catch(warn))
   .then(connect)
   .catch((error) => setStatus("reconnecting", `cannot load instruments: ${error.message}`));

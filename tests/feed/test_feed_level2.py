@@ -79,9 +79,13 @@ async def test_sync_from_the_rest_book_plus_the_stream(live, market: Market):
     subscribed = await client.next()
     assert subscribed["type"] == "subscribed" and "bids" not in subscribed
     rng = random.Random(21)
+    start = (await rest.book(market.symbol))["seq"]
     flow = asyncio.ensure_future(random_flow(market, 120, rng))
-    await asyncio.sleep(0.3)
-    book = await rest.book(market.symbol, depth=1000)  # taken while orders flow
+    # Taken while orders flow: once some have gone in, and not after a fixed delay, which a fast run outlasts.
+    book = await rest.book(market.symbol, depth=1000)
+    while book["seq"] < start + 20 and not flow.done():
+        await asyncio.sleep(0.01)
+        book = await rest.book(market.symbol, depth=1000)
     follower = Follower(client, market.symbol)
     follower.mirror.rest(book)
     await flow

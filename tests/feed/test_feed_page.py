@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from feed_support import open_market, ws_url
+from index_clock import compute_index, iso
 
 from api.client import Client
 
@@ -54,6 +55,13 @@ async def test_the_page_shows_the_market_and_follows_the_feed(live):
         await expect(page.locator("#status")).to_have_attribute("data-state", "live")
         await expect(page.locator("#symbol")).to_have_text(compute.symbol)
         await expect(page.locator("#trades tr")).to_have_count(2)  # the hand-outs of open_market
+        # The price index panel: one entry per substitution group, filled from the index channel once computed.
+        panel = page.locator('#indices li[data-group="chat-general"]')
+        await expect(panel.locator(".meta")).to_have_text("not computed yet")
+        at = await compute_index(live)
+        await expect(panel).to_have_attribute("data-at", iso(at))
+        await expect(panel.locator(".value")).to_have_text("1")  # the hand-outs, 4,000 lots of 1M tokens at 1 CNY
+        await expect(panel).to_have_attribute("data-stale", "false")
         await page.screenshot(path=ARTIFACTS / "market-watch-book.png", full_page=True)
 
         # A trade shows on the tape, the ladder and the chart.

@@ -1,0 +1,164 @@
+"""The token price index of each substitution group: the latest values and their history.
+
+``GET /v1/indices`` answers the newest value of every group the minute job (``exchange.indexer``) has computed;
+``GET /v1/indices/{group}/history`` its values over time, one per bin of ``interval`` (``1m``, ``5m``, ``1h``,
+``1d``; bins start at whole UTC minutes, hours and days): the value as of the last minute computed in the bin.
+Pages go newest first (``order=desc``, the default) or oldest first; ``cursor`` is the ``next_cursor`` of the
+previous page; ``start`` and ``end`` (RFC 3339 with a zone, end exclusive) bound the minute ``at``. Only bins
+with a computed minute are listed: a stretch when no server ran is missing, not invented.
+
+Each value is in CNY per 1M tokens, a decimal string exact to the micro-yuan, and null when the group is stale
+(no trade in the 24 hours before ``at``). How it is computed is in ``exchange.price_index`` and the README.
+The feed's ``index`` channel sends the same object as each minute is computed.
+"""
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from msgspec import Meta, Struct
+
+from api.endpoints import Call, Endpoints
+from api.problems import Problem
+from api.routes_history import INTERVALS, ORIGIN, Interval, Time
+from api.schemas import TEXT_PATTERN, Request
+from api.units import from_micro
+from exchange.indexer import COLUMNS, LATEST, IndexRow, row_of
+
+indices = Endpoints("price index")
+
+Group = Annotated[str, Meta(min_length=1, max_length=2000, pattern=TEXT_PATTERN,
+                            description="A substitution group of compute instruments.", examples=["chat-general"])]
+GROUP = {"group": (Group, "unknown_group")}
+BinCursor = Annotated[str, Meta(pattern=r"^[0-9]{1,11}$",
+                                description="Opaque: the next_cursor of the previous page.")]
+
+
+class PriceIndex(Struct):
+    group: str
+    at: Annotated[datetime, Meta(description="The whole UTC minute the value is as of: it covers the trades with "
+                                             "at - 24 h <= created_at < at.")]
+    value: Annotated[str | None, Meta(description="CNY per 1M tokens: the volume-weighted mean price after trimming "
+                                                  "10% of volume off each end, rounded half to even to the "
+                                                  "micro-yuan; null when stale.")]
+    stale: Annotated[bool, Meta(description="No trade in the window: the value is null, never carried over.")]
+    trades: Annotated[int, Meta(description="Trades in the window, before trimming.")]
+    volume_tokens: Annotated[int, Meta(description="Tokens traded in the window (lots x tokens per lot).")]
+    notional: Annotated[str, Meta(description="CNY traded in the window.")]
+    computed_at: datetime
+
+
+class PriceIndexList(Struct):
+    items: list[PriceIndex]
+
+
+class IndexHistoryQuery(Request):
+    interval: Interval = "1m"
+    order: Literal["desc", "asc"] = "desc"
+    start: Time | None = None
+    end: Time | None = None
+    cursor: BinCursor | None = None
+    limit: Annotated[int, Meta(ge=1, le=1000)] = 300
+
+
+class IndexBin(Struct):
+    start: Annotated[datetime, Meta(description="The start of the bin.")]
+    index: Annotated[PriceIndex, Meta(description="The value as of the last minute computed in the bin.")]
+
+
+class IndexHistory(Struct):
+    group: str
+    interval: Interval
+    items: list[IndexBin]
+    next_cursor: str | None
+
+
+GROUP_LISTED = "SELECT EXISTS (SELECT 1 FROM instrument WHERE kind = 'compute' AND substitution_group = $1)"
+# Both walk the (group, at) key one bin at a time, one index probe a step, and stop after $6 bins: the cost of a
+# page does not grow with the history. $4 and $5 bound ``at`` (null: unbounded).
+HISTORY_DESC = f"""
+WITH RECURSIVE lasts (at, n) AS (
+    (SELECT at, 1 FROM price_index
+     WHERE substitution_group = $1
+       AND at >= coalesce($4::timestamptz, '-infinity') AND at < coalesce($5::timestamptz, 'infinity')
+     ORDER BY at DESC LIMIT 1)
+    UNION ALL
+    SELECT (SELECT p.at FROM price_index p
+            WHERE p.substitution_group = $1 AND p.at >= coalesce($4::timestamptz, '-infinity')
+              AND p.at < date_bin($2::interval, l.at, $3::timestamptz)
+            ORDER BY p.at DESC LIMIT 1), l.n + 1
+    FROM lasts l WHERE l.at IS NOT NULL AND l.n < $6
+)
+SELECT date_bin($2::interval, p.at, $3::timestamptz) AS bin, {", ".join("p." + c for c in COLUMNS)}
+FROM lasts l JOIN price_index p ON p.substitution_group = $1 AND p.at = l.at
+ORDER BY p.at DESC
+"""
+HISTORY_ASC = f"""
+WITH RECURSIVE firsts (at, n) AS (
+    (SELECT at, 1 FROM price_index
+     WHERE substitution_group = $1
+       AND at >= coalesce($4::timestamptz, '-infinity') AND at < coalesce($5::timestamptz, 'infinity')
+     ORDER BY at LIMIT 1)
+    UNION ALL
+    SELECT (SELECT p.at FROM price_index p
+            WHERE p.substitution_group = $1 AND p.at >= date_bin($2::interval, f.at, $3::timestamptz) + $2::interval
+              AND p.at < coalesce($5::timestamptz, 'infinity')
+            ORDER BY p.at LIMIT 1), f.n + 1
+    FROM firsts f WHERE f.at IS NOT NULL AND f.n < $6
+)
+SELECT date_bin($2::interval, p.at, $3::timestamptz) AS bin, {", ".join("p." + c for c in COLUMNS)}
+FROM firsts f CROSS JOIN LATERAL (
+    SELECT * FROM price_index p
+    WHERE p.substitution_group = $1 AND p.at >= f.at
+      AND p.at < least(date_bin($2::interval, f.at, $3::timestamptz) + $2::interval,
+                       coalesce($5::timestamptz, 'infinity'))
+    ORDER BY p.at DESC LIMIT 1
+) AS p
+ORDER BY p.at
+"""
+
+
+def price_index(row: IndexRow) -> PriceIndex:
+    """The API's form of one computed minute."""
+    return PriceIndex(row.substitution_group, row.at, None if row.value is None else from_micro(row.value), row.stale,
+                      row.trades, row.volume_tokens, from_micro(row.notional), row.computed_at)
+
+
+@indices.route("GET", "/v1/indices", summary="Token price indices", response=PriceIndexList)
+async def list_indices(call: Call) -> PriceIndexList:
+    """The newest value of each substitution group's token price index, by group, with its stale flag."""
+    async with call.services.connection() as conn:
+        records = await conn.fetch(LATEST)
+    return PriceIndexList([price_index(row_of(record)) for record in records])
+
+
+@indices.route("GET", "/v1/indices/{group}/history", summary="Token price index history", query=IndexHistoryQuery,
+               response=IndexHistory, errors=("unknown_group", "invalid_cursor", "out_of_range"), params=GROUP)
+async def index_history(call: Call) -> IndexHistory:
+    """One value per bin of ``interval`` (the last minute computed in it), newest first unless ``order=asc``."""
+    query: IndexHistoryQuery = call.query
+    interval = INTERVALS[query.interval]
+    if query.start is not None and query.end is not None and query.end <= query.start:
+        raise Problem("out_of_range", "end must be after start.", field="end")
+    low, high = query.start, query.end
+    if query.cursor is not None:
+        # A cursor is the start of the last bin of the previous page, in Unix seconds: a multiple of the interval
+        # (ORIGIN is a whole UTC day), and at most 11 digits, so it is always a representable time.
+        if int(query.cursor) % int(interval.total_seconds()):
+            raise Problem("invalid_cursor", f"Pass the next_cursor of the previous page, of the same interval "
+                                            f"({query.interval}), as it was.")
+        last = datetime.fromtimestamp(int(query.cursor), UTC)
+        if query.order == "desc":
+            high = last if high is None else min(high, last)
+        else:
+            low = last + interval if low is None else max(low, last + interval)
+    group = call.params["group"]
+    async with call.services.connection() as conn:
+        if not await conn.fetchval(GROUP_LISTED, group):
+            raise Problem("unknown_group", field="group")
+        records = await conn.fetch(HISTORY_ASC if query.order == "asc" else HISTORY_DESC, group, interval, ORIGIN,
+                                   low, high, query.limit + 1)
+    items = [IndexBin(record["bin"], price_index(row_of({k: v for k, v in record.items() if k != "bin"})))
+             for record in records[: query.limit]]
+    more = len(records) > query.limit
+    return IndexHistory(group, query.interval, items,
+                        str(int(items[-1].start.timestamp())) if more else None)
