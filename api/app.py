@@ -6,9 +6,10 @@ Lifespan
 --------
 Start-up opens the database (``exchange.database.Database``: the server at ``database_url``, or the embedded one
 in ``home``; migrated), an asyncpg pool, the committed market view, the API key store and the sequencer, whose
-``publish`` feeds the market view. They are handed to handlers as ``app.state.services`` (``api.services``).
-Shutdown stops the sequencer (it finishes the commands already queued), closes the pool and stops the database,
-each step bounded in time so a lost database cannot hang it.
+``publish`` feeds the market view, and the package scheduler (``exchange.scheduler``), which reports executions to
+the feed. They are handed to handlers as ``app.state.services`` (``api.services``). Shutdown stops the scheduler,
+then the sequencer (it finishes the commands already queued), closes the pool and stops the database, each step
+bounded in time so a lost database cannot hang it.
 
 Every route is declared in a ``routes_*`` module (``api.endpoints``); ``ENDPOINTS`` lists them all, and the
 OpenAPI document is generated from the same list. Besides them: the market-data WebSocket ``/v1/ws``
@@ -44,14 +45,18 @@ from api.routes_instruments import instruments
 from api.routes_keys import keys
 from api.routes_market import market
 from api.routes_orders import orders
+from api.routes_packages import packages, reporter
+from api.routes_routing import routing
 from api.routes_tokens import tokens
 from api.services import Services
 from exchange.database import Database
+from exchange.scheduler import Scheduler
 from exchange.sequencer import Sequencer
 
 log = logging.getLogger(__name__)
 
-ENDPOINTS: list[Endpoint] = [*instruments, *market, *history, *accounts, *keys, *tokens, *orders, *meta]
+ENDPOINTS: list[Endpoint] = [*instruments, *market, *history, *accounts, *keys, *tokens, *orders, *routing,
+                             *packages, *meta]
 SHUTDOWN_STEP_SECONDS = 10.0
 STATIC = Path(__file__).parent / "static"
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
@@ -79,6 +84,7 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
                     hub = feed.Hub(market_view, feed_limits, await conn.fetchval(feed.NEXT_FILL_ID))
                 market_view.listeners.append(hub.publish)
                 sequencer = await Sequencer.open(pool, publish=market_view.apply)
+                scheduler = Scheduler(sequencer, listener=reporter(sequencer, hub.package_executed))
                 try:
                     app.state.services = Services(
                         pool=pool,
@@ -87,12 +93,15 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
                         keys=KeyStore(pool, master_key or load_master_key(home)),
                         key_limiter=RateLimiter(limits.per_key_rate, limits.per_key_burst),
                         address_limiter=RateLimiter(limits.per_address_rate, limits.per_address_burst),
+                        scheduler=scheduler,
                     )
                     app.state.feed = hub
                     hub.start(app.state.services)
+                    scheduler.start()
                     try:
                         yield
                     finally:
+                        await scheduler.stop()
                         await hub.stop()
                 finally:
                     await _bounded(sequencer.stop(), "stopping the sequencer")
