@@ -19,7 +19,8 @@ Holds
 A sell holds the tokens. A buy limit holds what ``fees.buy_hold`` says. A market buy by quantity holds the
 cost of its quantity at the worst price the book would reach and is sent to the book as an IOC limit at that
 price, so it can never spend more than it holds. A market buy by budget holds the budget and gives the book
-the share of it that leaves room for the taker fee.
+the share of it that leaves room for the taker fee. A routed order (``exchange.routing``) holds once for all
+its child orders and releases what they leave once, after the last.
 """
 
 from collections.abc import Callable

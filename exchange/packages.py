@@ -100,11 +100,10 @@ def view(package: Package) -> PackageView:
 
 def create(engine: "Engine", cmd: CreatePackage, at: datetime) -> PackageView | str:
     """Start a package for a trading account; a refusal is its code."""
-    books = routing.venues(engine, cmd.group, BUY, cmd.account_id, 100) if type(cmd.group) is str else None
     code = router.refusal([], BUY, cmd.qty, cmd.mode, cmd.price, cmd.max_cost, False)
     if code is not None:
         return "invalid_max_cost" if code == "invalid_route_budget" else code
-    if books is None:
+    if type(cmd.group) is not str or not routing.members(engine, cmd.group):
         return "unknown_group"
     if cmd.period not in PERIODS:
         return "invalid_period"

@@ -29,7 +29,7 @@ import msgspec
 from exchange import fees, router
 from exchange.commands import OrderView, RoutedOrderView, RouteOrder
 from exchange.ledger import AVAILABLE, CASH, HELD
-from exchange.records import Order
+from exchange.records import Instrument, Order
 from matching import events as ev
 from matching.types import BUY, GTC, IOC, SELL
 
@@ -75,14 +75,18 @@ class Pool:
         self.returned[asset] = self.returned.get(asset, 0) + amount
 
 
+def members(engine: "Engine", group: str) -> list[Instrument]:
+    """The compute instruments of ``group``, halted ones included; dataset tokens never join a group."""
+    return [i for i in engine.instruments.values() if i.kind == "compute" and i.substitution_group == group]
+
+
 def venues(engine: "Engine", group: str, side: str, account_id: int, percent: int) -> list[router.Venue] | None:
     """The trading compute books of ``group`` as the planner sees them; None when no compute instrument is in it."""
-    found: list[router.Venue] | None = None
-    for instrument in engine.instruments.values():
-        if instrument.kind != "compute" or instrument.substitution_group != group:
-            continue
-        if found is None:
-            found = []
+    instruments = members(engine, group)
+    if not instruments:
+        return None
+    found: list[router.Venue] = []
+    for instrument in instruments:
         if instrument.status != "trading":
             continue
         assert instrument.book is not None and instrument.quality is not None
