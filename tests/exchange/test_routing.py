@@ -130,3 +130,13 @@ async def test_a_restart_rebuilds_routed_orders_and_continues_their_numbering(po
             assert await invariants.problems(conn, second.engine) == []
     finally:
         await second.stop()
+
+
+async def test_tokex_check_finds_a_routed_order_that_disagrees_with_its_children(market: Market) -> None:
+    result = await market.run(RouteOrder(market.alice, GROUP, "buy", 12, "cost", price=1_500_000))
+    assert isinstance(result, RoutedOrderView)
+    async with market.exchange.pool.acquire() as conn:
+        await conn.execute("UPDATE routed_order SET filled_qty = filled_qty + 1 WHERE id = $1", result.id)
+        assert await invariants.problems(conn) == [
+            f"routed order {result.id} filled 13 lots but its children 12, or a child is missing"]
+        await conn.execute("UPDATE routed_order SET filled_qty = filled_qty - 1 WHERE id = $1", result.id)
