@@ -140,3 +140,20 @@ async def test_tokex_check_finds_a_routed_order_that_disagrees_with_its_children
         assert await invariants.problems(conn) == [
             f"routed order {result.id} filled 13 lots but its children 12, or a child is missing"]
         await conn.execute("UPDATE routed_order SET filled_qty = filled_qty - 1 WHERE id = $1", result.id)
+
+
+async def test_a_child_stopped_by_self_trade_prevention_gives_its_hold_back_in_one_release(market: Market) -> None:
+    await market.ok(RouteOrder(market.alice, GROUP, "buy", 2, "cost", price=1_000_000))  # alice holds 2 TINY
+    own = await market.ok(PlaceOrder(market.alice, "TINY", "sell", price=900_000, qty=2))
+    result = await market.run(RouteOrder(market.alice, GROUP, "buy", 5, "cost", price=1_000_000))
+    assert isinstance(result, RoutedOrderView)
+    [child] = result.children
+    assert (child.symbol, child.filled_qty, child.status, child.reason) == ("TINY", 0, "cancelled", "self_trade")
+    assert result.status == "unfilled" and result.remainder == 5
+    assert market.exchange.engine.orders[own.id].status == "open"
+    assert market.balance(market.alice)[1] == 0
+    async with market.exchange.pool.acquire() as conn:
+        kinds = [row["kind"] for row in await conn.fetch(
+            "SELECT kind FROM journal_entry WHERE order_id = $1 ORDER BY id", result.id)]
+        assert kinds == ["hold", "release"]
+        assert await conn.fetchval("SELECT count(*) FROM journal_entry WHERE order_id = $1", child.id) == 0
