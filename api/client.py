@@ -165,6 +165,9 @@ class Client:
                         "rest_remainder": rest_remainder})
         return await self.call("POST", "/v1/routed-orders", json=body)
 
+    async def routed_orders(self, **query: Any) -> dict:
+        return await self.call("GET", "/v1/routed-orders", params=query)
+
     async def routed_order(self, routed_order_id: int) -> dict:
         return await self.call("GET", f"/v1/routed-orders/{routed_order_id}")
 

@@ -12,10 +12,22 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
-from api.endpoints import Call, Endpoints, money
+from api.endpoints import Call, Endpoints, cursor_id, money
 from api.problems import Problem
 from api.routes_orders import fetch_order, optional_price
-from api.schemas import MAX_AMOUNT, MAX_PRICE, Decimal, Id, OrderWithFills, Qty, Request, Side, Text, average_price
+from api.schemas import (
+    MAX_AMOUNT,
+    MAX_PRICE,
+    Decimal,
+    Id,
+    OrderWithFills,
+    PageQuery,
+    Qty,
+    Request,
+    Side,
+    Text,
+    average_price,
+)
 from api.units import from_micro
 from exchange import fees, router
 from exchange.commands import RoutedOrderView, RouteOrder
@@ -30,6 +42,11 @@ ERRORS = ("unknown_group", "invalid_route_mode", "limit_or_budget_required", "in
 
 ROUTED_ORDER = """
 SELECT * FROM routed_order WHERE id = $1 AND account_id = $2
+"""
+ROUTED_ORDERS = """
+SELECT * FROM routed_order WHERE account_id = $1 AND ($2::bigint IS NULL OR id < $2)
+ORDER BY id DESC
+LIMIT $3
 """
 GROUP = """
 SELECT symbol, quality, tick, min_qty, max_qty, maker_fee_bps, taker_fee_bps, status FROM instrument
@@ -62,7 +79,7 @@ class RoutedOrderQuery(RoutedOrderRequest):
     pass
 
 
-class RoutedOrder(Struct):
+class RoutedOrderSummary(Struct):
     id: int
     group: str
     side: Side
@@ -83,8 +100,17 @@ class RoutedOrder(Struct):
     resting_order_id: int | None
     package_id: int | None
     created_at: datetime
-    children: Annotated[list[OrderWithFills], Meta(description="The child orders in the order they executed; the "
-                                                               "resting one last.")]
+    order_ids: Annotated[list[int], Meta(description="The child orders in the order they executed; the resting "
+                                                     "one last.")]
+
+
+class RoutedOrder(RoutedOrderSummary):
+    children: list[OrderWithFills]
+
+
+class RoutedOrderPage(Struct):
+    items: list[RoutedOrderSummary]
+    next_cursor: str | None
 
 
 class QuoteLeg(Struct):
@@ -156,19 +182,35 @@ async def get_routed_order(call: Call) -> RoutedOrder:
     return await fetch_routed(call, call.params["routed_order_id"])
 
 
+@routing.route("GET", "/v1/routed-orders", summary="List own routed orders", scope="read", query=PageQuery,
+               response=RoutedOrderPage, errors=("invalid_cursor",))
+async def list_routed_orders(call: Call) -> RoutedOrderPage:
+    """Own routed orders, newest first, with their child order ids (``GET /v1/routed-orders/{id}`` has the rest)."""
+    before = None if call.query.cursor is None else cursor_id(call.query.cursor)
+    async with call.services.connection() as conn:
+        rows = await conn.fetch(ROUTED_ORDERS, call.account_id, before, call.query.limit + 1)
+    items = [summary(row) for row in rows[: call.query.limit]]
+    return RoutedOrderPage(items, str(items[-1].id) if len(rows) > call.query.limit else None)
+
+
+def summary(row) -> RoutedOrderSummary:
+    return RoutedOrderSummary(
+        row["id"], row["substitution_group"], row["side"], row["mode"], row["qty"], optional_price(row["price"]),
+        optional_price(row["budget"]), row["rest_remainder"], row["status"], row["filled_qty"],
+        from_micro(row["filled_notional"]), average_price(row["filled_notional"], row["filled_qty"]),
+        average_quality(row["quality_lots"], row["filled_qty"]), from_micro(row["fee"]), row["remainder"],
+        row["resting_order_id"], row["package_id"], row["created_at"], row["order_ids"],
+    )
+
+
 async def fetch_routed(call: Call, routed_id: int) -> RoutedOrder:
     async with call.services.connection() as conn:
         row = await conn.fetchrow(ROUTED_ORDER, routed_id, call.account_id)
     if row is None:
         raise Problem("unknown_routed_order", field="routed_order_id")
     children = [await fetch_order(call, order_id) for order_id in row["order_ids"]]
-    return RoutedOrder(
-        row["id"], row["substitution_group"], row["side"], row["mode"], row["qty"], optional_price(row["price"]),
-        optional_price(row["budget"]), row["rest_remainder"], row["status"], row["filled_qty"],
-        from_micro(row["filled_notional"]), average_price(row["filled_notional"], row["filled_qty"]),
-        average_quality(row["quality_lots"], row["filled_qty"]), from_micro(row["fee"]), row["remainder"],
-        row["resting_order_id"], row["package_id"], row["created_at"], children,
-    )
+    found = summary(row)
+    return RoutedOrder(*(getattr(found, name) for name in RoutedOrderSummary.__struct_fields__), children)
 
 
 @routing.route("GET", "/v1/routed-quote", summary="Quote a routed order", scope="read", query=RoutedOrderQuery,

@@ -48,6 +48,9 @@ async def test_the_quote_equals_the_routed_order_and_the_children_are_real_order
     assert routed["status"] == "filled"
 
     assert await buyer.routed_order(routed["id"]) == routed
+    [listed] = (await buyer.routed_orders())["items"]
+    assert listed == {name: value for name, value in routed.items() if name != "children"}
+    assert listed["order_ids"] == [c["id"] for c in routed["children"]]
     for child in routed["children"]:
         assert (await buyer.order(child["id"]))["fills"] == child["fills"]
     balances = await buyer.balances()
