@@ -31,6 +31,7 @@ from exchange.commands import (
     ExecutionView,
     PackageView,
     Rejection,
+    RoutedOrderView,
     RouteOrder,
     RunPackage,
     SetPackageStatus,
@@ -152,8 +153,10 @@ def run(engine: "Engine", cmd: RunPackage, ts: int, at: datetime) -> ExecutionVi
     route = RouteOrder(package.account_id, package.substitution_group, BUY, package.qty, package.mode,
                        package.price, package.max_cost)
     account = engine._trader(package.account_id)
-    outcome = account.code if isinstance(account, Rejection) else \
-        routing.execute(engine, package.account_id, route, package.id, ts, at)
+    if isinstance(account, Rejection):
+        outcome: RoutedOrderView | str = account.code
+    else:
+        outcome = routing.execute(engine, package.account_id, route, package.id, ts, at)
     package.next_period += 1
     package.updated_at = at
     engine.effects.packages[package.id] = package

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from functools import cmp_to_key
 
 from exchange import fees
+from exchange.ledger import CASH
 from matching.types import BUY, SELL
 
 MODES = ("cost", "quality", "balance")
@@ -120,9 +121,9 @@ class Plan:
         return self.qty - self.filled_qty
 
     def hold(self, side: str) -> dict[str, int]:
-        """What the whole routed order holds, per asset (``cash`` for a buy, each symbol for a sell)."""
+        """What the whole routed order holds, per asset (CNY for a buy, each symbol for a sell)."""
         if side == BUY:
-            return {"cash": sum(leg.cost for leg in self.legs) + (self.rest.hold if self.rest else 0)}
+            return {CASH: sum(leg.cost for leg in self.legs) + (self.rest.hold if self.rest else 0)}
         held: dict[str, int] = {}
         for leg in self.legs:
             held[leg.symbol] = held.get(leg.symbol, 0) + leg.qty

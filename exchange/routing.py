@@ -28,7 +28,7 @@ import msgspec
 
 from exchange import fees, router
 from exchange.commands import OrderView, RoutedOrderView, RouteOrder
-from exchange.ledger import AVAILABLE, CASH, HELD
+from exchange.ledger import AVAILABLE, HELD
 from exchange.records import Instrument, Order
 from matching import events as ev
 from matching.types import BUY, GTC, IOC, SELL
@@ -113,7 +113,7 @@ def execute(engine: "Engine", account_id: int, cmd: RouteOrder, package_id: int 
     if cmd.side == SELL and not any(venue.tokens for venue in books):
         return "insufficient_tokens"
     plan = router.plan(books, cmd.side, cmd.qty, cmd.mode, cmd.price, cmd.budget, cmd.rest_remainder)
-    hold = {CASH if asset == "cash" else asset: amount for asset, amount in plan.hold(cmd.side).items() if amount}
+    hold = {asset: amount for asset, amount in plan.hold(cmd.side).items() if amount}
     if any(amount > engine.ledger.available(account_id, asset) for asset, amount in hold.items()):
         return "insufficient_funds" if cmd.side == BUY else "insufficient_tokens"
 

@@ -77,7 +77,7 @@ def test_a_plan_never_exceeds_the_limit_the_budget_or_the_sizes(venues, qty, mod
         assert (took, notional) == (leg.qty, leg.notional)
         assert leg.fee == fees.fee_on(leg.notional, venue.taker_ppm)
     if budget is not None:
-        assert plan.hold(BUY)["cash"] <= budget
+        assert plan.hold(BUY)["CNY"] <= budget
     if plan.rest is not None:
         assert rest and limit is not None and plan.rest.price == limit
         assert plan.rest.qty <= plan.remainder
@@ -133,7 +133,7 @@ def test_balance_ranks_by_price_per_quality_point_then_price_then_symbol():
 def test_a_budget_counts_each_childs_fee():
     venues = [router.Venue("A", 50, 1, 1, 100, 0, 100_000, [(1_000, 10)])]  # 10% taker fee
     plan = router.plan(venues, BUY, 10, "cost", budget=5_500)
-    assert plan.filled_qty == 5 and plan.hold(BUY)["cash"] == 5_500
+    assert plan.filled_qty == 5 and plan.hold(BUY)["CNY"] == 5_500
     assert router.plan(venues, BUY, 10, "cost", budget=5_499).filled_qty == 4
 
 
