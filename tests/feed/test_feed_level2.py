@@ -79,9 +79,13 @@ async def test_sync_from_the_rest_book_plus_the_stream(live, market: Market):
     subscribed = await client.next()
     assert subscribed["type"] == "subscribed" and "bids" not in subscribed
     rng = random.Random(21)
+    start = (await rest.book(market.symbol, depth=1))["seq"]
     flow = asyncio.ensure_future(random_flow(market, 120, rng))
-    await asyncio.sleep(0.3)
-    book = await rest.book(market.symbol, depth=1000)  # taken while orders flow
+    # Taken while orders flow: right after the first one changed the book (a fixed pause could outlast the flow).
+    book = await rest.book(market.symbol, depth=1000)
+    while book["seq"] == start:
+        await asyncio.sleep(0.005)
+        book = await rest.book(market.symbol, depth=1000)
     follower = Follower(client, market.symbol)
     follower.mirror.rest(book)
     await flow
