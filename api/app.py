@@ -6,10 +6,11 @@ Lifespan
 --------
 Start-up opens the database (``exchange.database.Database``: the server at ``database_url``, or the embedded one
 in ``home``; migrated), an asyncpg pool, the committed market view, the API key store and the sequencer, whose
-``publish`` feeds the market view, and starts the price index's minute job (``exchange.indexer``), which hands
-each new value to the feed. They are handed to handlers as ``app.state.services`` (``api.services``).
-Shutdown stops the minute job and the feed, then the sequencer (it finishes the commands already queued), closes
-the pool and stops the database, each step bounded in time so a lost database cannot hang it.
+``publish`` feeds the market view; then it starts the package scheduler (``exchange.scheduler``), which reports
+executions to the feed, and the price index's minute job (``exchange.indexer``), which hands each new value to
+the feed. They are handed to handlers as ``app.state.services`` (``api.services``). Shutdown stops the minute
+job, the scheduler and the feed, then the sequencer (it finishes the commands already queued), closes the pool
+and stops the database, each step bounded in time so a lost database cannot hang it.
 
 Every route is declared in a ``routes_*`` module (``api.endpoints``); ``ENDPOINTS`` lists them all, and the
 OpenAPI document is generated from the same list. Besides them: the market-data WebSocket ``/v1/ws``
@@ -48,16 +49,20 @@ from api.routes_instruments import instruments
 from api.routes_keys import keys
 from api.routes_market import market
 from api.routes_orders import orders
+from api.routes_packages import packages, reporter
+from api.routes_routing import routing
 from api.routes_tokens import tokens
 from api.services import Services
 from exchange.database import Database
 from exchange.indexer import Indexer, latest
+from exchange.scheduler import Scheduler
 from exchange.sequencer import Sequencer
 
 log = logging.getLogger(__name__)
 
-ENDPOINTS: list[Endpoint] = [*instruments, *market, *history, *accounts, *keys, *tokens, *orders, *indices, *fees,
-                             *meta]
+# The router tries routes in this order: the order endpoints, the busiest by far, come first.
+ENDPOINTS: list[Endpoint] = [*orders, *routing, *packages, *instruments, *market, *history, *accounts, *keys,
+                             *tokens, *indices, *fees, *meta]
 SHUTDOWN_STEP_SECONDS = 10.0
 STATIC = Path(__file__).parent / "static"
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
@@ -86,6 +91,7 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
                     hub.indices = await latest(conn)
                 market_view.listeners.append(hub.publish)
                 sequencer = await Sequencer.open(pool, publish=market_view.apply)
+                scheduler = Scheduler(sequencer, listener=reporter(sequencer, hub.package_executed))
                 try:
                     app.state.services = Services(
                         pool=pool,
@@ -94,9 +100,11 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
                         keys=KeyStore(pool, master_key or load_master_key(home)),
                         key_limiter=RateLimiter(limits.per_key_rate, limits.per_key_burst),
                         address_limiter=RateLimiter(limits.per_address_rate, limits.per_address_burst),
+                        scheduler=scheduler,
                     )
                     app.state.feed = hub
                     hub.start(app.state.services)
+                    scheduler.start()
                     app.state.indexer = Indexer(pool, publish=hub.publish_index)
                     indexing = asyncio.get_running_loop().create_task(app.state.indexer.run(), name="price-index")
                     try:
@@ -105,6 +113,7 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
                         indexing.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await indexing
+                        await scheduler.stop()
                         await hub.stop()
                 finally:
                     await _bounded(sequencer.stop(), "stopping the sequencer")

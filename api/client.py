@@ -172,6 +172,50 @@ class Client:
     async def fills(self, **query: Any) -> dict:
         return await self.call("GET", "/v1/fills", params=query)
 
+    # Routed orders and packages
+
+    async def route_order(self, group: str, side: str, qty: int, mode: str, *, price: str | None = None,
+                          budget: str | None = None, rest_remainder: bool = False) -> dict:
+        body = _params({"group": group, "side": side, "qty": qty, "mode": mode, "price": price, "budget": budget,
+                        "rest_remainder": rest_remainder})
+        return await self.call("POST", "/v1/routed-orders", json=body)
+
+    async def routed_orders(self, **query: Any) -> dict:
+        return await self.call("GET", "/v1/routed-orders", params=query)
+
+    async def routed_order(self, routed_order_id: int) -> dict:
+        return await self.call("GET", f"/v1/routed-orders/{routed_order_id}")
+
+    async def routed_quote(self, group: str, side: str, qty: int, mode: str, *, price: str | None = None,
+                           budget: str | None = None, rest_remainder: bool = False) -> dict:
+        params = {"group": group, "side": side, "qty": qty, "mode": mode, "price": price, "budget": budget,
+                  "rest_remainder": "true" if rest_remainder else None}
+        return await self.call("GET", "/v1/routed-quote", params=params)
+
+    async def create_package(self, group: str, qty: int, mode: str, period: str, max_cost: str, start_at: str, *,
+                             price: str | None = None) -> dict:
+        body = _params({"group": group, "qty": qty, "mode": mode, "period": period, "max_cost": max_cost,
+                        "start_at": start_at, "price": price})
+        return await self.call("POST", "/v1/packages", json=body)
+
+    async def packages(self) -> list[dict]:
+        return (await self.call("GET", "/v1/packages"))["items"]
+
+    async def package(self, package_id: int) -> dict:
+        return await self.call("GET", f"/v1/packages/{package_id}")
+
+    async def pause_package(self, package_id: int) -> dict:
+        return await self.call("POST", f"/v1/packages/{package_id}/pause")
+
+    async def resume_package(self, package_id: int) -> dict:
+        return await self.call("POST", f"/v1/packages/{package_id}/resume")
+
+    async def cancel_package(self, package_id: int) -> dict:
+        return await self.call("POST", f"/v1/packages/{package_id}/cancel")
+
+    async def package_executions(self, package_id: int, **query: Any) -> dict:
+        return await self.call("GET", f"/v1/packages/{package_id}/executions", params=query)
+
     # Tokens
 
     async def mint(self, symbol: str, qty: int) -> dict:

@@ -93,7 +93,10 @@ Orders, fills and balances (CNY and the instrument's token) of one's own account
 objects of ``GET /v1/orders``, ``/v1/fills`` and ``/v1/balances``, as ``{"type": "order"|"fill"|"balance",
 "channel": "user", "symbol": S, "seq": N, "order"|"fill"|"balance": {...}}``. They are read from the committed
 rows after each commit that touched the account's orders (balances also each second, for deposits and
-mints); on subscribing the current balances and open orders come first. The subscribe message is signed as a
+mints); on subscribing the current balances and open orders come first. A routed order's children are orders
+like any other. Each period a token package of the account runs is reported, on the user channel of every
+instrument of the package's group, as ``{"type": "package_execution", ..., "execution": {...}}``: the object of
+``GET /v1/packages/{id}/executions``. The subscribe message is signed as a
 REST request is (``api.signing``), with a key holding the ``read`` scope:
 
     {"type": "subscribe", "channel": "user", "symbol": S, "key": "tk_...", "timestamp": "1764288000",
@@ -150,6 +153,7 @@ from api.marketdata import MINUTE_US, Batch, BookView, MarketData
 from api.routes_history import Candle, candle, empty_candle
 from api.routes_indices import GROUP_LISTED, PriceIndex, price_index
 from api.routes_orders import COLUMNS, order_from_row
+from api.routes_packages import Execution
 from api.schemas import Balance, Fill, Order, asset_amount
 from api.services import READ_ERRORS, Services
 from api.signing import WINDOW_SECONDS, signature
@@ -357,6 +361,13 @@ class IndexHeartbeat(Message, tag="heartbeat"):
     group: str
     at: datetime | None
     ts: int
+
+
+class PackageUpdate(Message, tag="package_execution"):
+    channel: str
+    symbol: str
+    seq: int
+    execution: Execution
 
 
 _encode = msgspec.json.Encoder().encode
@@ -1249,6 +1260,15 @@ class Hub:
             seq = self.ladders[symbol].seq
             for asset in ("CNY", symbol):
                 self._send_balance(feed, symbol, seq, asset, balances.get((account_id, asset), (0, 0)))
+
+    def package_executed(self, account_id: int, symbols: list[str], execution: Execution) -> None:
+        """Report a committed package execution to the account's user subscriptions on ``symbols``."""
+        for symbol in symbols:
+            feed = self.user_feeds.get(symbol, {}).get(account_id)
+            if feed is not None:
+                ladder = self.ladders.get(symbol)
+                self._queue(feed, encode(PackageUpdate("user", symbol, ladder.seq if ladder else 0, execution)))
+        self._flush_wanted.set()
 
     def _send_balance(self, feed: Feed, symbol: str, seq: int, asset: str, amounts: tuple[int, int],
                       force: bool = False) -> None:

@@ -70,7 +70,6 @@ CODES: dict[str, Spec] = {
     "invalid_scope": Spec(422, "Scope not allowed for the role", "scopes"),
     # Things the API itself keeps
     "unknown_key": Spec(404, "Unknown key"),
-    "unknown_group": Spec(404, "Unknown substitution group", "group"),
     # The engine's rejections
     "unknown_account": Spec(404, "Unknown account"),
     "unknown_instrument": Spec(404, "Unknown instrument"),
@@ -107,12 +106,27 @@ CODES: dict[str, Spec] = {
     "invalid_role": Spec(422, "Invalid role", "role"),
     "invalid_instrument": Spec(422, "Invalid instrument"),
     "invalid_status": Spec(422, "Invalid status", "status"),
+    # Routed orders and packages
+    "unknown_group": Spec(404, "Unknown substitution group", "group"),
+    "unknown_routed_order": Spec(404, "Unknown routed order"),
+    "invalid_route_mode": Spec(422, "Invalid routing mode", "mode"),
+    "limit_or_budget_required": Spec(422, "Limit price or budget required", "price"),
+    "invalid_route_budget": Spec(422, "Invalid budget", "budget"),
+    "rest_requires_price": Spec(422, "Resting needs a limit price", "rest_remainder"),
+    "unknown_package": Spec(404, "Unknown package"),
+    "invalid_period": Spec(422, "Invalid period", "period"),
+    "invalid_max_cost": Spec(422, "Invalid cost cap", "max_cost"),
+    "invalid_start": Spec(422, "Invalid start time", "start_at"),
+    "invalid_package_status": Spec(422, "Invalid package status", "status"),
+    "package_cancelled": Spec(409, "Package cancelled"),
+    "package_not_active": Spec(409, "Package not active"),
+    "period_not_due": Spec(409, "Period not due", "period"),
 }
 
 DETAILS = {
     **MESSAGES,
     "unknown_key": "No such API key in this account.",
-    "unknown_group": "No compute instrument has this substitution group; GET /v1/instruments shows each one's group.",
+    "unknown_routed_order": "No such routed order in this account.",
     "not_found": "No such route; the API is described at /v1/openapi.json.",
     "internal_error": "The server hit an unexpected error; nothing is known to have changed. Try again.",
 }

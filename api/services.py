@@ -8,6 +8,7 @@ import asyncpg
 from api.keys import KeyStore
 from api.marketdata import MarketData
 from api.ratelimit import RateLimiter
+from exchange.scheduler import Scheduler
 from exchange.sequencer import Sequencer
 
 READ_ERRORS = (
@@ -31,6 +32,7 @@ class Services:
     keys: KeyStore
     key_limiter: RateLimiter
     address_limiter: RateLimiter
+    scheduler: Scheduler
     acquire_timeout: float = 5.0
 
     def connection(self):

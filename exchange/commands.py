@@ -110,6 +110,48 @@ class AmendOrder(Command, frozen=True, tag="amend_order"):
     qty: int | None = None
 
 
+class RouteOrder(Command, frozen=True, tag="route_order"):
+    """Buy or sell ``qty`` lots across the books of a substitution group (``exchange.router``)."""
+
+    account_id: int
+    group: str
+    side: str
+    qty: int
+    mode: str
+    price: int | None = None
+    """The limit per lot, on every book."""
+    budget: int | None = None
+    """The most the whole order may cost, fees included (buys only)."""
+    rest_remainder: bool = False
+
+
+class CreatePackage(Command, frozen=True, tag="create_package"):
+    """A standing plan: buy ``qty`` lots of ``group`` every ``period`` from ``start_at``, costing at most
+    ``max_cost`` per period (``exchange.packages``)."""
+
+    account_id: int
+    group: str
+    qty: int
+    mode: str
+    period: str
+    max_cost: int
+    start_at: datetime
+    price: int | None = None
+
+
+class SetPackageStatus(Command, frozen=True, tag="set_package_status"):
+    account_id: int
+    package_id: int
+    status: str
+
+
+class RunPackage(Command, frozen=True, tag="run_package"):
+    """Execute period number ``period`` (0 is the one starting at ``start_at``) of a package, once."""
+
+    package_id: int
+    period: int
+
+
 class Rejection(msgspec.Struct, frozen=True):
     """The command changed nothing, because of ``code``."""
 
@@ -161,4 +203,56 @@ class Cancelled(msgspec.Struct, frozen=True):
     order_ids: list[int]
 
 
-Result = Rejection | Done | OrderView | Cancelled
+class RoutedOrderView(msgspec.Struct, frozen=True):
+    """A routed order right after its command: totals over its children, and the children themselves."""
+
+    id: int
+    account_id: int
+    group: str
+    side: str
+    mode: str
+    qty: int
+    price: int | None
+    budget: int | None
+    rest_remainder: bool
+    status: str
+    filled_qty: int
+    filled_notional: int
+    fee: int
+    quality_lots: int
+    """Sum of quality x lots filled: the numerator of the average quality."""
+    remainder: int
+    resting_order_id: int | None
+    package_id: int | None
+    created_at: datetime
+    children: list[OrderView] = []
+
+
+class PackageView(msgspec.Struct, frozen=True):
+    id: int
+    account_id: int
+    group: str
+    qty: int
+    mode: str
+    period: str
+    max_cost: int
+    price: int | None
+    start_at: datetime
+    status: str
+    next_period: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class ExecutionView(msgspec.Struct, frozen=True):
+    """One period of a package, run: the routed order it placed, or why it placed none."""
+
+    package_id: int
+    period: int
+    routed_order_id: int | None
+    reason: str | None
+    created_at: datetime
+    routed: RoutedOrderView | None = None
+
+
+Result = Rejection | Done | OrderView | Cancelled | RoutedOrderView | PackageView | ExecutionView

@@ -19,7 +19,8 @@ Holds
 A sell holds the tokens. A buy limit holds what ``fees.buy_hold`` says. A market buy by quantity holds the
 cost of its quantity at the worst price the book would reach and is sent to the book as an IOC limit at that
 price, so it can never spend more than it holds. A market buy by budget holds the budget and gives the book
-the share of it that leaves room for the taker fee.
+the share of it that leaves room for the taker fee. A routed order (``exchange.routing``) holds once for all
+its child orders and releases what they leave once, after the last.
 """
 
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar
 
-from exchange import fees
+from exchange import fees, packages, routing
 from exchange.commands import (
     AmendOrder,
     ApproveIssuer,
@@ -37,6 +38,7 @@ from exchange.commands import (
     CancelOrder,
     Command,
     CreateAccount,
+    CreatePackage,
     Deposit,
     Done,
     ListInstrument,
@@ -47,11 +49,16 @@ from exchange.commands import (
     Redeem,
     Rejection,
     Result,
+    RouteOrder,
+    RunPackage,
     SetInstrumentStatus,
+    SetPackageStatus,
     Withdraw,
 )
 from exchange.ledger import AVAILABLE, CASH, EXTERNAL, FEES, HELD, ISSUANCE, REDEMPTION, SYSTEM_ACCOUNTS, Ledger
+from exchange.packages import Package
 from exchange.records import KINDS, ROLES, STATUSES, TRADING_ROLES, Account, Approval, Instrument, Order
+from exchange.routing import Pool, RoutedOrder
 from matching import events as ev
 from matching.book import OrderBook
 from matching.types import BUY, BY_REQUEST, GTC, IOC, SELF_TRADE, SELL, TIME_IN_FORCE
@@ -93,6 +100,19 @@ MESSAGES = {
     "over_capacity": "Minting that much would exceed the issuer's declared capacity.",
     "over_supply_cap": "Minting that much would exceed the dataset's supply cap.",
     "capacity_below_issued": "The capacity is below what the issuer has already minted.",
+    "unknown_group": "No compute instrument is in that substitution group; see GET /v1/instruments.",
+    "invalid_route_mode": "The mode must be 'cost', 'quality' or 'balance'.",
+    "limit_or_budget_required": "Give a limit price per lot, a total budget, or both.",
+    "invalid_route_budget": "The budget must be a positive whole number of micro-yuan, and is for buys only.",
+    "rest_requires_price": "Resting the remainder needs a limit price to rest at.",
+    "invalid_period": "The period must be 'day', 'week' or 'month'.",
+    "invalid_max_cost": "The cost cap per period must be a positive whole number of micro-yuan.",
+    "invalid_start": "The start time must carry a time zone and lie before the year 9000.",
+    "unknown_package": "No such package in this account.",
+    "invalid_package_status": "The status must be 'active', 'paused' or 'cancelled'.",
+    "package_cancelled": "The package is cancelled; create a new one.",
+    "package_not_active": "The package is paused or cancelled.",
+    "period_not_due": "That period is not the package's next one, or has not started yet.",
 }
 
 
@@ -132,6 +152,10 @@ class Effects:
     balances: list[tuple] = field(default_factory=list)
     events: list[tuple[str, list]] = field(default_factory=list)
     """(symbol, book events) per order command, for market data after the commit."""
+    routed_orders: list[RoutedOrder] = field(default_factory=list)
+    packages: dict[int, Package] = field(default_factory=dict)
+    executions: list[tuple] = field(default_factory=list)
+    """(package id, period, routed order id, reason, created_at) per package period run."""
 
 
 @dataclass
@@ -144,6 +168,7 @@ class Ids:
     fill: int = 1
     entry: int = 1
     redemption: int = 1
+    package: int = 1
 
 
 class Engine:
@@ -162,6 +187,9 @@ class Engine:
         self.open_by_account: dict[int, set[int]] = {}
         self.client_orders: dict[tuple[int, str], int] = {}
         self.volume = fees.VolumeTracker()
+        self.packages: dict[int, Package] = {}
+        self.pool: Pool | None = None
+        """The hold of the routed order being executed, which its children give back to when they close."""
         self.effects = Effects()
 
     # Entry point
@@ -643,7 +671,10 @@ class Engine:
         order.reason = reason
         order.open_qty = 0
         asset = instrument.symbol if order.side == SELL else CASH
-        self.ledger.release(order.account_id, asset, order.held, at, order.id)
+        if self.pool is not None and order.id in self.pool.children:
+            self.pool.take_back(asset, order.held)  # the routed order releases its one hold once, at its end
+        else:
+            self.ledger.release(order.account_id, asset, order.held, at, order.id)
         order.held = 0
         self._touch(order, at)
         open_orders = self.open_by_account.get(order.account_id)
@@ -654,6 +685,30 @@ class Engine:
         order.updated_at = at
         if order.id not in self.effects.new_orders:
             self.effects.changed_orders[order.id] = order
+
+    # Routed orders and packages (exchange.routing, exchange.packages)
+
+    def _route_order(self, cmd: RouteOrder, ts: int, at: datetime) -> Result:
+        account = self._trader(cmd.account_id)
+        if isinstance(account, Rejection):
+            return account
+        outcome = routing.execute(self, account.id, cmd, None, ts, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
+    def _create_package(self, cmd: CreatePackage, ts: int, at: datetime) -> Result:
+        account = self._trader(cmd.account_id)
+        if isinstance(account, Rejection):
+            return account
+        outcome = packages.create(self, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
+    def _set_package_status(self, cmd: SetPackageStatus, ts: int, at: datetime) -> Result:
+        outcome = packages.set_status(self, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
+    def _run_package(self, cmd: RunPackage, ts: int, at: datetime) -> Result:
+        outcome = packages.run(self, cmd, ts, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
 
     # Views
 
@@ -684,4 +739,8 @@ class Engine:
         CancelOrder: _cancel_order,
         CancelAll: _cancel_all,
         AmendOrder: _amend_order,
+        RouteOrder: _route_order,
+        CreatePackage: _create_package,
+        SetPackageStatus: _set_package_status,
+        RunPackage: _run_package,
     }

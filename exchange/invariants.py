@@ -4,6 +4,7 @@
 - Each account's held amount of an asset equals what its open orders hold.
 - Every journal entry sums to zero per asset, and so does every asset over all accounts.
 - Every balance equals the sum of its postings.
+- Each routed order's totals are those of its swept children, every one of them committed.
 - Each instrument's open orders form a valid book (not crossed, consistent), and a live engine's books hold
   exactly those orders in the same priority order.
 
@@ -57,6 +58,19 @@ WHERE coalesce(b.available, 0) <> coalesce(p.available, 0) OR coalesce(b.held, 0
 LIMIT 20
 """
 
+# The swept children closed within the routed order's command, so their totals never move afterwards; the
+# resting child is an ordinary order from then on.
+ROUTED_TOTALS = """
+SELECT r.id, r.filled_qty, coalesce(sum(o.filled_qty), 0) AS children_qty
+FROM routed_order r
+LEFT JOIN book_order o ON o.id = ANY(r.order_ids) AND o.id IS DISTINCT FROM r.resting_order_id
+GROUP BY r.id
+HAVING r.filled_qty <> coalesce(sum(o.filled_qty), 0) OR r.filled_notional <> coalesce(sum(o.filled_notional), 0)
+    OR r.fee <> coalesce(sum(o.fee), 0)
+    OR count(o.id) + (r.resting_order_id IS NOT NULL)::int <> cardinality(r.order_ids)
+LIMIT 20
+"""
+
 OPEN_ORDERS = """
 SELECT o.instrument_id, o.id, o.account_id, o.side, o.price, o.open_qty, o.post_only, o.stp
 FROM book_order o WHERE o.status = 'open' ORDER BY o.instrument_id, o.priority
@@ -78,6 +92,9 @@ async def problems(conn: asyncpg.Connection, engine: Engine | None = None) -> li
         for account, asset, available, held, posted_available, posted_held in await conn.fetch(UNRECONCILED):
             found.append(f"account {account} {asset} balance ({available}, {held}) != postings "
                          f"({posted_available}, {posted_held})")
+        for routed, filled, children in await conn.fetch(ROUTED_TOTALS):
+            found.append(f"routed order {routed} filled {filled} lots but its children {children}, or a child is "
+                         "missing")
         ticks = dict(await conn.fetch("SELECT id, tick FROM instrument"))
         resting: dict[int, list[RestingOrder]] = {instrument: [] for instrument in ticks}
         for instrument, *fields in await conn.fetch(OPEN_ORDERS):

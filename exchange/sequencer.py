@@ -29,7 +29,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -42,6 +42,14 @@ log = logging.getLogger(__name__)
 # What a lost or failing database looks like to asyncpg: connection errors are OSErrors or asyncpg's
 # own interface errors; server-side failures (shutdown, disk full, serialization) are PostgresErrors.
 DATABASE_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def wall_clock() -> int:
+    """Microseconds since the epoch, now."""
+    return time.time_ns() // 1000
 
 
 WRITER_LOCK = int.from_bytes(b"tokexwri", "big", signed=True)
@@ -63,8 +71,10 @@ class Sequencer:
     """Owns the engine; the only code that changes it."""
 
     def __init__(self, pool: asyncpg.Pool, engine: Engine, publish: Publisher | None = None,
-                 max_batch: int = 4096, retry_interval: float = 0.5) -> None:
+                 max_batch: int = 4096, retry_interval: float = 0.5, clock: Callable[[], int] | None = None) -> None:
         self.pool = pool
+        self.clock = clock or wall_clock
+        """Microseconds since the epoch for each batch: the engine's only time (injectable for tests)."""
         self.engine = engine
         self.publish = publish
         self.max_batch = max_batch
@@ -156,8 +166,8 @@ class Sequencer:
 
     def _apply(self, batch: list[tuple[Command, asyncio.Future]]) -> tuple[list[Result], Effects] | None:
         """Run a batch through the engine; None if a bug raised (memory is then half-changed)."""
-        now = time.time_ns() // 1000
-        at = datetime.fromtimestamp(now / 1_000_000, UTC)
+        now = self.clock()
+        at = EPOCH + timedelta(microseconds=now)
         try:
             results = [self.engine.apply(command, now, at) for command, _ in batch]
             return results, self.engine.take_effects()

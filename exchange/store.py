@@ -8,7 +8,9 @@ come ready from the engine.
 import asyncpg
 
 from exchange.engine import Effects, Engine, Ids
+from exchange.packages import Package
 from exchange.records import Account, Approval, Instrument, Order
+from exchange.routing import RoutedOrder
 from matching.book import OrderBook
 from matching.level import RestingOrder
 
@@ -30,6 +32,22 @@ DO UPDATE SET capacity = EXCLUDED.capacity, issued = EXCLUDED.issued, approved_a
 
 INSERT_REDEMPTION = """
 INSERT INTO redemption (id, instrument_id, account_id, qty, created_at) VALUES ($1, $2, $3, $4, $5)
+"""
+
+INSERT_ROUTED_ORDER = f"""
+INSERT INTO routed_order ({", ".join(RoutedOrder.__struct_fields__)})
+VALUES ({", ".join(f"${i}" for i in range(1, len(RoutedOrder.__struct_fields__) + 1))})
+"""
+
+UPSERT_PACKAGE = f"""
+INSERT INTO package ({", ".join(Package.__struct_fields__)})
+VALUES ({", ".join(f"${i}" for i in range(1, len(Package.__struct_fields__) + 1))})
+ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, next_period = EXCLUDED.next_period,
+                               updated_at = EXCLUDED.updated_at
+"""
+
+INSERT_EXECUTION = """
+INSERT INTO package_execution (package_id, period, routed_order_id, reason, created_at) VALUES ($1, $2, $3, $4, $5)
 """
 
 
@@ -107,7 +125,8 @@ BATCH = _Batch()
 
 async def write(conn: asyncpg.Connection, effects: Effects) -> None:
     """Commit ``effects`` atomically: one statement, inside a transaction only when rare rows come along."""
-    if not (effects.accounts or effects.new_instruments or effects.approvals or effects.redemptions):
+    if not (effects.accounts or effects.new_instruments or effects.approvals or effects.redemptions
+            or effects.routed_orders or effects.packages):
         await conn.execute(BATCH.sql, *BATCH.arguments(effects))
         return
     async with conn.transaction():
@@ -122,6 +141,13 @@ async def write(conn: asyncpg.Connection, effects: Effects) -> None:
             ])
         if effects.redemptions:
             await conn.executemany(INSERT_REDEMPTION, effects.redemptions)
+        if effects.routed_orders:
+            await conn.executemany(INSERT_ROUTED_ORDER, [r.row() for r in effects.routed_orders])
+        if effects.packages:
+            await conn.executemany(UPSERT_PACKAGE, [p.row() for p in effects.packages.values()])
+        if effects.executions:
+            # Unique by (package, period): a period committed twice fails its batch rather than run twice.
+            await conn.executemany(INSERT_EXECUTION, effects.executions)
         await conn.execute(BATCH.sql, *BATCH.arguments(effects))
 
 
@@ -131,10 +157,12 @@ async def load(conn: asyncpg.Connection) -> Engine:
         ids = Ids(
             account=max(100, await _next_id(conn, "account")),
             instrument=await _next_id(conn, "instrument"),
-            order=await _next_id(conn, "book_order"),
+            # Routed orders take their ids from the order numbering too.
+            order=max(await _next_id(conn, "book_order"), await _next_id(conn, "routed_order")),
             fill=await _next_id(conn, "fill"),
             entry=await _next_id(conn, "journal_entry"),
             redemption=await _next_id(conn, "redemption"),
+            package=await _next_id(conn, "package"),
         )
         engine = Engine(ids)
         for row in await conn.fetch("SELECT id, name, role, created_at FROM account WHERE role <> 'system'"):
@@ -166,6 +194,8 @@ async def load(conn: asyncpg.Connection) -> Engine:
             "SELECT account_id, client_order_id, id FROM book_order WHERE client_order_id IS NOT NULL"
         ):
             engine.client_orders[(account, client_order_id)] = order_id
+        for row in await conn.fetch(f"SELECT {', '.join(Package.__struct_fields__)} FROM package"):
+            engine.packages[row["id"]] = Package(**row)
         for account, ts, notional in await conn.fetch(TRAILING_VOLUME):
             engine.volume.add(account, ts, notional)
     return engine

@@ -25,7 +25,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from exchange import invariants
+from exchange import invariants, router
 from exchange.commands import (
     AmendOrder,
     ApproveIssuer,
@@ -43,6 +43,8 @@ from exchange.commands import (
     Redeem,
     Rejection,
     Result,
+    RoutedOrderView,
+    RouteOrder,
     SetInstrumentStatus,
     Withdraw,
 )
@@ -267,6 +269,24 @@ class ExchangeMachine(RuleBasedStateMachine):
             self.place(PlaceOrder(taker, symbol, other, "market", qty=taken))
         else:
             self.place(PlaceOrder(taker, symbol, BUY, "market", budget=taken * price))
+
+    @rule(target=orders, account=order_accounts, side=sides, qty=qtys, mode=st.sampled_from(router.MODES),
+          step=st.none() | steps, budget=st.none() | st.integers(1, 300_000), rest=st.booleans())
+    def route(self, account, side, qty, mode, step, budget, rest):
+        """A routed order over the one compute book of the group; its remainder may rest."""
+        price = None if step is None else step * STEP[COMPUTE]
+        result = self.submit(RouteOrder(account, "chat-general", side, qty, mode, price,
+                                        budget if side == BUY else None, rest))
+        if not isinstance(result, RoutedOrderView):
+            return multiple()
+        assert result.filled_qty + result.remainder == qty
+        for child in result.children:
+            for fill in child.fills:
+                assert price is None or (fill.price <= price if side == BUY else fill.price >= price)
+        if budget is not None and side == BUY:
+            resting = self.exchange.engine.orders.get(result.resting_order_id)
+            assert result.filled_notional + result.fee + (resting.held if resting else 0) <= budget, result
+        return multiple(*(() if result.resting_order_id is None else (result.resting_order_id,)))
 
     @rule(order=orders, owner=st.booleans(), account=traders)
     def cancel(self, order: int, owner: bool, account: int) -> None:

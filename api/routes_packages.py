@@ -1,0 +1,220 @@
+"""Token packages of the key's own account: standing plans that place a routed buy every period.
+
+A package buys ``qty`` lots of ``group`` every day, week or month from ``start_at`` (``exchange.packages``), by
+``mode``, at most ``max_cost`` CNY per period (fees included) and, when given, at most ``price`` per lot. The
+exchange's scheduler runs each period once, also after a restart. Each run is an execution: the routed order it
+placed (``GET /v1/routed-orders/{id}``), or the reason it placed none (``insufficient_funds``...). The ``user``
+channel of the feed reports executions on the group's instruments the account subscribes to.
+"""
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from msgspec import Meta, Struct
+
+from api.endpoints import Call, Endpoints, money
+from api.problems import Problem
+from api.routes_orders import optional_price
+from api.routes_routing import Mode, average_quality
+from api.schemas import MAX_AMOUNT, MAX_PRICE, Decimal, Id, Limit, Qty, Request, Text, average_price
+from api.units import from_micro
+from exchange import packages as plans
+from exchange import routing
+from exchange.commands import CreatePackage, ExecutionView, PackageView, SetPackageStatus
+from exchange.scheduler import ExecutionListener
+from exchange.sequencer import Sequencer
+
+packages = Endpoints("packages")
+
+Period = Literal["day", "week", "month"]
+PACKAGE_ID = {"package_id": (Id, "unknown_package")}
+PeriodCursor = Annotated[str, Meta(pattern=r"^[0-9]{1,9}$", description="The next_cursor of the previous page.")]
+Time = Annotated[datetime, Meta(tz=True, description="RFC 3339 with a time zone, e.g. 2026-12-01T09:00:00Z.")]
+
+PACKAGE_COLUMNS = ", ".join(plans.Package.__struct_fields__)
+PACKAGE = f"SELECT {PACKAGE_COLUMNS} FROM package WHERE id = $1 AND account_id = $2"
+PACKAGES = f"SELECT {PACKAGE_COLUMNS} FROM package WHERE account_id = $1 ORDER BY id DESC"
+EXECUTIONS = """
+SELECT e.period, e.routed_order_id, e.reason, e.created_at, r.filled_qty, r.filled_notional, r.fee, r.quality_lots
+FROM package_execution e LEFT JOIN routed_order r ON r.id = e.routed_order_id
+WHERE e.package_id = $1 AND ($2::integer IS NULL OR e.period < $2)
+ORDER BY e.period DESC
+LIMIT $3
+"""
+
+
+class NewPackage(Request):
+    group: Text
+    qty: Qty
+    mode: Mode
+    period: Period
+    max_cost: Annotated[Decimal, Meta(description="The most one period's routed order may cost, fees included.")]
+    start_at: Time
+    price: Decimal | None = None
+    """A limit per lot, on every book."""
+
+
+class ExecutionQuery(Request):
+    limit: Limit = 100
+    cursor: PeriodCursor | None = None
+
+
+class Package(Struct):
+    id: int
+    group: str
+    qty: int
+    mode: Mode
+    period: Period
+    max_cost: str
+    price: str | None
+    start_at: datetime
+    status: Literal["active", "paused", "cancelled"]
+    next_period: Annotated[int, Meta(description="The number of the next period to run (0 starts at start_at).")]
+    next_run_at: Annotated[datetime | None, Meta(description="When that period starts; null unless active.")]
+    created_at: datetime
+    updated_at: datetime
+
+
+class PackageList(Struct):
+    items: list[Package]
+
+
+class Execution(Struct):
+    package_id: int
+    period: int
+    period_start: datetime
+    routed_order_id: int | None
+    reason: Annotated[str | None, Meta(description="Why no routed order was placed, as a problem code.")]
+    filled_qty: int
+    filled_notional: str
+    average_price: str | None
+    average_quality: str | None
+    fee: str
+    created_at: datetime
+
+
+class ExecutionPage(Struct):
+    items: list[Execution]
+    next_cursor: str | None
+
+
+def package_from(view: PackageView | plans.Package) -> Package:
+    group = view.group if isinstance(view, PackageView) else view.substitution_group
+    return Package(
+        view.id, group, view.qty, view.mode, view.period, from_micro(view.max_cost), optional_price(view.price),
+        view.start_at, view.status, view.next_period,
+        plans.period_start(view.start_at, view.period, view.next_period) if view.status == "active" else None,
+        view.created_at, view.updated_at,
+    )
+
+
+def execution_from(package: plans.Package, view: ExecutionView) -> Execution:
+    routed = view.routed
+    qty, notional, fee, quality = (0, 0, 0, 0) if routed is None else \
+        (routed.filled_qty, routed.filled_notional, routed.fee, routed.quality_lots)
+    return Execution(package.id, view.period, plans.period_start(package.start_at, package.period, view.period),
+                     view.routed_order_id, view.reason, qty, from_micro(notional), average_price(notional, qty),
+                     average_quality(quality, qty), from_micro(fee), view.created_at)
+
+
+def reporter(sequencer: Sequencer, report) -> ExecutionListener:
+    """The scheduler's listener: ``report(account_id, symbols of the package's group, execution)``."""
+
+    def listener(account_id: int, view: ExecutionView) -> None:
+        engine = sequencer.engine
+        package = engine.packages[view.package_id]
+        symbols = sorted(i.symbol for i in routing.members(engine, package.substitution_group))
+        report(account_id, symbols, execution_from(package, view))
+
+    return listener
+
+
+async def fetch_package(call: Call, package_id: int) -> Package:
+    async with call.services.connection() as conn:
+        row = await conn.fetchrow(PACKAGE, package_id, call.account_id)
+    if row is None:
+        raise Problem("unknown_package", field="package_id")
+    return package_from(plans.Package(**row))
+
+
+@packages.route("POST", "/v1/packages", summary="Create a package", scope="trade", body=NewPackage,
+                response=Package, status=201,
+                errors=("unknown_group", "not_permitted", "invalid_route_mode", "invalid_period", "invalid_max_cost",
+                        "invalid_start", "invalid_qty", "invalid_price", "too_precise", "invalid_decimal",
+                        "out_of_range"))
+async def create_package(call: Call) -> Package:
+    """Start a standing plan. Periods already over at creation are skipped; the one under way runs at once."""
+    body: NewPackage = call.body
+    price = None if body.price is None else money(body.price, "price", MAX_PRICE)
+    result = await call.submit(CreatePackage(call.account_id, body.group, body.qty, body.mode, body.period,
+                                             money(body.max_cost, "max_cost", MAX_AMOUNT), body.start_at, price))
+    assert isinstance(result, PackageView)
+    call.services.scheduler.wake()
+    return package_from(result)
+
+
+@packages.route("GET", "/v1/packages", summary="List own packages", scope="read", response=PackageList)
+async def list_packages(call: Call) -> PackageList:
+    """Every package of the account, newest first, cancelled ones included."""
+    async with call.services.connection() as conn:
+        rows = await conn.fetch(PACKAGES, call.account_id)
+    return PackageList([package_from(plans.Package(**row)) for row in rows])
+
+
+@packages.route("GET", "/v1/packages/{package_id}", summary="Get a package", scope="read", response=Package,
+                errors=("unknown_package",), params=PACKAGE_ID)
+async def get_package(call: Call) -> Package:
+    """One own package."""
+    return await fetch_package(call, call.params["package_id"])
+
+
+async def change(call: Call, status: str) -> Package:
+    result = await call.submit(SetPackageStatus(call.account_id, call.params["package_id"], status))
+    assert isinstance(result, PackageView)
+    call.services.scheduler.wake()
+    return package_from(result)
+
+
+@packages.route("POST", "/v1/packages/{package_id}/pause", summary="Pause a package", scope="trade",
+                response=Package, errors=("unknown_package", "package_cancelled"), params=PACKAGE_ID)
+async def pause_package(call: Call) -> Package:
+    """Run no period until resumed; pausing a paused package changes nothing."""
+    return await change(call, "paused")
+
+
+@packages.route("POST", "/v1/packages/{package_id}/resume", summary="Resume a package", scope="trade",
+                response=Package, errors=("unknown_package", "package_cancelled"), params=PACKAGE_ID)
+async def resume_package(call: Call) -> Package:
+    """Run again from the period under way (the periods paused over are skipped)."""
+    return await change(call, "active")
+
+
+@packages.route("POST", "/v1/packages/{package_id}/cancel", summary="Cancel a package", scope="trade",
+                response=Package, errors=("unknown_package", "package_cancelled"), params=PACKAGE_ID)
+async def cancel_package(call: Call) -> Package:
+    """End the package for good; its executions stay listed."""
+    return await change(call, "cancelled")
+
+
+@packages.route("GET", "/v1/packages/{package_id}/executions", summary="List a package's executions",
+                scope="read", query=ExecutionQuery, response=ExecutionPage,
+                errors=("unknown_package",), params=PACKAGE_ID)
+async def list_executions(call: Call) -> ExecutionPage:
+    """The periods run, newest first, with what each bought."""
+    package_id = call.params["package_id"]
+    async with call.services.connection() as conn:
+        row = await conn.fetchrow(PACKAGE, package_id, call.account_id)
+        if row is None:
+            raise Problem("unknown_package", field="package_id")
+        package = plans.Package(**row)
+        cursor = None if call.query.cursor is None else int(call.query.cursor)
+        rows = await conn.fetch(EXECUTIONS, package_id, cursor, call.query.limit + 1)
+    items = []
+    for r in rows[: call.query.limit]:
+        qty, notional, fee = r["filled_qty"] or 0, r["filled_notional"] or 0, r["fee"] or 0
+        items.append(Execution(
+            package_id, r["period"], plans.period_start(package.start_at, package.period, r["period"]),
+            r["routed_order_id"], r["reason"], qty, from_micro(notional), average_price(notional, qty),
+            average_quality(r["quality_lots"] or 0, qty), from_micro(fee), r["created_at"],
+        ))
+    return ExecutionPage(items, str(items[-1].period) if len(rows) > call.query.limit else None)

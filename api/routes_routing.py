@@ -1,0 +1,257 @@
+"""Routed orders: buy or sell lots across the books of a substitution group, and quote the same plan.
+
+``POST /v1/routed-orders`` is one engine command (``exchange.routing``): the answer comes after its commit,
+with the child orders as ``GET /v1/orders/{id}`` shows them. ``GET /v1/routed-quote`` plans the same order
+(``exchange.router``) over what is committed: the market view's books (``DEPTH_LEVELS`` per book), the
+instruments' status and the account's fee tier and tokens; it trades nothing and holds nothing. Given the same
+books, the quote and the execution take the same lots at the same prices and fees.
+"""
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
+
+from msgspec import Meta, Struct
+
+from api.endpoints import Call, Endpoints, cursor_id, money
+from api.problems import Problem
+from api.routes_orders import fetch_order, optional_price
+from api.schemas import (
+    MAX_AMOUNT,
+    MAX_PRICE,
+    Decimal,
+    Id,
+    OrderWithFills,
+    PageQuery,
+    Qty,
+    Request,
+    Side,
+    Text,
+    average_price,
+)
+from api.units import from_micro
+from exchange import fees, router
+from exchange.commands import RoutedOrderView, RouteOrder
+from matching.types import BUY
+
+routing = Endpoints("routed orders")
+
+Mode = Literal["cost", "quality", "balance"]
+ROUTED_ID = {"routed_order_id": (Id, "unknown_routed_order")}
+ERRORS = ("unknown_group", "invalid_route_mode", "limit_or_budget_required", "invalid_route_budget",
+          "rest_requires_price", "off_tick_price", "invalid_qty", "too_precise", "invalid_decimal", "out_of_range")
+
+ROUTED_ORDER = """
+SELECT * FROM routed_order WHERE id = $1 AND account_id = $2
+"""
+ROUTED_ORDERS = """
+SELECT * FROM routed_order WHERE account_id = $1 AND ($2::bigint IS NULL OR id < $2)
+ORDER BY id DESC
+LIMIT $3
+"""
+GROUP = """
+SELECT symbol, quality, tick, min_qty, max_qty, maker_fee_bps, taker_fee_bps, status FROM instrument
+WHERE kind = 'compute' AND substitution_group = $1
+ORDER BY symbol
+"""
+TOKENS = "SELECT asset, available FROM balance WHERE account_id = $1 AND asset = ANY($2::text[])"
+TRAILING = """
+SELECT coalesce(sum(price * qty), 0)::bigint FROM fill
+WHERE created_at >= $2 AND (maker_account_id = $1 OR taker_account_id = $1)
+"""
+
+
+class RoutedOrderRequest(Request):
+    """``qty`` lots of any instrument of ``group``, routed by ``mode``: ``cost`` (lowest price first for a buy,
+    highest for a sell), ``quality`` (highest quality first) or ``balance`` (lowest price per quality point first
+    for a buy). Give a limit ``price`` per lot, a total ``budget`` (buys only, fees included), or both. With
+    ``rest_remainder`` (needs ``price``) what is left rests as a GTC limit on the best book."""
+
+    group: Text
+    side: Side
+    qty: Qty
+    mode: Mode
+    price: Decimal | None = None
+    budget: Decimal | None = None
+    rest_remainder: bool = False
+
+
+class RoutedOrderQuery(RoutedOrderRequest):
+    pass
+
+
+class RoutedOrderSummary(Struct):
+    id: int
+    group: str
+    side: Side
+    mode: Mode
+    qty: int
+    price: str | None
+    budget: str | None
+    rest_remainder: bool
+    status: Literal["filled", "partially_filled", "unfilled"]
+    filled_qty: int
+    filled_notional: str
+    average_price: Annotated[str | None, Meta(description="filled_notional / filled_qty over every child, rounded "
+                                                          "half-even to the micro-yuan; null before a fill.")]
+    average_quality: Annotated[str | None, Meta(description="Quality averaged over the lots filled, to 2 "
+                                                            "decimals; null before a fill.")]
+    fee: str
+    remainder: Annotated[int, Meta(description="Lots not filled by the sweep (resting or expired).")]
+    resting_order_id: int | None
+    package_id: int | None
+    created_at: datetime
+    order_ids: Annotated[list[int], Meta(description="The child orders in the order they executed; the resting "
+                                                     "one last.")]
+
+
+class RoutedOrder(RoutedOrderSummary):
+    children: list[OrderWithFills]
+
+
+class RoutedOrderPage(Struct):
+    items: list[RoutedOrderSummary]
+    next_cursor: str | None
+
+
+class QuoteLeg(Struct):
+    symbol: str
+    quality: int
+    qty: int
+    price: Annotated[str, Meta(description="The worst price taken on this book: the child's IOC limit.")]
+    notional: str
+    average_price: str | None
+    fee: str
+
+
+class QuoteRest(Struct):
+    symbol: str
+    price: str
+    qty: int
+
+
+class RoutedQuote(Struct):
+    group: str
+    side: Side
+    mode: Mode
+    qty: int
+    legs: list[QuoteLeg]
+    filled_qty: int
+    filled_notional: str
+    fee: str
+    cost: Annotated[str, Meta(description="For a buy, filled_notional + fee; for a sell, filled_notional - fee.")]
+    average_price: str | None
+    average_quality: str | None
+    remainder: int
+    resting: QuoteRest | None
+
+
+def average_quality(quality_lots: int, qty: int) -> str | None:
+    """``quality_lots / qty`` to two decimals, rounded half-even; None before a fill."""
+    if not qty:
+        return None
+    hundredths, remainder = divmod(quality_lots * 100, qty)
+    if 2 * remainder > qty or (2 * remainder == qty and hundredths % 2):
+        hundredths += 1
+    whole, fraction = divmod(hundredths, 100)
+    return f"{whole}.{fraction:02d}"
+
+
+def command(account_id: int, request: RoutedOrderRequest) -> RouteOrder:
+    price = None if request.price is None else money(request.price, "price", MAX_PRICE)
+    budget = None if request.budget is None else money(request.budget, "budget", MAX_AMOUNT)
+    return RouteOrder(account_id, request.group, request.side, request.qty, request.mode, price, budget,
+                      request.rest_remainder)
+
+
+@routing.route("POST", "/v1/routed-orders", summary="Place a routed order", scope="trade", body=RoutedOrderRequest,
+               response=RoutedOrder, status=201,
+               errors=(*ERRORS, "not_permitted", "insufficient_funds", "insufficient_tokens"))
+async def place_routed_order(call: Call) -> RoutedOrder:
+    """Sweep the group's books with immediate-or-cancel child orders under one hold, committed as one command.
+    Halted instruments are skipped. The answer, after the commit, has every child with its fills, the blended
+    average price, the average quality and the remainder."""
+    result = await call.submit(command(call.account_id, call.body))
+    assert isinstance(result, RoutedOrderView)
+    return await fetch_routed(call, result.id)
+
+
+@routing.route("GET", "/v1/routed-orders/{routed_order_id}", summary="Get a routed order", scope="read",
+               response=RoutedOrder, errors=("unknown_routed_order",), params=ROUTED_ID)
+async def get_routed_order(call: Call) -> RoutedOrder:
+    """One own routed order with its child orders as they stand now."""
+    return await fetch_routed(call, call.params["routed_order_id"])
+
+
+@routing.route("GET", "/v1/routed-orders", summary="List own routed orders", scope="read", query=PageQuery,
+               response=RoutedOrderPage, errors=("invalid_cursor",))
+async def list_routed_orders(call: Call) -> RoutedOrderPage:
+    """Own routed orders, newest first, with their child order ids (``GET /v1/routed-orders/{id}`` has the rest)."""
+    before = None if call.query.cursor is None else cursor_id(call.query.cursor)
+    async with call.services.connection() as conn:
+        rows = await conn.fetch(ROUTED_ORDERS, call.account_id, before, call.query.limit + 1)
+    items = [summary(row) for row in rows[: call.query.limit]]
+    return RoutedOrderPage(items, str(items[-1].id) if len(rows) > call.query.limit else None)
+
+
+def summary(row) -> RoutedOrderSummary:
+    return RoutedOrderSummary(
+        row["id"], row["substitution_group"], row["side"], row["mode"], row["qty"], optional_price(row["price"]),
+        optional_price(row["budget"]), row["rest_remainder"], row["status"], row["filled_qty"],
+        from_micro(row["filled_notional"]), average_price(row["filled_notional"], row["filled_qty"]),
+        average_quality(row["quality_lots"], row["filled_qty"]), from_micro(row["fee"]), row["remainder"],
+        row["resting_order_id"], row["package_id"], row["created_at"], row["order_ids"],
+    )
+
+
+async def fetch_routed(call: Call, routed_id: int) -> RoutedOrder:
+    async with call.services.connection() as conn:
+        row = await conn.fetchrow(ROUTED_ORDER, routed_id, call.account_id)
+    if row is None:
+        raise Problem("unknown_routed_order", field="routed_order_id")
+    children = [await fetch_order(call, order_id) for order_id in row["order_ids"]]
+    found = summary(row)
+    return RoutedOrder(*(getattr(found, name) for name in RoutedOrderSummary.__struct_fields__), children)
+
+
+@routing.route("GET", "/v1/routed-quote", summary="Quote a routed order", scope="read", query=RoutedOrderQuery,
+               response=RoutedQuote, errors=ERRORS)
+async def quote_routed_order(call: Call) -> RoutedQuote:
+    """What ``POST /v1/routed-orders`` with the same parameters would do now: the lots, books, prices and fees
+    of each child, the average quality and the remainder. Nothing is traded or held."""
+    request = command(call.account_id, call.query)
+    now = datetime.now(UTC)
+    since = now.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=fees.WINDOW_DAYS - 1)
+    async with call.services.connection() as conn:
+        instruments = await conn.fetch(GROUP, request.group)
+        tokens = dict(await conn.fetch(TOKENS, call.account_id, [row["symbol"] for row in instruments]))
+        percent = fees.tier_percent(await conn.fetchval(TRAILING, call.account_id, since))
+    books = call.services.market.books
+    venues = []
+    for row in instruments:
+        if row["status"] != "trading":
+            continue
+        view = books.get(row["symbol"])
+        bids, asks = view.depth(router.DEPTH_LEVELS) if view is not None else ([], [])
+        venues.append(router.Venue(
+            row["symbol"], row["quality"], row["tick"], row["min_qty"], row["max_qty"],
+            fees.rate_ppm(row["maker_fee_bps"], percent), fees.rate_ppm(row["taker_fee_bps"], percent),
+            asks if request.side == BUY else bids, None if request.side == BUY else tokens.get(row["symbol"], 0),
+        ))
+    code = router.refusal(venues, request.side, request.qty, request.mode, request.price, request.budget,
+                          request.rest_remainder)
+    if code is None and not instruments:
+        code = "unknown_group"
+    if code is not None:
+        raise Problem(code)
+    plan = router.plan(venues, request.side, request.qty, request.mode, request.price, request.budget,
+                       request.rest_remainder)
+    legs = [QuoteLeg(leg.symbol, leg.quality, leg.qty, from_micro(leg.price), from_micro(leg.notional),
+                     average_price(leg.notional, leg.qty), from_micro(leg.fee)) for leg in plan.legs]
+    notional, fee = plan.notional, plan.fee
+    rest = plan.rest
+    return RoutedQuote(
+        request.group, request.side, request.mode, request.qty, legs, plan.filled_qty, from_micro(notional),
+        from_micro(fee), from_micro(notional + fee if request.side == BUY else notional - fee),
+        average_price(notional, plan.filled_qty), average_quality(plan.quality_lots, plan.filled_qty),
+        plan.remainder, None if rest is None else QuoteRest(rest.symbol, from_micro(rest.price), rest.qty),
+    )

@@ -1,0 +1,200 @@
+"""Routed orders in the engine: plan over the group's live books, hold once, execute the children, release once.
+
+One ``RouteOrder`` is one engine command, so the routed order, its children, their fills and every ledger
+entry commit in one batch or not at all.
+
+Steps
+-----
+1. Check the parameters (``router.refusal``) and the group: a refusal changes nothing.
+2. Fix the account's fee rates for the whole routed order and plan (``router.plan``) over the books as they
+   are; refuse with ``insufficient_funds``/``insufficient_tokens`` when the plan's hold is not available.
+3. Post ONE hold entry for the whole plan (cash for a buy; every symbol's tokens for a sell), under the routed
+   order's id, before any child executes.
+4. Execute each leg as a real IOC limit order at its worst planned price, settled as any order is. A child's
+   share of the hold goes back to the routed order when it closes (``Engine.pool``), not to the account.
+5. Place the remainder's GTC order when asked; it owns its part of the hold from then on, as any resting order.
+6. Post ONE release entry for whatever the children did not spend.
+
+The routed order's id comes from the order numbering, so the ledger's ``order_id`` names it unambiguously.
+Children use the default self-trade prevention (``cancel_newest``): meeting one's own resting order ends that
+child, and its lots stay in the remainder.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from exchange import fees, router
+from exchange.commands import OrderView, RoutedOrderView, RouteOrder
+from exchange.ledger import AVAILABLE, HELD
+from exchange.records import Instrument, Order
+from matching import events as ev
+from matching.types import BUY, GTC, IOC, SELL
+
+if TYPE_CHECKING:
+    from exchange.engine import Engine
+
+
+class RoutedOrder(msgspec.Struct):
+    """A row of ``routed_order``."""
+
+    id: int
+    account_id: int
+    substitution_group: str
+    side: str
+    mode: str
+    qty: int
+    price: int | None
+    budget: int | None
+    rest_remainder: bool
+    status: str
+    filled_qty: int
+    filled_notional: int
+    fee: int
+    quality_lots: int
+    remainder: int
+    resting_order_id: int | None
+    order_ids: list[int]
+    package_id: int | None
+    created_at: datetime
+
+    def row(self) -> tuple:
+        return msgspec.structs.astuple(self)
+
+
+@dataclass
+class Pool:
+    """The routed order's one hold while its children execute: what they give back when they close."""
+
+    children: set[int] = field(default_factory=set)
+    returned: dict[str, int] = field(default_factory=dict)
+
+    def take_back(self, asset: str, amount: int) -> None:
+        self.returned[asset] = self.returned.get(asset, 0) + amount
+
+
+def members(engine: "Engine", group: str) -> list[Instrument]:
+    """The compute instruments of ``group``, halted ones included; dataset tokens never join a group."""
+    return [i for i in engine.instruments.values() if i.kind == "compute" and i.substitution_group == group]
+
+
+def venues(engine: "Engine", group: str, side: str, account_id: int, percent: int) -> list[router.Venue] | None:
+    """The trading compute books of ``group`` as the planner sees them; None when no compute instrument is in it."""
+    instruments = members(engine, group)
+    if not instruments:
+        return None
+    found: list[router.Venue] = []
+    for instrument in instruments:
+        if instrument.status != "trading":
+            continue
+        assert instrument.book is not None and instrument.quality is not None
+        bids, asks = instrument.book.depth(router.DEPTH_LEVELS)
+        found.append(router.Venue(
+            instrument.symbol, instrument.quality, instrument.tick, instrument.min_qty, instrument.max_qty,
+            fees.rate_ppm(instrument.maker_fee_bps, percent), fees.rate_ppm(instrument.taker_fee_bps, percent),
+            asks if side == BUY else bids,
+            None if side == BUY else engine.ledger.available(account_id, instrument.symbol),
+        ))
+    return found
+
+
+def execute(engine: "Engine", account_id: int, cmd: RouteOrder, package_id: int | None, ts: int, at: datetime
+            ) -> RoutedOrderView | str:
+    """Plan and execute ``cmd`` for a trading account; a refusal is its code, and changes nothing."""
+    percent = fees.tier_percent(engine.volume.trailing(account_id, ts))
+    books = venues(engine, cmd.group, cmd.side, account_id, percent) if type(cmd.group) is str else None
+    code = router.refusal(books or [], cmd.side, cmd.qty, cmd.mode, cmd.price, cmd.budget, cmd.rest_remainder)
+    if code is not None:
+        return code
+    if books is None:
+        return "unknown_group"
+    if cmd.side == SELL and not any(venue.tokens for venue in books):
+        return "insufficient_tokens"
+    plan = router.plan(books, cmd.side, cmd.qty, cmd.mode, cmd.price, cmd.budget, cmd.rest_remainder)
+    hold = {asset: amount for asset, amount in plan.hold(cmd.side).items() if amount}
+    if any(amount > engine.ledger.available(account_id, asset) for asset, amount in hold.items()):
+        return "insufficient_funds" if cmd.side == BUY else "insufficient_tokens"
+
+    routed_id = engine.ids.order
+    engine.ids.order += 1
+    if hold:
+        engine.ledger.post("hold", at, [leg for asset, amount in hold.items()
+                                        for leg in ((account_id, asset, AVAILABLE, -amount),
+                                                    (account_id, asset, HELD, amount))], routed_id)
+    by_symbol = {venue.symbol: venue for venue in books}
+    pool = engine.pool = Pool()
+    children: list[OrderView] = []
+    try:
+        for leg in plan.legs:
+            venue = by_symbol[leg.symbol]
+            share = leg.cost if cmd.side == BUY else leg.qty
+            children.append(_child(engine, account_id, cmd.side, leg.symbol, leg.price, leg.qty, IOC, venue, share,
+                                   pool, ts, at))
+    finally:
+        engine.pool = None
+    resting_id = None
+    if plan.rest is not None:
+        rest = plan.rest
+        child = _child(engine, account_id, cmd.side, rest.symbol, rest.price, rest.qty, GTC, by_symbol[rest.symbol],
+                       rest.hold, None, ts, at)
+        children.append(child)
+        resting_id = child.id
+    left = {asset: amount for asset, amount in pool.returned.items() if amount}
+    if left:
+        engine.ledger.post("release", at, [leg for asset, amount in left.items()
+                                           for leg in ((account_id, asset, HELD, -amount),
+                                                       (account_id, asset, AVAILABLE, amount))], routed_id)
+
+    swept = [c for c in children if c.id != resting_id]
+    filled = sum(c.filled_qty for c in swept)
+    quality = {venue.symbol: venue.quality for venue in books}
+    routed = RoutedOrder(
+        routed_id, account_id, cmd.group, cmd.side, cmd.mode, cmd.qty, cmd.price, cmd.budget, cmd.rest_remainder,
+        "filled" if filled == cmd.qty else "partially_filled" if filled else "unfilled", filled,
+        sum(c.filled_notional for c in swept), sum(c.fee for c in swept),
+        sum(quality[c.symbol] * c.filled_qty for c in swept), cmd.qty - filled, resting_id,
+        [c.id for c in children], package_id, at,
+    )
+    engine.effects.routed_orders.append(routed)
+    return view(routed, children)
+
+
+def _child(engine: "Engine", account_id: int, side: str, symbol: str, price: int, qty: int, tif: str,
+           venue: router.Venue, held: int, pool: Pool | None, ts: int, at: datetime) -> OrderView:
+    """Place one child order holding ``held`` of the routed order's hold; settle it as any order."""
+    instrument = engine.instruments[symbol]
+    book = instrument.book
+    assert book is not None
+    seq = instrument.seq + 1
+    order_id = engine.ids.order
+    events = book.limit(seq, ts, order_id, account_id, side, price, qty, tif)
+    # The plan comes from this very book and the checks already passed: a refusal here is a bug.
+    assert type(events[0]) is not ev.Rejected, events[0]
+    instrument.seq = seq
+    engine.effects.instruments[instrument.id] = instrument
+    engine.ids.order += 1
+    order = Order(order_id, instrument.id, account_id, None, side, "limit", tif, False, "cancel_newest", price, qty,
+                  None, qty, 0, 0, 0, 0, 0, venue.maker_ppm, venue.taker_ppm, held, "open", None, seq, at, at)
+    engine.orders[order_id] = order
+    engine.effects.new_orders[order_id] = order
+    engine.open_by_account.setdefault(account_id, set()).add(order_id)
+    if pool is not None:
+        pool.children.add(order_id)
+    fills = engine._settle(instrument, events, ts, at)
+    if order_id not in book and order.status == "open":
+        engine._close(order, instrument, "filled" if order.open_qty == 0 else "expired", None, at)
+    engine.effects.events.append((symbol, events))
+    found = engine.view(order_id, fills.get(order_id, []))
+    assert isinstance(found, OrderView)
+    return found
+
+
+def view(routed: RoutedOrder, children: list[OrderView]) -> RoutedOrderView:
+    return RoutedOrderView(
+        routed.id, routed.account_id, routed.substitution_group, routed.side, routed.mode, routed.qty, routed.price,
+        routed.budget, routed.rest_remainder, routed.status, routed.filled_qty, routed.filled_notional, routed.fee,
+        routed.quality_lots, routed.remainder, routed.resting_order_id, routed.package_id, routed.created_at,
+        children,
+    )

@@ -1,0 +1,86 @@
+"""The package scheduler: run each due period of every active package through the sequencer, in order.
+
+Every ``interval`` seconds (and on ``wake``) it asks the engine which packages have a period that has started
+(``packages.due``) and submits ``RunPackage`` for each, oldest period first, until none is due. A period
+missed while the server was down is due when it comes back, and runs then, once: ``RunPackage`` only runs a
+package's ``next_period``, and the run and its execution row commit together (``exchange.packages``).
+
+The clock is the sequencer's (``Sequencer.clock``, microseconds since the epoch), so the engine judges a period
+due by the same time the scheduler does; a test passes a fake clock to both and runs months in milliseconds by
+moving it and calling ``run_due``.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+
+from exchange import packages
+from exchange.commands import ExecutionView, RunPackage
+from exchange.sequencer import EPOCH, Sequencer, Unavailable
+
+log = logging.getLogger(__name__)
+
+ExecutionListener = Callable[[int, ExecutionView], None]
+"""Called with the account id and each execution, after its commit."""
+
+
+class Scheduler:
+    def __init__(self, sequencer: Sequencer, interval: float = 1.0,
+                 listener: ExecutionListener | None = None) -> None:
+        self.sequencer = sequencer
+        self.interval = interval
+        self.listener = listener
+        self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def wake(self) -> None:
+        """Look for due periods now rather than at the next interval."""
+        self._wake.set()
+
+    async def run_due(self) -> list[ExecutionView]:
+        """Run every period due by the clock, oldest first; return the executions committed."""
+        executed: list[ExecutionView] = []
+        while True:
+            engine = self.sequencer.engine
+            at = EPOCH + timedelta(microseconds=self.sequencer.clock())
+            due = sorted((package.next_period, package.id, package.account_id)
+                         for package in engine.packages.values() if packages.due(package, at))
+            progress = False
+            for period, package_id, account_id in due:
+                result = await self.sequencer.submit(RunPackage(package_id, period))
+                if not isinstance(result, ExecutionView):
+                    continue  # paused, cancelled or run meanwhile: the engine said why, nothing changed
+                progress = True
+                executed.append(result)
+                if self.listener is not None:
+                    try:
+                        self.listener(account_id, result)
+                    except Exception:
+                        log.exception("reporting a package execution failed")
+            if not progress:
+                return executed
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.run_due()
+            except Unavailable as exc:
+                log.info("package scheduler waiting: %s", exc)
+            except Exception:
+                # The scheduler must outlive any one bad round: the next one starts from the engine afresh.
+                log.exception("package scheduler round failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
