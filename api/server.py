@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import threading
@@ -56,6 +57,7 @@ from exchange.database import Database
 log = logging.getLogger(__name__)
 
 WRITER_LOCK = int.from_bytes(b"tokexwrt", "big", signed=True)
+GC_THRESHOLDS = (10_000, 10, 10)
 NO_LIMITS = RateLimits(per_key_rate=None, per_address_rate=None)
 
 
@@ -146,6 +148,7 @@ class Server(uvicorn.Server):
         await super().startup(sockets)
         if not self.started:
             return
+        quiet_garbage_collector()
         host, port = self.servers[0].sockets[0].getsockname()[:2]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
         if self.on_started is not None:
@@ -173,10 +176,24 @@ class Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def quiet_garbage_collector() -> None:
+    """Keep the cycle collector's pauses short while serving.
+
+    A full collection walks every tracked object, and each open WebSocket keeps a stack of about a dozen
+    coroutines alive: with 1,000 subscribers one took about 100 ms on the reference machine, a stall every
+    subscriber saw. What start-up loaded is frozen out of the collector's walks (after one last collection,
+    so no garbage is frozen with it), and the youngest generation is collected every 10,000 allocations rather
+    than 700, which makes every older collection about fourteen times rarer.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on", log_level=settings.log_level,
                           access_log=settings.access_log, timeout_graceful_shutdown=settings.drain_seconds,
-                          server_header=False, ws_per_message_deflate=False)
+                          server_header=False, ws_per_message_deflate=False, ws="websockets-sansio")
 
 
 async def serve(settings: Settings, on_started: Callable[[Server, str], Awaitable[None]] | None = None) -> int:

@@ -115,6 +115,7 @@ async def serve(args: argparse.Namespace) -> None:
     from api.app import create_app
     from api.feed import FeedLimits
     from api.ratelimit import RateLimits
+    from api.server import Server
     from exchange.commands import Rejection
     from exchange.sequencer import Unavailable
     from loadtest.bench_exchange import Submitter
@@ -132,8 +133,8 @@ async def serve(args: argparse.Namespace) -> None:
     app = create_app(args.dsn, home=home, master_key=secrets.token_bytes(32),
                      rate_limits=RateLimits(per_key_rate=None, per_address_rate=None), feed_limits=limits)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
-                            ws_per_message_deflate=False, backlog=8192)
-    server = uvicorn.Server(config)
+                            ws_per_message_deflate=False, backlog=8192, ws="websockets-sansio")
+    server = Server(config)  # tokex serve's server, with its garbage collector settings
     serving = asyncio.create_task(server.serve())
     while not server.started:
         if serving.done():

@@ -46,7 +46,7 @@ class Live:
 @contextmanager
 def serve(app: Starlette, master_key: bytes, timeout: float = 60.0) -> Iterator[Live]:
     """Serve ``app`` with uvicorn on 127.0.0.1 and a free port until the block ends."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", ws="websockets-sansio")
     server = uvicorn.Server(config)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
