@@ -70,7 +70,7 @@ def summarize(recorder: Recorder, seconds: float) -> dict[str, Any]:
     every = sorted(latency for values in recorder.latencies.values() for latency in values)
     feed = sorted(latency for values in recorder.feed.values() for latency in values)
     rows = []
-    for second in range(math.ceil(seconds)):
+    for second in range(int(seconds)):
         acks = sorted(recorder.latencies.get(second, ()))
         frames = sorted(recorder.feed.get(second, ()))
         rows.append({"second": second, "orders": recorder.orders.get(second, 0),
@@ -153,7 +153,6 @@ def plot(result: dict[str, Any], path: Path) -> bool:
                        ("feed_p99_ms", "feed p99")):
         bottom.plot(seconds, [row[key] for row in rows], label=label)
     bottom.axhline(result["target"]["p99_ms"], color="grey", linestyle="--", label="p99 target")
-    bottom.set_yscale("log")
     bottom.set_ylabel("ms")
     bottom.set_xlabel("second of the run")
     bottom.legend(loc="upper right")
