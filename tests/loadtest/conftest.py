@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(TESTS / "api"))
-sys.path.insert(0, str(TESTS / "feed"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "api"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "feed"))
 
 from api_server import Live, live_server
 

@@ -11,6 +11,7 @@ strategy (schemathesis' own runner passes over it the same way). A scenario cut 
 end of a run; runs go on until enough steps were checked.
 """
 
+import contextlib
 from collections import Counter
 
 import asyncpg
@@ -49,11 +50,9 @@ def test_api_workflows_conform_to_the_document(live, fuzz):  # noqa: F811
                 failures.append(f"{case.operation.label} -> {response.status_code}: {exc}")
 
     for _ in range(RUNS):
-        try:
+        with contextlib.suppress(Flaky):
             Workflow.run(settings=settings(max_examples=20, stateful_step_count=8, deadline=None,
                                            phases=[Phase.generate], suppress_health_check=list(HealthCheck)))
-        except Flaky:
-            pass
         if failures or steps.total() >= STEPS:
             break
     assert failures == []
