@@ -25,7 +25,7 @@ from collections import deque
 
 import msgspec
 
-from loadtest.bench_api import PLACED, PROBLEM, Connection, Trader
+from loadtest.bench_api import PROBLEM, Connection, Trader
 from loadtest.report import Recorder
 
 TICK = 10_000  # 0.01 CNY
@@ -37,6 +37,15 @@ INTENDED = {"unknown_order", "would_take"}
 """Refusals the flow provokes on purpose or by a race it cannot see: answers, not errors."""
 ORDER_KINDS = {"offer", "bid", "market_buy", "cancel"}
 """Actions that are order commands, counted as acknowledged orders (a mint is not)."""
+
+
+class Placed(msgspec.Struct):
+    id: int
+    status: str
+    filled_qty: int
+
+
+PLACED = msgspec.json.Decoder(Placed)
 
 
 class Market:
@@ -132,6 +141,7 @@ class Persona:
         answer = await self.send(kind, b"POST", b"/v1/orders", body)
         if answer is not None and answer[0] == 201:
             placed = PLACED.decode(answer[1])
+            self.recorder.placed.append((placed.id, placed.status, placed.filled_qty))
             if placed.status == "open":
                 self.open.append(placed.id)
 
@@ -142,7 +152,10 @@ class Persona:
     async def cancel(self) -> None:
         if not self.open:
             return
-        await self.send("cancel", b"DELETE", b"/v1/orders/%d" % self.open.popleft())
+        order_id = self.open.popleft()
+        answer = await self.send("cancel", b"DELETE", b"/v1/orders/%d" % order_id)
+        if answer is not None and answer[0] == 200:
+            self.recorder.cancelled.append(order_id)
 
 
 class Seller(Persona):
@@ -172,4 +185,4 @@ class Buyer(Persona):
     async def market_buy(self) -> None:
         body = b'{"symbol":"%s","side":"buy","type":"market","qty":%d}' % (self.symbol.encode(),
                                                                            self.rng.randint(1, 20))
-        await self.send("market_buy", b"POST", b"/v1/orders", body)
+        await self.place("market_buy", body)

@@ -36,6 +36,12 @@ class Recorder:
         self.kinds: Counter[str] = Counter()
         self.refusals: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        self.placed: list[tuple[int, str, int]] = []
+        """(order id, status, filled lots) of every order answered as placed, warm-up included."""
+        self.cancelled: list[int] = []
+        """Orders answered as cancelled."""
+        self.last_ack = 0.0
+        """When the latest order was acknowledged (``clock``): the fault drills wait for it to move."""
 
     def start(self, now_us: int) -> None:
         """Begin the measured window (what came before is warm-up and is not kept)."""
@@ -46,6 +52,8 @@ class Recorder:
         return None if self.started is None else int(self.clock() - self.started)
 
     def ack(self, kind: str, latency: float, is_order: bool, refused: str | None = None) -> None:
+        if is_order:
+            self.last_ack = self.clock()
         second = self.second()
         if second is None:
             return
@@ -112,11 +120,13 @@ def table(result: dict[str, Any]) -> str:
         f"{'watcher resyncs / cut off':<34} {watch['resyncs']:>8,} / {sum(watch['cut_off'].values()):<7,}",
         f"{'feed messages / frames':<34} {watch['messages']:>8,} / {watch['frames']:<,}",
         f"{'tokex check':<34} {result['check']['verdict']:>18}  all invariants hold",
+        f"{'answers contradicted by the database':<34} {len(result['durability']):>18,}  0",
     ]
     for name, counts in (("errors", result["errors"]), ("refusals", result["refusals"]),
                          ("feed errors", watch["errors"])):
         if counts:
             lines.append(f"{name}: " + ", ".join(f"{code} {n:,}" for code, n in counts.items()))
+    lines += result["durability"][:10]
     lines.append("requests: " + ", ".join(f"{kind} {n:,}" for kind, n in result["requests"].items()))
     lines.append(f"target {'met' if target['met'] else 'MISSED'}")
     return "\n".join(lines)

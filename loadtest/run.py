@@ -24,11 +24,14 @@ import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
 
 from api.client import Client
+from exchange.database import Database
+from loadtest import durability
 from loadtest.bench_api import Server, cpu_seconds
 from loadtest.bench_feed import now_us, raise_file_limit
 from loadtest.personas import Buyer, Market, Persona, Seller
@@ -163,10 +166,17 @@ class Load:
                 "unverified": sum(mirror.unverified for mirror in feed.mirrors.values())}
 
 
+async def verify(database_url: str | None, home: Path | None, recorder: Recorder) -> list[str]:
+    """``durability.problems`` on the server's database (the embedded one in ``home`` is attached to)."""
+    async with Database(database_url, home=home) as database:
+        return await durability.problems(database.dsn, recorder)
+
+
 def verdict(result: dict[str, Any]) -> dict[str, Any]:
     watch = result["watchers"]
     met = (result["orders_per_s"] >= TARGET_ORDERS_PER_S and result["ack_ms"]["p99"] <= TARGET_P99_MS
-           and not result["errors"] and not watch["gaps"] and not watch["bad"] and result["check"]["status"] == 0)
+           and not result["errors"] and not watch["gaps"] and not watch["bad"] and result["check"]["status"] == 0
+           and not result["durability"])
     return {"orders_per_s": TARGET_ORDERS_PER_S, "p99_ms": TARGET_P99_MS, "met": met}
 
 
@@ -204,9 +214,12 @@ async def run(options: Options) -> dict[str, Any]:
         result["watchers"] = watchers
         result["cpu_cores"] = {name: round(used / seconds, 2) for name, used in cpu.items()}
         result["load_average"] = [round(x, 2) for x in os.getloadavg()]
-        can_check = server is not None or options.database_url
-        result["check"] = (await asyncio.to_thread(check, env, options.database_url) if can_check
-                           else {"verdict": "skipped", "status": None, "output": ["no --database-url"]})
+        if server is not None or options.database_url:
+            result["check"] = await asyncio.to_thread(check, env, options.database_url)
+            result["durability"] = await verify(options.database_url, server.home if server else None, load.recorder)
+        else:
+            result["check"] = {"verdict": "skipped", "status": None, "output": ["no --database-url"]}
+            result["durability"] = ["not checked: no --database-url"]
         result["options"] = asdict(options)
         result["title"] = (f"{options.sellers} sellers, {options.buyers} buyers, {options.watchers} watchers, "
                            f"{options.instruments} instruments, target {options.rate:,.0f} requests/s")
