@@ -3,19 +3,25 @@
     python -m loadtest run [--sellers 20] [--buyers 50] [--watchers 500] [--duration 60] [--warmup 5]
                            [--rate 6000] [--instruments 2] [--url URL] [--database-url URL] [--out DIR]
 
-Prints a plain table and writes ``result.json`` (and ``result.png`` with the ``loadtest`` extra installed) to
-``--out`` (default ``var/loadtest``). Exit status 0 when the target was met, 1 otherwise.
+    python -m loadtest chaos [--kills 3] [--outages 2] [--outage-seconds 3] [--open-orders 100000] [--spacing 6]
+                             [--sellers 6] [--buyers 14] [--watchers 50] [--rate 1500] [--out DIR]
+
+Each prints a plain table and writes ``result.json`` (``run``: and ``result.png`` with the ``loadtest`` extra
+installed) to ``--out`` (default ``var/loadtest``, ``var/chaos``). Exit status 0 when the target was met or
+every drill passed, 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from pathlib import Path
 
 from api.cli import loop_factory
 from loadtest import report
+from loadtest.chaos import ChaosOptions, chaos, chaos_passed, chaos_table
 from loadtest.run import Options, run
 
 
@@ -36,11 +42,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     load.add_argument("--database-url", help="the server's database: where to start it, or for tokex check")
     load.add_argument("--seed", type=int, default=defaults.seed)
     load.add_argument("--out", type=Path, default=Path("var/loadtest"), help="folder for result.json and result.png")
+    drills = commands.add_parser("chaos", help="fault drills under load: server killed, PostgreSQL stopped")
+    chaos_defaults = ChaosOptions()
+    for name in ("kills", "outages", "open_orders", "sellers", "buyers", "watchers", "seed"):
+        drills.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(chaos_defaults, name))
+    for name in ("outage_seconds", "spacing", "rate"):
+        drills.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(chaos_defaults, name))
+    drills.add_argument("--out", type=Path, default=Path("var/chaos"), help="folder for result.json")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.command == "chaos":
+        return drill(args)
     options = Options(sellers=args.sellers, buyers=args.buyers, watchers=args.watchers, duration=args.duration,
                       warmup=args.warmup, rate=args.rate, instruments=args.instruments, url=args.url,
                       database_url=args.database_url, seed=args.seed)
@@ -50,6 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     for path in report.write(result, args.out):
         print(f"wrote {path}")
     return 0 if result["target"]["met"] else 1
+
+
+def drill(args: argparse.Namespace) -> int:
+    options = ChaosOptions(**{name: getattr(args, name) for name in vars(ChaosOptions())})
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        result = runner.run(chaos(options))
+    print(chaos_table(result))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out / 'result.json'}")
+    return 0 if chaos_passed(result) else 1
 
 
 if __name__ == "__main__":

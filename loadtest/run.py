@@ -129,13 +129,14 @@ class Load:
         self.watchers: list[Watcher] = []
 
     async def run(self, seconds: float, during=None) -> float:
-        """Act for ``warmup`` + ``seconds``; measure the last ``seconds``; return the measured wall time.
+        """Act for ``warmup`` + ``seconds``, measuring the last ``seconds``; return the measured wall time.
 
-        ``during``, if given, is awaited alongside the measured window (the fault drills use it).
+        ``during``, if given, is awaited from the end of the warm-up instead, and the load stops when it is done
+        (the fault drills run there).
         """
         self.watchers = await start_watchers(self.feed, self.symbols, self.options.watchers)
         drift = asyncio.create_task(self.prices.drift())
-        until = time.monotonic() + self.options.warmup + seconds
+        until = time.monotonic() + self.options.warmup + (seconds if during is None else 1e9)
         rate = self.options.rate / max(1, len(self.personas))
         acting = [asyncio.create_task(persona.live(rate, until)) for persona in self.personas]
         try:
@@ -144,7 +145,8 @@ class Load:
             started = time.monotonic()
             if during is not None:
                 await during
-            await asyncio.gather(*acting)
+            else:
+                await asyncio.gather(*acting)
             return time.monotonic() - started
         finally:
             for task in acting:
