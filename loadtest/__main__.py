@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         drills.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(chaos_defaults, name))
     for name in ("outage_seconds", "spacing", "rate"):
         drills.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(chaos_defaults, name))
+    drills.add_argument("--database-url", help="serve on this PostgreSQL (then no outages: it is not ours to stop)")
     drills.add_argument("--out", type=Path, default=Path("var/chaos"), help="folder for result.json")
     return parser.parse_args(argv)
 
