@@ -73,7 +73,6 @@ class Drills:
     def __init__(self, options: ChaosOptions, database: EmbeddedPostgres | None, dsn: str) -> None:
         self.options = options
         self.database = database
-        self.dsn = dsn
         self.server = Server(dsn)
         self.port = 0
         self.load: Load | None = None

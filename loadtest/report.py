@@ -117,6 +117,7 @@ def table(result: dict[str, Any]) -> str:
         f"{'intended rejections':<34} {sum(result['refusals'].values()):>18,}",
         f"{'feed gaps (healthy watchers)':<34} {watch['gaps']:>18,}  0",
         f"{'feed bad messages':<34} {watch['bad']:>18,}  0",
+        f"{'level2 updates left unverified':<34} {watch['unverified']:>18,}",
         f"{'watcher resyncs / cut off':<34} {watch['resyncs']:>8,} / {sum(watch['cut_off'].values()):<7,}",
         f"{'feed messages / frames':<34} {watch['messages']:>8,} / {watch['frames']:<,}",
         f"{'tokex check':<34} {result['check']['verdict']:>18}  all invariants hold",
