@@ -79,8 +79,10 @@ async def test_sync_from_the_rest_book_plus_the_stream(live, market: Market):
     subscribed = await client.next()
     assert subscribed["type"] == "subscribed" and "bids" not in subscribed
     rng = random.Random(21)
-    flow = asyncio.ensure_future(random_flow(market, 120, rng))
-    await asyncio.sleep(0.3)
+    # Updates before the book, then the book taken as the rest of the flow starts: a fixed sleep instead let a
+    # fast moment finish the whole flow first, and the stream then had nothing after the book.
+    await random_flow(market, 40, rng)
+    flow = asyncio.ensure_future(random_flow(market, 80, rng))
     book = await rest.book(market.symbol, depth=1000)  # taken while orders flow
     follower = Follower(client, market.symbol)
     follower.mirror.rest(book)
