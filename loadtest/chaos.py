@@ -215,11 +215,16 @@ class Drills:
 async def chaos(options: ChaosOptions) -> dict[str, Any]:
     """Every drill of ``options``; their figures, ``tokex check`` and the durability check."""
     raise_file_limit()
-    home = Path(tempfile.mkdtemp(prefix="tokex-chaos-"))
-    # The embedded server's user must be able to enter the folder when we run as root.
-    home.chmod(0o755)
-    database = None if options.database_url else EmbeddedPostgres(home)
-    dsn = options.database_url or await database.start_async()
+    home: Path | None = None
+    database: EmbeddedPostgres | None = None
+    if options.database_url:
+        dsn = options.database_url
+    else:
+        home = Path(tempfile.mkdtemp(prefix="tokex-chaos-"))
+        # The embedded server's user must be able to enter the folder when we run as root.
+        home.chmod(0o755)
+        database = EmbeddedPostgres(home)
+        dsn = await database.start_async()
     drills = Drills(options, database, dsn)
     server = drills.server
     try:
@@ -246,7 +251,8 @@ async def chaos(options: ChaosOptions) -> dict[str, Any]:
             server.process.wait()
         if database is not None:
             await database.stop_async()
-        shutil.rmtree(home, ignore_errors=True)
+        if home is not None:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def chaos_passed(result: dict[str, Any]) -> bool:
