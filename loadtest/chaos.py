@@ -273,8 +273,8 @@ def chaos_table(result: dict[str, Any]) -> str:
                      f"{d.get('errors_meanwhile', ''):>7} {d.get('acked_while_down', ''):>10} "
                      f"{d.get('watchers_back_s') or '':>15}")
     watch = result["watchers"]
-    lines += [f"watchers: {watch['count']}, gaps {watch['gaps']} (each followed by a resync), bad messages "
-              f"{watch['bad']}, resyncs {watch['resyncs']}",
+    lines += [f"watchers: {watch['count']}, feed gaps {watch['gaps']}, bad messages {watch['bad']}, resyncs "
+              f"{watch['resyncs']} (a reconnection after a kill is one)",
               "errors (expected while down): " + (", ".join(f"{k} {v}" for k, v in result["errors"].items()) or "none"),
               f"tokex check: {result['check']['verdict']}; answers contradicted by the database: "
               f"{len(result['durability'])}", *result["durability"][:10],
