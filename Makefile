@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-exchange bench-api check clean bench-feed
+.PHONY: install run test lint bench bench-exchange bench-api check clean bench-feed loadtest chaos
 
 install: $(INSTALLED)
 
@@ -37,6 +37,14 @@ bench-api: $(INSTALLED)
 
 bench-feed: $(INSTALLED)
 	$(BIN)/python -m loadtest.bench_feed
+
+# The full load run and the fault drills (loadtest/README.md); matplotlib draws the load run's chart.
+loadtest: $(INSTALLED)
+	$(BIN)/python -m pip install --quiet -e '.[test,loadtest]'
+	$(BIN)/python -m loadtest run
+
+chaos: $(INSTALLED)
+	$(BIN)/python -m loadtest chaos
 
 check: $(INSTALLED)
 	$(BIN)/tokex check

@@ -243,8 +243,11 @@ class Server:
             raise RuntimeError(f"tokex {' '.join(argv)} failed: {done.stderr.strip()}")
         return json.loads(done.stdout)
 
-    def start(self) -> str:
-        self.process = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", "0", "--no-rate-limit"],
+    def start(self, port: int = 0) -> str:
+        """Start serving (on a free port unless given one, e.g. the last one after a restart); return the URL."""
+        self.output.clear()
+        self.process = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port),
+                                         "--no-rate-limit"],
                                         env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert self.process.stdout is not None
         for line in self.process.stdout:

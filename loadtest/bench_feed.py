@@ -333,9 +333,8 @@ class Subscriber(asyncio.Protocol):
                 if event.status_code != 101:
                     self.closed = event.status_code
                     return
-                for channel in ("level2", "trades"):
-                    self.write_frame(0x1, json.dumps({"type": "subscribe", "channel": channel,
-                                                      "symbol": self.bench.symbol}).encode())
+                for message in self.bench.subscriptions():
+                    self.write_frame(0x1, json.dumps(message).encode())
                 # From here on, frames are read by ``frames_received``: the handshake leaves no frame behind it,
                 # since the server sends nothing before it has our subscriptions.
                 self.ws = None
@@ -432,6 +431,10 @@ class Subscribers:
         self.uri = parse_uri(url)
         self.symbol = symbol
         self.all: list[Subscriber] = []
+
+    def subscriptions(self) -> list[dict]:
+        """The subscribe messages each subscriber sends once connected."""
+        return [{"type": "subscribe", "channel": channel, "symbol": self.symbol} for channel in ("level2", "trades")]
 
     async def connect(self, count: int, sample: int = 0, wave: int = 250) -> None:
         loop = asyncio.get_running_loop()

@@ -22,6 +22,7 @@ from exchange import invariants, store
 from exchange.commands import CreateAccount, Deposit, Done, OrderView, PlaceOrder
 from exchange.migrations import migrate
 from exchange.sequencer import Sequencer
+from loadtest.durability import FILLS_DISAGREE, ORPHAN_FILLS, SETTLED_TWICE
 from loadtest.exchange_worker import MID, SYMBOL, TICK, contradictions, prepare, read_acks
 from matching.types import BUY, IOC, SELL
 
@@ -31,37 +32,9 @@ KILL_WINDOWS = ((0.3, 0.8), (0.8, 1.8), (1.8, 3.0))
 """Seconds after the worker is ready, one window per run: early, middle and late in a growing database."""
 READY_TIMEOUT = 60.0
 
-# Each fill moves quantity once: the fills of an order add up to its filled quantity...
-FILLS_DISAGREE = """
-WITH legs AS (
-    SELECT maker_order_id AS order_id, qty FROM fill
-    UNION ALL
-    SELECT taker_order_id, qty FROM fill
-)
-SELECT o.id, o.filled_qty, coalesce(sum(l.qty), 0) AS fills_qty
-FROM book_order o LEFT JOIN legs l ON l.order_id = o.id
-GROUP BY o.id
-HAVING o.filled_qty <> coalesce(sum(l.qty), 0)
-"""
-
-# ...and is settled once: one trade entry in the journal per fill, none for a fill that does not exist.
-SETTLED_TWICE = """
-SELECT coalesce(f.id, e.fill_id) AS fill_id, count(e.id) AS entries
-FROM fill f FULL JOIN journal_entry e ON e.fill_id = f.id AND e.kind = 'trade'
-WHERE e.id IS NULL OR e.kind = 'trade'
-GROUP BY 1
-HAVING count(e.id) <> 1 OR bool_or(f.id IS NULL)
-"""
-
 OTHER_SESSIONS = """
 SELECT count(*) FROM pg_stat_activity
 WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
-"""
-
-ORPHAN_FILLS = """
-SELECT f.id FROM fill f
-WHERE NOT EXISTS (SELECT 1 FROM book_order o WHERE o.id = f.maker_order_id)
-   OR NOT EXISTS (SELECT 1 FROM book_order o WHERE o.id = f.taker_order_id)
 """
 
 
