@@ -7,7 +7,8 @@ a slow server slows the personas down rather than piling requests up.
 - A seller is an issuer: it mints capacity, posts offers a few ticks above the fair price (now and then one
   below it, which takes bids), and cancels its oldest offers to keep a handful open.
 - A buyer is a trader with cash: it bids a few ticks below the fair price (now and then above it), sends small
-  market buys, and cancels its oldest bids.
+  market buys and routed buys across the run's substitution group (by cost, quality or balance), cancels its
+  oldest bids, and holds one daily token package from its first moment.
 
 An action is a method named in the persona's ``ACTIONS`` table with its weight: adding a kind of order (a routed
 order, a package) is one method and one row.
@@ -22,6 +23,7 @@ import asyncio
 import random
 import time
 from collections import deque
+from datetime import UTC, datetime
 
 import msgspec
 
@@ -35,7 +37,7 @@ OPEN_LOW, OPEN_HIGH = 4, 16
 MINT_QTY = 50_000
 INTENDED = {"unknown_order", "would_take"}
 """Refusals the flow provokes on purpose or by a race it cannot see: answers, not errors."""
-ORDER_KINDS = {"offer", "bid", "market_buy", "cancel"}
+ORDER_KINDS = {"offer", "bid", "market_buy", "routed_buy", "cancel"}
 """Actions that are order commands, counted as acknowledged orders (a mint is not)."""
 
 
@@ -49,10 +51,12 @@ PLACED = msgspec.json.Decoder(Placed)
 
 
 class Market:
-    """The fair price of each instrument: a random walk of one tick every ``step`` seconds, within a band."""
+    """The fair price of each instrument, a random walk of one tick every ``step`` seconds within a band, and
+    the substitution group the instruments share."""
 
-    def __init__(self, symbols: list[str], rng: random.Random, step: float = 0.1) -> None:
+    def __init__(self, symbols: list[str], rng: random.Random, step: float = 0.1, group: str = "") -> None:
         self.fair = dict.fromkeys(symbols, FAIR)
+        self.group = group
         self.rng = rng
         self.step = step
 
@@ -87,8 +91,12 @@ class Persona:
         self.names = [name for name, _ in self.ACTIONS]
         self.weights = [weight for _, weight in self.ACTIONS]
 
+    async def begin(self) -> None:
+        """What the persona does once before it starts acting."""
+
     async def live(self, rate: float, until: float) -> None:
         """Act at ``rate`` a second until the monotonic time ``until``; never faster, later if the server is slow."""
+        await self.begin()
         interval = 1.0 / rate
         due = time.monotonic() + self.rng.random() * interval
         while (now := time.monotonic()) < until:
@@ -173,9 +181,16 @@ class Seller(Persona):
 
 
 class Buyer(Persona):
-    """A trader with cash: bids just below the fair price, small market buys, cancels."""
+    """A trader with cash: bids just below the fair price, small market and routed buys, cancels; one package."""
 
-    ACTIONS = (("bid", 0.55), ("cancel", 0.35), ("market_buy", 0.10))
+    ACTIONS = (("bid", 0.55), ("cancel", 0.35), ("market_buy", 0.06), ("routed_buy", 0.04))
+    MODES = ("cost", "quality", "balance")
+
+    async def begin(self) -> None:
+        """Hold a daily package of 5 lots from the group, starting now: its first period runs at once."""
+        body = msgspec.json.encode({"group": self.prices.group, "qty": 5, "mode": self.rng.choice(self.MODES),
+                                    "period": "day", "max_cost": "500", "start_at": _now()})
+        await self.send("package", b"POST", b"/v1/packages", body)
 
     async def bid(self) -> None:
         fair = self.prices.fair[self.symbol]
@@ -186,3 +201,14 @@ class Buyer(Persona):
         body = b'{"symbol":"%s","side":"buy","type":"market","qty":%d}' % (self.symbol.encode(),
                                                                            self.rng.randint(1, 20))
         await self.place("market_buy", body)
+
+    async def routed_buy(self) -> None:
+        """A few lots from whichever of the group's books the mode prefers, up to a few ticks above fair."""
+        limit = self.prices.fair[self.symbol] + self.rng.randint(0, 4) * TICK
+        body = msgspec.json.encode({"group": self.prices.group, "side": "buy", "qty": self.rng.randint(1, 20),
+                                    "mode": self.rng.choice(self.MODES), "price": decimal(limit).decode()})
+        await self.send("routed_buy", b"POST", b"/v1/routed-orders", body)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()

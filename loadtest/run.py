@@ -5,7 +5,8 @@ temporary TOKEX_HOME (``bench_api.Server``; or on ``--database-url``), and makes
 create-admin``. With ``--url`` it targets a server that is already running instead, signing its set-up with the
 admin key in TOKEX_KEY and TOKEX_SECRET; ``tokex check`` then needs ``--database-url`` to know where to look.
 
-Set-up, over the API: ``--instruments`` compute instruments; each seller an issuer approved for its instrument
+Set-up, over the API: ``--instruments`` compute instruments of one substitution group, of different qualities
+(``QUALITIES``), for the buyers' routed orders and packages; each seller an issuer approved for its instrument
 and holding minted lots; each buyer a trader with cash. Then the watchers connect and subscribe, the personas
 act at ``--rate`` requests a second between them for ``--warmup`` seconds and then ``--duration`` measured
 seconds, and the drift of the fair prices goes on meanwhile.
@@ -44,6 +45,8 @@ CAPACITY = 100_000_000
 MINTED = 1_000_000
 SELLER_CASH = "1000000"
 BUYER_CASH = "100000000"
+QUALITIES = (90, 75, 60)
+"""Quality scores of the instruments in turn, so that routing by cost, quality or balance choose differently."""
 
 
 @dataclass
@@ -66,6 +69,8 @@ class Options:
 @dataclass
 class Accounts:
     symbols: list[str]
+    group: str
+    """The substitution group of every instrument of the run, for routed orders and packages."""
     sellers: list[tuple[str, str]]
     buyers: list[tuple[str, str]]
 
@@ -73,11 +78,13 @@ class Accounts:
 async def set_up(url: str, admin: tuple[str, str], options: Options) -> Accounts:
     """The instruments, the sellers (issuers holding minted lots) and the buyers (traders with cash)."""
     tag = uuid.uuid4().hex[:6].upper()
+    group = f"load-{tag.lower()}"
     symbols = [f"LOAD{tag}-{n + 1}" for n in range(options.instruments)]
     async with Client(url, *admin) as boss:
-        for symbol in symbols:
+        for n, symbol in enumerate(symbols):
             await boss.create_instrument(kind="compute", symbol=symbol, tick="0.01", model="deepseek-v3",
-                                         substitution_group="chat-general", quality=80, tokens_per_lot=1_000_000)
+                                         substitution_group=group, quality=QUALITIES[n % len(QUALITIES)],
+                                         tokens_per_lot=1_000_000)
 
         async def account(role: str, number: int) -> tuple[str, str]:
             made = await boss.create_account(f"load-{tag.lower()}-{role}-{number}", "issuer" if role == "seller"
@@ -94,7 +101,7 @@ async def set_up(url: str, admin: tuple[str, str], options: Options) -> Accounts
 
         sellers = await asyncio.gather(*(account("seller", n) for n in range(options.sellers)))
         buyers = await asyncio.gather(*(account("buyer", n) for n in range(options.buyers)))
-    return Accounts(symbols, list(sellers), list(buyers))
+    return Accounts(symbols, group, list(sellers), list(buyers))
 
 
 def check(env: dict[str, str], database_url: str | None) -> dict[str, Any]:
@@ -116,7 +123,7 @@ class Load:
         self.options = options
         self.recorder = Recorder(time.monotonic)
         rng = random.Random(options.seed)
-        self.prices = Market(accounts.symbols, random.Random(rng.random()))
+        self.prices = Market(accounts.symbols, random.Random(rng.random()), group=accounts.group)
         self.feed = Feed(url, self.recorder.frame_latency)
         symbols = accounts.symbols
         self.personas: list[Persona] = [
