@@ -45,10 +45,12 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api.app import create_app
 from api.ratelimit import RateLimits
@@ -176,6 +178,57 @@ class Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+class CoalescingTransport:
+    """A transport whose writes during one turn of the event loop leave as one write.
+
+    uvicorn writes an HTTP response's head and its body apart, and every write is a system call (10-25 us each
+    on the reference machine, a tenth of what an order costs the server). Writes are joined and handed to the
+    real transport once the current callbacks are done; closing writes what is pending first. Everything
+    else is the real transport's.
+    """
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(data)
+
+    def flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending = []
+            self._transport.write(data)
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = []
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol on a ``CoalescingTransport``: one write per response. A connection upgraded to
+    a WebSocket keeps the same transport, so frames sent together leave together too."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(CoalescingTransport(transport))  # type: ignore[arg-type]
+
+
 def quiet_garbage_collector() -> None:
     """Keep the cycle collector's pauses short while serving.
 
@@ -193,7 +246,8 @@ def quiet_garbage_collector() -> None:
 def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on", log_level=settings.log_level,
                           access_log=settings.access_log, timeout_graceful_shutdown=settings.drain_seconds,
-                          server_header=False, ws_per_message_deflate=False, ws="websockets-sansio")
+                          server_header=False, ws_per_message_deflate=False, ws="websockets-sansio",
+                          http=CoalescingHttpToolsProtocol)
 
 
 async def serve(settings: Settings, on_started: Callable[[Server, str], Awaitable[None]] | None = None) -> int:

@@ -23,6 +23,7 @@ from starlette.applications import Starlette
 from api.app import create_app
 from api.bootstrap import create_admin
 from api.ratelimit import RateLimits
+from api.server import CoalescingHttpToolsProtocol
 
 NO_LIMITS = RateLimits(per_key_rate=None, per_address_rate=None)
 
@@ -46,7 +47,8 @@ class Live:
 @contextmanager
 def serve(app: Starlette, master_key: bytes, timeout: float = 60.0) -> Iterator[Live]:
     """Serve ``app`` with uvicorn on 127.0.0.1 and a free port until the block ends."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", ws="websockets-sansio")
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", ws="websockets-sansio",
+                            http=CoalescingHttpToolsProtocol)
     server = uvicorn.Server(config)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
