@@ -187,10 +187,11 @@ class CoalescingTransport:
     else is the real transport's.
     """
 
-    __slots__ = ("_loop", "_pending", "_transport")
+    __slots__ = ("_loop", "_pending", "transport")
 
     def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
+        self.transport = transport
+        """The real one."""
         self._loop = asyncio.get_running_loop()
         self._pending: list[bytes] = []
 
@@ -203,30 +204,37 @@ class CoalescingTransport:
         if self._pending:
             data = b"".join(self._pending)
             self._pending = []
-            self._transport.write(data)
+            self.transport.write(data)
 
     def write_eof(self) -> None:
         self.flush()
-        self._transport.write_eof()
+        self.transport.write_eof()
 
     def close(self) -> None:
         self.flush()
-        self._transport.close()
+        self.transport.close()
 
     def abort(self) -> None:
         self._pending = []
-        self._transport.abort()
+        self.transport.abort()
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
+        return getattr(self.transport, name)
 
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol on a ``CoalescingTransport``: one write per response. A connection upgraded to
-    a WebSocket keeps the same transport, so frames sent together leave together too."""
+    a WebSocket gets the real transport back: the feed writes one frame per subscriber per flush, which gains
+    nothing from waiting for the end of the turn (measured: the load run lost a few percent)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport))  # type: ignore[arg-type]
+
+    def handle_websocket_upgrade(self) -> None:
+        coalescing: CoalescingTransport = self.transport  # type: ignore[assignment]
+        coalescing.flush()
+        self.transport = coalescing.transport
+        super().handle_websocket_upgrade()
 
 
 def quiet_garbage_collector() -> None:
