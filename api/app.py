@@ -29,6 +29,7 @@ import asyncpg
 import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -127,6 +128,7 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
         routes=[*routes(ENDPOINTS), WebSocketRoute("/v1/ws", feed.endpoint), Route("/", market_watch),
                 Mount("/static", StaticFiles(directory=STATIC), name="static")],
         lifespan=lifespan,
+        middleware=[Middleware(feed.KeepServerSend)],
         exception_handlers={HTTPException: _http_exception, Exception: _internal_error},
     )
     # An unknown path is a 404 problem, not a redirect to a guess with(out) a trailing slash.

@@ -146,8 +146,11 @@ from typing import Any
 
 import msgspec
 from sortedcontainers import SortedDict
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 
 from api.marketdata import MINUTE_US, Batch, BookView, MarketData
 from api.routes_history import Candle, candle, empty_candle
@@ -169,6 +172,8 @@ CHECKSUM_DEPTH = 10
 SYMBOL = re.compile(r"^[A-Z0-9][A-Z0-9._-]{0,31}$")
 TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
 SLOW_CONSUMER = 1013
+WS_OPEN = State.OPEN
+SERVER_SEND = "tokex.server_send"
 POLICY_VIOLATION = 1008
 GOING_AWAY = 1001
 
@@ -380,6 +385,12 @@ def encode(message: Message) -> str:
     return _encode(message).decode()
 
 
+def wire_frame(text: str) -> bytes:
+    """``text`` as one final, unmasked WebSocket text frame, as a server writes it (no extensions: per-message
+    compression is off)."""
+    return Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+
+
 def frame(*messages: str) -> str:
     return "[" + ",".join(messages) + "]"
 
@@ -480,13 +491,16 @@ class Connection:
     """One WebSocket: its subscriptions and the frames it is owed, sent in order, at most one send at a time."""
 
     __slots__ = ("address", "bucket", "close_reason", "done", "draining", "errors", "feeds", "hub", "idle", "keys",
-                 "queue", "queued", "send", "sending", "websocket")
+                 "protocol", "queue", "queued", "send", "sending", "websocket")
 
     def __init__(self, hub: Hub, websocket: WebSocket, send: Send, address: str) -> None:
         self.hub = hub
         self.websocket = websocket
         self.send = send
         """The server's ASGI ``send``: data frames go to it without starlette's per-message checks."""
+        server_send = getattr(websocket.scope.get(SERVER_SEND), "__self__", None)
+        self.protocol = server_send if isinstance(server_send, WebSocketsSansIOProtocol) else None
+        """uvicorn's sans-I/O WebSocket protocol, when the server is that (``KeepServerSend``): see ``write``."""
         self.address = address
         self.feeds: dict[tuple, Feed] = {}
         self.keys: dict[tuple, str] = {}
@@ -503,16 +517,18 @@ class Connection:
         self.errors = 0
         self.bucket = [hub.limits.message_burst, time.monotonic()]
 
-    def put(self, text: str | asyncio.Event) -> None:
+    def put(self, text: str | asyncio.Event, wire: bytes | None = None) -> None:
         """Send one frame now, or queue it behind a send that waits; overflowing the queue closes the connection.
-        An event instead of a frame is set: everything queued for the connection before it has been put."""
+        ``wire`` is the frame as ``wire_frame`` makes it, when the caller has it. An event instead of a frame is
+        set: everything queued for the connection before it has been put."""
         if type(text) is not str:
             text.set()
             return
         if self.close_reason is not None and not self.draining:
             return
         if self.sending is None:
-            self._start(text)
+            if wire is None or not self.write(wire):
+                self._start(text)
             return
         queue = self.queue
         queue.append(text)
@@ -521,6 +537,22 @@ class Connection:
         if len(queue) > limits.max_queue or self.queued > limits.max_queue_bytes:
             self.close(SLOW_CONSUMER, f"slow consumer: {len(queue)} frames ({self.queued} bytes) waiting; "
                                       "reconnect and resync")
+
+    def write(self, wire: bytes) -> bool:
+        """Write a ready frame straight to the socket, if the connection is open and its buffer has room.
+
+        The flush sends the very same frame to every subscriber of the same streams: made once (``wire_frame``)
+        and written as it is, it skips the server's per-send framing, which was most of the feed's cost. This
+        needs the sans-I/O protocol's state (handshake done, no close sent, buffer not full), so any other server
+        or state takes the ASGI ``send`` instead, which waits when it must.
+        """
+        protocol = self.protocol
+        if (protocol is None or not protocol.handshake_complete or protocol.close_sent or protocol.disconnected
+                or not protocol.writable.is_set() or protocol.conn.state is not WS_OPEN
+                or protocol.transport.is_closing()):
+            return False
+        protocol.transport.write(wire)
+        return True
 
     def _start(self, text: str) -> None:
         try:
@@ -663,7 +695,7 @@ class Hub:
         here, in that order; so counting the trades published numbers them as the database does."""
         self.services: Services | None = None
         self._dirty: list[Feed] = []
-        self._deliveries: deque[tuple[Connection, str | asyncio.Event]] = deque()
+        self._deliveries: deque[tuple[Connection, str | asyncio.Event, bytes | None]] = deque()
         self._flush_wanted = asyncio.Event()
         self._last_flush = 0.0
         self._user_jobs: dict[str, UserJob] = {}
@@ -854,8 +886,8 @@ class Hub:
                 # published while they go out waits for the next flush: the busier, the fewer and larger the frames.
                 while deliveries:
                     for _ in range(min(chunk, len(deliveries))):
-                        connection, text = deliveries.popleft()
-                        connection.put(text)
+                        connection, text, wire = deliveries.popleft()
+                        connection.put(text, wire)
                     if deliveries:
                         await asyncio.sleep(0)
             except Exception:
@@ -881,21 +913,22 @@ class Hub:
                     targets[connection] = [feed]
                 else:
                     found.append(feed)
-        frames: dict[Any, str] = {}
+        frames: dict[Any, tuple[str, bytes]] = {}
         deliveries = self._deliveries
         for connection, feeds in targets.items():
             key = feeds[0] if len(feeds) == 1 else tuple(feeds)
-            text = frames.get(key)
-            if text is None:
-                text = frames[key] = "[" + ",".join(parts[feed] for feed in feeds) + "]"
-            deliveries.append((connection, text))
+            made = frames.get(key)
+            if made is None:
+                text = "[" + ",".join(parts[feed] for feed in feeds) + "]"
+                made = frames[key] = (text, wire_frame(text))
+            deliveries.append((connection, *made))
         self._flush_wanted.set()
         self.stats["flushes"] += 1
         self.stats["frames"] += len(targets)
 
     def send(self, connection: Connection, *messages: str) -> None:
         """Queue a frame for one connection, after what is queued for it already."""
-        self._deliveries.append((connection, frame(*messages)))
+        self._deliveries.append((connection, frame(*messages), None))
         self._flush_wanted.set()
 
     async def _heartbeats(self) -> None:
@@ -1003,7 +1036,7 @@ class Hub:
     async def _close(self, connection: Connection, code: int, reason: str) -> None:
         if connection.draining:
             handed = asyncio.Event()
-            self._deliveries.append((connection, handed))
+            self._deliveries.append((connection, handed, None))
             self._flush_wanted.set()
             await handed.wait()
             await connection.idle.wait()
@@ -1333,6 +1366,19 @@ def parse(text: str) -> Subscribe | Unsubscribe:
         raise FeedError("invalid_message", message) from None
     except msgspec.DecodeError as exc:
         raise FeedError("malformed_message", f"Not JSON: {exc}.") from None
+
+
+class KeepServerSend:
+    """ASGI middleware, outermost: keeps the server's own ``send`` of a WebSocket in its scope (``SERVER_SEND``),
+    since the layers below wrap it, so that the feed can reach the protocol behind it (``Connection.write``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            scope[SERVER_SEND] = send
+        await self.app(scope, receive, send)
 
 
 class Endpoint:
