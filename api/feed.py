@@ -123,8 +123,11 @@ each stream's queued messages into one part and makes one frame per connection f
 built once per distinct set of streams: subscribers of the same channels get the very same string. The frames
 are handed over ``delivery_chunk`` at a time per turn of the event loop, so that commits go on meanwhile; what
 is published while they go out waits for the next flush, so a busier hub sends fewer and larger frames. A
-connection sends one frame at a time, straight to the server's ASGI ``send`` (no task per send; one only when
-the peer's buffer is full); frames that come while a send waits are queued and merged into the next one. When
+flush's frame is also made once as WebSocket bytes and written as it is to each subscriber's socket while the
+connection is open and its buffer has room (``Connection.write``, under uvicorn's sans-I/O protocol). Otherwise,
+and for frames to one connection, a connection sends one frame at a time, straight to the server's ASGI
+``send`` (no task per send; one only when the peer's buffer is full); frames that come while a send waits are
+queued and merged into the next one. When
 that queue overflows (``max_queue`` frames or ``max_queue_bytes``) the connection is dropped from every stream
 and closed with 1013 and a reason: nothing else ever waits for a subscriber. A closing that the peer does not
 read within ``close_timeout`` seconds is abandoned to the server.

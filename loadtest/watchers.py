@@ -241,10 +241,11 @@ class Watcher:
         self.chains = {"level2": Chain(), "trades": Chain()}
         self.seqs = {}
         loop = asyncio.get_running_loop()
-        self.connection = Connection(self)
-        await loop.create_connection(lambda: self.connection, self.uri.host, self.uri.port,
-                                     local_addr=(self.address, 0))
-        await asyncio.wait_for(self.connection.ready, 30)
+        # A local name: a connection lost at once (a server being killed) clears ``self.connection`` meanwhile,
+        # and its ``ready`` then fails with the ConnectionError that makes ``reconnect`` try again.
+        connection = self.connection = Connection(self)
+        await loop.create_connection(lambda: connection, self.uri.host, self.uri.port, local_addr=(self.address, 0))
+        await asyncio.wait_for(connection.ready, 30)
 
     def on_frame(self, data: bytes, received: int) -> None:
         feed = self.feed
