@@ -13,9 +13,8 @@ One writer
 The sequencer writes through one connection of its own, which holds a PostgreSQL advisory lock for as long as
 it writes. A second process on the same database waits for it (and gives up with a clear error after
 ``lock_timeout``); after a crash, the restarted process waits until the dead writer's session is gone, so it
-never loads the database while the old writer's last commit is still landing. The connection asks for custom
-plans: the batch statements see tables that grow from nothing, and a generic plan chosen while they were tiny
-would stay slow.
+never loads the database while the old writer's last commit is still landing. The connection plans the batch
+statement once, with key lookups only (``store.WRITER_SETTINGS``).
 
 Failure
 -------
@@ -35,7 +34,7 @@ import asyncpg
 
 from exchange import store
 from exchange.commands import Command, Result
-from exchange.engine import Effects, Engine
+from exchange.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +64,8 @@ class Unavailable(Exception):
 
 
 Publisher = Callable[[list[tuple[str, list]]], None]
+Batch = list[tuple[Command, asyncio.Future]]
+"""Commands with the futures their callers wait on."""
 
 
 class Sequencer:
@@ -81,8 +82,16 @@ class Sequencer:
         self.retry_interval = retry_interval
         self.down: str | None = None
         """Why commands are refused, while the engine is being rebuilt."""
-        self._queue: list[tuple[Command, asyncio.Future]] = []
+        self._queue: Batch = []
         self._wake = asyncio.Event()
+        """Set when the applier may have work: a command arrived, or the writer took the applied batch."""
+        self._applied: tuple[Batch, tuple[list[Result], store.Write] | None] | None = None
+        """The batch applied in memory and waiting for the writer (None in place of its results: applying it
+        failed); at most one waits."""
+        self._applied_ready = asyncio.Event()
+        self._committing = False
+        self._closing = False
+        """The applier has stopped: the writer ends once the last applied batch is written."""
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._writer: asyncpg.Connection | None = None
@@ -132,65 +141,78 @@ class Sequencer:
         return await future
 
     async def _run(self) -> None:
-        writing: asyncio.Task | None = None  # the previous batch's commit, still under way
+        """Apply queued commands batch by batch and hand each applied batch to the writer, in order."""
+        writer = asyncio.get_running_loop().create_task(self._write(), name="sequencer-writer")
         while True:
-            if not self._queue:
-                if writing is not None:
-                    await writing
-                    writing = None
-                elif self._stopping:
-                    return
-                else:
-                    self._wake.clear()
-                    await self._wake.wait()
+            if not self._queue or self._applied is not None:
+                if self._stopping and not self._queue and self._applied is None:
+                    break
+                self._wake.clear()
+                await self._wake.wait()
                 continue
             # Keep two batches in flight, so that applying one overlaps committing the other: with no commit
             # under way, take half of what waits and leave the rest to follow at once.
-            size = len(self._queue) if writing is not None else (len(self._queue) + 1) // 2
+            size = len(self._queue) if self._committing else (len(self._queue) + 1) // 2
             size = min(size, self.max_batch)
             batch = self._queue[:size]
             del self._queue[:size]
-            applied = self._apply(batch)
-            if writing is not None:
-                committed = await writing
-                writing = None
-                if not committed:
-                    # The engine was rebuilt from the database without the failed batch, and without this one.
-                    self._refuse(batch, self.down or "the database is unavailable")
-                    continue
+            self._applied = (batch, self._apply(batch))
+            self._applied_ready.set()
+        self._closing = True
+        self._applied_ready.set()
+        await writer
+
+    async def _write(self) -> None:
+        """Commit applied batches one after the other.
+
+        The next batch's statement goes out as soon as the previous one has committed, before the callers it
+        answered get to run: their next commands make the batch after, applied while this one commits.
+        """
+        while True:
+            if self._applied is None:
+                if self._closing:
+                    return
+                self._applied_ready.clear()
+                await self._applied_ready.wait()
+                continue
+            batch, applied = self._applied
+            self._applied = None
+            self._wake.set()  # the applier may apply the next batch while this one commits
             if applied is None:
                 await self._fail(batch, "the exchange hit an internal error and is recovering")
                 continue
-            writing = asyncio.get_running_loop().create_task(self._commit(batch, *applied))
-            await asyncio.sleep(0)  # let the commit send its statement before the next batch is applied
+            self._committing = True
+            await self._commit(batch, *applied)
+            self._committing = False
 
-    def _apply(self, batch: list[tuple[Command, asyncio.Future]]) -> tuple[list[Result], Effects] | None:
-        """Run a batch through the engine; None if a bug raised (memory is then half-changed)."""
+    def _apply(self, batch: Batch) -> tuple[list[Result], store.Write] | None:
+        """Run a batch through the engine and make its rows; None if a bug raised (memory is then half-changed)."""
         now = self.clock()
         at = EPOCH + timedelta(microseconds=now)
         try:
             results = [self.engine.apply(command, now, at) for command, _ in batch]
-            return results, self.engine.take_effects()
+            return results, store.Write(self.engine.take_effects())
         except Exception:
             log.exception("applying a batch failed; rebuilding from the database")
             return None
 
-    async def _commit(self, batch: list[tuple[Command, asyncio.Future]], results: list[Result],
-                      effects: Effects) -> bool:
+    async def _commit(self, batch: Batch, results: list[Result],
+                      write: store.Write) -> None:
         """Write one applied batch; answer its callers and publish it if it committed."""
         try:
             if self._writer is None:
                 raise asyncpg.InterfaceError("the sequencer has no writer connection")
-            await store.write(self._writer, effects)
+            await store.write(self._writer, write)
         except DATABASE_ERRORS as exc:
             await self._fail(batch, f"the database is unavailable ({type(exc).__name__})")
-            return False
+            return
         except Exception:
             # Whatever else stops a write, the batch did not commit; the database is the truth to go back to.
             log.exception("writing a batch failed; rebuilding from the database")
             await self._fail(batch, "the exchange hit an internal error and is recovering")
-            return False
+            return
         self.batches += 1
+        effects = write.effects
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
@@ -200,18 +222,22 @@ class Sequencer:
             except Exception:
                 # Market data is downstream of the commit: its failure must not stop the writer.
                 log.exception("publishing a committed batch failed")
-        return True
 
     @staticmethod
-    def _refuse(batch: list[tuple[Command, asyncio.Future]], reason: str) -> None:
+    def _refuse(batch: Batch, reason: str) -> None:
         for _, future in batch:
             if not future.done():
                 future.set_exception(Unavailable(reason))
 
-    async def _fail(self, batch: list[tuple[Command, asyncio.Future]], reason: str) -> None:
+    async def _fail(self, batch: Batch, reason: str) -> None:
         self.down = reason
         pending = batch + self._queue
         self._queue = []
+        if self._applied is not None:
+            # Applied on top of the failed batch, so it is lost with it.
+            pending += self._applied[0]
+            self._applied = None
+            self._wake.set()
         self._refuse(pending, reason)
         while not self._stopping:
             try:
@@ -253,7 +279,7 @@ async def claim_writer_lock(pool: asyncpg.Pool, timeout: float) -> asyncpg.Conne
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     try:
-        await conn.execute("SET plan_cache_mode = force_custom_plan")
+        await conn.execute(store.WRITER_SETTINGS)
         while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", WRITER_LOCK):
             if loop.time() > deadline:
                 raise WriterLockTimeout(

@@ -14,9 +14,10 @@ sweep 2-5 levels with an IOC limit).
 Figures: acknowledged commands per second, time from submit to acknowledgement (p50, p99, max), batches
 committed and their mean size, rejections by code and ``Unavailable`` errors, how busy this process and the
 server were (CPU), and what a one-row commit costs on this server (the least any batch can take).
-``--profile`` adds where the wall time goes (``Engine.apply``, ``Engine.take_effects``, ``store.write`` and
-the rest: submitters and asyncio), CPU per command on each side, and the wall time of each SQL statement;
-``--cprofile`` adds cProfile. ``--setting name=value`` tries a server setting on the benchmark's database.
+``--profile`` adds where the wall time goes (``Engine.apply``, ``Engine.take_effects``, making the batch's
+array literals, ``store.write`` and the rest: submitters and asyncio), CPU per command on each side, and the
+wall time of each SQL statement; ``--cprofile`` adds cProfile. ``--setting name=value`` tries a server
+setting on the benchmark's database.
 
 Usage: ``python -m loadtest.bench_exchange [--duration 15] [--warmup 3] [--submitters 64] [--runs 3]
 [--dsn DSN] [--profile] [--cprofile] [--setting NAME=VALUE]``
@@ -148,8 +149,8 @@ class Submitter:
 class Breakdown:
     """Wall time of the sequencer's steps and of each SQL statement, measured by wrapping them.
 
-    Nothing in exchange/ is changed: ``Engine.apply``, ``Engine.take_effects``, ``store.write`` and asyncpg's
-    ``Connection`` methods are wrapped for the measured window only.
+    Nothing in exchange/ is changed: ``Engine.apply``, ``Engine.take_effects``, ``store.Write``, ``store.write``
+    and asyncpg's ``Connection`` methods are wrapped for the measured window only.
     """
 
     def __init__(self) -> None:
@@ -194,6 +195,7 @@ class Breakdown:
 
         timed(Engine, "apply", "engine.apply")
         timed(Engine, "take_effects", "engine.take_effects")
+        timed(store.Write, "__init__", "store.Write (array literals)")
         original_write = store.write
 
         async def timed_write(conn, effects):
@@ -357,7 +359,7 @@ def report_profile(stats: Stats, breakdown: Breakdown) -> None:
     print(f"  where the wall time goes ({wall:.1f} s, {breakdown.commands:,} commands, {breakdown.writes:,} "
           f"commits; us per command, ms per batch):")
     accounted = 0.0
-    for label in ("engine.apply", "engine.take_effects", "store.write"):
+    for label in ("engine.apply", "engine.take_effects", "store.Write (array literals)", "store.write"):
         seconds = breakdown.steps[label]
         accounted += seconds
         print(f"    {label:<38} {seconds:6.2f} s {100 * seconds / wall:5.1f}%  {seconds * per_command:6.1f} us"
