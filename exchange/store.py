@@ -94,13 +94,17 @@ class _Batch:
         n = 0
         for index, (table, action, columns) in enumerate(self.TABLES):
             names = ", ".join(name for name, _ in columns)
-            arrays = ", ".join(f"${n + i}::text::{kind}[]" for i, (_, kind) in enumerate(columns, 1))
+            # Set-returning functions in the select list run in step, row by row; ``FROM unnest(a, b, ...)``
+            # first copies every array into a tuple store of its own, which cost a third more per book_order row.
+            rows = "SELECT " + ", ".join(
+                f"unnest(${n + i}::text::{kind}[]) AS {name}" for i, (name, kind) in enumerate(columns, 1)
+            )
             n += len(columns)
             if action == "UPDATE":
                 sets = ", ".join(f"{name} = c.{name}" for name, _ in columns[1:])
-                body = f"UPDATE {table} AS t SET {sets} FROM unnest({arrays}) AS c ({names}) WHERE t.id = c.id"
+                body = f"UPDATE {table} AS t SET {sets} FROM ({rows}) AS c WHERE t.id = c.id"
             else:
-                body = f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})"
+                body = f"INSERT INTO {table} ({names}) {rows}"
                 if action == "UPSERT":
                     body += (" ON CONFLICT (account_id, asset)"
                              " DO UPDATE SET available = EXCLUDED.available, held = EXCLUDED.held")
