@@ -214,16 +214,22 @@ class Sequencer:
             await self._fail(batch, "the exchange hit an internal error and is recovering")
             return
         self.batches += 1
-        effects = write.effects
+        events = write.effects.events
+        if self.publish is not None and events:
+            # Scheduled, not called: the writer sends the next batch's statement first. It still runs before
+            # the answered callers resume, whose answers are scheduled after it.
+            asyncio.get_running_loop().call_soon(self._publish, events)
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
-        if self.publish is not None and effects.events:
-            try:
-                self.publish(effects.events)
-            except Exception:
-                # Market data is downstream of the commit: its failure must not stop the writer.
-                log.exception("publishing a committed batch failed")
+
+    def _publish(self, events: list[tuple[str, list]]) -> None:
+        assert self.publish is not None
+        try:
+            self.publish(events)
+        except Exception:
+            # Market data is downstream of the commit: its failure must not stop the writer.
+            log.exception("publishing a committed batch failed")
 
     @staticmethod
     def _refuse(batch: Batch, reason: str) -> None:
