@@ -175,9 +175,10 @@ class Client:
     # Routed orders and packages
 
     async def route_order(self, group: str, side: str, qty: int, mode: str, *, price: str | None = None,
-                          budget: str | None = None, rest_remainder: bool = False) -> dict:
+                          budget: str | None = None, rest_remainder: bool = False,
+                          client_order_id: str | None = None) -> dict:
         body = _params({"group": group, "side": side, "qty": qty, "mode": mode, "price": price, "budget": budget,
-                        "rest_remainder": rest_remainder})
+                        "rest_remainder": rest_remainder, "client_order_id": client_order_id})
         return await self.call("POST", "/v1/routed-orders", json=body)
 
     async def routed_orders(self, **query: Any) -> dict:

@@ -18,6 +18,7 @@ from api.routes_orders import fetch_order, optional_price
 from api.schemas import (
     MAX_AMOUNT,
     MAX_PRICE,
+    ClientOrderId,
     Decimal,
     Id,
     OrderWithFills,
@@ -30,7 +31,7 @@ from api.schemas import (
 )
 from api.units import from_micro
 from exchange import fees, router
-from exchange.commands import RoutedOrderView, RouteOrder
+from exchange.commands import Done, RoutedOrderView, RouteOrder
 from matching.types import BUY
 
 routing = Endpoints("routed orders")
@@ -60,7 +61,7 @@ WHERE created_at >= $2 AND (maker_account_id = $1 OR taker_account_id = $1)
 """
 
 
-class RoutedOrderRequest(Request):
+class RoutedOrderQuery(Request):
     """``qty`` lots of any instrument of ``group``, routed by ``mode``: ``cost`` (lowest price first for a buy,
     highest for a sell), ``quality`` (highest quality first) or ``balance`` (lowest price per quality point first
     for a buy). Give a limit ``price`` per lot, a total ``budget`` (buys only, fees included), or both. With
@@ -75,12 +76,16 @@ class RoutedOrderRequest(Request):
     rest_remainder: bool = False
 
 
-class RoutedOrderQuery(RoutedOrderRequest):
-    pass
+class RoutedOrderRequest(RoutedOrderQuery):
+    """A routed order as quoted, and the client's own id for it: sending the same ``client_order_id`` again
+    returns the routed order it made the first time, and trades nothing."""
+
+    client_order_id: ClientOrderId | None = None
 
 
 class RoutedOrderSummary(Struct):
     id: int
+    client_order_id: str | None
     group: str
     side: Side
     mode: Mode
@@ -156,11 +161,11 @@ def average_quality(quality_lots: int, qty: int) -> str | None:
     return f"{whole}.{fraction:02d}"
 
 
-def command(account_id: int, request: RoutedOrderRequest) -> RouteOrder:
+def command(account_id: int, request: RoutedOrderQuery, client_order_id: str | None = None) -> RouteOrder:
     price = None if request.price is None else money(request.price, "price", MAX_PRICE)
     budget = None if request.budget is None else money(request.budget, "budget", MAX_AMOUNT)
     return RouteOrder(account_id, request.group, request.side, request.qty, request.mode, price, budget,
-                      request.rest_remainder)
+                      request.rest_remainder, client_order_id)
 
 
 @routing.route("POST", "/v1/routed-orders", summary="Place a routed order", scope="trade", body=RoutedOrderRequest,
@@ -169,9 +174,10 @@ def command(account_id: int, request: RoutedOrderRequest) -> RouteOrder:
 async def place_routed_order(call: Call) -> RoutedOrder:
     """Sweep the group's books with immediate-or-cancel child orders under one hold, committed as one command.
     Halted instruments are skipped. The answer, after the commit, has every child with its fills, the blended
-    average price, the average quality and the remainder."""
-    result = await call.submit(command(call.account_id, call.body))
-    assert isinstance(result, RoutedOrderView)
+    average price, the average quality and the remainder. Sending a ``client_order_id`` again returns the
+    routed order it made, as it stands now."""
+    result = await call.submit(command(call.account_id, call.body, call.body.client_order_id))
+    assert isinstance(result, RoutedOrderView | Done)  # Done: a replayed client_order_id
     return await fetch_routed(call, result.id)
 
 
@@ -195,8 +201,9 @@ async def list_routed_orders(call: Call) -> RoutedOrderPage:
 
 def summary(row) -> RoutedOrderSummary:
     return RoutedOrderSummary(
-        row["id"], row["substitution_group"], row["side"], row["mode"], row["qty"], optional_price(row["price"]),
-        optional_price(row["budget"]), row["rest_remainder"], row["status"], row["filled_qty"],
+        row["id"], row["client_order_id"], row["substitution_group"], row["side"], row["mode"], row["qty"],
+        optional_price(row["price"]), optional_price(row["budget"]), row["rest_remainder"], row["status"],
+        row["filled_qty"],
         from_micro(row["filled_notional"]), average_price(row["filled_notional"], row["filled_qty"]),
         average_quality(row["quality_lots"], row["filled_qty"]), from_micro(row["fee"]), row["remainder"],
         row["resting_order_id"], row["package_id"], row["created_at"], row["order_ids"],

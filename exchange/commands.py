@@ -123,6 +123,8 @@ class RouteOrder(Command, frozen=True, tag="route_order"):
     budget: int | None = None
     """The most the whole order may cost, fees included (buys only)."""
     rest_remainder: bool = False
+    client_order_id: str | None = None
+    """Unique per account among routed orders: sending it again returns the original and changes nothing."""
 
 
 class CreatePackage(Command, frozen=True, tag="create_package"):

@@ -186,6 +186,7 @@ class Engine:
         """Open orders, plus those touched since the last ``take_effects``."""
         self.open_by_account: dict[int, set[int]] = {}
         self.client_orders: dict[tuple[int, str], int] = {}
+        self.routed_client_orders: dict[tuple[int, str], int] = {}
         self.volume = fees.VolumeTracker()
         self.packages: dict[int, Package] = {}
         self.pool: Pool | None = None
@@ -692,8 +693,18 @@ class Engine:
         account = self._trader(cmd.account_id)
         if isinstance(account, Rejection):
             return account
+        if not _storable(cmd.client_order_id):
+            return reject("invalid_text")
+        if cmd.client_order_id is not None:
+            original = self.routed_client_orders.get((account.id, cmd.client_order_id))
+            if original is not None:
+                return Done(original)
         outcome = routing.execute(self, account.id, cmd, None, ts, at)
-        return reject(outcome) if isinstance(outcome, str) else outcome
+        if isinstance(outcome, str):
+            return reject(outcome)
+        if cmd.client_order_id is not None:
+            self.routed_client_orders[(account.id, cmd.client_order_id)] = outcome.id
+        return outcome
 
     def _create_package(self, cmd: CreatePackage, ts: int, at: datetime) -> Result:
         account = self._trader(cmd.account_id)

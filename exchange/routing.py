@@ -59,6 +59,7 @@ class RoutedOrder(msgspec.Struct):
     order_ids: list[int]
     package_id: int | None
     created_at: datetime
+    client_order_id: str | None
 
     def row(self) -> tuple:
         return msgspec.structs.astuple(self)
@@ -155,7 +156,7 @@ def execute(engine: "Engine", account_id: int, cmd: RouteOrder, package_id: int 
         "filled" if filled == cmd.qty else "partially_filled" if filled else "unfilled", filled,
         sum(c.filled_notional for c in swept), sum(c.fee for c in swept),
         sum(quality[c.symbol] * c.filled_qty for c in swept), cmd.qty - filled, resting_id,
-        [c.id for c in children], package_id, at,
+        [c.id for c in children], package_id, at, cmd.client_order_id,
     )
     engine.effects.routed_orders.append(routed)
     return view(routed, children)

@@ -256,6 +256,10 @@ async def load(conn: asyncpg.Connection) -> Engine:
             "SELECT account_id, client_order_id, id FROM book_order WHERE client_order_id IS NOT NULL"
         ):
             engine.client_orders[(account, client_order_id)] = order_id
+        for account, client_order_id, routed_id in await conn.fetch(
+            "SELECT account_id, client_order_id, id FROM routed_order WHERE client_order_id IS NOT NULL"
+        ):
+            engine.routed_client_orders[(account, client_order_id)] = routed_id
         for row in await conn.fetch(f"SELECT {', '.join(Package.__struct_fields__)} FROM package"):
             engine.packages[row["id"]] = Package(**row)
         for account, ts, notional in await conn.fetch(TRAILING_VOLUME):

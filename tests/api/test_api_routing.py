@@ -74,6 +74,20 @@ async def test_the_remainder_rests_only_when_asked(group, new_account):
     assert expired["status"] == "unfilled" and expired["children"] == [] and expired["resting_order_id"] is None
 
 
+async def test_a_routed_orders_client_order_id_replay_returns_the_original_and_trades_nothing(group, new_account):
+    name, _, _ = group
+    _, buyer = await new_account(cash="100")
+    first = await buyer.route_order(name, "buy", 12, "cost", price="2.00", client_order_id="route.1")
+    assert first["client_order_id"] == "route.1" and first["filled_qty"] == 12
+    balances = await buyer.balances()
+
+    again = await buyer.route_order(name, "buy", 3, "quality", price="2.00", client_order_id="route.1")
+
+    assert again == first
+    assert await buyer.balances() == balances
+    assert [item["id"] for item in (await buyer.routed_orders())["items"]] == [first["id"]]
+
+
 @pytest.mark.parametrize(("body", "status", "code", "field"), [
     ({"group": "no-such-group", "price": "1"}, 404, "unknown_group", "group"),
     ({"mode": "cheapest", "price": "1"}, 422, "invalid_field", "mode"),

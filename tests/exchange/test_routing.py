@@ -3,13 +3,14 @@ and what a restart rebuilds."""
 
 import asyncpg
 import pytest
-from test_engine_commands import Market, exchange_all, snapshot
+from test_engine_commands import Market, database_state, exchange_all, snapshot
 
 from exchange import invariants
 from exchange.commands import (
     ApproveIssuer,
     CreateAccount,
     Deposit,
+    Done,
     ListInstrument,
     Mint,
     PlaceOrder,
@@ -128,6 +129,34 @@ async def test_a_restart_rebuilds_routed_orders_and_continues_their_numbering(po
         async with pool.acquire() as conn:
             assert await conn.fetchval("SELECT count(*) FROM routed_order") == 2
             assert await invariants.problems(conn, second.engine) == []
+    finally:
+        await second.stop()
+
+
+async def test_a_routed_orders_client_id_returns_the_original_even_after_a_restart(pool: asyncpg.Pool) -> None:
+    first = await Sequencer.open(pool)
+    market = await routed_market(first)
+    placed = await market.run(RouteOrder(market.alice, GROUP, "buy", 5, "cost", price=2_000_000,
+                                         client_order_id="route-1"))
+    assert isinstance(placed, RoutedOrderView) and placed.filled_qty == 5
+    before = await database_state(pool)
+    # The same id with other terms still names the first routed order, and trades nothing.
+    again = await market.run(RouteOrder(market.alice, GROUP, "buy", 9, "quality", price=2_000_000,
+                                        client_order_id="route-1"))
+    assert again == Done(placed.id)
+    assert await database_state(pool) == before
+    await first.stop()
+
+    second = await Sequencer.open(pool)
+    try:
+        market.exchange = second
+        assert await market.run(RouteOrder(market.alice, GROUP, "buy", 5, "cost", price=2_000_000,
+                                           client_order_id="route-1")) == Done(placed.id)
+        # Another account's id space is its own.
+        other = await market.run(RouteOrder(market.bob, GROUP, "buy", 1, "cost", price=2_000_000,
+                                            client_order_id="route-1"))
+        assert isinstance(other, Rejection) and other.code == "insufficient_funds"
+        assert await database_state(pool) == before
     finally:
         await second.stop()
 
