@@ -8,7 +8,9 @@ INSTALLED := $(VENV)/.installed
 
 install: $(INSTALLED)
 
-$(INSTALLED): pyproject.toml
+# The install compiles the order book (setup.py), so a changed source of it must reinstall, or tests and
+# benchmarks would run stale binaries.
+$(INSTALLED): pyproject.toml setup.py $(wildcard matching/*.py matching/*.pxd)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
@@ -50,4 +52,4 @@ check: $(INSTALLED)
 	$(BIN)/tokex check
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache build matching/*.so

@@ -23,6 +23,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 
+import matching.book
 from matching.book import OrderBook
 from matching.events import Trade
 from matching.types import BUY, IOC, SELL
@@ -32,6 +33,9 @@ MID = 2_000 * TICK  # 20.00 CNY per lot
 TARGETS = {"w2": 1_000_000, "w3": 1_500_000, "mem": 300}
 
 Call = tuple[Callable, tuple]
+
+# The install compiles the book where it can and falls back to plain Python (README): say which one ran.
+BUILD = "pure Python" if matching.book.__file__.endswith(".py") else "compiled"
 
 
 def w1_commands(book: OrderBook, n: int = 200_000, seed: int = 1) -> list[Call]:
@@ -238,6 +242,7 @@ def main() -> None:
     parser.add_argument("--only", default="w1,w2,w3,mem")
     opts = parser.parse_args()
     wanted = set(opts.only.split(","))
+    print(f"Order book: {BUILD}")
     rows = []
     if "w1" in wanted:
         rows.append(("W1 non-crossing limits", "events/s", statistics.median(run_w1() for _ in range(opts.runs)), None))

@@ -4,7 +4,7 @@ Layout
 ------
 Two ``BookSide`` objects (``matching.side``) hold the bid and ask levels: a dict from price to ``Level`` for
 O(1) lookup, a ``SortedList`` of prices for ordered walks, and the cached touch. Each level is a FIFO queue with
-its running total. ``_orders`` maps every resting order id to its ``RestingOrder`` for O(1) cancel and amend.
+its running total. ``_orders`` maps every resting order id to its queue ``Entry`` for O(1) cancel and amend.
 
 Commands
 --------
@@ -25,11 +25,15 @@ What it does not do
 No I/O, clock, randomness, floats or asyncio: the same commands give the same events, so a book rebuilt from
 its resting orders behaves exactly like the original. Funds, fees and order ids are the caller's business:
 the book trusts that an order is covered and that ids are unique over time.
+
+Compiled
+--------
+Installed where a C compiler is at hand, this module, ``matching.side`` and ``matching.level`` are compiled
+with Cython: the ``.pxd`` beside each declares the C-level attributes of its classes and the typed locals of
+its hot methods. The ``.py`` is the source either way and runs unchanged as plain Python (see README).
 """
 
 from collections.abc import Iterable
-
-import msgspec
 
 from matching.events import (
     Accepted,
@@ -41,7 +45,7 @@ from matching.events import (
     Rejected,
     Trade,
 )
-from matching.level import COMPACT_SLACK, RestingOrder
+from matching.level import COMPACT_SLACK, Entry, RestingOrder
 from matching.side import BookSide
 from matching.types import (
     BUY,
@@ -88,7 +92,7 @@ class OrderBook:
         if type(tick) is not int or tick <= 0:
             raise ValueError(f"tick must be a positive int of micro-yuan, got {tick!r}")
         self.tick = tick
-        self._orders: dict[OrderId, RestingOrder] = {}
+        self._orders: dict[OrderId, Entry] = {}
         self._bids = BookSide(is_bid=True)
         self._asks = BookSide(is_bid=False)
 
@@ -147,7 +151,7 @@ class OrderBook:
             # Rests without crossing: the hot path, inlined. The order keeps the level's price object so a
             # million orders at few prices share a few ints.
             level = own.levels.get(price) or own.open_level(price)
-            order = RestingOrder(order_id, account, side, level.price, qty, post_only, stp)
+            order = Entry(order_id, account, side, level.price, qty, post_only, stp)
             level.orders.append(order)
             total = level.total = level.total + qty
             self._orders[order_id] = order
@@ -283,7 +287,7 @@ class OrderBook:
                     LevelChanged(seq, ts, side, new_price, level.total),
                 ]
             # A larger quantity goes to the back: the old entry dies and a new one joins the queue.
-            moved = RestingOrder(order_id, order.account, side, level.price, new_qty, order.post_only, order.stp)
+            moved = Entry(order_id, order.account, side, level.price, new_qty, order.post_only, order.stp)
             level.drop(order)
             level.append(moved)
             self._orders[order_id] = moved
@@ -337,12 +341,12 @@ class OrderBook:
     def orders_at(self, side: str, price: Price) -> list[RestingOrder]:
         """Copies of the orders resting at one price, in priority order."""
         level = (self._bids if side == BUY else self._asks).levels.get(price)
-        return [] if level is None else [msgspec.structs.replace(o) for o in level.open_orders()]
+        return [] if level is None else [o.copy() for o in level.open_orders()]
 
     def order(self, order_id: OrderId) -> RestingOrder | None:
         """A copy of one resting order, or None."""
         order = self._orders.get(order_id)
-        return None if order is None else msgspec.structs.replace(order)
+        return None if order is None else order.copy()
 
     def resting_orders(self) -> list[RestingOrder]:
         """Copies of every resting order in priority order: bids best first, then asks best first.
@@ -352,7 +356,7 @@ class OrderBook:
         out: list[RestingOrder] = []
         for book_side in (self._bids, self._asks):
             for price in book_side.walk():
-                out.extend(msgspec.structs.replace(o) for o in book_side.levels[price].open_orders())
+                out.extend(o.copy() for o in book_side.levels[price].open_orders())
         return out
 
     def __contains__(self, order_id: object) -> bool:
@@ -580,12 +584,12 @@ class OrderBook:
         """Queue a new resting order at the back of its level; return the level's new total."""
         own = self._bids if side == BUY else self._asks
         level = own.levels.get(price) or own.open_level(price)
-        order = RestingOrder(order_id, account, side, level.price, qty, post_only, stp)
+        order = Entry(order_id, account, side, level.price, qty, post_only, stp)
         level.append(order)
         self._orders[order_id] = order
         return level.total
 
-    def _remove(self, order: RestingOrder) -> Qty:
+    def _remove(self, order: Entry) -> Qty:
         """Take a resting order (already out of the id map) off its level; return the level's new total."""
         own = self._bids if order.side == BUY else self._asks
         level = own.levels[order.price]

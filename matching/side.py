@@ -17,7 +17,6 @@ Invariants
 - The best end of ``prices`` is live: ``best`` is its extreme element, or None when there are no levels.
 """
 
-from collections import deque
 from collections.abc import Iterator
 
 from sortedcontainers import SortedList
@@ -44,7 +43,7 @@ class BookSide:
 
     def open_level(self, price: Price) -> Level:
         """Create the empty level at ``price`` (which must have none) and move the touch if it is better."""
-        level = self.levels[price] = Level(price, 0, 0, deque())
+        level = self.levels[price] = Level(price)
         if price in self.stale:
             self.stale.discard(price)
         else:
