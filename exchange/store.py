@@ -6,6 +6,7 @@ come ready from the engine.
 """
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import asyncpg
 import msgspec
@@ -62,8 +63,11 @@ class _Batch:
 
     Each array travels as the text of an array literal, cast by the statement. asyncpg's binary array encoder
     checks every element against three abstract base classes, which cost more than the server's parsing of
-    the text; and a literal can be made while the previous batch commits (``prepare``), off the path between
+    the text; and a literal can be made while the previous batch commits (``Write``), off the path between
     one commit and the next.
+
+    A batch happens at one instant (the sequencer stamps every command of a batch with the same time), so its
+    rows' times travel once, as ``$1``, instead of as arrays for the server to parse row by row.
     """
 
     TABLES = (
@@ -91,15 +95,27 @@ class _Batch:
 
     def __init__(self) -> None:
         parts = []
-        n = 0
+        n = 1  # $1 is the batch's instant
+        self.instant_columns: list[list[int]] = []
+        """Per table, the positions of its timestamp columns: each holds the batch's instant in every row."""
+        self.array_columns: list[list[int]] = []
+        """Per table, the positions of the columns sent as arrays."""
         for index, (table, action, columns) in enumerate(self.TABLES):
             names = ", ".join(name for name, _ in columns)
             # Set-returning functions in the select list run in step, row by row; ``FROM unnest(a, b, ...)``
             # first copies every array into a tuple store of its own, which cost a third more per book_order row.
-            rows = "SELECT " + ", ".join(
-                f"unnest(${n + i}::text::{kind}[]) AS {name}" for i, (name, kind) in enumerate(columns, 1)
-            )
-            n += len(columns)
+            values = []
+            self.instant_columns.append([])
+            self.array_columns.append([])
+            for position, (name, kind) in enumerate(columns):
+                if kind == "timestamptz":
+                    values.append(f"$1::timestamptz AS {name}")
+                    self.instant_columns[-1].append(position)
+                else:
+                    n += 1
+                    values.append(f"unnest(${n}::text::{kind}[]) AS {name}")
+                    self.array_columns[-1].append(position)
+            rows = "SELECT " + ", ".join(values)
             if action == "UPDATE":
                 sets = ", ".join(f"{name} = c.{name}" for name, _ in columns[1:])
                 body = f"UPDATE {table} AS t SET {sets} FROM ({rows}) AS c WHERE t.id = c.id"
@@ -110,9 +126,9 @@ class _Batch:
                              " DO UPDATE SET available = EXCLUDED.available, held = EXCLUDED.held")
             parts.append(f"w{index} AS ({body})")
         self.sql = "WITH " + ",\n".join(parts) + "\nSELECT 1"
-        self.widths = [len(columns) for _, _, columns in self.TABLES]
 
-    def arguments(self, effects: Effects) -> list[str]:
+    def arguments(self, effects: Effects) -> list[object]:
+        """The batch's instant, then one array literal per column that is not a time."""
         tables = (
             effects.entries,
             effects.postings,
@@ -123,13 +139,17 @@ class _Batch:
             effects.balances,
             [(i.id, i.status, i.seq) for i in effects.instruments.values()],
         )
-        arguments: list[str] = []
-        for rows, width in zip(tables, self.widths, strict=True):
-            if rows:
-                arguments.extend(array_literal(column) for column in zip(*rows, strict=True))
-            else:
-                arguments.extend("{}" for _ in range(width))
-        return arguments
+        instants: set[datetime] = set()
+        literals: list[object] = []
+        for rows, instant_columns, array_columns in zip(tables, self.instant_columns, self.array_columns,
+                                                        strict=True):
+            columns = list(zip(*rows, strict=True)) if rows else [() for _ in instant_columns + array_columns]
+            for position in instant_columns:
+                instants.update(columns[position])
+            literals.extend(array_literal(columns[position]) for position in array_columns)
+        if len(instants) > 1:
+            raise ValueError(f"a batch's rows carry one instant, not {len(instants)}: {sorted(instants)}")
+        return [next(iter(instants), None), *literals]
 
 
 BATCH = _Batch()

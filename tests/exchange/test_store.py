@@ -1,12 +1,15 @@
-"""The batch statement's array literals: PostgreSQL reads back exactly the values they were made from."""
+"""The batch statement's arguments: array literals PostgreSQL reads back as the values they were made from, and
+the one instant of a batch."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exchange.store import array_literal
+from exchange.engine import Effects
+from exchange.store import Write, array_literal
 from tests.conftest import run_sync
 
 # What a client may put in a text column: anything but NUL (PostgreSQL refuses it, and the engine rejects it
@@ -55,3 +58,18 @@ def test_instants_survive_the_literal(database_url: str, values: list[datetime])
 
 def test_an_empty_column_is_an_empty_array(database_url: str) -> None:
     assert round_trip(database_url, [], "bigint") == []
+
+
+def test_a_batch_is_written_at_its_one_instant() -> None:
+    at = datetime(2026, 11, 28, tzinfo=UTC)
+    effects = Effects(entries=[(1, "deposit", None, None, at), (2, "deposit", None, None, at)],
+                      fills=[(1, 1, 1, 100, 1, 10, 11, 100, 101, "buy", 0, 0, at)])
+    assert Write(effects).arguments[0] == at
+    assert Write(Effects()).arguments[0] is None
+
+
+def test_rows_of_two_instants_are_refused_as_one_batch() -> None:
+    at = datetime(2026, 11, 28, tzinfo=UTC)
+    effects = Effects(entries=[(1, "deposit", None, None, at), (2, "deposit", None, None, at + timedelta(1))])
+    with pytest.raises(ValueError, match="one instant"):
+        Write(effects)
