@@ -155,7 +155,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-from api.marketdata import MINUTE_US, Batch, BookView, MarketData
+from api.marketdata import INSTRUMENT_SEQ, MINUTE_US, Batch, BookView, MarketData
 from api.routes_history import Candle, candle, empty_candle
 from api.routes_indices import GROUP_LISTED, PriceIndex, price_index
 from api.routes_orders import COLUMNS, order_from_row
@@ -676,7 +676,6 @@ USER_BALANCES = """
 SELECT account_id, asset, available, held FROM balance
 WHERE account_id = ANY($1::bigint[]) AND asset = ANY($2::text[])
 """
-INSTRUMENT_SEQ = "SELECT seq FROM instrument WHERE symbol = $1"
 NEXT_FILL_ID = "SELECT coalesce(max(id), 0) + 1 FROM fill"
 LIVE_KEYS = "SELECT id FROM api_key WHERE id = ANY($1::text[]) AND revoked_at IS NULL"
 

@@ -35,7 +35,10 @@ DAY_MINUTES = 1440
 
 Batch = list[tuple[str, list]]
 
-LOAD_INSTRUMENTS = "SELECT id, symbol, seq FROM instrument"
+LOAD_INSTRUMENTS = "SELECT i.id, i.symbol, s.seq FROM instrument i JOIN instrument_seq s ON s.instrument_id = i.id"
+INSTRUMENT_SEQ = """
+SELECT s.seq FROM instrument i JOIN instrument_seq s ON s.instrument_id = i.id WHERE i.symbol = $1
+"""
 LOAD_LEVELS = """
 SELECT instrument_id, side, price, sum(open_qty)::bigint FROM book_order
 WHERE status = 'open' AND price IS NOT NULL

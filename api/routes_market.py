@@ -3,7 +3,7 @@
 import time
 
 from api.endpoints import Call, Endpoints
-from api.marketdata import MINUTE_US, BookView
+from api.marketdata import INSTRUMENT_SEQ, MINUTE_US, BookView
 from api.problems import Problem
 from api.schemas import Book, BookQuery, Level, Symbol, Ticker
 from api.units import from_micro
@@ -22,7 +22,7 @@ async def book_view(call: Call, symbol: str) -> BookView:
     if view is None:
         # Listed after start-up and never traded: the database says whether it exists, and its seq.
         async with call.services.connection() as conn:
-            seq = await conn.fetchval("SELECT seq FROM instrument WHERE symbol = $1", symbol)
+            seq = await conn.fetchval(INSTRUMENT_SEQ, symbol)
         if seq is None:
             raise Problem("unknown_instrument", field="symbol")
         view = call.services.market.known(symbol, seq)

@@ -141,7 +141,9 @@ class Effects:
     accounts: list[tuple] = field(default_factory=list)
     new_instruments: list[Instrument] = field(default_factory=list)
     instruments: dict[int, Instrument] = field(default_factory=dict)
-    """Instruments whose status or sequence number changed (new ones included)."""
+    """Instruments whose sequence number changed (new ones included)."""
+    statuses: dict[int, Instrument] = field(default_factory=dict)
+    """Instruments halted or resumed."""
     approvals: dict[tuple[int, int], Approval] = field(default_factory=dict)
     new_orders: dict[int, Order] = field(default_factory=dict)
     changed_orders: dict[int, Order] = field(default_factory=dict)
@@ -277,7 +279,7 @@ class Engine:
         if cmd.status not in STATUSES:
             return reject("invalid_status")
         instrument.status = cmd.status
-        self.effects.instruments[instrument.id] = instrument
+        self.effects.statuses[instrument.id] = instrument
         return Done(instrument.id)
 
     def _approve_issuer(self, cmd: ApproveIssuer, ts: int, at: datetime) -> Result:

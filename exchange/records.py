@@ -47,8 +47,9 @@ class Instrument(msgspec.Struct):
     ROW_FIELDS = (
         "id", "symbol", "kind", "status", "tick", "min_qty", "max_qty", "maker_fee_bps", "taker_fee_bps",
         "model", "substitution_group", "quality", "tokens_per_lot", "issuer_id", "description", "license",
-        "grants", "supply_cap", "seq", "created_at",
+        "grants", "supply_cap", "created_at",
     )
+    """The columns of ``instrument``; ``seq`` lives in ``instrument_seq``."""
 
     def row(self) -> tuple:
         return tuple(getattr(self, name) for name in self.ROW_FIELDS)

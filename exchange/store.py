@@ -7,6 +7,7 @@ come ready from the engine.
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import ClassVar
 
 import asyncpg
 import msgspec
@@ -26,6 +27,8 @@ INSERT_INSTRUMENT = f"""
 INSERT INTO instrument ({", ".join(Instrument.ROW_FIELDS)})
 VALUES ({", ".join(f"${i}" for i in range(1, len(Instrument.ROW_FIELDS) + 1))})
 """
+
+UPDATE_STATUS = "UPDATE instrument SET status = $2 WHERE id = $1"
 
 UPSERT_APPROVAL = """
 INSERT INTO issuer_approval (account_id, instrument_id, capacity, issued, approved_at)
@@ -90,8 +93,13 @@ class _Batch:
                             ("maker_fee", "bigint"), ("taker_fee", "bigint"), ("created_at", "timestamptz"))),
         ("balance", "UPSERT", (("account_id", "bigint"), ("asset", "text"), ("available", "bigint"),
                                ("held", "bigint"), ("is_system", "boolean"))),
-        ("instrument", "UPDATE", (("id", "integer"), ("status", "text"), ("seq", "bigint"))),
+        ("instrument_seq", "UPSERT", (("instrument_id", "integer"), ("seq", "bigint"))),
     )
+    UPSERT_KEYS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "balance": ("account_id", "asset"),
+        "instrument_seq": ("instrument_id",),
+    }
+    """The conflict target of each upserted table; its other columns take the new row's values."""
 
     def __init__(self) -> None:
         parts = []
@@ -122,8 +130,9 @@ class _Batch:
             else:
                 body = f"INSERT INTO {table} ({names}) {rows}"
                 if action == "UPSERT":
-                    body += (" ON CONFLICT (account_id, asset)"
-                             " DO UPDATE SET available = EXCLUDED.available, held = EXCLUDED.held")
+                    key = self.UPSERT_KEYS[table]
+                    sets = ", ".join(f"{name} = EXCLUDED.{name}" for name, _ in columns if name not in key)
+                    body += f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}"
             parts.append(f"w{index} AS ({body})")
         self.sql = "WITH " + ",\n".join(parts) + "\nSELECT 1"
 
@@ -137,7 +146,7 @@ class _Batch:
               o.fee, o.held, o.status, o.reason, o.priority, o.updated_at) for o in effects.changed_orders.values()],
             effects.fills,
             effects.balances,
-            [(i.id, i.status, i.seq) for i in effects.instruments.values()],
+            [(i.id, i.seq) for i in effects.instruments.values()],
         )
         instants: set[datetime] = set()
         literals: list[object] = []
@@ -207,7 +216,7 @@ async def write(conn: asyncpg.Connection, batch: Write) -> None:
     """Commit a batch atomically: one statement, inside a transaction only when rare rows come along."""
     effects = batch.effects
     if not (effects.accounts or effects.new_instruments or effects.approvals or effects.redemptions
-            or effects.routed_orders or effects.packages):
+            or effects.routed_orders or effects.packages or effects.statuses):
         await conn.execute(BATCH.sql, *batch.arguments)
         return
     async with conn.transaction():
@@ -215,6 +224,8 @@ async def write(conn: asyncpg.Connection, batch: Write) -> None:
             await conn.executemany(INSERT_ACCOUNT, effects.accounts)
         if effects.new_instruments:
             await conn.executemany(INSERT_INSTRUMENT, [i.row() for i in effects.new_instruments])
+        if effects.statuses:
+            await conn.executemany(UPDATE_STATUS, [(i.id, i.status) for i in effects.statuses.values()])
         if effects.approvals:
             await conn.executemany(UPSERT_APPROVAL, [
                 (a.account_id, a.instrument_id, a.capacity, a.issued, a.approved_at)
@@ -257,7 +268,10 @@ async def load(conn: asyncpg.Connection) -> Engine:
             open_orders.setdefault(order.instrument_id, []).append(order)
             engine.orders[order.id] = order
             engine.open_by_account.setdefault(order.account_id, set()).add(order.id)
-        for row in await conn.fetch(f"SELECT {', '.join(Instrument.ROW_FIELDS)} FROM instrument"):
+        for row in await conn.fetch(
+            f"SELECT {', '.join('i.' + name for name in Instrument.ROW_FIELDS)}, s.seq"
+            " FROM instrument i JOIN instrument_seq s ON s.instrument_id = i.id"
+        ):
             instrument = Instrument(**row)
             book = OrderBook.rebuild(instrument.tick, (
                 RestingOrder(o.id, o.account_id, o.side, o.price, o.open_qty, o.post_only, o.stp)

@@ -89,8 +89,9 @@ async def check_recovery(dsn: str, acks: list, run: int) -> None:
             assert await conn.fetch(ORPHAN_FILLS) == []
             # Sequence numbers continue: nothing committed carries a number above the instrument's.
             seq_now, max_fill_seq, max_priority, orders_before = await conn.fetchrow(
-                "SELECT i.seq, (SELECT coalesce(max(seq), 0) FROM fill), (SELECT max(priority) FROM book_order), "
-                "(SELECT count(*) FROM book_order) FROM instrument i WHERE i.symbol = $1", SYMBOL
+                "SELECT s.seq, (SELECT coalesce(max(seq), 0) FROM fill), (SELECT max(priority) FROM book_order), "
+                "(SELECT count(*) FROM book_order) FROM instrument i JOIN instrument_seq s ON s.instrument_id = i.id "
+                "WHERE i.symbol = $1", SYMBOL
             )
             assert seq_now >= max_fill_seq and seq_now >= max_priority
             max_fill_id = await conn.fetchval("SELECT max(id) FROM fill")

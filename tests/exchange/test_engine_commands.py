@@ -178,6 +178,7 @@ async def database_state(pool: asyncpg.Pool) -> dict:
             "balances": sorted(map(tuple, await conn.fetch("SELECT account_id, asset, available, held FROM balance"))),
             "orders": list(map(tuple, await conn.fetch("SELECT * FROM book_order ORDER BY id"))),
             "instruments": list(map(tuple, await conn.fetch("SELECT * FROM instrument ORDER BY id"))),
+            "instrument seqs": list(map(tuple, await conn.fetch("SELECT * FROM instrument_seq ORDER BY 1"))),
             "approvals": sorted(map(tuple, await conn.fetch("SELECT * FROM issuer_approval"))),
         }
         for table in ("account", "journal_entry", "posting", "fill", "redemption"):
@@ -716,7 +717,9 @@ async def test_a_restart_rebuilds_identical_state_and_sequence_numbers_continue(
         await second.stop()
     async with pool.acquire() as conn:
         assert await invariants.problems(conn, second.engine) == []
-        assert dict(await conn.fetch("SELECT symbol, seq FROM instrument")) == {
+        assert dict(await conn.fetch(
+            "SELECT i.symbol, s.seq FROM instrument i JOIN instrument_seq s ON s.instrument_id = i.id"
+        )) == {
             COMPUTE: live_seq[COMPUTE] + 2, DATASET: live_seq[DATASET] + 1}
 
 
