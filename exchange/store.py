@@ -1,8 +1,9 @@
 """PostgreSQL persistence: commit one batch of effects, and load the whole engine back.
 
-A batch is written in one transaction with one statement per table: COPY for rows that are new, an
-``UPDATE ... FROM unnest(...)`` or an upsert for rows that changed. Nothing here decides anything; the rows
-come ready from the engine.
+A batch's frequent rows (journal entries, postings, orders, fills, balances, sequence numbers) are written by
+one statement, an insert, update or upsert per table fed by arrays (``_Batch``); the rare ones (accounts,
+listings, approvals, redemptions, routed orders, packages, halts) join it in a transaction when a batch has
+any. Nothing here decides anything; the rows come ready from the engine.
 """
 
 from collections.abc import Sequence
