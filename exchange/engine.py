@@ -129,6 +129,15 @@ def _positive_int(value: object) -> bool:
     return type(value) is int and 0 < value <= MAX_BIGINT
 
 
+def _named_before(named: dict[tuple[int, str], int], account_id: int, client_order_id: str | None
+                  ) -> int | Rejection | None:
+    """The id of the order ``client_order_id`` already names for this account, None if it names none yet
+    (or is not given), or a rejection if it cannot be stored."""
+    if not _storable(client_order_id):
+        return reject("invalid_text")
+    return None if client_order_id is None else named.get((account_id, client_order_id))
+
+
 def _storable(*texts: str | None) -> bool:
     """Whether PostgreSQL's text type accepts every one of ``texts`` (it refuses the NUL character)."""
     return all(text is None or (type(text) is str and "\x00" not in text) for text in texts)
@@ -413,12 +422,11 @@ class Engine:
         account = self._trader(cmd.account_id)
         if isinstance(account, Rejection):
             return account
-        if not _storable(cmd.client_order_id):
-            return reject("invalid_text")
-        if cmd.client_order_id is not None:
-            original = self.client_orders.get((account.id, cmd.client_order_id))
-            if original is not None:
-                return self.view(original)
+        original = _named_before(self.client_orders, account.id, cmd.client_order_id)
+        if isinstance(original, Rejection):
+            return original
+        if original is not None:
+            return self.view(original)
         instrument = self.instruments.get(cmd.symbol)
         if instrument is None:
             return reject("unknown_instrument")
@@ -695,12 +703,11 @@ class Engine:
         account = self._trader(cmd.account_id)
         if isinstance(account, Rejection):
             return account
-        if not _storable(cmd.client_order_id):
-            return reject("invalid_text")
-        if cmd.client_order_id is not None:
-            original = self.routed_client_orders.get((account.id, cmd.client_order_id))
-            if original is not None:
-                return Done(original)
+        original = _named_before(self.routed_client_orders, account.id, cmd.client_order_id)
+        if isinstance(original, Rejection):
+            return original
+        if original is not None:
+            return Done(original)
         outcome = routing.execute(self, account.id, cmd, None, ts, at)
         if isinstance(outcome, str):
             return reject(outcome)
