@@ -35,9 +35,13 @@ DAY_MINUTES = 1440
 
 Batch = list[tuple[str, list]]
 
-LOAD_INSTRUMENTS = "SELECT i.id, i.symbol, s.seq FROM instrument i JOIN instrument_seq s ON s.instrument_id = i.id"
+# Listing an instrument writes its instrument_seq row in the same commit; the outer join still keeps an instrument
+# without one in view (at seq 0) rather than dropping it.
+LOAD_INSTRUMENTS = """
+SELECT i.id, i.symbol, coalesce(s.seq, 0) FROM instrument i LEFT JOIN instrument_seq s ON s.instrument_id = i.id
+"""
 INSTRUMENT_SEQ = """
-SELECT s.seq FROM instrument i JOIN instrument_seq s ON s.instrument_id = i.id WHERE i.symbol = $1
+SELECT coalesce(s.seq, 0) FROM instrument i LEFT JOIN instrument_seq s ON s.instrument_id = i.id WHERE i.symbol = $1
 """
 LOAD_LEVELS = """
 SELECT instrument_id, side, price, sum(open_qty)::bigint FROM book_order

@@ -270,8 +270,8 @@ async def load(conn: asyncpg.Connection) -> Engine:
             engine.orders[order.id] = order
             engine.open_by_account.setdefault(order.account_id, set()).add(order.id)
         for row in await conn.fetch(
-            f"SELECT {', '.join('i.' + name for name in Instrument.ROW_FIELDS)}, s.seq"
-            " FROM instrument i JOIN instrument_seq s ON s.instrument_id = i.id"
+            f"SELECT {', '.join('i.' + name for name in Instrument.ROW_FIELDS)}, coalesce(s.seq, 0) AS seq"
+            " FROM instrument i LEFT JOIN instrument_seq s ON s.instrument_id = i.id"
         ):
             instrument = Instrument(**row)
             book = OrderBook.rebuild(instrument.tick, (
