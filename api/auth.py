@@ -1,17 +1,33 @@
 """Check a request's signature and find who sent it.
 
 The scheme is in ``api.signing``. A request is refused with 401 when a header is missing
-(``unauthenticated``), the timestamp is not within 30 seconds of the server's clock (``stale_timestamp``), or
-the key is unknown or revoked or the signature does not match (``invalid_signature``: the two are not told
-apart). The comparison takes constant time.
+(``unauthenticated``), the timestamp is not within ``WINDOW_SECONDS`` (15) of the server's clock
+(``stale_timestamp``), or the key is unknown or revoked or the signature does not match (``invalid_signature``:
+the two are not told apart). The comparison takes constant time. A key that must be looked up in the database
+(not cached) is first admitted by the caller, which counts it against the sender's address: requests under
+made-up keys are throttled before they cost a query.
 
-Within the window a captured request could be sent again; commands that must not run twice should carry a
-``client_order_id``, which makes placing an order idempotent.
+Replays
+-------
+Two identical signed requests are one request. A request that may change state runs at most once: the exchange
+records the digest of its signature with its effects (``exchange.replay``), and the same bytes sent again are
+refused with ``409 replayed_request``, or, when they carry a client id (``client_order_id``,
+``client_request_id``), answered with what the first copy did. A retry is a new request (a new timestamp, so a
+new signature) with the same client id.
+
+The window
+----------
+The timestamp bounds how long a captured request stays usable, and so how long the replay guard must remember
+it: a request can be accepted from ``WINDOW_SECONDS`` before its timestamp to as long after, so the guard keeps
+each digest for more than twice the window. It was 30 s; 15 s halves that memory and the time a withheld
+request can be delivered late, and still leaves room for an unsynchronised client clock and a slow network.
+Clients should keep their clocks synchronised (NTP) and sign each attempt anew.
 """
 
 import hmac
 import re
 import time
+from collections.abc import Callable
 
 from starlette.requests import Request
 
@@ -30,8 +46,10 @@ def target(request: Request) -> bytes:
     return path + b"?" + query if query else path
 
 
-async def authenticate(request: Request, body: bytes, keys: KeyStore) -> Principal:
-    """The principal of a correctly signed request; raise a 401 ``Problem`` otherwise."""
+async def authenticate(request: Request, body: bytes, keys: KeyStore, admit: Callable[[], None] | None = None
+                       ) -> Principal:
+    """The principal of a correctly signed request; raise a 401 ``Problem`` otherwise. ``admit`` is called
+    before the key is looked up in the database, and may raise to refuse the request."""
     headers = request.headers
     key_id = headers.get(KEY_HEADER)
     timestamp = headers.get(TIMESTAMP_HEADER)
@@ -43,7 +61,7 @@ async def authenticate(request: Request, body: bytes, keys: KeyStore) -> Princip
     if not _TIMESTAMP.match(timestamp) or abs(now - int(timestamp)) > WINDOW_SECONDS:
         raise Problem("stale_timestamp", f"{TIMESTAMP_HEADER} must be Unix seconds within {WINDOW_SECONDS} s of "
                                          f"the server's clock (now {int(now)}).")
-    found = await keys.find(key_id)
+    found = await keys.find(key_id, admit)
     if found is not None:
         principal, secret = found
         expected = signature(secret, timestamp, request.method, target(request), body)

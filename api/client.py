@@ -194,9 +194,9 @@ class Client:
         return await self.call("GET", "/v1/routed-quote", params=params)
 
     async def create_package(self, group: str, qty: int, mode: str, period: str, max_cost: str, start_at: str, *,
-                             price: str | None = None) -> dict:
+                             price: str | None = None, client_request_id: str | None = None) -> dict:
         body = _params({"group": group, "qty": qty, "mode": mode, "period": period, "max_cost": max_cost,
-                        "start_at": start_at, "price": price})
+                        "start_at": start_at, "price": price, "client_request_id": client_request_id})
         return await self.call("POST", "/v1/packages", json=body)
 
     async def packages(self) -> list[dict]:
@@ -219,14 +219,17 @@ class Client:
 
     # Tokens
 
-    async def mint(self, symbol: str, qty: int) -> dict:
-        return await self.call("POST", "/v1/mints", json={"symbol": symbol, "qty": qty})
+    async def mint(self, symbol: str, qty: int, client_request_id: str | None = None) -> dict:
+        body = _params({"symbol": symbol, "qty": qty, "client_request_id": client_request_id})
+        return await self.call("POST", "/v1/mints", json=body)
 
-    async def burn(self, symbol: str, qty: int) -> dict:
-        return await self.call("POST", "/v1/burns", json={"symbol": symbol, "qty": qty})
+    async def burn(self, symbol: str, qty: int, client_request_id: str | None = None) -> dict:
+        body = _params({"symbol": symbol, "qty": qty, "client_request_id": client_request_id})
+        return await self.call("POST", "/v1/burns", json=body)
 
-    async def redeem(self, symbol: str, qty: int) -> dict:
-        return await self.call("POST", "/v1/redemptions", json={"symbol": symbol, "qty": qty})
+    async def redeem(self, symbol: str, qty: int, client_request_id: str | None = None) -> dict:
+        body = _params({"symbol": symbol, "qty": qty, "client_request_id": client_request_id})
+        return await self.call("POST", "/v1/redemptions", json=body)
 
     async def redemptions(self, **query: Any) -> dict:
         return await self.call("GET", "/v1/redemptions", params=query)
@@ -248,11 +251,13 @@ class Client:
     async def resume(self, symbol: str) -> dict:
         return await self.call("POST", f"/v1/instruments/{symbol}/resume")
 
-    async def deposit(self, account_id: int, amount: str) -> dict:
-        return await self.call("POST", "/v1/deposits", json={"account_id": account_id, "amount": amount})
+    async def deposit(self, account_id: int, amount: str, client_request_id: str | None = None) -> dict:
+        body = _params({"account_id": account_id, "amount": amount, "client_request_id": client_request_id})
+        return await self.call("POST", "/v1/deposits", json=body)
 
-    async def withdraw(self, account_id: int, amount: str) -> dict:
-        return await self.call("POST", "/v1/withdrawals", json={"account_id": account_id, "amount": amount})
+    async def withdraw(self, account_id: int, amount: str, client_request_id: str | None = None) -> dict:
+        body = _params({"account_id": account_id, "amount": amount, "client_request_id": client_request_id})
+        return await self.call("POST", "/v1/withdrawals", json=body)
 
     async def approve_issuer(self, account_id: int, symbol: str, capacity: int) -> dict:
         return await self.call("POST", "/v1/issuer-approvals",

@@ -8,7 +8,9 @@
         ...
 
 Every request runs the same steps, in this order: read the body (at most 64 KiB, else 413); rate-limit by
-address (public) or check the signature and scope, then rate-limit by key (signed); convert path parameters
+address (public) or check the signature and scope, then rate-limit by key (signed); a signed request that may
+change state (any method but GET) carries the digest of its signature to the exchange, which runs it once
+(``exchange.replay``; a replay is ``409 replayed_request``); convert path parameters
 (an invalid one is the resource's 404), the query string and the body (422 naming the field, 400 for a body
 that is not JSON, 415 for another media type); call the handler; encode its Struct as JSON. Whatever goes
 wrong becomes a problem response (``api.problems``): an ``Unavailable`` sequencer or a lost database is a 503
@@ -39,7 +41,9 @@ from api.problems import Problem, from_rejection, from_validation, retry_after
 from api.ratelimit import RateLimiter
 from api.schemas import encoder
 from api.services import READ_ERRORS, Services
+from api.signing import SIGNATURE_HEADER
 from api.units import FieldError, from_micro, to_micro
+from exchange import replay
 from exchange.commands import Command, Rejection, Result
 from exchange.sequencer import Unavailable
 
@@ -52,16 +56,18 @@ JSON = "application/json"
 class Call:
     """One request as a handler sees it: who, what, and the services to do it with."""
 
-    __slots__ = ("body", "params", "principal", "query", "request", "services")
+    __slots__ = ("body", "params", "principal", "query", "request", "services", "signed")
 
     def __init__(self, request: Request, services: Services, principal: Principal | None, body: Any, query: Any,
-                 params: dict[str, Any]) -> None:
+                 params: dict[str, Any], signed: bytes | None = None) -> None:
         self.request = request
         self.services = services
         self.principal = principal
         self.body = body
         self.query = query
         self.params = params
+        self.signed = signed
+        """The digest of a signed request that may change state (``exchange.replay``): it runs once."""
 
     @property
     def account_id(self) -> int:
@@ -70,7 +76,7 @@ class Call:
 
     async def submit(self, command: Command) -> Result:
         """Run ``command`` through the sequencer; a rejection becomes its problem."""
-        result = await self.services.sequencer.submit(command)
+        result = await self.services.sequencer.submit(command, self.signed)
         if isinstance(result, Rejection):
             raise from_rejection(result)
         return result
@@ -181,22 +187,26 @@ async def run(endpoint: Endpoint, request: Request) -> Response:
         services: Services = request.app.state.services
         body = await read_body(request)
         principal = None
+        signed = None
         if endpoint.scope is None:
             limit(services.address_limiter, address(request))
         else:
             try:
-                principal = await auth.authenticate(request, body, services.keys)
+                principal = await auth.authenticate(
+                    request, body, services.keys, lambda: limit(services.address_limiter, address(request)))
             except Problem:
                 limit(services.address_limiter, address(request))
                 raise
             limit(services.key_limiter, principal.key_id)
+            if endpoint.method != "GET":
+                signed = replay.digest(request.headers[SIGNATURE_HEADER])
             if principal.scopes.isdisjoint(endpoint.scopes):
                 raise Problem("insufficient_scope", f"This needs a key with the {' or '.join(endpoint.scopes)} "
                                                     f"scope; this key has {', '.join(sorted(principal.scopes))}.")
         params = path_params(endpoint, request)
         query = query_params(endpoint, request.query_params)
         parsed = parse_body(endpoint, request, body)
-        result = await endpoint.handler(Call(request, services, principal, parsed, query, params))
+        result = await endpoint.handler(Call(request, services, principal, parsed, query, params, signed))
         return Response(encoder.encode(result), endpoint.status, media_type=JSON)
     except Problem as problem:
         return problem.response(instance)

@@ -27,7 +27,17 @@ backups of the database. Losing or changing it invalidates every key at once (th
 Caching
 -------
 A checked key is cached for ``CACHE_SECONDS``: revoking through this process takes effect at once; a key
-revoked by another process (the CLI) stops working within that time.
+revoked by another process (the CLI) stops working within that time. An unknown (or revoked) key id is cached
+as unknown for as long, apart, so that a flood of requests under made-up keys neither costs a query each nor
+pushes the live keys out; ``find`` calls ``admit`` before each query it does make, which lets the caller count
+it against the sender (``api.endpoints``: the address's rate limit).
+
+Replays
+-------
+Creating and revoking keys happen outside the sequencer; the digest of the signed request that asks for it
+(``exchange.replay``) is inserted into ``signed_request`` in the same transaction, so the same request sent
+again finds it and is refused with ``ReplayedRequest`` (a replayed creation would hand a fresh secret to
+whoever captured it).
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,6 +129,10 @@ class UnknownAccount(LookupError):
     pass
 
 
+class ReplayedRequest(Exception):
+    """The signed request that asks for this was accepted before."""
+
+
 KEY_COLUMNS = "id, account_id, scopes, label, created_at, revoked_at"
 INSERT_KEY = f"""
 INSERT INTO api_key (id, account_id, scopes, salt, label, created_at) VALUES ($1, $2, $3, $4, $5, $6)
@@ -126,6 +141,9 @@ RETURNING {KEY_COLUMNS}
 FIND_KEY = """
 SELECT k.account_id, k.scopes, k.salt, a.role FROM api_key k JOIN account a ON a.id = k.account_id
 WHERE k.id = $1 AND k.revoked_at IS NULL
+"""
+GUARD_REQUEST = """
+INSERT INTO signed_request (digest, created_at) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING RETURNING true
 """
 LIST_KEYS = f"SELECT {KEY_COLUMNS} FROM api_key WHERE account_id = $1 ORDER BY created_at, id"
 REVOKE_KEY = f"""
@@ -143,35 +161,55 @@ class KeyStore:
         self.master_key = master_key
         self.acquire_timeout = acquire_timeout
         self._cache: dict[str, tuple[float, Principal, str]] = {}
+        self._unknown: dict[str, float] = {}
+        """Key id -> when it was found unknown or revoked."""
 
-    async def create(self, account_id: int, scopes: list[str], label: str = "") -> tuple[KeyRow, str]:
-        """Create a key; return it and its secret. Raise UnknownAccount or ScopeNotAllowed."""
+    async def create(self, account_id: int, scopes: list[str], label: str = "", request: bytes | None = None
+                     ) -> tuple[KeyRow, str]:
+        """Create a key; return it and its secret. Raise UnknownAccount, ScopeNotAllowed or ReplayedRequest
+        (``request``: the digest of the signed request asking for it)."""
         wanted = sorted(set(scopes), key=SCOPES.index)
-        async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
+        key_id = "tk_" + secrets.token_hex(8)
+        salt = secrets.token_bytes(32)
+        refusal: Exception | None = None
+        async with self.pool.acquire(timeout=self.acquire_timeout) as conn, conn.transaction():
+            # A refused request is recorded too: sent again once the account exists, it must not hand out a key.
+            await _guard(conn, request)
             role = await conn.fetchval("SELECT role FROM account WHERE id = $1", account_id)
+            refused = set(wanted) - ROLE_SCOPES.get(role, frozenset())
             if role not in ROLE_SCOPES:
-                raise UnknownAccount(account_id)
-            refused = set(wanted) - ROLE_SCOPES[role]
-            if refused:
-                raise ScopeNotAllowed(f"a key of a {role} account may not hold {', '.join(sorted(refused))}; "
-                                      f"allowed: {', '.join(sorted(ROLE_SCOPES[role]))}")
-            key_id = "tk_" + secrets.token_hex(8)
-            salt = secrets.token_bytes(32)
-            row = await conn.fetchrow(INSERT_KEY, key_id, account_id, wanted, salt, label, datetime.now(UTC))
+                refusal = UnknownAccount(account_id)
+            elif refused:
+                refusal = ScopeNotAllowed(f"a key of a {role} account may not hold {', '.join(sorted(refused))}; "
+                                          f"allowed: {', '.join(sorted(ROLE_SCOPES[role]))}")
+            else:
+                row = await conn.fetchrow(INSERT_KEY, key_id, account_id, wanted, salt, label, datetime.now(UTC))
+        if refusal is not None:
+            raise refusal
+        self._unknown.pop(key_id, None)
         return KeyRow(**row), derive_secret(self.master_key, key_id, salt)
 
-    async def find(self, key_id: str) -> tuple[Principal, str] | None:
-        """The principal and secret of a live key, or None if it is unknown or revoked."""
+    async def find(self, key_id: str, admit: Callable[[], None] | None = None) -> tuple[Principal, str] | None:
+        """The principal and secret of a live key, or None if it is unknown or revoked. ``admit`` is called
+        before the database is asked, and may raise to refuse the lookup."""
         if not KEY_ID.match(key_id):
             return None
         now = time.monotonic()
         cached = self._cache.get(key_id)
         if cached is not None and now - cached[0] < CACHE_SECONDS:
             return cached[1], cached[2]
+        unknown_since = self._unknown.get(key_id)
+        if unknown_since is not None and now - unknown_since < CACHE_SECONDS:
+            return None
+        if admit is not None:
+            admit()
         async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
             row = await conn.fetchrow(FIND_KEY, key_id)
         if row is None:
             self._cache.pop(key_id, None)
+            if len(self._unknown) > 10_000:
+                self._unknown.clear()
+            self._unknown[key_id] = now
             return None
         principal = Principal(key_id, row["account_id"], row["role"], frozenset(row["scopes"]))
         secret = derive_secret(self.master_key, key_id, row["salt"])
@@ -184,11 +222,20 @@ class KeyStore:
         async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
             return [KeyRow(**row) for row in await conn.fetch(LIST_KEYS, account_id)]
 
-    async def revoke(self, key_id: str, account_id: int | None = None) -> KeyRow | None:
-        """Revoke ``key_id`` (only if it belongs to ``account_id``, when given); None if there is no such key."""
+    async def revoke(self, key_id: str, account_id: int | None = None, request: bytes | None = None
+                     ) -> KeyRow | None:
+        """Revoke ``key_id`` (only if it belongs to ``account_id``, when given); None if there is no such key.
+        Raise ReplayedRequest (``request``: the digest of the signed request asking for it)."""
         if not KEY_ID.match(key_id):
             return None
-        async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
+        async with self.pool.acquire(timeout=self.acquire_timeout) as conn, conn.transaction():
+            await _guard(conn, request)
             row = await conn.fetchrow(REVOKE_KEY, key_id, account_id, datetime.now(UTC))
         self._cache.pop(key_id, None)
         return None if row is None else KeyRow(**row)
+
+
+async def _guard(conn: asyncpg.Connection, request: bytes | None) -> None:
+    """Record ``request`` as accepted, in the caller's transaction; raise ReplayedRequest if it was already."""
+    if request is not None and await conn.fetchval(GUARD_REQUEST, request, datetime.now(UTC)) is None:
+        raise ReplayedRequest()

@@ -4,9 +4,10 @@ Served at ``GET /v1/openapi.json``. Schemas come from ``msgspec.json.schema_comp
 which OpenAPI 3.1 uses as it is), so they state exactly what decoding accepts: types, ranges, patterns, and
 ``additionalProperties: false`` on every request body. Each operation lists the statuses it can answer: its
 success, the problems of its own codes (``errors=`` of its declaration, by ``api.problems.CODES``), and those
-every request of its kind can get (401/403 when signed, 404 for a path parameter, 422 for a body or a query,
-400/413 for a body, 415, 429 and 503 with Retry-After). Signed operations name the scope they need in
-``x-tokex-scope`` and require the three TOKEX-* headers (``api.signing``).
+every request of its kind can get (401/403 when signed, 409 ``replayed_request`` when signed and not a GET,
+404 for a path parameter, 422 for a body or a query, 400/413 for a body, 415, 429 and 503 with Retry-After).
+Signed operations name the scope they need in ``x-tokex-scope`` and require the three TOKEX-* headers
+(``api.signing``).
 """
 
 from importlib.metadata import version
@@ -74,6 +75,8 @@ def _codes(endpoint: Endpoint) -> set[str]:
     codes = {"rate_limited", "unavailable", "malformed_body", "body_too_large", *endpoint.errors}
     if endpoint.scope is not None:
         codes |= {"unauthenticated", "invalid_signature", "stale_timestamp", "insufficient_scope"}
+        if endpoint.method != "GET":
+            codes.add("replayed_request")
     codes |= {code for _, code in endpoint.params.values()}
     if endpoint.query is not None:
         codes |= {"invalid_field", "unknown_field", "missing_field"}

@@ -17,7 +17,8 @@ Statuses
 - 404: no such route, or no such thing *for this account* (another account's order is "unknown_order").
 - 405, 413, 415: method, body size (over 64 KiB) and media type.
 - 409: the request is valid, but the exchange's current state refuses it (funds, tokens, a halted
-  instrument, a taken name, capacity): the same request may succeed later.
+  instrument, a taken name, capacity): the same request, signed again, may succeed later.
+  ``replayed_request`` is the exception: these exact signed bytes were accepted before, and never run twice.
 - 422: the request itself is invalid (type, range, precision, tick, size); ``field`` says where.
 - 429: rate limited; 503: the exchange cannot take commands or reach its database right now. Both carry
   ``Retry-After`` (seconds). A 503 means nothing was done.
@@ -81,6 +82,7 @@ CODES: dict[str, Spec] = {
     "insufficient_tokens": Spec(409, "Insufficient tokens"),
     "would_take": Spec(409, "Post-only order would take", "post_only"),
     "duplicate_order_id": Spec(409, "Duplicate order id"),
+    "replayed_request": Spec(409, "Request already accepted"),
     "no_change": Spec(409, "Amendment changes nothing"),
     "qty_not_above_filled": Spec(409, "Quantity not above filled", "qty"),
     "name_taken": Spec(409, "Name taken", "name"),

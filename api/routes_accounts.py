@@ -3,7 +3,6 @@
 from api.endpoints import Call, Endpoints, cursor_id, money
 from api.problems import Problem
 from api.schemas import (
-    CASH,
     MAX_AMOUNT,
     Account,
     Balance,
@@ -17,12 +16,12 @@ from api.schemas import (
     Posting,
     asset_amount,
 )
-from api.units import from_micro
 from exchange.commands import CreateAccount, Deposit, Withdraw
 
 accounts = Endpoints("accounts")
 
 ACCOUNT = "SELECT id, name, role, created_at FROM account WHERE id = $1 AND role <> 'system'"
+MOVEMENT = "SELECT asset, amount FROM posting WHERE account_id = $1 AND entry_id = $2"
 BALANCES = "SELECT asset, available, held FROM balance WHERE account_id = $1 ORDER BY asset <> 'CNY', asset"
 LEDGER = """
 WITH page AS (
@@ -93,19 +92,30 @@ async def ledger(call: Call) -> LedgerPage:
     return LedgerPage(items, str(items[-1].id) if more else None)
 
 
+async def movement(call: Call, account_id: int, entry_id: int) -> Movement:
+    """What journal entry ``entry_id`` (a deposit, withdrawal, mint or burn) moved in or out of ``account_id``."""
+    async with call.services.connection() as conn:
+        asset, amount = await conn.fetchrow(MOVEMENT, account_id, entry_id)
+    return Movement(account_id, asset, asset_amount(asset, amount))
+
+
 @accounts.route("POST", "/v1/deposits", summary="Credit cash", scope="admin", body=CashTransfer,
                 response=Movement, status=201, errors=("unknown_account", "invalid_amount"))
 async def deposit(call: Call) -> Movement:
-    """Credit CNY to an account (money that arrived from outside the exchange)."""
-    amount = money(call.body.amount, "amount", MAX_AMOUNT)
-    await call.submit(Deposit(call.body.account_id, amount))
-    return Movement(call.body.account_id, CASH, from_micro(amount))
+    """Credit CNY to an account (money that arrived from outside the exchange). Sending a
+    ``client_request_id`` again returns the original deposit and changes nothing."""
+    body: CashTransfer = call.body
+    amount = money(body.amount, "amount", MAX_AMOUNT)
+    done = await call.submit(Deposit(body.account_id, amount, body.client_request_id))
+    return await movement(call, body.account_id, done.id)
 
 
 @accounts.route("POST", "/v1/withdrawals", summary="Debit cash", scope="admin", body=CashTransfer,
                 response=Movement, status=201, errors=("unknown_account", "invalid_amount", "insufficient_funds"))
 async def withdraw(call: Call) -> Movement:
-    """Debit CNY from an account's available balance (money paid out of the exchange)."""
-    amount = money(call.body.amount, "amount", MAX_AMOUNT)
-    await call.submit(Withdraw(call.body.account_id, amount))
-    return Movement(call.body.account_id, CASH, from_micro(-amount))
+    """Debit CNY from an account's available balance (money paid out of the exchange). Sending a
+    ``client_request_id`` again returns the original withdrawal and changes nothing."""
+    body: CashTransfer = call.body
+    amount = money(body.amount, "amount", MAX_AMOUNT)
+    done = await call.submit(Withdraw(body.account_id, amount, body.client_request_id))
+    return await movement(call, body.account_id, done.id)

@@ -1,7 +1,7 @@
 """API keys over HTTP: an admin creates them; an account lists and revokes its own."""
 
 from api.endpoints import Call, Endpoints
-from api.keys import KeyRow, ScopeNotAllowed, UnknownAccount
+from api.keys import KeyRow, ReplayedRequest, ScopeNotAllowed, UnknownAccount
 from api.problems import Problem
 from api.schemas import ApiKey, ApiKeyList, CreatedApiKey, KeyId, NewKey
 
@@ -18,7 +18,9 @@ async def create_key(call: Call) -> CreatedApiKey:
     """Create a key for any account. The secret is in this answer only: store it now."""
     body = call.body
     try:
-        row, secret = await call.services.keys.create(body.account_id, body.scopes, body.label)
+        row, secret = await call.services.keys.create(body.account_id, body.scopes, body.label, call.signed)
+    except ReplayedRequest:
+        raise Problem("replayed_request") from None
     except UnknownAccount:
         raise Problem("unknown_account", field="account_id") from None
     except ScopeNotAllowed as exc:
@@ -33,12 +35,15 @@ async def list_keys(call: Call) -> ApiKeyList:
 
 
 @keys.route("DELETE", "/v1/keys/{key_id}", summary="Revoke an API key", scope=("read", "admin"), response=ApiKey,
-            errors=("unknown_key",), params={"key_id": (KeyId, "unknown_key")})
+            errors=("unknown_key"), params={"key_id": (KeyId, "unknown_key")})
 async def revoke_key(call: Call) -> ApiKey:
     """Revoke one of this account's keys (an admin key may revoke any). Revoking twice changes nothing."""
     assert call.principal is not None
     owner = None if "admin" in call.principal.scopes else call.account_id
-    row = await call.services.keys.revoke(call.params["key_id"], owner)
+    try:
+        row = await call.services.keys.revoke(call.params["key_id"], owner, call.signed)
+    except ReplayedRequest:
+        raise Problem("replayed_request") from None
     if row is None:
         raise Problem("unknown_key", field="key_id")
     return api_key(row)

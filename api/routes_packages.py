@@ -16,11 +16,11 @@ from api.endpoints import Call, Endpoints, money
 from api.problems import Problem
 from api.routes_orders import optional_price
 from api.routes_routing import Mode, average_quality
-from api.schemas import MAX_AMOUNT, MAX_PRICE, Decimal, Id, Limit, Qty, Request, Text, average_price
+from api.schemas import MAX_AMOUNT, MAX_PRICE, ClientRequestId, Decimal, Id, Limit, Qty, Request, Text, average_price
 from api.units import from_micro
 from exchange import packages as plans
 from exchange import routing
-from exchange.commands import CreatePackage, ExecutionView, PackageView, SetPackageStatus
+from exchange.commands import CreatePackage, Done, ExecutionView, PackageView, SetPackageStatus
 from exchange.scheduler import ExecutionListener
 from exchange.sequencer import Sequencer
 
@@ -52,6 +52,8 @@ class NewPackage(Request):
     start_at: Time
     price: Decimal | None = None
     """A limit per lot, on every book."""
+    client_request_id: ClientRequestId | None = None
+    """Unique per account among packages: sending it again returns the package it made the first time."""
 
 
 class ExecutionQuery(Request):
@@ -143,11 +145,15 @@ async def fetch_package(call: Call, package_id: int) -> Package:
                         "invalid_start", "invalid_qty", "invalid_price", "too_precise", "invalid_decimal",
                         "out_of_range"))
 async def create_package(call: Call) -> Package:
-    """Start a standing plan. Periods already over at creation are skipped; the one under way runs at once."""
+    """Start a standing plan. Periods already over at creation are skipped; the one under way runs at once.
+    Sending a ``client_request_id`` again returns the package it made the first time and changes nothing."""
     body: NewPackage = call.body
     price = None if body.price is None else money(body.price, "price", MAX_PRICE)
     result = await call.submit(CreatePackage(call.account_id, body.group, body.qty, body.mode, body.period,
-                                             money(body.max_cost, "max_cost", MAX_AMOUNT), body.start_at, price))
+                                             money(body.max_cost, "max_cost", MAX_AMOUNT), body.start_at, price,
+                                             body.client_request_id))
+    if isinstance(result, Done):  # a repeated client_request_id
+        return await fetch_package(call, result.id)
     assert isinstance(result, PackageView)
     call.services.scheduler.wake()
     return package_from(result)

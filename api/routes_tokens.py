@@ -1,6 +1,7 @@
 """Tokens in and out of existence: issuer approval (admin), mint and burn (issuer), redemption (holder)."""
 
 from api.endpoints import Call, Endpoints, cursor_id
+from api.routes_accounts import movement
 from api.schemas import (
     IssuerApproval,
     Movement,
@@ -46,24 +47,30 @@ async def approve_issuer(call: Call) -> IssuerApproval:
 @tokens.route("POST", "/v1/mints", summary="Mint tokens", scope="issue", body=TokenQty, response=Movement,
               status=201, errors=("unknown_instrument", "not_approved", "over_capacity", "over_supply_cap"))
 async def mint(call: Call) -> Movement:
-    """Create lots into the issuer's own available balance, within its approved capacity and the supply cap."""
-    await call.submit(Mint(call.account_id, call.body.symbol, call.body.qty))
-    return Movement(call.account_id, call.body.symbol, str(call.body.qty))
+    """Create lots into the issuer's own available balance, within its approved capacity and the supply cap.
+    Sending a ``client_request_id`` again returns the original mint and changes nothing."""
+    body: TokenQty = call.body
+    done = await call.submit(Mint(call.account_id, body.symbol, body.qty, body.client_request_id))
+    return await movement(call, call.account_id, done.id)
 
 
 @tokens.route("POST", "/v1/burns", summary="Burn tokens", scope="issue", body=TokenQty, response=Movement,
               status=201, errors=("unknown_instrument", "not_approved", "insufficient_tokens"))
 async def burn(call: Call) -> Movement:
-    """Destroy unsold lots from the issuer's own available balance."""
-    await call.submit(Burn(call.account_id, call.body.symbol, call.body.qty))
-    return Movement(call.account_id, call.body.symbol, str(-call.body.qty))
+    """Destroy unsold lots from the issuer's own available balance. Sending a ``client_request_id`` again
+    returns the original burn and changes nothing."""
+    body: TokenQty = call.body
+    done = await call.submit(Burn(call.account_id, body.symbol, body.qty, body.client_request_id))
+    return await movement(call, call.account_id, done.id)
 
 
 @tokens.route("POST", "/v1/redemptions", summary="Redeem tokens", scope="trade", body=TokenQty,
               response=Redemption, status=201, errors=("unknown_instrument", "insufficient_tokens"))
 async def redeem(call: Call) -> Redemption:
-    """Consume lots held in this account: what they grant is delivered outside the exchange."""
-    done = await call.submit(Redeem(call.account_id, call.body.symbol, call.body.qty))
+    """Consume lots held in this account: what they grant is delivered outside the exchange. Sending a
+    ``client_request_id`` again returns the original redemption and changes nothing."""
+    body: TokenQty = call.body
+    done = await call.submit(Redeem(call.account_id, body.symbol, body.qty, body.client_request_id))
     async with call.services.connection() as conn:
         row = await conn.fetchrow(REDEMPTION, done.id)
     return Redemption(**row)

@@ -42,6 +42,9 @@ Decimal = Annotated[str, Meta(
 )]
 ClientOrderId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}$",
                                     description="Unique per account; sending it again returns the original order.")]
+ClientRequestId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}$",
+                                      description="Unique per account and kind; sending it again returns the "
+                                                  "original result and changes nothing.")]
 KeyId = Annotated[str, Meta(pattern=r"^tk_[0-9a-f]{16}$", description="The public id of an API key.")]
 Limit = Annotated[int, Meta(ge=1, le=500)]
 Cursor = Annotated[str, Meta(pattern=r"^[0-9]{1,19}(-[0-9]{1,19})?$",
@@ -114,6 +117,8 @@ class CashTransfer(Request):
 
     account_id: Id
     amount: Decimal
+    client_request_id: ClientRequestId | None = None
+    """Unique per account credited or debited, and per kind (deposit, withdrawal)."""
 
 
 class NewIssuerApproval(Request):
@@ -127,6 +132,8 @@ class TokenQty(Request):
 
     symbol: Symbol
     qty: Qty
+    client_request_id: ClientRequestId | None = None
+    """Unique per account and kind (mint, burn, redemption)."""
 
 
 class NewLimitOrder(Request, tag="limit", tag_field="type"):

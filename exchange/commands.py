@@ -54,29 +54,40 @@ class ApproveIssuer(Command, frozen=True, tag="approve_issuer"):
 class Deposit(Command, frozen=True, tag="deposit"):
     account_id: int
     amount: int
+    client_request_id: str | None = None
+    """Unique per account and kind (``engine.CLIENT_REQUEST_KINDS``): sending it again returns what it did the
+    first time and changes nothing."""
 
 
 class Withdraw(Command, frozen=True, tag="withdraw"):
     account_id: int
     amount: int
+    client_request_id: str | None = None
+    """As ``Deposit.client_request_id``."""
 
 
 class Mint(Command, frozen=True, tag="mint"):
     account_id: int
     symbol: str
     qty: int
+    client_request_id: str | None = None
+    """As ``Deposit.client_request_id``."""
 
 
 class Burn(Command, frozen=True, tag="burn"):
     account_id: int
     symbol: str
     qty: int
+    client_request_id: str | None = None
+    """As ``Deposit.client_request_id``."""
 
 
 class Redeem(Command, frozen=True, tag="redeem"):
     account_id: int
     symbol: str
     qty: int
+    client_request_id: str | None = None
+    """As ``Deposit.client_request_id``."""
 
 
 class PlaceOrder(Command, frozen=True, tag="place_order"):
@@ -139,6 +150,8 @@ class CreatePackage(Command, frozen=True, tag="create_package"):
     max_cost: int
     start_at: datetime
     price: int | None = None
+    client_request_id: str | None = None
+    """As ``Deposit.client_request_id``."""
 
 
 class SetPackageStatus(Command, frozen=True, tag="set_package_status"):

@@ -25,7 +25,7 @@ its child orders and releases what they leave once, after the last.
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import ClassVar
 
 from exchange import fees, packages, routing
@@ -58,6 +58,7 @@ from exchange.commands import (
 from exchange.ledger import AVAILABLE, CASH, EXTERNAL, FEES, HELD, ISSUANCE, REDEMPTION, SYSTEM_ACCOUNTS, Ledger
 from exchange.packages import Package
 from exchange.records import KINDS, ROLES, STATUSES, TRADING_ROLES, Account, Approval, Instrument, Order
+from exchange.replay import KEEP_ROWS_SECONDS, RecentRequests
 from exchange.routing import Pool, RoutedOrder
 from matching import events as ev
 from matching.book import OrderBook
@@ -113,7 +114,15 @@ MESSAGES = {
     "package_cancelled": "The package is cancelled; create a new one.",
     "package_not_active": "The package is paused or cancelled.",
     "period_not_due": "That period is not the package's next one, or has not started yet.",
+    "replayed_request": "This signed request was already accepted; it runs once. Sign a new one (a new "
+                        "timestamp) to do it again, or send a client id to make retries safe.",
 }
+
+
+ClientRequest = Deposit | Withdraw | Mint | Burn | Redeem | CreatePackage
+CLIENT_REQUEST_KINDS: dict[type, str] = {Deposit: "deposit", Withdraw: "withdrawal", Mint: "mint", Burn: "burn",
+                                         Redeem: "redemption", CreatePackage: "package"}
+"""The kinds a ``client_request_id`` is unique within, per account (the account whose balance moves)."""
 
 
 def reject(code: str) -> Rejection:
@@ -167,6 +176,12 @@ class Effects:
     packages: dict[int, Package] = field(default_factory=dict)
     executions: list[tuple] = field(default_factory=list)
     """(package id, period, routed order id, reason, created_at) per package period run."""
+    requests: list[tuple[bytes, datetime]] = field(default_factory=list)
+    """(digest, created_at) of the signed requests applied (``exchange.replay``), committed with their effects."""
+    forget_requests_before: datetime | None = None
+    """Delete the rows of signed requests older than this: they can no longer be replayed."""
+    client_requests: list[tuple] = field(default_factory=list)
+    """(account id, kind, client request id, result id, created_at) per command that named itself."""
 
 
 @dataclass
@@ -198,6 +213,9 @@ class Engine:
         self.open_by_account: dict[int, set[int]] = {}
         self.client_orders: dict[tuple[int, str], int] = {}
         self.routed_client_orders: dict[tuple[int, str], int] = {}
+        self.client_requests: dict[tuple[int, str, str], int] = {}
+        """(account, kind, client_request_id) -> what that request made: an entry, redemption or package id."""
+        self.requests = RecentRequests()
         self.volume = fees.VolumeTracker()
         self.packages: dict[int, Package] = {}
         self.pool: Pool | None = None
@@ -206,12 +224,54 @@ class Engine:
 
     # Entry point
 
-    def apply(self, command: Command, ts: int, at: datetime) -> Result:
-        """Apply ``command`` at time ``ts`` (microseconds) / ``at``; return its result."""
+    def apply(self, command: Command, ts: int, at: datetime, request: bytes | None = None) -> Result:
+        """Apply ``command`` at time ``ts`` (microseconds) / ``at``; return its result.
+
+        ``request`` is the digest of the signed request that carries the command (``exchange.replay``): a
+        request applied before is refused with ``replayed_request``, unless its client id names what it did
+        the first time, which is then the answer. Every request applied counts, refused ones too: a refused
+        withdrawal sent again after a deposit must not run then."""
         handler = self._handlers.get(type(command))
         if handler is None:
             raise TypeError(f"no handler for {type(command).__name__}")
+        if request is not None:
+            if request in self.requests:
+                if self._original(command) is None:
+                    return reject("replayed_request")
+            else:
+                if self.requests.add(request, ts):
+                    self.effects.forget_requests_before = at - timedelta(seconds=KEEP_ROWS_SECONDS)
+                self.effects.requests.append((request, at))
         return handler(self, command, ts, at)
+
+    def _original(self, command: Command) -> int | None:
+        """What the client id of ``command`` already names, if it carries one that does."""
+        kind = type(command)
+        if kind is PlaceOrder or kind is RouteOrder:
+            named = self.client_orders if kind is PlaceOrder else self.routed_client_orders
+            return named.get((command.account_id, command.client_order_id))  # type: ignore[attr-defined]
+        client_kind = CLIENT_REQUEST_KINDS.get(kind)
+        client_id = getattr(command, "client_request_id", None)
+        if client_kind is None or client_id is None:
+            return None
+        return self.client_requests.get((command.account_id, client_kind, client_id))  # type: ignore[attr-defined]
+
+    def _repeat(self, cmd: ClientRequest) -> Done | Rejection | None:
+        """The answer when ``cmd``'s client request id already names what it made; None when it is new (or not
+        given), and nothing has been done yet."""
+        if cmd.client_request_id is None:
+            return None
+        if not _storable(cmd.client_request_id):
+            return reject("invalid_text")
+        made = self.client_requests.get((cmd.account_id, CLIENT_REQUEST_KINDS[type(cmd)], cmd.client_request_id))
+        return None if made is None else Done(made)
+
+    def _remember(self, cmd: ClientRequest, result_id: int, at: datetime) -> None:
+        """Record what ``cmd`` made under its client request id, if it has one."""
+        if cmd.client_request_id is not None:
+            kind = CLIENT_REQUEST_KINDS[type(cmd)]
+            self.client_requests[(cmd.account_id, kind, cmd.client_request_id)] = result_id
+            self.effects.client_requests.append((cmd.account_id, kind, cmd.client_request_id, result_id, at))
 
     def take_effects(self) -> Effects:
         """Everything to commit since the last call; closed orders are forgotten from memory."""
@@ -316,27 +376,37 @@ class Engine:
     # Cash and tokens
 
     def _deposit(self, cmd: Deposit, ts: int, at: datetime) -> Result:
+        """Credit cash; the answer names the journal entry (as does a repeat of its client request id)."""
         if cmd.account_id not in self.accounts:
             return reject("unknown_account")
+        repeat = self._repeat(cmd)
+        if repeat is not None:
+            return repeat
         if not _positive_int(cmd.amount):
             return reject("invalid_amount")
         # The external account is minus all cash ever deposited: it bounds every other balance.
         if self.ledger.available(EXTERNAL, CASH) - cmd.amount < -MAX_BIGINT:
             return reject("amount_too_large")
-        self.ledger.post("deposit", at, [(EXTERNAL, CASH, AVAILABLE, -cmd.amount),
-                                         (cmd.account_id, CASH, AVAILABLE, cmd.amount)])
-        return Done(cmd.account_id)
+        entry_id = self.ledger.post("deposit", at, [(EXTERNAL, CASH, AVAILABLE, -cmd.amount),
+                                                    (cmd.account_id, CASH, AVAILABLE, cmd.amount)])
+        self._remember(cmd, entry_id, at)
+        return Done(entry_id)
 
     def _withdraw(self, cmd: Withdraw, ts: int, at: datetime) -> Result:
+        """Debit cash; the answer names the journal entry (as does a repeat of its client request id)."""
         if cmd.account_id not in self.accounts:
             return reject("unknown_account")
+        repeat = self._repeat(cmd)
+        if repeat is not None:
+            return repeat
         if not _positive_int(cmd.amount):
             return reject("invalid_amount")
         if self.ledger.available(cmd.account_id, CASH) < cmd.amount:
             return reject("insufficient_funds")
-        self.ledger.post("withdrawal", at, [(cmd.account_id, CASH, AVAILABLE, -cmd.amount),
-                                            (EXTERNAL, CASH, AVAILABLE, cmd.amount)])
-        return Done(cmd.account_id)
+        entry_id = self.ledger.post("withdrawal", at, [(cmd.account_id, CASH, AVAILABLE, -cmd.amount),
+                                                       (EXTERNAL, CASH, AVAILABLE, cmd.amount)])
+        self._remember(cmd, entry_id, at)
+        return Done(entry_id)
 
     def _token_command(self, cmd: Mint | Burn | Redeem) -> tuple[Account, Instrument] | Rejection:
         account = self.accounts.get(cmd.account_id)
@@ -363,33 +433,43 @@ class Engine:
         return instrument, approval
 
     def _mint(self, cmd: Mint, ts: int, at: datetime) -> Result:
+        """Mint lots; the answer names the journal entry (as does a repeat of its client request id)."""
         found = self._approved(cmd)
         if isinstance(found, Rejection):
             return found
+        repeat = self._repeat(cmd)
+        if repeat is not None:
+            return repeat
         instrument, approval = found
         if approval.issued + cmd.qty > approval.capacity:
             return reject("over_capacity")
         if instrument.supply_cap is not None and instrument.issued + cmd.qty > instrument.supply_cap:
             return reject("over_supply_cap")
-        self._issue(instrument, approval, cmd.qty, at)
-        return Done(cmd.account_id)
+        entry_id = self._issue(instrument, approval, cmd.qty, at)
+        self._remember(cmd, entry_id, at)
+        return Done(entry_id)
 
     def _burn(self, cmd: Burn, ts: int, at: datetime) -> Result:
+        """Burn lots; the answer names the journal entry (as does a repeat of its client request id)."""
         found = self._approved(cmd)
         if isinstance(found, Rejection):
             return found
+        repeat = self._repeat(cmd)
+        if repeat is not None:
+            return repeat
         instrument, approval = found
         if self.ledger.available(cmd.account_id, instrument.symbol) < cmd.qty or approval.issued < cmd.qty:
             return reject("insufficient_tokens")
-        self._issue(instrument, approval, -cmd.qty, at)
-        return Done(cmd.account_id)
+        entry_id = self._issue(instrument, approval, -cmd.qty, at)
+        self._remember(cmd, entry_id, at)
+        return Done(entry_id)
 
-    def _issue(self, instrument: Instrument, approval: Approval, qty: int, at: datetime) -> None:
-        """Mint ``qty`` lots into the issuer's holdings, or burn them when negative."""
+    def _issue(self, instrument: Instrument, approval: Approval, qty: int, at: datetime) -> int:
+        """Mint ``qty`` lots into the issuer's holdings, or burn them when negative; return the entry's id."""
         approval.issued += qty
         instrument.issued += qty
         self.effects.approvals[(approval.account_id, instrument.id)] = approval
-        self.ledger.post("mint" if qty > 0 else "burn", at, [
+        return self.ledger.post("mint" if qty > 0 else "burn", at, [
             (ISSUANCE, instrument.symbol, AVAILABLE, -qty),
             (approval.account_id, instrument.symbol, AVAILABLE, qty),
         ])
@@ -398,6 +478,9 @@ class Engine:
         found = self._token_command(cmd)
         if isinstance(found, Rejection):
             return found
+        repeat = self._repeat(cmd)
+        if repeat is not None:
+            return repeat
         account, instrument = found
         if self.ledger.available(account.id, instrument.symbol) < cmd.qty:
             return reject("insufficient_tokens")
@@ -406,6 +489,7 @@ class Engine:
         self.ledger.post("redemption", at, [(account.id, instrument.symbol, AVAILABLE, -cmd.qty),
                                             (REDEMPTION, instrument.symbol, AVAILABLE, cmd.qty)])
         self.effects.redemptions.append((redemption_id, instrument.id, account.id, cmd.qty, at))
+        self._remember(cmd, redemption_id, at)
         return Done(redemption_id)
 
     # Orders
@@ -719,8 +803,14 @@ class Engine:
         account = self._trader(cmd.account_id)
         if isinstance(account, Rejection):
             return account
+        repeat = self._repeat(cmd)
+        if repeat is not None:
+            return repeat
         outcome = packages.create(self, cmd, at)
-        return reject(outcome) if isinstance(outcome, str) else outcome
+        if isinstance(outcome, str):
+            return reject(outcome)
+        self._remember(cmd, outcome.id, at)
+        return outcome
 
     def _set_package_status(self, cmd: SetPackageStatus, ts: int, at: datetime) -> Result:
         outcome = packages.set_status(self, cmd, at)

@@ -66,8 +66,9 @@ class Unavailable(Exception):
 
 
 Publisher = Callable[[list[tuple[str, list]]], None]
-Batch = list[tuple[Command, asyncio.Future]]
-"""Commands with the futures their callers wait on."""
+Batch = list[tuple[Command, bytes | None, asyncio.Future]]
+"""Commands with the digests of the signed requests that carry them (``exchange.replay``), and the futures their
+callers wait on."""
 
 
 class Sequencer:
@@ -131,14 +132,17 @@ class Sequencer:
             except DATABASE_ERRORS:
                 lock.terminate()  # the session is gone or going: the lock goes with it
 
-    async def submit(self, command: Command) -> Result:
-        """Apply ``command``; return its result once committed. Raise ``Unavailable`` if it cannot be."""
+    async def submit(self, command: Command, request: bytes | None = None) -> Result:
+        """Apply ``command``; return its result once committed. Raise ``Unavailable`` if it cannot be.
+
+        ``request``, the digest of the signed request carrying the command, is committed with its effects; the
+        same digest again is refused (``Engine.apply``)."""
         if self.down is not None:
             raise Unavailable(self.down)
         if self._stopping:
             raise Unavailable("the exchange is shutting down")
         future = asyncio.get_running_loop().create_future()
-        self._queue.append((command, future))
+        self._queue.append((command, request, future))
         self._wake.set()
         return await future
 
@@ -192,7 +196,8 @@ class Sequencer:
         now = self.clock()
         at = EPOCH + timedelta(microseconds=now)
         try:
-            results = [self.engine.apply(command, now, at) for command, _ in batch]
+            apply = self.engine.apply
+            results = [apply(command, now, at, request) for command, request, _ in batch]
             return results, store.Write(self.engine.take_effects())
         except Exception:
             log.exception("applying a batch failed; rebuilding from the database")
@@ -219,7 +224,7 @@ class Sequencer:
             # Scheduled, not called: the writer sends the next batch's statement first. It still runs before
             # the answered callers resume, whose answers are scheduled after it.
             asyncio.get_running_loop().call_soon(self._publish, events)
-        for (_, future), result in zip(batch, results, strict=True):
+        for (_, _, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
 
@@ -233,7 +238,7 @@ class Sequencer:
 
     @staticmethod
     def _refuse(batch: Batch, reason: str) -> None:
-        for _, future in batch:
+        for _, _, future in batch:
             if not future.done():
                 future.set_exception(Unavailable(reason))
 

@@ -2,7 +2,8 @@
 
 A batch's frequent rows (journal entries, postings, orders, fills, balances, sequence numbers) are written by
 one statement, an insert, update or upsert per table fed by arrays (``_Batch``); the rare ones (accounts,
-listings, approvals, redemptions, routed orders, packages, halts) join it in a transaction when a batch has
+listings, approvals, redemptions, routed orders, packages, client request ids, halts, and the deletion of
+signed requests too old to be replayed) join it in a transaction when a batch has
 any. Nothing here decides anything; the rows come ready from the engine.
 """
 
@@ -16,6 +17,7 @@ import msgspec
 from exchange.engine import Effects, Engine, Ids
 from exchange.packages import Package
 from exchange.records import Account, Approval, Instrument, Order
+from exchange.replay import REMEMBER_SECONDS
 from exchange.routing import RoutedOrder
 from matching.book import OrderBook
 from matching.level import RestingOrder
@@ -53,6 +55,14 @@ VALUES ({", ".join(f"${i}" for i in range(1, len(Package.__struct_fields__) + 1)
 ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, next_period = EXCLUDED.next_period,
                                updated_at = EXCLUDED.updated_at
 """
+
+INSERT_CLIENT_REQUEST = """
+INSERT INTO client_request (account_id, kind, client_request_id, result_id, created_at) VALUES ($1, $2, $3, $4, $5)
+"""
+
+FORGET_REQUESTS = "DELETE FROM signed_request WHERE created_at < $1"
+
+RECENT_REQUESTS = "SELECT digest FROM signed_request WHERE created_at > now() - make_interval(secs => $1)"
 
 INSERT_EXECUTION = """
 INSERT INTO package_execution (package_id, period, routed_order_id, reason, created_at) VALUES ($1, $2, $3, $4, $5)
@@ -95,6 +105,7 @@ class _Batch:
         ("balance", "UPSERT", (("account_id", "bigint"), ("asset", "text"), ("available", "bigint"),
                                ("held", "bigint"), ("is_system", "boolean"))),
         ("instrument_seq", "UPSERT", (("instrument_id", "integer"), ("seq", "bigint"))),
+        ("signed_request", "INSERT", (("digest", "hex"), ("created_at", "timestamptz"))),
     )
     UPSERT_KEYS: ClassVar[dict[str, tuple[str, ...]]] = {
         "balance": ("account_id", "asset"),
@@ -120,6 +131,11 @@ class _Batch:
                 if kind == "timestamptz":
                     values.append(f"$1::timestamptz AS {name}")
                     self.instant_columns[-1].append(position)
+                elif kind == "hex":
+                    # bytea travels as hex text: its array literal then needs no backslash escapes.
+                    n += 1
+                    values.append(f"decode(unnest(${n}::text::text[]), 'hex') AS {name}")
+                    self.array_columns[-1].append(position)
                 else:
                     n += 1
                     values.append(f"unnest(${n}::text::{kind}[]) AS {name}")
@@ -148,6 +164,7 @@ class _Batch:
             effects.fills,
             effects.balances,
             [(i.id, i.seq) for i in effects.instruments.values()],
+            [(digest.hex(), at) for digest, at in effects.requests],
         )
         instants: set[datetime] = set()
         literals: list[object] = []
@@ -217,7 +234,8 @@ async def write(conn: asyncpg.Connection, batch: Write) -> None:
     """Commit a batch atomically: one statement, inside a transaction only when rare rows come along."""
     effects = batch.effects
     if not (effects.accounts or effects.new_instruments or effects.approvals or effects.redemptions
-            or effects.routed_orders or effects.packages or effects.statuses):
+            or effects.routed_orders or effects.packages or effects.statuses or effects.client_requests
+            or effects.forget_requests_before is not None):
         await conn.execute(BATCH.sql, *batch.arguments)
         return
     async with conn.transaction():
@@ -241,6 +259,11 @@ async def write(conn: asyncpg.Connection, batch: Write) -> None:
         if effects.executions:
             # Unique by (package, period): a period committed twice fails its batch rather than run twice.
             await conn.executemany(INSERT_EXECUTION, effects.executions)
+        if effects.client_requests:
+            # Unique by (account, kind, id): a client id recorded twice fails its batch rather than run twice.
+            await conn.executemany(INSERT_CLIENT_REQUEST, effects.client_requests)
+        if effects.forget_requests_before is not None:
+            await conn.execute(FORGET_REQUESTS, effects.forget_requests_before)
         await conn.execute(BATCH.sql, *batch.arguments)
 
 
@@ -295,6 +318,11 @@ async def load(conn: asyncpg.Connection) -> Engine:
             "SELECT account_id, client_order_id, id FROM routed_order WHERE client_order_id IS NOT NULL"
         ):
             engine.routed_client_orders[(account, client_order_id)] = routed_id
+        for account, kind, client_request_id, result_id in await conn.fetch(
+            "SELECT account_id, kind, client_request_id, result_id FROM client_request"
+        ):
+            engine.client_requests[(account, kind, client_request_id)] = result_id
+        engine.requests.extend(digest for (digest,) in await conn.fetch(RECENT_REQUESTS, float(REMEMBER_SECONDS)))
         for row in await conn.fetch(f"SELECT {', '.join(Package.__struct_fields__)} FROM package"):
             engine.packages[row["id"]] = Package(**row)
         for account, ts, notional in await conn.fetch(TRAILING_VOLUME):
