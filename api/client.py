@@ -34,7 +34,8 @@ class Signer(httpx.Auth):
         self.clock = clock
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        timestamp = str(int(self.clock()))
+        # Microseconds: the same body sent twice in a second is two requests, not a replay (``api.auth``).
+        timestamp = f"{self.clock():.6f}"
         request.headers[KEY_HEADER] = self.key_id
         request.headers[TIMESTAMP_HEADER] = timestamp
         request.headers[SIGNATURE_HEADER] = signature(self.secret, timestamp, request.method, request.url.raw_path,

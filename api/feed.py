@@ -8,10 +8,11 @@ The client sends JSON text messages, one per frame, of at most 4 KiB:
     {"type": "subscribe", "channel": "candles", "symbol": "DEEPSEEK-V3", "interval": "5m"}
     {"type": "unsubscribe", "channel": "level2", "symbol": "DEEPSEEK-V3"}
     {"type": "subscribe", "channel": "index", "group": "chat-general"}
+    {"type": "challenge"}
 
 Channels: ``ticker``, ``level2``, ``trades``, ``candles`` (``interval`` ``1m``, ``5m``, ``1h`` or ``1d``),
 ``user``, and ``index``, which takes a substitution ``group`` instead of a ``symbol``. An optional ``id`` (number
-or string) comes back in the answer, ``subscribed``/``unsubscribed`` or ``error``. ``level2`` takes
+or string) comes back in the answer, ``subscribed``/``unsubscribed``, ``challenge`` or ``error``. ``level2`` takes
 ``"snapshot": false`` for a client that starts from the REST book instead.
 Subscribing again to a channel one holds answers as the first time (for ``level2``, with a fresh snapshot): that
 is how to resync without reconnecting.
@@ -97,10 +98,17 @@ mints); on subscribing the current balances and open orders come first. A routed
 like any other. Each period a token package of the account runs is reported, on the user channel of every
 instrument of the package's group, as ``{"type": "package_execution", ..., "execution": {...}}``: the object of
 ``GET /v1/packages/{id}/executions``. The subscribe message is signed as a
-REST request is (``api.signing``), with a key holding the ``read`` scope:
+REST request is (``api.signing``), with a key holding the ``read`` scope, for this connection only: first ask
+for the connection's challenge, a random nonce the server made for it, then sign it as the request's body:
 
-    {"type": "subscribe", "channel": "user", "symbol": S, "key": "tk_...", "timestamp": "1764288000",
-     "signature": hex HMAC-SHA256(secret, timestamp + "SUBSCRIBE" + "/v1/ws/user/" + symbol)}
+    > {"type": "challenge"}
+    < [{"type": "challenge", "nonce": "9f1c0e...(32 hex digits)"}]
+    > {"type": "subscribe", "channel": "user", "symbol": S, "key": "tk_...", "timestamp": "1764288000",
+       "signature": hex HMAC-SHA256(secret, timestamp + "SUBSCRIBE" + "/v1/ws/user/" + symbol + nonce)}
+
+A captured subscription is of no use on another connection, whose nonce differs. The nonce stays the same for
+the connection's life (one challenge serves every user subscription on it); the timestamp must be within the
+signing window as for REST.
 
 A revoked key loses its subscriptions within a few seconds (an ``error`` ``key_revoked`` says so).
 
@@ -140,6 +148,7 @@ import contextlib
 import hmac
 import logging
 import re
+import secrets
 import time
 import zlib
 from collections import Counter, deque
@@ -162,7 +171,7 @@ from api.routes_orders import COLUMNS, order_from_row
 from api.routes_packages import Execution
 from api.schemas import Balance, Fill, Order, asset_amount
 from api.services import READ_ERRORS, Services
-from api.signing import WINDOW_SECONDS, signature
+from api.signing import TIMESTAMP, WINDOW_SECONDS, signature
 from api.units import from_micro
 from exchange.indexer import IndexRow
 from matching import events as ev
@@ -173,7 +182,6 @@ CHANNELS = ("ticker", "level2", "trades", "candles", "user", "index")
 INTERVAL_MINUTES = {"1m": 1, "5m": 5, "1h": 60, "1d": 1440}
 CHECKSUM_DEPTH = 10
 SYMBOL = re.compile(r"^[A-Z0-9][A-Z0-9._-]{0,31}$")
-TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
 SLOW_CONSUMER = 1013
 WS_OPEN = State.OPEN
 SERVER_SEND = "tokex.server_send"
@@ -227,7 +235,11 @@ class Unsubscribe(msgspec.Struct, tag="unsubscribe", tag_field="type", forbid_un
     id: int | str | None = None
 
 
-decode_request = msgspec.json.Decoder(Subscribe | Unsubscribe).decode
+class AskChallenge(msgspec.Struct, tag="challenge", tag_field="type", forbid_unknown_fields=True, kw_only=True):
+    id: int | str | None = None
+
+
+decode_request = msgspec.json.Decoder(Subscribe | Unsubscribe | AskChallenge).decode
 
 
 # Messages
@@ -249,6 +261,11 @@ class Unsubscribed(Message, tag="unsubscribed"):
     channel: str
     symbol: str
     interval: str | None = None
+    id: int | str | None = None
+
+
+class Challenge(Message, tag="challenge"):
+    nonce: str
     id: int | str | None = None
 
 
@@ -494,7 +511,7 @@ class Connection:
     """One WebSocket: its subscriptions and the frames it is owed, sent in order, at most one send at a time."""
 
     __slots__ = ("address", "bucket", "close_reason", "done", "draining", "errors", "feeds", "hub", "idle", "keys",
-                 "protocol", "queue", "queued", "send", "sending", "websocket")
+                 "nonce", "protocol", "queue", "queued", "send", "sending", "websocket")
 
     def __init__(self, hub: Hub, websocket: WebSocket, send: Send, address: str) -> None:
         self.hub = hub
@@ -519,6 +536,8 @@ class Connection:
         self.draining = False
         self.errors = 0
         self.bucket = [hub.limits.message_burst, time.monotonic()]
+        self.nonce = secrets.token_hex(16)
+        """This connection's challenge: user subscriptions sign it, so that they are good on no other."""
 
     def put(self, text: str | asyncio.Event, wire: bytes | None = None) -> None:
         """Send one frame now, or queue it behind a send that waits; overflowing the queue closes the connection.
@@ -1081,8 +1100,10 @@ class Hub:
             request_id = request.id
             if isinstance(request, Subscribe):
                 await self._subscribe(connection, request)
-            else:
+            elif isinstance(request, Unsubscribe):
                 self._unsubscribe(connection, request)
+            else:
+                self.send(connection, encode(Challenge(connection.nonce, request.id)))
         except FeedError as error:
             self._refuse(connection, error, request_id)
         except Exception:
@@ -1111,7 +1132,7 @@ class Hub:
         ladder = await self._ladder(symbol)
         api_key = None
         if channel == "user":
-            api_key, account_id = await self._authorize(request)
+            api_key, account_id = await self._authorize(request, connection.nonce)
             if connection.close_reason is not None:
                 return
             if held is not None:
@@ -1184,12 +1205,12 @@ class Hub:
             ladder = self.ladders[symbol] = Ladder(max(seq, self.market.known(symbol, seq).seq))
         return ladder
 
-    async def _authorize(self, request: Subscribe) -> tuple[str, int]:
-        """The key and account of a correctly signed user subscription."""
+    async def _authorize(self, request: Subscribe, nonce: str) -> tuple[str, int]:
+        """The key and account of a user subscription correctly signed for the connection of ``nonce``."""
         if not (request.key and request.timestamp and request.signature):
             raise FeedError("unauthenticated", "Sign the user subscription: key, timestamp and signature.")
         now = time.time()
-        if not TIMESTAMP.match(request.timestamp) or abs(now - int(request.timestamp)) > WINDOW_SECONDS:
+        if not TIMESTAMP.fullmatch(request.timestamp) or abs(now - float(request.timestamp)) > WINDOW_SECONDS:
             raise FeedError("stale_timestamp", f"timestamp must be Unix seconds within {WINDOW_SECONDS} s of the "
                                                f"server's clock (now {int(now)}).")
         assert self.services is not None
@@ -1199,14 +1220,15 @@ class Hub:
             raise FeedError("unavailable", "Keys cannot be checked now; try again.") from None
         if found is not None:
             principal, secret = found
-            expected = signature(secret, request.timestamp, "SUBSCRIBE", user_target(request.symbol))
+            expected = signature(secret, request.timestamp, "SUBSCRIBE", user_target(request.symbol), nonce.encode())
             if hmac.compare_digest(expected.encode(), request.signature.encode("utf-8", "replace")):
                 if "read" not in principal.scopes:
                     raise FeedError("insufficient_scope", "The user channel needs a key with the read scope.")
                 return principal.key_id, principal.account_id
         raise FeedError("invalid_signature", "The key is unknown or revoked, or the signature does not match "
                                              "HMAC-SHA256(secret, timestamp + \"SUBSCRIBE\" + \"/v1/ws/user/\" + "
-                                             "symbol).")
+                                             "symbol + nonce), the nonce being this connection's challenge: send "
+                                             "{\"type\": \"challenge\"} to get it.")
 
     # The user channel: committed rows, read in one task so that what it sends never goes back in time
 
@@ -1358,13 +1380,13 @@ def stream_key(channel: str, symbol: str | None, interval: str | None, group: st
     return (channel, symbol)
 
 
-def parse(text: str) -> Subscribe | Unsubscribe:
+def parse(text: str) -> Subscribe | Unsubscribe | AskChallenge:
     try:
         return decode_request(text)
     except msgspec.ValidationError as exc:
         message = str(exc)
         if "`$.type`" in message or "missing required field `type`" in message:
-            raise FeedError("unknown_type", "type must be subscribe or unsubscribe.") from None
+            raise FeedError("unknown_type", "type must be subscribe, unsubscribe or challenge.") from None
         raise FeedError("invalid_message", message) from None
     except msgspec.DecodeError as exc:
         raise FeedError("malformed_message", f"Not JSON: {exc}.") from None

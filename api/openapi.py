@@ -26,9 +26,11 @@ DESCRIPTION = f"""An exchange where standardized blocks of AI tokens and dataset
 or a price off the instrument's tick is a 422 naming the field. Quantities are integer lots.
 
 **Signing.** Every operation with a security requirement takes three headers: `{KEY_HEADER}` (the key id),
-`{TIMESTAMP_HEADER}` (Unix seconds, within {WINDOW_SECONDS} s of the server's clock) and `{SIGNATURE_HEADER}`:
-lowercase hex of HMAC-SHA256(secret, timestamp + METHOD + path?query + body), with the path and query exactly
-as sent. `x-tokex-scope` names the scope the key needs.
+`{TIMESTAMP_HEADER}` (Unix seconds, up to 6 decimals, within {WINDOW_SECONDS} s of the server's clock) and
+`{SIGNATURE_HEADER}`: lowercase hex of HMAC-SHA256(secret, timestamp + METHOD + path?query + body), with the
+path and query exactly as sent. `x-tokex-scope` names the scope the key needs. The same signed bytes are
+accepted once: sent again, a request that changes state gets 409 `replayed_request` (or, with a client id, the
+first answer).
 
 **Errors** are `application/problem+json` (RFC 9457) with a stable `code`, a `detail` for people and, for
 invalid input, the `field`. A 503 means nothing was done; retry after `Retry-After` seconds."""

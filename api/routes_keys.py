@@ -35,7 +35,7 @@ async def list_keys(call: Call) -> ApiKeyList:
 
 
 @keys.route("DELETE", "/v1/keys/{key_id}", summary="Revoke an API key", scope=("read", "admin"), response=ApiKey,
-            errors=("unknown_key"), params={"key_id": (KeyId, "unknown_key")})
+            errors=("unknown_key",), params={"key_id": (KeyId, "unknown_key")})
 async def revoke_key(call: Call) -> ApiKey:
     """Revoke one of this account's keys (an admin key may revoke any). Revoking twice changes nothing."""
     assert call.principal is not None

@@ -166,17 +166,14 @@ class Trader:
         self.symbol = symbol
         self.rng = rng
         self.open: list[int] = []
-        self.second = 0
-        self.timestamp = b""
 
     def request(self, method: bytes, target: bytes, body: bytes = b"") -> bytes:
-        now = int(time.time())
-        if now != self.second:
-            self.second, self.timestamp = now, str(now).encode()
+        # Microseconds: two equal orders in one second are two requests, not a replay.
+        timestamp = b"%.6f" % time.time()
         mac = self.mac.copy()
-        mac.update(self.timestamp + method + target + body)
+        mac.update(timestamp + method + target + body)
         head = (b"%s %s HTTP/1.1\r\nHost: %s\r\nTOKEX-KEY: %s\r\nTOKEX-TIMESTAMP: %s\r\nTOKEX-SIGNATURE: %s\r\n"
-                % (method, target, self.host, self.key, self.timestamp, mac.hexdigest().encode()))
+                % (method, target, self.host, self.key, timestamp, mac.hexdigest().encode()))
         if body:
             head += b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
         return head + b"\r\n" + body

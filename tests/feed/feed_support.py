@@ -75,6 +75,12 @@ class FeedClient:
     async def subscribe(self, channel: str, symbol: str, **options: Any) -> None:
         await self.send(type="subscribe", channel=channel, symbol=symbol, **options)
 
+    async def challenge(self) -> str:
+        """This connection's nonce, which a user subscription signs."""
+        await self.send(type="challenge")
+        message, _ = await self.until(lambda m: m["type"] == "challenge")
+        return message["nonce"]
+
     async def next(self, timeout: float = 10.0) -> dict:
         """The next message."""
         while not self.buffer:
@@ -159,10 +165,11 @@ class BookMirror:
         return {"bids": [{"price": p, "qty": q} for p, q in bids], "asks": [{"price": p, "qty": q} for p, q in asks]}
 
 
-def signed_user(symbol: str, key_id: str, secret: str, timestamp: int | None = None) -> dict:
+def signed_user(symbol: str, key_id: str, secret: str, nonce: str, timestamp: int | None = None) -> dict:
+    """The signing fields of a user subscription on the connection whose challenge is ``nonce``."""
     stamp = str(int(time.time()) if timestamp is None else timestamp)
     return {"key": key_id, "timestamp": stamp,
-            "signature": signature(secret, stamp, "SUBSCRIBE", f"/v1/ws/user/{symbol}")}
+            "signature": signature(secret, stamp, "SUBSCRIBE", f"/v1/ws/user/{symbol}", nonce.encode())}
 
 
 @dataclass

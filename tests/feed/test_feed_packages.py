@@ -9,7 +9,8 @@ async def test_a_package_execution_and_its_child_fills_reach_the_user_channel(li
     await market.issuer.place_order(market.symbol, "sell", price="2.5", qty=50)
     key = market.keys[0]
     client = await FeedClient.open(live)
-    await client.subscribe("user", market.symbol, **signed_user(market.symbol, key["id"], key["secret"]))
+    await client.subscribe("user", market.symbol, **signed_user(market.symbol, key["id"], key["secret"],
+                                                                await client.challenge()))
     await client.until(lambda m: m["type"] == "subscribed")
 
     buyer = market.traders[0]

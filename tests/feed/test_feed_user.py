@@ -13,7 +13,8 @@ from api.client import Client
 async def user_client(live, market: Market, index: int, **overrides) -> FeedClient:
     key = market.keys[index]
     client = await FeedClient.open(live)
-    await client.subscribe("user", market.symbol, **{**signed_user(market.symbol, key["id"], key["secret"]),
+    nonce = await client.challenge()
+    await client.subscribe("user", market.symbol, **{**signed_user(market.symbol, key["id"], key["secret"], nonce),
                                                      **overrides})
     return client
 
@@ -39,17 +40,19 @@ def latest_balances(messages: list[dict]) -> dict[str, dict]:
 
 async def test_the_subscription_must_be_signed_by_a_key_with_read(live, market: Market):
     key = market.keys[0]
-    good = signed_user(market.symbol, key["id"], key["secret"])
+    client = await FeedClient.open(live)
+    nonce = await client.challenge()
+    good = signed_user(market.symbol, key["id"], key["secret"], nonce)
     cases = [
         ({}, "unauthenticated"),
         ({**good, "timestamp": str(int(time.time()) - 120)}, "stale_timestamp"),
         ({**good, "timestamp": "soon"}, "stale_timestamp"),
-        (signed_user(market.symbol, key["id"], "0" * 64), "invalid_signature"),
-        (signed_user("OTHER", key["id"], key["secret"]), "invalid_signature"),
+        (signed_user(market.symbol, key["id"], "0" * 64, nonce), "invalid_signature"),
+        (signed_user("OTHER", key["id"], key["secret"], nonce), "invalid_signature"),
+        (signed_user(market.symbol, key["id"], key["secret"], "0" * 32), "invalid_signature"),
         ({**good, "key": "tk_0000000000000000"}, "invalid_signature"),
         ({**good, "key": "nonsense"}, "invalid_signature"),
     ]
-    client = await FeedClient.open(live)
     for fields, code in cases:
         await client.subscribe("user", market.symbol, **fields)
         message, _ = await client.until(lambda m: m["type"] in ("error", "subscribed"))
@@ -60,7 +63,7 @@ async def test_the_subscription_must_be_signed_by_a_key_with_read(live, market: 
     trade_only = await admin.create_key(market.accounts[0]["id"], ["trade"])
     client = await FeedClient.open(live)
     await client.subscribe("user", market.symbol, **signed_user(market.symbol, trade_only["id"],
-                                                                trade_only["secret"]))
+                                                                trade_only["secret"], await client.challenge()))
     message, _ = await client.until(lambda m: m["type"] in ("error", "subscribed"))
     assert message["code"] == "insufficient_scope"
     await client.close()
@@ -136,7 +139,7 @@ async def test_deposits_reach_the_balance_and_a_revoked_key_loses_the_channel(li
 async def test_unsubscribing_stops_the_messages(live, market: Market, channel):
     key = market.keys[1]
     client = await FeedClient.open(live)
-    extra = signed_user(market.symbol, key["id"], key["secret"]) if channel == "user" else {}
+    extra = signed_user(market.symbol, key["id"], key["secret"], await client.challenge()) if channel == "user" else {}
     await client.subscribe(channel, market.symbol, **extra)
     await client.until(lambda m: m["type"] == "subscribed")
     await client.send(type="unsubscribe", channel=channel, symbol=market.symbol, id="bye")
