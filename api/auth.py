@@ -4,8 +4,8 @@ The scheme is in ``api.signing``. A request is refused with 401 when a header is
 (``unauthenticated``), the timestamp is not within ``WINDOW_SECONDS`` (15) of the server's clock
 (``stale_timestamp``), or the key is unknown or revoked or the signature does not match (``invalid_signature``:
 the two are not told apart). The comparison takes constant time. A key that must be looked up in the database
-(not cached) is first admitted by the caller, which counts it against the sender's address: requests under
-made-up keys are throttled before they cost a query.
+(not cached) is first admitted by the caller: a failed request counts against the sender's address, and an
+address out of tokens gets no lookup, so requests under made-up keys are throttled before they cost a query.
 
 Replays
 -------

@@ -192,8 +192,7 @@ async def run(endpoint: Endpoint, request: Request) -> Response:
             limit(services.address_limiter, address(request))
         else:
             try:
-                principal = await auth.authenticate(
-                    request, body, services.keys, lambda: limit(services.address_limiter, address(request)))
+                principal = await auth.authenticate(request, body, services.keys, lambda: admit(services, request))
             except Problem:
                 limit(services.address_limiter, address(request))
                 raise
@@ -226,6 +225,13 @@ def address(request: Request) -> str:
 
 def limit(limiter: RateLimiter, key: object) -> None:
     wait = limiter.take(key)
+    if wait:
+        raise retry_after("rate_limited", wait, f"Too many requests; retry in {wait:.1f} s.")
+
+
+def admit(services: Services, request: Request) -> None:
+    """Refuse a key lookup for an address that has spent its bucket (on failed signatures, or public requests)."""
+    wait = services.address_limiter.wait(address(request))
     if wait:
         raise retry_after("rate_limited", wait, f"Too many requests; retry in {wait:.1f} s.")
 

@@ -29,8 +29,8 @@ Caching
 A checked key is cached for ``CACHE_SECONDS``: revoking through this process takes effect at once; a key
 revoked by another process (the CLI) stops working within that time. An unknown (or revoked) key id is cached
 as unknown for as long, apart, so that a flood of requests under made-up keys neither costs a query each nor
-pushes the live keys out; ``find`` calls ``admit`` before each query it does make, which lets the caller count
-it against the sender (``api.endpoints``: the address's rate limit).
+pushes the live keys out; ``find`` calls ``admit`` before each query it does make, which lets the caller refuse
+it (``api.endpoints``: an address that has spent its rate limit on failed signatures gets no more lookups).
 
 Replays
 -------

@@ -2,7 +2,9 @@
 
 Each bucket holds up to ``burst`` tokens and refills at ``rate`` tokens a second; a request takes one. An empty
 bucket answers how long until the next token, which becomes the 429's ``Retry-After``. Requests that fail
-authentication are counted against their address, so guessing signatures is throttled too.
+authentication are counted against their address, so guessing signatures is throttled too; and once an
+address has no token left, a request under a key that would have to be looked up is refused before the lookup
+(``wait``), so made-up keys cost no query.
 
 Buckets live in memory, in this process. Full buckets carry no information, so the table is pruned of them
 when it grows past ``max_keys``; memory stays bounded under a flood of distinct addresses.
@@ -54,6 +56,14 @@ class RateLimiter:
             return 0.0
         bucket[0] = tokens
         return (1.0 - tokens) / self.rate
+
+    def wait(self, key: object) -> float:
+        """The seconds until ``key`` may take a token (0.0: now), taking none."""
+        bucket = self._buckets.get(key)
+        if self.rate is None or bucket is None:
+            return 0.0
+        tokens = min(self.burst, bucket[0] + (self.clock() - bucket[1]) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
     def _prune(self, now: float) -> None:
         assert self.rate is not None

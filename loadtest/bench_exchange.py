@@ -9,7 +9,8 @@ median of ``--runs`` runs.
 Mix, like W2 of ``bench_matching`` (about 1,000 live orders over a few hundred levels):
 ~55% limit orders (half near the touch, a tenth of those crossing; half up to 1,000 ticks deep), ~35% cancels
 of the submitter's own open orders, ~10% aggressive orders (most take half the best level at market, a few
-sweep 2-5 levels with an IOC limit).
+sweep 2-5 levels with an IOC limit). Each command carries a request digest, as one from the API does, so that
+the replay guard (``exchange.replay``) is measured too.
 
 Figures: acknowledged commands per second, time from submit to acknowledgement (p50, p99, max), batches
 committed and their mean size, rejections by code and ``Unavailable`` errors, how busy this process and the
@@ -267,7 +268,7 @@ async def measure(seq: Sequencer, accounts: list[int], args: argparse.Namespace,
             kind, command = submitter.next_command()
             start = clock()
             try:
-                result = await seq.submit(command)
+                result = await seq.submit(command, rng.randbytes(16))
             except Unavailable:
                 if measuring:
                     stats.unavailable += 1
