@@ -249,12 +249,12 @@ class Engine:
         kind = type(command)
         if kind is PlaceOrder or kind is RouteOrder:
             named = self.client_orders if kind is PlaceOrder else self.routed_client_orders
-            return named.get((command.account_id, command.client_order_id))  # type: ignore[attr-defined]
+            return named.get((command.account_id, command.client_order_id))
         client_kind = CLIENT_REQUEST_KINDS.get(kind)
         client_id = getattr(command, "client_request_id", None)
         if client_kind is None or client_id is None:
             return None
-        return self.client_requests.get((command.account_id, client_kind, client_id))  # type: ignore[attr-defined]
+        return self.client_requests.get((command.account_id, client_kind, client_id))
 
     def _repeat(self, cmd: ClientRequest) -> Done | Rejection | None:
         """The answer when ``cmd``'s client request id already names what it made; None when it is new (or not
