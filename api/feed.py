@@ -42,7 +42,10 @@ changed no level leave no hole. A client keeps the ``seq`` of its book and, for 
 2. ``prev_seq`` > the book's seq: an update was missed; resync.
 3. Otherwise apply it, take its ``seq``, and check the checksum; a mismatch means resync.
 
-A heartbeat whose ``level2_seq`` is above the book's seq also means an update was missed. To resync,
+A heartbeat whose ``level2_seq`` is above the book's seq also means an update was missed. A ``snapshot`` can also
+come unasked, to every level2 subscriber, when the exchange has rebuilt its market data from the database (after a
+commit whose outcome it could not know): it replaces the book, as the first one did; ticker and candles
+subscribers get a fresh message too, and the trades chain goes on from the snapshot's seq. To resync,
 subscribe again (a new snapshot follows), or fetch the REST book (seq R) and apply the buffered updates with
 ``"snapshot": false`` by the same three rules.
 
