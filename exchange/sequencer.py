@@ -91,8 +91,9 @@ class Sequencer:
         self.engine = engine
         self.publish = publish
         self.resync = resync
-        self._published_unsure = False
-        """A ``publish`` raised: what it was given reached the consumers in part, so they need ``resync``."""
+        self._market_unsure = False
+        """The market data consumers may not match the database (a reload, or a ``publish`` that raised), so they
+        need ``resync`` before the next batch is published."""
         self.max_batch = max_batch
         self.retry_interval = retry_interval
         self.down: str | None = None
@@ -184,8 +185,8 @@ class Sequencer:
         answered get to run: their next commands make the batch after, applied while this one commits.
         """
         while True:
-            if self._published_unsure:
-                await self._resync_after_publish()
+            if self._market_unsure:
+                await self._resync_market()
             if self._applied is None:
                 if self._closing:
                     return
@@ -229,7 +230,7 @@ class Sequencer:
             await self._fail(batch, "the exchange hit an internal error and is recovering")
             return
         self.batches += 1
-        if self.publish is not None and write.effects.events and not self._published_unsure:
+        if self.publish is not None and write.effects.events and not self._market_unsure:
             # Scheduled, not called: the writer sends the next batch's statement first. It still runs before
             # the answered callers resume, whose answers are scheduled after it. Once a publish has failed, the
             # resync that follows this commit covers this batch too.
@@ -246,21 +247,23 @@ class Sequencer:
             # Market data is downstream of the commit: its failure must not stop the writer.
             log.exception("publishing a committed batch failed; market data will be rebuilt from the database")
             if self.resync is not None:
-                self._published_unsure = True
+                self._market_unsure = True
                 self._applied_ready.set()  # an idle writer resyncs now rather than at the next batch
 
-    async def _resync_after_publish(self) -> None:
-        """Rebuild the market data consumers between two commits; on failure, try again after the next one."""
+    async def _resync_market(self) -> None:
+        """Rebuild the market data consumers between two commits; on failure, try again before the next one.
+
+        A failure here never stops the exchange: market data is downstream of the commits."""
         try:
             await self._resync()
         except Exception:
-            log.exception("rebuilding market data failed; retrying after the next commit")
+            log.exception("rebuilding market data failed; retrying before the next commit")
 
     async def _resync(self) -> None:
         assert self.resync is not None
         async with self.pool.acquire(timeout=self.retry_interval * 20) as conn:
             await self.resync(conn)
-        self._published_unsure = False
+        self._market_unsure = False
 
     @staticmethod
     def _refuse(batch: Batch, reason: str) -> None:
@@ -282,9 +285,6 @@ class Sequencer:
             try:
                 writer = await self._keep_writer()
                 self.engine = await store.load(writer)
-                if self.resync is not None:
-                    # The failed batch may have committed all the same: market data starts again from the database.
-                    await self._resync()
             except (*DATABASE_ERRORS, WriterLockTimeout):
                 await asyncio.sleep(self.retry_interval)
                 continue
@@ -293,6 +293,10 @@ class Sequencer:
                 log.exception("rebuilding the engine failed; retrying")
                 await asyncio.sleep(self.retry_interval)
                 continue
+            if self.resync is not None:
+                # The failed batch may have committed all the same: market data starts again from the database.
+                self._market_unsure = True
+                await self._resync_market()
             log.info("engine rebuilt from the database; accepting commands again")
             self.down = None
             return
