@@ -6,11 +6,12 @@ Lifespan
 --------
 Start-up opens the database (``exchange.database.Database``: the server at ``database_url``, or the embedded one
 in ``home``; migrated), an asyncpg pool, the committed market view, the API key store and the sequencer, whose
-``publish`` feeds the market view; then it starts the package scheduler (``exchange.scheduler``), which reports
-executions to the feed, and the price index's minute job (``exchange.indexer``), which hands each new value to
-the feed. They are handed to handlers as ``app.state.services`` (``api.services``). Shutdown stops the minute
-job, the scheduler and the feed, then the sequencer (it finishes the commands already queued), closes the pool
-and stops the database, each step bounded in time so a lost database cannot hang it.
+``publish`` feeds the market view and whose ``resync`` reads the view anew after a reload; then it starts the
+package scheduler (``exchange.scheduler``), which reports executions to the feed, and the price index's minute job
+(``exchange.indexer``), which hands each new value to the feed. They are handed to handlers as
+``app.state.services`` (``api.services``). Shutdown stops the minute job, the scheduler and the feed, then the
+sequencer (it finishes the commands already queued), closes the pool and stops the database, each step bounded in
+time so a lost database cannot hang it.
 
 Every route is declared in a ``routes_*`` module (``api.endpoints``); ``ENDPOINTS`` lists them all, and the
 OpenAPI document is generated from the same list. Besides them: the market-data WebSocket ``/v1/ws``
@@ -88,10 +89,11 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
                 market_view = MarketData()
                 async with pool.acquire() as conn:
                     await market_view.load(conn)
-                    hub = feed.Hub(market_view, feed_limits, await conn.fetchval(feed.NEXT_FILL_ID))
+                    hub = feed.Hub(market_view, feed_limits)
                     hub.indices = await latest(conn)
                 market_view.listeners.append(hub.publish)
-                sequencer = await Sequencer.open(pool, publish=market_view.apply)
+                market_view.reloaded.append(hub.resync)
+                sequencer = await Sequencer.open(pool, publish=market_view.apply, resync=market_view.reload)
                 scheduler = Scheduler(sequencer, listener=reporter(sequencer, hub.package_executed))
                 try:
                     app.state.services = Services(

@@ -43,7 +43,10 @@ changed no level leave no hole. A client keeps the ``seq`` of its book and, for 
 2. ``prev_seq`` > the book's seq: an update was missed; resync.
 3. Otherwise apply it, take its ``seq``, and check the checksum; a mismatch means resync.
 
-A heartbeat whose ``level2_seq`` is above the book's seq also means an update was missed. To resync,
+A heartbeat whose ``level2_seq`` is above the book's seq also means an update was missed. A ``snapshot`` can also
+come unasked, to every level2 subscriber, when the exchange has rebuilt its market data from the database (after a
+commit whose outcome it could not know): it replaces the book, as the first one did; ticker and candles
+subscribers get a fresh message too, and the trades chain goes on from the snapshot's seq. To resync,
 subscribe again (a new snapshot follows), or fetch the REST book (seq R) and apply the buffered updates with
 ``"snapshot": false`` by the same three rules.
 
@@ -695,7 +698,6 @@ USER_BALANCES = """
 SELECT account_id, asset, available, held FROM balance
 WHERE account_id = ANY($1::bigint[]) AND asset = ANY($2::text[])
 """
-NEXT_FILL_ID = "SELECT coalesce(max(id), 0) + 1 FROM fill"
 LIVE_KEYS = "SELECT id FROM api_key WHERE id = ANY($1::text[]) AND revoked_at IS NULL"
 
 
@@ -703,7 +705,7 @@ class Hub:
     """Every connection and subscription, the books as published, and the tasks that flush, beat and read the
     user channel's rows. ``publish`` is a ``MarketData`` listener."""
 
-    def __init__(self, market: MarketData, limits: FeedLimits | None = None, next_fill_id: int = 1) -> None:
+    def __init__(self, market: MarketData, limits: FeedLimits | None = None) -> None:
         self.market = market
         self.limits = limits or FeedLimits()
         self.ladders: dict[str, Ladder] = {symbol: Ladder.of(view) for symbol, view in market.books.items()}
@@ -711,9 +713,8 @@ class Hub:
         self.connections: set[Connection] = set()
         self.per_address: Counter[str] = Counter()
         self.user_feeds: dict[str, dict[int, Feed]] = {}
-        self.next_fill_id = next_fill_id
-        """The id of the next fill: fills are numbered in the order they commit, and only committed batches come
-        here, in that order; so counting the trades published numbers them as the database does."""
+        self.last_fill_id = market.last_fill_id
+        """The id of the newest fill published: after a ``resync``, the user channel reads the ones after it."""
         self.services: Services | None = None
         self._dirty: list[Feed] = []
         self._deliveries: deque[tuple[Connection, str | asyncio.Event, bytes | None]] = deque()
@@ -750,9 +751,10 @@ class Hub:
 
     # Publication: in the sequencer's writer task, right after a commit
 
-    def publish(self, batch: Batch) -> None:
-        """Queue the messages of one committed batch of (symbol, book events)."""
-        fill_id = self.next_fill_id
+    def publish(self, batch: Batch, fill_ids: list[int]) -> None:
+        """Queue the messages of one committed batch of (symbol, book events); ``fill_ids`` names the batch's
+        Trade events in order, as committed."""
+        next_fill = iter(fill_ids).__next__
         touched: dict[str, bool] = {}
         for symbol, events in batch:
             ladder = self.ladders.get(symbol)
@@ -778,13 +780,13 @@ class Hub:
                 if kind is ev.LevelChanged:
                     levels.append(event)
                 elif kind is ev.Trade:
+                    fill_id = next_fill()
                     trades.append((fill_id, event))
                     traded = True
                     if job is not None:
                         job.order_ids.update((event.maker_order_id, event.taker_order_id))
                         job.first_fill = job.first_fill or fill_id
                         job.last_fill = fill_id
-                    fill_id += 1
                 elif job is not None and kind is not ev.Rejected:
                     job.order_ids.add(event.order_id)
             if seq >= 0:
@@ -792,10 +794,51 @@ class Hub:
                 touched[symbol] = traded
                 if job is not None:
                     job.seq = ladder.seq
-        self.next_fill_id = fill_id
+        if fill_ids:
+            self.last_fill_id = fill_ids[-1]
         for symbol, traded in touched.items():
             self._after_batch(symbol, self.ladders[symbol], traded)
         if self._user_jobs:
+            self._user_wake.set()
+        self._flush_wanted.set()
+
+    def resync(self) -> None:
+        """Start again from the market view, which was just read anew from the database (``MarketData.reload``):
+        the sequencer could not tell whether a batch committed, or a publish failed partway.
+
+        Every book's ladder is made again from the view, at the view's seq, as at start-up: each level2
+        subscriber gets a fresh snapshot (the next update's ``prev_seq`` is its seq), each ticker and candles
+        subscriber a fresh message, and trades and heartbeats continue from that seq, so a client whose last
+        trades seq is below it fetches the trades it missed over REST. The user channel sends each subscriber's
+        balances and open orders again, and the fills committed after the last one published.
+        """
+        self.flush()  # what is queued predates the snapshots
+        for symbol, view in self.market.books.items():
+            old = self.ladders.get(symbol)
+            ladder = self.ladders[symbol] = Ladder.of(view)
+            if old is not None:
+                ladder.ts = old.ts
+        for key, feed in self.feeds.items():
+            ladder = self.ladders.get(key[1]) if key[0] in ("level2", "ticker", "candles") else None
+            if ladder is None:
+                continue
+            symbol = key[1]
+            if key[0] == "level2":
+                bids, asks = ladder.levels()
+                self._queue(feed, encode(Snapshot("level2", symbol, ladder.seq, ladder.ts, bids, asks,
+                                                  checksum(bids, asks))))
+            elif key[0] == "ticker":
+                self._queue(feed, self._ticker(symbol, ladder))
+            else:
+                self._queue(feed, self._candle(symbol, ladder, key[2]))
+        missed = (self.last_fill_id + 1, self.market.last_fill_id)
+        self.last_fill_id = max(self.last_fill_id, self.market.last_fill_id)
+        for symbol, accounts in self.user_feeds.items():
+            self._user_initial.extend((symbol, account_id) for account_id in accounts)
+            if missed[0] <= missed[1]:
+                job = self._user_jobs.setdefault(symbol, UserJob())
+                merge(job, UserJob(self.ladders[symbol].seq, set(), *missed))
+        if self.user_feeds:
             self._user_wake.set()
         self._flush_wanted.set()
 

@@ -7,8 +7,12 @@ sequencer's ``publish`` callback (``apply``) hands over the book events of each 
 So the view never shows anything uncommitted, and a batch that failed to commit never reaches it. LevelChanged
 events carry absolute totals per (side, price), so applying one is an assignment; every event carries the
 instrument's seq, and a book's ``seq`` is the last one applied. ``listeners`` are called after each batch, with
-the same argument, for consumers (such as a feed) that must see changes in the view's order; they run inside
+the same arguments, for consumers (such as a feed) that must see changes in the view's order; they run inside
 the sequencer's writer task, so they must be quick and must not block.
+
+After the sequencer reloaded its engine (a commit whose outcome it could not know, say) or a publish raised
+partway, the view may miss committed batches: the sequencer's ``resync`` callback (``reload``) reads the view
+anew, between two commits, and tells each of ``reloaded`` so that it starts again from the view.
 
 Layout
 ------
@@ -19,7 +23,6 @@ the trailing 24 hours. A depth-N read is O(N); applying a batch is O(events x lo
 What it does not do: checksums and gap detection are the feed's; it keeps no per-order data.
 """
 
-import logging
 from collections import deque
 from collections.abc import Callable
 
@@ -28,12 +31,11 @@ from sortedcontainers import SortedDict
 
 from matching import events as ev
 
-log = logging.getLogger(__name__)
-
 MINUTE_US = 60_000_000
 DAY_MINUTES = 1440
 
 Batch = list[tuple[str, list]]
+"""(symbol, book events) per command of one committed batch."""
 
 # Listing an instrument writes its instrument_seq row in the same commit; the outer join still keeps an instrument
 # without one in view (at seq 0) rather than dropping it.
@@ -52,6 +54,7 @@ LOAD_LAST_TRADES = """
 SELECT i.id, f.price, f.qty FROM instrument i
 CROSS JOIN LATERAL (SELECT price, qty FROM fill WHERE instrument_id = i.id ORDER BY id DESC LIMIT 1) AS f
 """
+LAST_FILL_ID = "SELECT coalesce(max(id), 0) FROM fill"
 LOAD_MINUTES = """
 SELECT instrument_id, (extract(epoch FROM date_trunc('minute', created_at)) / 60)::bigint AS minute,
        (array_agg(price ORDER BY id))[1], max(price), min(price), (array_agg(price ORDER BY id DESC))[1],
@@ -119,26 +122,42 @@ class MarketData:
 
     def __init__(self) -> None:
         self.books: dict[str, BookView] = {}
-        self.listeners: list[Callable[[Batch], None]] = []
+        self.last_fill_id = 0
+        """The id of the newest fill in the view."""
+        self.listeners: list[Callable[[Batch, list[int]], None]] = []
+        self.reloaded: list[Callable[[], None]] = []
 
     async def load(self, conn: asyncpg.Connection) -> None:
         """Read the committed view; call before the sequencer starts."""
+        books: dict[str, BookView] = {}
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             symbols = {}
             for instrument_id, symbol, seq in await conn.fetch(LOAD_INSTRUMENTS):
                 symbols[instrument_id] = symbol
-                self.books[symbol] = BookView(seq)
+                books[symbol] = BookView(seq)
             for instrument_id, side, price, total in await conn.fetch(LOAD_LEVELS):
-                self.books[symbols[instrument_id]].set_level(side, price, total)
+                books[symbols[instrument_id]].set_level(side, price, total)
             for instrument_id, price, qty in await conn.fetch(LOAD_LAST_TRADES):
-                book = self.books[symbols[instrument_id]]
+                book = books[symbols[instrument_id]]
                 book.last_price, book.last_qty = price, qty
             for instrument_id, minute, open_, high, low, close, lots, notional in await conn.fetch(LOAD_MINUTES):
-                self.books[symbols[instrument_id]].minutes.append(
-                    [minute, open_, high, low, close, lots, int(notional)])
+                books[symbols[instrument_id]].minutes.append([minute, open_, high, low, close, lots, int(notional)])
+            last_fill_id = await conn.fetchval(LAST_FILL_ID)
+        # Swapped in whole: readers never see a view half read.
+        self.books = books
+        self.last_fill_id = last_fill_id
 
-    def apply(self, batch: Batch) -> None:
-        """Apply one committed batch of (symbol, book events); the sequencer's ``publish``."""
+    async def reload(self, conn: asyncpg.Connection) -> None:
+        """Read the committed view anew and have ``reloaded`` start again from it; the sequencer's ``resync``."""
+        await self.load(conn)
+        for listener in self.reloaded:
+            listener()
+
+    def apply(self, batch: Batch, fill_ids: list[int]) -> None:
+        """Apply one committed batch of (symbol, book events) and the ids of its fills, one per Trade event in
+        order; the sequencer's ``publish``. What raises here or in a listener makes the sequencer ``reload``."""
+        if fill_ids:
+            self.last_fill_id = fill_ids[-1]
         books = self.books
         for symbol, events in batch:
             book = books.get(symbol)
@@ -153,11 +172,7 @@ class MarketData:
                 if event.seq > book.seq:
                     book.seq = event.seq
         for listener in self.listeners:
-            try:
-                listener(batch)
-            except Exception:
-                # This runs inside the sequencer's writer task: an error must not stop the exchange.
-                log.exception("a market data listener failed")
+            listener(batch, fill_ids)
 
     def known(self, symbol: str, seq: int) -> BookView:
         """The view of ``symbol``, adding an empty one at ``seq`` for an instrument listed since ``load``."""

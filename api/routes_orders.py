@@ -44,6 +44,10 @@ BY_ID = f"""
 SELECT {COLUMNS} FROM book_order o JOIN instrument i ON i.id = o.instrument_id
 WHERE o.id = $1 AND o.account_id = $2
 """
+BY_IDS = f"""
+SELECT {COLUMNS} FROM book_order o JOIN instrument i ON i.id = o.instrument_id
+WHERE o.id = ANY($1::bigint[]) AND o.account_id = $2
+"""
 BY_CLIENT_ID = f"""
 SELECT {COLUMNS} FROM book_order o JOIN instrument i ON i.id = o.instrument_id
 WHERE o.account_id = $1 AND o.client_order_id = $2
@@ -57,14 +61,13 @@ WHERE o.account_id = $1 AND ($2::bigint IS NULL OR o.id < $2)
 ORDER BY o.id DESC
 LIMIT $6
 """
-# A fill of an order happened between the order's creation and its last update: the bounds let the account's
-# (account, created_at) index find them without an index on order ids.
+# By the orders' ids (sql/008_fill_order_index.sql), never by times: a wall clock that steps back would hide fills.
 ORDER_FILLS = """
-SELECT id, price, qty, maker_fee AS fee, 'maker' AS role FROM fill
-WHERE maker_account_id = $1 AND created_at BETWEEN $3 AND $4 AND maker_order_id = $2
+SELECT maker_order_id AS order_id, id, price, qty, maker_fee AS fee, 'maker' AS role FROM fill
+WHERE maker_order_id = ANY($2::bigint[]) AND maker_account_id = $1
 UNION ALL
-SELECT id, price, qty, taker_fee, 'taker' FROM fill
-WHERE taker_account_id = $1 AND created_at BETWEEN $3 AND $4 AND taker_order_id = $2
+SELECT taker_order_id, id, price, qty, taker_fee, 'taker' FROM fill
+WHERE taker_order_id = ANY($2::bigint[]) AND taker_account_id = $1
 ORDER BY id
 """
 FILLS = """
@@ -122,15 +125,20 @@ def with_fills(order: Order, fills: list[OrderFill]) -> OrderWithFills:
 
 async def read_order(call: Call, row) -> OrderWithFills:
     """The committed order of ``row`` with all its fills."""
-    fills = []
-    if row["filled_qty"]:
-        async with call.services.connection() as conn:
-            fills = [
-                OrderFill(fill_id, from_micro(price), qty, from_micro(fee), role)
-                for fill_id, price, qty, fee, role in await conn.fetch(
-                    ORDER_FILLS, call.account_id, row["id"], row["created_at"], row["updated_at"])
-            ]
-    return with_fills(order_from_row(row), fills)
+    if not row["filled_qty"]:
+        return with_fills(order_from_row(row), [])
+    async with call.services.connection() as conn:
+        return (await with_their_fills(conn, call.account_id, [row]))[0]
+
+
+async def with_their_fills(conn, account_id: int, rows) -> list[OrderWithFills]:
+    """The committed orders of ``rows`` (of ``account_id``) with all their fills, read in one query."""
+    traded = [row["id"] for row in rows if row["filled_qty"]]
+    fills: dict[int, list[OrderFill]] = {}
+    if traded:
+        for order_id, fill_id, price, qty, fee, role in await conn.fetch(ORDER_FILLS, account_id, traded):
+            fills.setdefault(order_id, []).append(OrderFill(fill_id, from_micro(price), qty, from_micro(fee), role))
+    return [with_fills(order_from_row(row), fills.get(row["id"], [])) for row in rows]
 
 
 async def fetch_order(call: Call, order_id: int) -> OrderWithFills:

@@ -14,7 +14,7 @@ from msgspec import Meta, Struct
 
 from api.endpoints import Call, Endpoints, cursor_id, money
 from api.problems import Problem
-from api.routes_orders import fetch_order, optional_price
+from api.routes_orders import BY_IDS, optional_price, with_their_fills
 from api.schemas import (
     MAX_AMOUNT,
     MAX_PRICE,
@@ -211,11 +211,14 @@ def summary(row) -> RoutedOrderSummary:
 
 
 async def fetch_routed(call: Call, routed_id: int) -> RoutedOrder:
+    """A routed order and its children with their fills: three queries on one connection, however many children."""
     async with call.services.connection() as conn:
         row = await conn.fetchrow(ROUTED_ORDER, routed_id, call.account_id)
-    if row is None:
-        raise Problem("unknown_routed_order", field="routed_order_id")
-    children = [await fetch_order(call, order_id) for order_id in row["order_ids"]]
+        if row is None:
+            raise Problem("unknown_routed_order", field="routed_order_id")
+        rows = await conn.fetch(BY_IDS, row["order_ids"], call.account_id)
+        by_id = {child.id: child for child in await with_their_fills(conn, call.account_id, rows)}
+    children = [by_id[order_id] for order_id in row["order_ids"]]
     found = summary(row)
     return RoutedOrder(*(getattr(found, name) for name in RoutedOrderSummary.__struct_fields__), children)
 

@@ -1,5 +1,10 @@
 """Apply the numbered SQL files of `sql/` to a database, forward only.
 
+Where
+    `sql/` is a package whose data are the migration files, so an installed tokex (a wheel, `pip install .`)
+    carries them as an editable one does; `SQL_DIR` is wherever the import finds it. A missing folder is an
+    error: started without its migrations, a server would run on whatever schema the database has.
+
 Files
     `sql/NNN_name.sql`: NNN is the version (any number of digits, compared as an integer), name is
     lower_snake. Each file runs as one simple-protocol script, so it may hold several statements, but
@@ -24,11 +29,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import asyncpg
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR = Path(str(resources.files("sql")))
 
 # "tokexmig" read as a big-endian int64; fixed so every process contends for the same lock.
 LOCK_KEY = int.from_bytes(b"tokexmig", "big", signed=True)
@@ -58,9 +64,12 @@ class Migration:
 
 
 def discover(folder: Path = SQL_DIR) -> list[Migration]:
-    """Return the migrations in `folder` by version (none if it does not exist); raise on a bad name or a
+    """Return the migrations in `folder` by version; raise if the folder is missing, or on a bad name or a
     duplicate version.
     """
+    if not folder.is_dir():
+        raise MigrationError(f"no migrations folder at {folder}: this install of tokex lacks its sql/ files; "
+                             "reinstall it from a wheel or source tree that has them")
     found: dict[int, Migration] = {}
     for path in sorted(folder.glob("*.sql")):
         match = _FILE_NAME.match(path.name)
@@ -76,7 +85,7 @@ def discover(folder: Path = SQL_DIR) -> list[Migration]:
 
 
 async def migrate(target: str | asyncpg.Connection, folder: Path | None = None) -> list[int]:
-    """Apply the pending migrations of `folder` (default: the repository's sql/); return their versions.
+    """Apply the pending migrations of `folder` (default: `SQL_DIR`, the sql/ package); return their versions.
 
     `target` is a DSN or an open connection (left open, and outside any transaction).
     """

@@ -24,19 +24,25 @@ If the commit fails (the database is gone, or a bug raised while applying), no c
 the batch applied behind it, is answered with success: each caller gets ``Unavailable``. The engine's memory
 is ahead of the database then, so it is thrown away; the sequencer refuses new commands (``Unavailable``,
 immediately) until it has reloaded the engine from the database, retrying until the database is back.
+
+A commit can also fail after PostgreSQL committed (the connection drops once COMMIT was sent): the reload then
+brings the batch back, which nobody downstream has seen. So every reload is followed by ``resync``, which hands
+the market data consumers the committed state before a new command is taken. A ``publish`` that raised partway
+leaves them as unsure, so it is followed by ``resync`` too, before the next batch is published (the writer runs
+it between two commits, when what is committed is exactly what the engine holds).
 """
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from exchange import store
 from exchange.commands import Command, Result
-from exchange.engine import Engine
+from exchange.engine import Effects, Engine
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +71,10 @@ class Unavailable(Exception):
         self.retry_after = retry_after
 
 
-Publisher = Callable[[list[tuple[str, list]]], None]
+Publisher = Callable[[list[tuple[str, list]], list[int]], None]
+"""Called with a committed batch's (symbol, book events) and the ids of its fills, one per Trade event, in order."""
+Resync = Callable[[asyncpg.Connection], Awaitable[None]]
+"""Rebuilds the market data consumers from the database, while nothing commits."""
 Batch = list[tuple[Command, bytes | None, asyncio.Future]]
 """Commands with the digests of the signed requests that carry them (``exchange.replay``), and the futures their
 callers wait on."""
@@ -75,12 +84,17 @@ class Sequencer:
     """Owns the engine; the only code that changes it."""
 
     def __init__(self, pool: asyncpg.Pool, engine: Engine, publish: Publisher | None = None,
-                 max_batch: int = 4096, retry_interval: float = 0.5, clock: Callable[[], int] | None = None) -> None:
+                 max_batch: int = 4096, retry_interval: float = 0.5, clock: Callable[[], int] | None = None,
+                 resync: Resync | None = None) -> None:
         self.pool = pool
         self.clock = clock or wall_clock
         """Microseconds since the epoch for each batch: the engine's only time (injectable for tests)."""
         self.engine = engine
         self.publish = publish
+        self.resync = resync
+        self._market_unsure = False
+        """The market data consumers may not match the database (a reload, or a ``publish`` that raised), so they
+        need ``resync`` before the next batch is published."""
         self.max_batch = max_batch
         self.retry_interval = retry_interval
         self.down: str | None = None
@@ -175,6 +189,8 @@ class Sequencer:
         answered get to run: their next commands make the batch after, applied while this one commits.
         """
         while True:
+            if self._market_unsure:
+                await self._resync_market()
             if self._applied is None:
                 if self._closing:
                     return
@@ -219,22 +235,40 @@ class Sequencer:
             await self._fail(batch, "the exchange hit an internal error and is recovering")
             return
         self.batches += 1
-        events = write.effects.events
-        if self.publish is not None and events:
+        if self.publish is not None and write.effects.events and not self._market_unsure:
             # Scheduled, not called: the writer sends the next batch's statement first. It still runs before
-            # the answered callers resume, whose answers are scheduled after it.
-            asyncio.get_running_loop().call_soon(self._publish, events)
+            # the answered callers resume, whose answers are scheduled after it. Once a publish has failed, the
+            # resync that follows this commit covers this batch too.
+            asyncio.get_running_loop().call_soon(self._publish, write.effects)
         for (_, _, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
 
-    def _publish(self, events: list[tuple[str, list]]) -> None:
+    def _publish(self, effects: Effects) -> None:
         assert self.publish is not None
         try:
-            self.publish(events)
+            self.publish(effects.events, [fill[0] for fill in effects.fills])
         except Exception:
             # Market data is downstream of the commit: its failure must not stop the writer.
-            log.exception("publishing a committed batch failed")
+            log.exception("publishing a committed batch failed; market data will be rebuilt from the database")
+            if self.resync is not None:
+                self._market_unsure = True
+                self._applied_ready.set()  # an idle writer resyncs now rather than at the next batch
+
+    async def _resync_market(self) -> None:
+        """Rebuild the market data consumers between two commits; on failure, try again before the next one.
+
+        A failure here never stops the exchange: market data is downstream of the commits."""
+        try:
+            await self._resync()
+        except Exception:
+            log.exception("rebuilding market data failed; retrying before the next commit")
+
+    async def _resync(self) -> None:
+        assert self.resync is not None
+        async with self.pool.acquire(timeout=self.retry_interval * 20) as conn:
+            await self.resync(conn)
+        self._market_unsure = False
 
     @staticmethod
     def _refuse(batch: Batch, reason: str) -> None:
@@ -264,6 +298,10 @@ class Sequencer:
                 log.exception("rebuilding the engine failed; retrying")
                 await asyncio.sleep(self.retry_interval)
                 continue
+            if self.resync is not None:
+                # The failed batch may have committed all the same: market data starts again from the database.
+                self._market_unsure = True
+                await self._resync_market()
             log.info("engine rebuilt from the database; accepting commands again")
             self.down = None
             return

@@ -234,8 +234,8 @@ async def write(conn: asyncpg.Connection, batch: Write) -> None:
     """Commit a batch atomically: one statement, inside a transaction only when rare rows come along."""
     effects = batch.effects
     if not (effects.accounts or effects.new_instruments or effects.approvals or effects.redemptions
-            or effects.routed_orders or effects.packages or effects.statuses or effects.client_requests
-            or effects.forget_requests_before is not None):
+            or effects.routed_orders or effects.packages or effects.executions or effects.statuses
+            or effects.client_requests or effects.forget_requests_before is not None):
         await conn.execute(BATCH.sql, *batch.arguments)
         return
     async with conn.transaction():

@@ -92,7 +92,7 @@ class Recorder:
         self.seqs = array("q")
         self.times = array("q")
 
-    def publish(self, batch) -> None:
+    def publish(self, batch, fill_ids) -> None:
         from matching import events as ev
 
         at = now_us()

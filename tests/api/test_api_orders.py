@@ -179,3 +179,21 @@ async def test_instruments_halt_resume_and_redemption(market, new_account, admin
     with pytest.raises(ApiError) as error:
         await issuer.redeem(symbol, 10_000)
     assert (error.value.status, error.value.code) == (409, "insufficient_tokens")
+
+
+async def test_an_order_keeps_its_fills_when_the_clock_steps_back(live, market, new_account):
+    symbol, issuer = market
+    _, buyer = await new_account(cash="100")
+    resting = await issuer.place_order(symbol, "sell", price="1.50", qty=10)
+    sequencer = live.app.state.services.sequencer
+    wall_clock = sequencer.clock
+    sequencer.clock = lambda: wall_clock() - 3_600_000_000  # an hour back, as after an NTP step
+    try:
+        taken = await buyer.place_order(symbol, "buy", price="1.50", qty=4)
+    finally:
+        sequencer.clock = wall_clock
+    assert taken["fills"][0]["qty"] == 4
+    maker = await issuer.order(resting["id"])
+    assert maker["updated_at"] < maker["created_at"]  # its fill is stamped before it was made
+    assert [(f["fill_id"], f["qty"], f["role"]) for f in maker["fills"]] == [(taken["fills"][0]["fill_id"], 4, "maker")]
+    assert (await buyer.order(taken["id"]))["fills"] == taken["fills"]

@@ -666,7 +666,7 @@ async def test_the_fee_tier_drops_after_a_million_yuan_of_30_day_volume(market: 
 
 async def test_a_restart_rebuilds_identical_state_and_sequence_numbers_continue(pool: asyncpg.Pool) -> None:
     published: list[tuple[str, list]] = []
-    first = await Sequencer.open(pool, publish=published.extend)
+    first = await Sequencer.open(pool, publish=lambda events, fill_ids: published.extend(events))
     m = await build_market(first)
     carol = await m.account("carol", DEPOSIT)
     await m.ok(PlaceOrder(m.issuer, COMPUTE, "sell", price=ASK, qty=10))
@@ -698,7 +698,7 @@ async def test_a_restart_rebuilds_identical_state_and_sequence_numbers_continue(
         assert loaded.volume.trailing(account, now) == first.engine.volume.trailing(account, now)
         assert bool(loaded.volume.trailing(account, now)) == traded
 
-    second = await Sequencer.open(pool, publish=published.extend)
+    second = await Sequencer.open(pool, publish=lambda events, fill_ids: published.extend(events))
     published.clear()
     try:
         m.exchange = second

@@ -41,6 +41,8 @@ def test_compiled_module_is_not_older_than_the_sources(module) -> None:
 
 
 def test_compiled_and_pure_python_books_give_the_same_bytes(tmp_path: Path) -> None:
+    if all(Path(module.__file__).suffix == ".py" for module in COMPILED):
+        pytest.skip("the book runs as plain Python: nothing compiled to compare it with")
     # The child imports a copy of the package's sources first, so it runs them as plain Python.
     shutil.copytree(Path(matching.__file__).parent, tmp_path / "matching",
                     ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
