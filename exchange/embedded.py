@@ -48,7 +48,6 @@ synchronous_commit and full_page_writes on), 128 MB of shared buffers, 100 conne
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import fcntl
 import importlib.metadata
@@ -69,6 +68,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import psutil
+
+from exchange import lifetime
 
 SERVER_USER = "tokex-pg"
 SUPERUSER = "postgres"
@@ -204,7 +205,7 @@ class EmbeddedPostgres:
             if self._postmaster is None:
                 with self._file_lock():
                     self._start_locked()
-                _register(self)
+                lifetime.register(self)
         return self.dsn
 
     def stop(self) -> None:
@@ -212,7 +213,7 @@ class EmbeddedPostgres:
         with self._mutex:
             pm, owned = self._postmaster, self._owned
             self._postmaster, self._owned = None, False
-            _unregister(self)
+            lifetime.unregister(self)
             if pm is None or not owned or self._owner_pid != os.getpid():
                 # A forked child inherits this object but not the server.
                 return
@@ -223,7 +224,7 @@ class EmbeddedPostgres:
     async def start_async(self) -> str:
         """`start()` without blocking the event loop."""
         dsn = await asyncio.to_thread(self.start)
-        _install_sigterm_handler()
+        lifetime.install_sigterm_handler()
         return dsn
 
     async def stop_async(self) -> None:
@@ -258,7 +259,7 @@ class EmbeddedPostgres:
             pm = self._wait_settled(pm)
         if pm is not None:
             owner = self._read_owner()
-            if owner is not None and _is_alive(owner):
+            if owner is not None and lifetime.is_alive(owner):
                 self._postmaster, self._owned = pm, False
                 return
             # An orphan of a killed owner (or a server started by hand): adopt it.
@@ -456,7 +457,7 @@ class EmbeddedPostgres:
                 os.kill(pm.pid, sig)
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                if not _is_running(pm.pid):
+                if not lifetime.is_running(pm.pid):
                     return
                 time.sleep(0.05)
         raise EmbeddedPostgresError(
@@ -489,13 +490,13 @@ class EmbeddedPostgres:
             return None
 
     def _write_owner(self) -> None:
-        pid, started = _identity(os.getpid())
+        pid, started = lifetime.identity(os.getpid())
         tmp = self._owner_path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"pid": pid, "started": started}))
         tmp.replace(self._owner_path)
 
     def _clear_owner(self) -> None:
-        if self._read_owner() == _identity(os.getpid()):
+        if self._read_owner() == lifetime.identity(os.getpid()):
             self._owner_path.unlink(missing_ok=True)
 
     # -- running the server binaries ---------------------------------------------------------------
@@ -691,82 +692,3 @@ def _describe(path: Path) -> str:
     except KeyError:
         owner = str(st.st_uid)
     return f"mode {stat.S_IMODE(st.st_mode):04o}, owner {owner}"
-
-
-def _identity(pid: int) -> tuple[int, float]:
-    """Return (pid, start time): a pid alone may be reused by an unrelated process."""
-    return pid, psutil.Process(pid).create_time()
-
-
-def _is_running(pid: int) -> bool:
-    """True unless `pid` is gone or a zombie (an exited orphan that nobody reaped yet counts as gone)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _is_alive(identity: tuple[int, float]) -> bool:
-    pid, started = identity
-    try:
-        proc = psutil.Process(pid)
-        return proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - started) < 0.01
-    except psutil.Error:
-        return False
-
-
-# -- process-wide cleanup: at exit and on SIGTERM --------------------------------------------------
-
-_running: list[EmbeddedPostgres] = []
-# Reentrant: the SIGTERM handler may run while the main thread holds it.
-_running_lock = threading.RLock()
-_hooks_installed = False
-_previous_sigterm: object = None
-
-
-def _register(server: EmbeddedPostgres) -> None:
-    global _hooks_installed
-    with _running_lock:
-        if server not in _running:
-            _running.append(server)
-        if not _hooks_installed:
-            atexit.register(_stop_all)
-            _hooks_installed = True
-    _install_sigterm_handler()
-
-
-def _unregister(server: EmbeddedPostgres) -> None:
-    with _running_lock:
-        if server in _running:
-            _running.remove(server)
-
-
-def _stop_all() -> None:
-    with _running_lock:
-        servers = list(reversed(_running))
-    for server in servers:
-        server.stop()
-
-
-def _install_sigterm_handler() -> None:
-    """Stop our servers on SIGTERM; only possible from the main thread (start_async calls it there)."""
-    global _previous_sigterm
-    if threading.current_thread() is not threading.main_thread():
-        return
-    current = signal.getsignal(signal.SIGTERM)
-    # SIG_IGN means this process is meant to survive SIGTERM, and then so is its server.
-    if current is _on_sigterm or current == signal.SIG_IGN:
-        return
-    _previous_sigterm = current
-    signal.signal(signal.SIGTERM, _on_sigterm)
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    _stop_all()
-    previous = _previous_sigterm
-    signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-    if callable(previous):
-        previous(signum, frame)
-    else:
-        # Die of SIGTERM exactly as the process would have without us.
-        os.kill(os.getpid(), signal.SIGTERM)
