@@ -508,7 +508,7 @@ function renderTicker() {
   const last = $("#last");
   last.textContent = padded(ticker ? ticker.last_price : null, places);
   last.className = moved.kind;
-  $("#change").textContent = ticker && ticker.change_24h !== null ? `${moved.amount} ${moved.percent}` : DASH;
+  $("#change").textContent = ticker && ticker.change_24h !== null ? `${moved.amount} (${moved.percent})` : DASH;
   $("#change").className = moved.kind;
   $("#high").textContent = padded(ticker ? ticker.high_24h : null, places);
   $("#low").textContent = padded(ticker ? ticker.low_24h : null, places);
