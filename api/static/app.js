@@ -3,29 +3,44 @@
 // /v1/ws (its protocol is described in api/feed.py): the level2 book is rebuilt from a snapshot and updates,
 // checked by sequence and CRC32 checksum, and resynced by subscribing again after a gap; a closed connection
 // is reopened with backoff and every subscription made again. Each substitution group's token price index comes
-// from GET /v1/indices and then from the feed's index channel.
+// from GET /v1/indices and its history, then from the feed's index channel. Prices are padded to the tick
+// (format.js); the charts are charts.js.
+//
+// The page is drawn from REST first (book, tickers, trades, candles, indices), then kept live by the feed, and the
+// socket is opened at once, while those requests are in flight. A browser running the page on virtual time (a
+// headless screenshot with --virtual-time-budget) only holds that time still while an HTTP request is pending:
+// once none is, the budget runs out in a few real milliseconds, so a page that waited for its REST answers
+// before opening the socket, and drew the book only from the feed, was still "connecting" in the picture.
 
-const LADDER_DEPTH = 15;
+const LADDER_DEPTH = 40; // levels a side; the panel shows as many as fit
 const TAPE_LENGTH = 60;
 const MAX_TICKERS = 40;
-const CHART_BINS = 60;
+const CHART_BINS = 300;
+const INDEX_POINTS = 360; // one value a minute: the last six hours
 
 const state = {
   instruments: [],
   symbol: null,
   interval: "1m",
-  book: null, // {seq, bids: Map(price string -> lots), asks: Map}
+  book: null, // {seq, bids: Map(price string -> lots), asks: Map}, from the feed
+  restBook: null, // the same from GET /book, shown until the feed's snapshot comes
   tradesSeq: -1,
   trades: new Map(), // id -> trade
   candles: new Map(), // start (ms) -> candle
   liveCandles: new Set(), // starts set by the feed since the last REST load
+  chartFresh: true, // the candles were replaced: draw them all and scroll to the newest
+  chartUpdates: [], // candles from the feed not drawn yet
+  hovered: null, // the bar under the chart's crosshair
   tickers: new Map(),
   indices: new Map(), // substitution group -> the newest index object
+  indexHistory: new Map(), // substitution group -> Map(at (ms) -> index object)
   resyncs: 0,
   reconnects: 0,
   status: "connecting",
   socket: null,
   retry: 0,
+  chart: null, // {chart, candles, volume}: charts.js
+  indexCharts: new Map(), // substitution group -> {chart, line}
 };
 window.tokex = state; // for tests, and for the curious
 
@@ -69,6 +84,8 @@ function connect() {
     state.retry = 0;
     setStatus("live", "live");
     subscribeAll();
+    // After a reconnect, what the feed sent meanwhile is caught up from REST; the book comes as a new snapshot.
+    if (state.reconnects && state.symbol) loadHistory();
   };
   socket.onmessage = (event) => {
     for (const message of JSON.parse(event.data)) handle(message);
@@ -88,12 +105,18 @@ function send(message) {
   if (state.socket && state.socket.readyState === WebSocket.OPEN) state.socket.send(JSON.stringify(message));
 }
 
+// Every subscription the page holds, when the socket opens.
 function subscribeAll() {
+  subscribeOverview();
+  if (state.symbol) subscribeMarket();
+}
+
+// The tickers of the instrument list and the price indices.
+function subscribeOverview() {
   for (const instrument of state.instruments.slice(0, MAX_TICKERS)) {
     send({ type: "subscribe", channel: "ticker", symbol: instrument.symbol });
   }
   for (const group of groups()) send({ type: "subscribe", channel: "index", group });
-  if (state.symbol) subscribeMarket();
 }
 
 function groups() {
@@ -107,8 +130,6 @@ function subscribeMarket() {
   send({ type: "subscribe", channel: "level2", symbol: state.symbol });
   send({ type: "subscribe", channel: "trades", symbol: state.symbol });
   send({ type: "subscribe", channel: "candles", symbol: state.symbol, interval: state.interval });
-  loadTrades().catch(warn);
-  loadCandles().catch(warn);
 }
 
 function warn(error) {
@@ -139,6 +160,7 @@ function handle(message) {
     case "snapshot":
       if (!mine) return;
       state.book = { seq: message.seq, bids: new Map(message.bids), asks: new Map(message.asks) };
+      state.restBook = null;
       if (checksumOf(state.book) !== message.checksum) return resync("snapshot checksum");
       setStatus("live", "live");
       return render();
@@ -162,13 +184,16 @@ function handle(message) {
       for (const trade of message.trades) state.trades.set(trade.id, { ...trade, ts: message.ts, fresh: true });
       return render();
     case "ticker":
-      state.tickers.set(message.symbol, message);
+      setTicker(message);
       return render();
-    case "candle":
+    case "candle": {
       if (!mine || message.interval !== state.interval) return;
-      state.candles.set(Date.parse(message.candle.start), message.candle);
-      state.liveCandles.add(Date.parse(message.candle.start));
+      const start = Date.parse(message.candle.start);
+      state.candles.set(start, message.candle);
+      state.liveCandles.add(start);
+      state.chartUpdates.push(message.candle);
       return render();
+    }
     case "heartbeat":
       if (!mine) return;
       if (state.book && message.level2_seq > state.book.seq) return resync(`heartbeat at ${message.level2_seq}`);
@@ -188,13 +213,26 @@ function handle(message) {
 function handleIndex(message) {
   const known = state.indices.get(message.group);
   if (message.type === "index") {
-    if (!known || message.index.at >= known.at) state.indices.set(message.group, message.index);
+    addIndex(message.index);
     return render();
   }
   // A heartbeat names the newest minute computed: a newer one than shown means a value was missed.
   if (message.type === "heartbeat" && message.at !== null && (!known || message.at > known.at)) {
-    loadIndices().catch(warn);
+    loadIndexHistory(message.group).catch(warn);
   }
+}
+
+function addIndex(index) {
+  const known = state.indices.get(index.group);
+  if (!known || index.at >= known.at) state.indices.set(index.group, index);
+  if (!state.indexHistory.has(index.group)) state.indexHistory.set(index.group, new Map());
+  state.indexHistory.get(index.group).set(Date.parse(index.at), index);
+}
+
+// A ticker from REST or the feed, whichever is newer.
+function setTicker(ticker) {
+  const known = state.tickers.get(ticker.symbol);
+  if (!known || ticker.seq >= known.seq) state.tickers.set(ticker.symbol, ticker);
 }
 
 // REST
@@ -205,28 +243,53 @@ async function getJSON(path) {
   return response.json();
 }
 
+const path = (symbol, what) => `/v1/instruments/${encodeURIComponent(symbol)}/${what}`;
+
 async function loadInstruments() {
   const answer = await getJSON("/v1/instruments");
   state.instruments = answer.items;
   const wanted = decodeURIComponent(location.hash.slice(1));
   const first = state.instruments.find((i) => i.symbol === wanted) ||
     state.instruments.find((i) => i.kind === "compute") || state.instruments[0];
-  renderInstruments();
   if (first) select(first.symbol);
+  subscribeOverview();
+  render();
+  await Promise.all([
+    ...state.instruments.slice(0, MAX_TICKERS).map((i) => loadTicker(i.symbol).catch(warn)),
+    ...groups().map((group) => loadIndexHistory(group).catch(warn)),
+  ]);
 }
 
-async function loadIndices() {
-  const answer = await getJSON("/v1/indices");
-  for (const index of answer.items) {
-    const known = state.indices.get(index.group);
-    if (!known || index.at >= known.at) state.indices.set(index.group, index);
-  }
+async function loadTicker(symbol) {
+  setTicker(await getJSON(path(symbol, "ticker")));
+  render();
+}
+
+async function loadIndexHistory(group) {
+  const answer = await getJSON(`/v1/indices/${encodeURIComponent(group)}/history?interval=1m&limit=${INDEX_POINTS}`);
+  for (const item of answer.items) addIndex(item.index);
+  render();
+}
+
+// The book, the tape and the candles of the instrument shown.
+function loadHistory() {
+  loadBook().catch(warn);
+  loadTrades().catch(warn);
+  loadCandles().catch(warn);
+}
+
+async function loadBook() {
+  const symbol = state.symbol;
+  const book = await getJSON(`${path(symbol, "book")}?depth=${LADDER_DEPTH}`);
+  if (symbol !== state.symbol) return;
+  const levels = (side) => new Map(side.map((level) => [level.price, level.qty]));
+  state.restBook = { seq: book.seq, bids: levels(book.bids), asks: levels(book.asks) };
   render();
 }
 
 async function loadTrades() {
   const symbol = state.symbol;
-  const page = await getJSON(`/v1/instruments/${encodeURIComponent(symbol)}/trades?limit=${TAPE_LENGTH}`);
+  const page = await getJSON(`${path(symbol, "trades")}?limit=${TAPE_LENGTH}`);
   if (symbol !== state.symbol) return;
   for (const trade of page.items) {
     if (!state.trades.has(trade.id)) state.trades.set(trade.id, { ...trade, ts: Date.parse(trade.created_at) * 1000 });
@@ -237,17 +300,26 @@ async function loadTrades() {
 async function loadCandles() {
   const { symbol, interval } = state;
   state.liveCandles = new Set();
-  const path = `/v1/instruments/${encodeURIComponent(symbol)}/candles?interval=${interval}&limit=${CHART_BINS}`;
-  const answer = await getJSON(path);
+  const answer = await getJSON(`${path(symbol, "candles")}?interval=${interval}&limit=${CHART_BINS}`);
   if (symbol !== state.symbol || interval !== state.interval) return;
   for (const candle of answer.items) {
     const start = Date.parse(candle.start);
     if (!state.liveCandles.has(start)) state.candles.set(start, candle); // the feed's is newer
   }
+  state.chartFresh = true;
   render();
 }
 
 // Choices
+
+function instrument(symbol = state.symbol) {
+  return state.instruments.find((i) => i.symbol === symbol);
+}
+
+function decimals(symbol = state.symbol) {
+  const found = instrument(symbol);
+  return found ? decimalsOf(found.tick) : 0;
+}
 
 function select(symbol) {
   if (symbol === state.symbol) return;
@@ -256,11 +328,14 @@ function select(symbol) {
     send({ type: "unsubscribe", channel: "candles", symbol: state.symbol, interval: state.interval });
   }
   state.symbol = symbol;
+  state.restBook = null;
   state.trades = new Map();
-  state.candles = new Map();
+  clearCandles();
+  if (state.chart) setPriceFormat(state.chart.candles, instrument().tick);
   document.body.dataset.symbol = symbol;
   history.replaceState(null, "", `#${encodeURIComponent(symbol)}`);
   subscribeMarket();
+  loadHistory();
   render();
 }
 
@@ -268,12 +343,20 @@ function chooseInterval(interval) {
   if (interval === state.interval) return;
   send({ type: "unsubscribe", channel: "candles", symbol: state.symbol, interval: state.interval });
   state.interval = interval;
-  state.candles = new Map();
+  clearCandles();
   for (const button of document.querySelectorAll(".intervals button")) {
     button.setAttribute("aria-pressed", String(button.dataset.interval === interval));
   }
   send({ type: "subscribe", channel: "candles", symbol: state.symbol, interval });
   loadCandles().catch(warn);
+  render();
+}
+
+function clearCandles() {
+  state.candles = new Map();
+  state.chartUpdates = [];
+  state.chartFresh = true;
+  state.hovered = null;
 }
 
 // Rendering, at most once a frame
@@ -291,15 +374,29 @@ function render() {
     renderBook();
     renderTrades();
     drawChart();
+    renderOhlc();
   });
 }
 
-function change(ticker) {
-  if (!ticker || ticker.change_24h === null) return { text: "—", kind: "" };
-  const delta = Number(ticker.change_24h);
-  const percent = Number(ticker.open_24h) ? (100 * delta) / Number(ticker.open_24h) : 0;
-  const sign = delta > 0 ? "+" : "";
-  return { text: `${sign}${ticker.change_24h} (${sign}${percent.toFixed(2)}%)`, kind: delta > 0 ? "up" : delta < 0 ? "down" : "" };
+function cell(text, className) {
+  const element = document.createElement("td");
+  element.textContent = text;
+  if (className) element.className = className;
+  return element;
+}
+
+function direction(number) {
+  return number > 0 ? "up" : number < 0 ? "down" : "";
+}
+
+function changeOf(ticker) {
+  if (!ticker || ticker.change_24h === null) return { amount: DASH, percent: DASH, kind: "" };
+  const places = decimals(ticker.symbol);
+  return {
+    amount: signed(padded(ticker.change_24h, places)),
+    percent: percent(ticker.change_24h, ticker.open_24h),
+    kind: direction(Number(ticker.change_24h)),
+  };
 }
 
 function renderInstruments() {
@@ -312,97 +409,153 @@ function renderInstruments() {
         const button = document.createElement("button");
         button.type = "button";
         button.dataset.symbol = instrument.symbol;
-        button.innerHTML = '<span class="name"></span><span class="price"></span>';
+        for (const part of ["name", "price", "volume", "change"]) {
+          const span = document.createElement("span");
+          span.className = part;
+          button.append(span);
+        }
         button.querySelector(".name").textContent = instrument.symbol;
+        button.title = instrument.symbol;
         button.addEventListener("click", () => select(instrument.symbol));
         item.append(button);
         return item;
       }));
     }
     for (const button of list.querySelectorAll("button")) {
-      const ticker = state.tickers.get(button.dataset.symbol);
-      const price = button.querySelector(".price");
-      price.textContent = ticker && ticker.last_price !== null ? ticker.last_price : "—";
-      price.className = `price ${change(ticker).kind}`;
-      button.setAttribute("aria-current", String(button.dataset.symbol === state.symbol));
+      const symbol = button.dataset.symbol;
+      const ticker = state.tickers.get(symbol);
+      const moved = changeOf(ticker);
+      button.querySelector(".price").textContent = padded(ticker ? ticker.last_price : null, decimals(symbol));
+      button.querySelector(".volume").textContent = ticker ? `${lots(ticker.volume_24h)} lots 24h` : "";
+      const change = button.querySelector(".change");
+      change.textContent = moved.percent;
+      change.className = `change ${moved.kind}`;
+      button.setAttribute("aria-current", String(symbol === state.symbol));
     }
   }
 }
 
 function renderIndices() {
   const list = $("#indices");
-  list.replaceChildren(...groups().map((group) => {
-    const index = state.indices.get(group);
-    const item = document.createElement("li");
-    item.dataset.group = group;
-    item.innerHTML = '<span class="name"></span><span class="value"></span><span class="meta"></span>';
-    item.querySelector(".name").textContent = group;
-    if (!index) {
-      item.querySelector(".value").textContent = "—";
-      item.querySelector(".meta").textContent = "not computed yet";
+  const shown = groups();
+  if ([...list.children].map((item) => item.dataset.group).join() !== shown.join()) {
+    for (const { chart } of state.indexCharts.values()) chart.remove();
+    state.indexCharts.clear();
+    list.replaceChildren(...shown.map((group) => {
+      const item = document.createElement("li");
+      item.dataset.group = group;
+      for (const part of ["name", "value", "meta", "history"]) {
+        const element = document.createElement(part === "history" ? "div" : "span");
+        element.className = part;
+        item.append(element);
+      }
+      item.querySelector(".name").textContent = group;
       return item;
+    }));
+  }
+  for (const item of list.children) {
+    const group = item.dataset.group;
+    const index = state.indices.get(group);
+    const value = item.querySelector(".value");
+    const meta = item.querySelector(".meta");
+    if (!index) {
+      value.textContent = DASH;
+      meta.textContent = "not computed yet";
+      continue;
     }
     item.dataset.at = index.at;
     item.dataset.stale = String(index.stale);
-    const at = new Date(index.at).toTimeString().slice(0, 5);
+    const at = shortTime(new Date(index.at));
     // Stale means no trade in 24 hours: no value is shown rather than an old one.
-    item.querySelector(".value").textContent = index.stale ? "stale" : index.value;
-    item.querySelector(".meta").textContent = index.stale
+    value.textContent = index.stale ? "stale" : Number(index.value).toFixed(4);
+    value.title = index.stale ? "" : `${index.value} CNY per 1M tokens at ${at}`;
+    meta.textContent = index.stale
       ? `no trades in the 24 h to ${at}`
-      : `${index.trades.toLocaleString("en")} trades · ${(index.volume_tokens / 1e6).toLocaleString("en")}M tokens · ${at}`;
-    return item;
-  }));
+      : `${index.trades.toLocaleString("en")} trades · ${tokenCount(index.volume_tokens)} tokens in 24 h · ${at}`;
+    drawIndexHistory(group, item.querySelector(".history"));
+  }
+}
+
+function drawIndexHistory(group, box) {
+  const points = [...(state.indexHistory.get(group) || new Map()).values()]
+    .sort((a, b) => Date.parse(a.at) - Date.parse(b.at)).map(indexPoint);
+  // Stale minutes before the first value would only squeeze the line to the right.
+  points.splice(0, Math.max(0, points.findIndex((point) => point.value !== undefined)));
+  box.dataset.points = String(points.filter((point) => point.value !== undefined).length);
+  if (!window.LightweightCharts) return;
+  if (!state.indexCharts.has(group)) state.indexCharts.set(group, indexChart(box));
+  const drawn = state.indexCharts.get(group);
+  if (drawn.count !== points.length) {
+    drawn.count = points.length;
+    drawn.line.setData(points);
+  }
+  // The whole history across the panel, whatever its width now.
+  drawn.chart.timeScale().fitContent();
 }
 
 function renderTicker() {
-  const instrument = state.instruments.find((i) => i.symbol === state.symbol);
-  $("#symbol").textContent = state.symbol || "—";
-  if (instrument) {
-    $("#about").textContent = instrument.kind === "compute"
-      ? `${instrument.model} · ${instrument.substitution_group} · quality ${instrument.quality} · ` +
-        `${Number(instrument.tokens_per_lot).toLocaleString("en")} tokens per lot`
-      : `${instrument.description} · ${instrument.grants} per token · ${instrument.license}`;
+  const shown = instrument();
+  $("#symbol").textContent = state.symbol || DASH;
+  if (shown) {
+    $("#about").textContent = shown.kind === "compute"
+      ? `${shown.model} · ${shown.substitution_group} · quality ${shown.quality} · ` +
+        `1 lot = ${tokenCount(shown.tokens_per_lot)} tokens · tick ${shown.tick} CNY`
+      : `${shown.description} · 1 token = ${shown.grants} · ${shown.license}`;
   }
   const ticker = state.tickers.get(state.symbol);
-  const moved = change(ticker);
-  $("#last").textContent = ticker && ticker.last_price !== null ? ticker.last_price : "—";
-  $("#change").textContent = moved.text;
+  const places = decimals();
+  const moved = changeOf(ticker);
+  const last = $("#last");
+  last.textContent = padded(ticker ? ticker.last_price : null, places);
+  last.className = moved.kind;
+  $("#change").textContent = ticker && ticker.change_24h !== null ? `${moved.amount} (${moved.percent})` : DASH;
   $("#change").className = moved.kind;
-  $("#high").textContent = ticker && ticker.high_24h !== null ? ticker.high_24h : "—";
-  $("#low").textContent = ticker && ticker.low_24h !== null ? ticker.low_24h : "—";
-  $("#volume").textContent = ticker ? `${ticker.volume_24h.toLocaleString("en")} lots` : "—";
-  $("#seq").textContent = state.book ? state.book.seq : "—";
+  $("#high").textContent = padded(ticker ? ticker.high_24h : null, places);
+  $("#low").textContent = padded(ticker ? ticker.low_24h : null, places);
+  $("#volume").textContent = ticker ? `${lots(ticker.volume_24h)} lots` : DASH;
+  $("#turnover").textContent = ticker ? `${yuan(ticker.notional_24h)} CNY` : DASH;
 }
 
-function ladderRows(levels, widest) {
+// One side of the ladder, best level first, each with the lots up to it; `widest` is the largest such total
+// shown on either side, the full width of a depth bar.
+function ladderRows(levels, widest, places) {
+  let total = 0;
   return levels.map(([price, qty]) => {
+    total += qty;
     const row = document.createElement("tr");
     row.dataset.price = price;
-    row.style.setProperty("--depth", `${Math.round((100 * qty) / widest)}%`);
-    const priceCell = document.createElement("td");
-    priceCell.textContent = price;
-    const qtyCell = document.createElement("td");
-    qtyCell.textContent = qty.toLocaleString("en");
-    row.append(priceCell, qtyCell);
+    row.style.setProperty("--depth", `${((100 * total) / widest).toFixed(1)}%`);
+    row.append(cell(padded(price, places)), cell(lots(qty)), cell(lots(total)));
     return row;
   });
 }
 
 function renderBook() {
   const ladder = $("#ladder");
-  const book = state.book;
+  const book = state.book || state.restBook;
   if (!book) {
     ladder.dataset.seq = "";
     return;
   }
+  const places = decimals();
   const bids = sortedLevels(book.bids, true).slice(0, LADDER_DEPTH);
   const asks = sortedLevels(book.asks, false).slice(0, LADDER_DEPTH);
-  const widest = Math.max(1, ...bids.map((l) => l[1]), ...asks.map((l) => l[1]));
-  $("#asks").replaceChildren(...ladderRows(asks.slice().reverse(), widest));
-  $("#bids").replaceChildren(...ladderRows(bids, widest));
-  $("#spread").textContent = bids.length && asks.length
-    ? `spread ${(Number(asks[0][0]) - Number(bids[0][0])).toFixed(6).replace(/\.?0+$/, "")}`
-    : "—";
+  const sum = (levels) => levels.reduce((total, level) => total + level[1], 0);
+  const widest = Math.max(1, sum(bids), sum(asks));
+  $("#asks").replaceChildren(...ladderRows(asks, widest, places).reverse());
+  $("#bids").replaceChildren(...ladderRows(bids, widest, places));
+  const ticker = state.tickers.get(state.symbol);
+  const newest = [...state.trades.values()].reduce((a, b) => (!a || b.id > a.id ? b : a), null);
+  const last = $("#book-last");
+  last.textContent = padded(ticker ? ticker.last_price : null, places);
+  last.className = `book-last ${newest ? (newest.side === "buy" ? "up" : "down") : ""}`;
+  if (bids.length && asks.length) {
+    const spread = differenceOf(asks[0][0], bids[0][0], places);
+    const mid = midOf(bids[0][0], asks[0][0], places);
+    $("#mid").textContent = `mid ${mid} · spread ${spread} (${percent(spread, mid).replace("+", "")})`;
+  } else {
+    $("#mid").textContent = bids.length || asks.length ? "one-sided book" : "empty book";
+  }
   ladder.dataset.seq = String(book.seq);
 }
 
@@ -411,91 +564,83 @@ function renderTrades() {
   for (const id of [...state.trades.keys()]) {
     if (!trades.some((t) => t.id === id)) state.trades.delete(id);
   }
+  const places = decimals();
   $("#trades").replaceChildren(...trades.map((trade) => {
     const row = document.createElement("tr");
     row.dataset.id = String(trade.id);
     row.className = trade.side + (trade.fresh ? " fresh" : "");
     trade.fresh = false;
-    const time = new Date(trade.ts / 1000).toLocaleTimeString("en-GB");
-    for (const text of [time, trade.price, trade.qty.toLocaleString("en")]) {
-      const cell = document.createElement("td");
-      cell.textContent = text;
-      row.append(cell);
-    }
+    row.append(cell(padded(trade.price, places)), cell(lots(trade.qty)), cell(clockTime(new Date(trade.ts / 1000))));
     return row;
   }));
 }
 
 function drawChart() {
-  const canvas = $("#candles");
-  const ratio = window.devicePixelRatio || 1;
-  const width = canvas.clientWidth || 720;
-  const height = Math.round(width / 2);
-  if (canvas.width !== Math.round(width * ratio)) {
-    canvas.width = Math.round(width * ratio);
-    canvas.height = Math.round(height * ratio);
-  }
-  const ctx = canvas.getContext("2d");
-  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-  ctx.clearRect(0, 0, width, height);
-  ctx.font = "11px system-ui, sans-serif";
-  const bins = [...state.candles.entries()].sort((a, b) => a[0] - b[0]).slice(-CHART_BINS);
-  const traded = bins.filter(([, c]) => c.volume > 0);
-  canvas.dataset.bins = String(bins.length);
-  canvas.dataset.traded = String(traded.length);
+  const box = $("#candles");
+  const bins = [...state.candles.entries()].sort((a, b) => a[0] - b[0]).map(([, candle]) => candle);
+  const traded = bins.filter((candle) => candle.volume > 0);
+  box.dataset.bins = String(bins.length);
+  box.dataset.traded = String(traded.length);
+  let note = box.querySelector(".note");
   if (!traded.length) {
-    ctx.fillStyle = "#7d8a96";
-    ctx.fillText(bins.length ? "no trades in this range" : "loading…", 12, 20);
+    if (!note) {
+      note = document.createElement("p");
+      note.className = "note";
+      box.append(note);
+    }
+    note.textContent = bins.length ? "no trades in this range" : "loading…";
+  } else if (note) {
+    note.remove();
+  }
+  if (!window.LightweightCharts) return;
+  if (!state.chart) {
+    state.chart = candleChart(box, (bar) => {
+      state.hovered = bar;
+      renderOhlc();
+    });
+    if (instrument()) setPriceFormat(state.chart.candles, instrument().tick);
+  }
+  const { chart, candles, volume } = state.chart;
+  const drawnTo = candles.data().length ? candles.data().at(-1).time : -Infinity;
+  const updates = state.chartUpdates;
+  state.chartUpdates = [];
+  if (state.chartFresh || updates.some((candle) => Date.parse(candle.start) / 1000 < drawnTo)) {
+    const bars = bins.map(candleBars);
+    candles.setData(bars.map((b) => b.bar));
+    volume.setData(bars.map((b) => b.volume));
+    if (state.chartFresh) chart.timeScale().scrollToRealTime();
+    state.chartFresh = false;
     return;
   }
-  const axis = 56;
-  const volumeHeight = height * 0.18;
-  const top = 10;
-  const bottom = height - volumeHeight - 18;
-  const high = Math.max(...traded.map(([, c]) => Number(c.high)));
-  const low = Math.min(...traded.map(([, c]) => Number(c.low)));
-  const pad = (high - low) * 0.08 || high * 0.01 || 1;
-  const y = (price) => top + ((high + pad - price) / (high - low + 2 * pad)) * (bottom - top);
-  const step = (width - axis - 8) / CHART_BINS;
-  const x = (index) => 4 + (CHART_BINS - bins.length + index + 0.5) * step;
-  const maxVolume = Math.max(...traded.map(([, c]) => c.volume));
-
-  ctx.strokeStyle = "#26303a";
-  ctx.fillStyle = "#7d8a96";
-  ctx.lineWidth = 1;
-  for (let i = 0; i <= 4; i++) {
-    const price = low - pad + ((high - low + 2 * pad) * i) / 4;
-    const at = Math.round(y(price)) + 0.5;
-    ctx.beginPath();
-    ctx.moveTo(0, at);
-    ctx.lineTo(width - axis, at);
-    ctx.stroke();
-    ctx.fillText(price.toFixed(price < 10 ? 3 : 2), width - axis + 4, at + 4);
+  for (const candle of updates) {
+    const { bar, volume: shade } = candleBars(candle);
+    candles.update(bar);
+    volume.update(shade);
   }
-  bins.forEach(([start, candle], index) => {
-    if (index % 15 === 0) {
-      const label = new Date(start);
-      const text = state.interval === "1d" ? label.toISOString().slice(5, 10) : label.toTimeString().slice(0, 5);
-      ctx.fillStyle = "#7d8a96";
-      ctx.fillText(text, Math.max(2, x(index) - 12), height - 4);
-    }
-    if (!candle.volume) return; // no trade: nothing to draw, nothing invented
-    const open = Number(candle.open);
-    const close = Number(candle.close);
-    const colour = close >= open ? "#2fbf71" : "#e5534b";
-    ctx.strokeStyle = colour;
-    ctx.fillStyle = colour;
-    ctx.beginPath();
-    ctx.moveTo(Math.round(x(index)) + 0.5, y(Number(candle.high)));
-    ctx.lineTo(Math.round(x(index)) + 0.5, y(Number(candle.low)));
-    ctx.stroke();
-    const body = Math.max(1, Math.abs(y(open) - y(close)));
-    ctx.fillRect(x(index) - step * 0.35, Math.min(y(open), y(close)), step * 0.7, body);
-    ctx.globalAlpha = 0.35;
-    const bar = (candle.volume / maxVolume) * volumeHeight;
-    ctx.fillRect(x(index) - step * 0.35, height - 16 - bar, step * 0.7, bar);
-    ctx.globalAlpha = 1;
-  });
+}
+
+// The readout over the chart: the bin under the crosshair, else the newest traded one.
+function renderOhlc() {
+  const readout = $("#ohlc");
+  const hovered = state.hovered && state.candles.get(state.hovered.time * 1000);
+  const candle = hovered || [...state.candles.values()].filter((c) => c.volume > 0)
+    .sort((a, b) => Date.parse(b.start) - Date.parse(a.start))[0];
+  if (!candle || !candle.volume) {
+    readout.replaceChildren();
+    return;
+  }
+  const places = decimals();
+  const move = differenceOf(candle.close, candle.open, places);
+  const parts = [["O", padded(candle.open, places)], ["H", padded(candle.high, places)],
+    ["L", padded(candle.low, places)], ["C", padded(candle.close, places)],
+    ["", `${signed(move)} (${percent(move, candle.open)})`], ["V", `${lots(candle.volume)} lots`]];
+  readout.replaceChildren(...parts.flatMap(([label, value]) => {
+    const strong = document.createElement("b");
+    strong.textContent = value;
+    if (!label) strong.className = direction(Number(move));
+    return label ? [`${label} `, strong] : [strong];
+  }));
+  readout.title = crosshairTime(Date.parse(candle.start) / 1000);
 }
 
 // Start
@@ -503,8 +648,5 @@ function drawChart() {
 for (const button of document.querySelectorAll(".intervals button")) {
   button.addEventListener("click", () => chooseInterval(button.dataset.interval));
 }
-window.addEventListener("resize", render);
-loadInstruments()
-  .then(() => loadIndices().catch(warn))
-  .then(connect)
-  .catch((error) => setStatus("reconnecting", `cannot load instruments: ${error.message}`));
+connect();
+loadInstruments().catch((error) => setStatus("reconnecting", `cannot load instruments: ${error.message}`));
