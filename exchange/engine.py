@@ -116,6 +116,10 @@ MESSAGES = {
 }
 
 
+WITHDRAWAL_NOT_COVERED = "Available cash is lower than the amount to withdraw."
+"""``insufficient_funds`` for a withdrawal, which has no order and no fee."""
+
+
 def reject(code: str) -> Rejection:
     return Rejection(code, MESSAGES[code])
 
@@ -333,7 +337,7 @@ class Engine:
         if not _positive_int(cmd.amount):
             return reject("invalid_amount")
         if self.ledger.available(cmd.account_id, CASH) < cmd.amount:
-            return reject("insufficient_funds")
+            return Rejection("insufficient_funds", WITHDRAWAL_NOT_COVERED)
         self.ledger.post("withdrawal", at, [(cmd.account_id, CASH, AVAILABLE, -cmd.amount),
                                             (EXTERNAL, CASH, AVAILABLE, cmd.amount)])
         return Done(cmd.account_id)

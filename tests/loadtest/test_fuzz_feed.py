@@ -102,8 +102,8 @@ async def test_generated_frames_get_answers_or_clean_closes_and_others_keep_rece
 
     await asyncio.to_thread(fuzz)
     # Some examples send more bad frames than ``FeedLimits.max_errors`` (10), which closes with 1008.
-    for answer in ("subscribed", "error malformed_message", "error message_too_large", "error invalid_message",
-                   "closed 1008"):
+    # A frame over the message limit closes the connection (1009) before the feed reads it.
+    for answer in ("subscribed", "error malformed_message", "error invalid_message", "closed 1008", "closed 1009"):
         assert seen[answer], f"no example was answered {answer}: {seen}"
     await trading
     async with Client(live.url) as public:
