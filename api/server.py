@@ -51,6 +51,7 @@ import asyncpg
 import uvicorn
 from starlette.applications import Starlette
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from api.app import create_app
 from api.feed import MAX_MESSAGE_BYTES
@@ -312,6 +313,35 @@ class CoalescingHttpToolsProtocol(BoundedHttpToolsProtocol):
         super().handle_websocket_upgrade()
 
 
+class DrainingWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, which, once it fails a connection (a frame or message over
+    ``ws_max_size``: 1009; text that is not UTF-8: 1007), lets the client read why.
+
+    uvicorn sends the close frame and closes the socket at once; with the rest of the client's frame still unread,
+    the kernel answers with a reset, which can overtake the close frame, and the client sees its connection
+    dropped without a reason. Here the close frame is followed by an EOF, what the client still sends is read and
+    dropped unparsed, and the socket closes when the client closes its side, or after ``close_timeout``.
+    """
+
+    failed: bool = False
+
+    def data_received(self, data: bytes) -> None:
+        if not self.failed:
+            super().data_received(data)
+
+    def handle_parser_exception(self) -> None:
+        self.failed = True
+        close = self.conn.close_sent
+        assert close is not None
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": close.code, "reason": close.reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        # The transport closes itself on the client's EOF (``eof_received`` returns None).
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
+
+
 def quiet_garbage_collector() -> None:
     """Keep the cycle collector's pauses short while serving.
 
@@ -328,11 +358,12 @@ def quiet_garbage_collector() -> None:
 
 def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
     """uvicorn's settings for ``app``. A WebSocket frame or message over the feed's message limit closes its
-    connection with 1009 before it is read whole; proxy headers count only from ``settings.forwarded_allow_ips``
-    (uvicorn would believe them from 127.0.0.1, or from its FORWARDED_ALLOW_IPS, by default)."""
+    connection with 1009 before it is read whole (``DrainingWebSocketProtocol``); proxy headers count only from
+    ``settings.forwarded_allow_ips`` (uvicorn would believe them from 127.0.0.1, or from its FORWARDED_ALLOW_IPS,
+    by default)."""
     return uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on", log_level=settings.log_level,
                           access_log=settings.access_log, timeout_graceful_shutdown=settings.drain_seconds,
-                          server_header=False, ws_per_message_deflate=False, ws="websockets-sansio",
+                          server_header=False, ws_per_message_deflate=False, ws=DrainingWebSocketProtocol,
                           ws_max_size=MAX_MESSAGE_BYTES, http=CoalescingHttpToolsProtocol,
                           proxy_headers=settings.forwarded_allow_ips is not None,
                           forwarded_allow_ips=settings.forwarded_allow_ips or "")
