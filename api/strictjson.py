@@ -6,8 +6,9 @@
   it has no field for (looking for a union's tag, say), and 10,000 levels ended in a ``RecursionError``.
 
 ``check`` parses the text with the standard library's C parser, which calls a hook with every object's pairs
-and raises ``RecursionError`` (cleanly, with nothing to undo) on deep nesting. It costs a few microseconds on a
-request body of the API, which nests two levels at most.
+and raises ``RecursionError`` (cleanly, with nothing to undo) on deep nesting. On an order's body it costs about
+twice what msgspec's decoding does: a few microseconds, against a hundred or so that the server spends on the
+request.
 """
 
 import json
@@ -18,9 +19,9 @@ class Malformed(ValueError):
 
 
 def check(text: str | bytes) -> None:
-    """Raise ``Malformed`` unless ``text`` is one JSON value with unique keys in every object."""
+    """Raise ``Malformed`` unless ``text`` is one JSON value (UTF-8, when bytes) with unique keys in every object."""
     try:
-        json.loads(text, object_pairs_hook=_unique)
+        _decoder.decode(text if isinstance(text, str) else text.decode())
     except Malformed:
         raise
     except RecursionError:
@@ -36,3 +37,7 @@ def _unique(pairs: list[tuple[str, object]]) -> None:
             if key in seen:
                 raise Malformed(f"The key {key!r} is given more than once in one object; give it once.")
             seen.add(key)
+
+
+# Built once: json.loads makes a decoder per call when given a hook, and guesses the encoding of bytes.
+_decoder = json.JSONDecoder(object_pairs_hook=_unique)
