@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--port", type=int, default=int(os.environ.get("TOKEX_PORT") or 8000),
                         help="port (default: TOKEX_PORT, else 8000; 0 picks a free one)")
     listen.add_argument("--access-log", action="store_true", help="log every request")
+    listen.add_argument("--forwarded-allow-ips", metavar="ADDRESSES",
+                        default=os.environ.get("TOKEX_FORWARDED_ALLOW_IPS") or None,
+                        help="proxies (comma-separated addresses or networks, * for any) whose X-Forwarded-For "
+                             "and X-Forwarded-Proto name the client; default: TOKEX_FORWARDED_ALLOW_IPS, else none, "
+                             "and a client is the address it connects from")
 
     commands.add_parser("check", parents=[database],
                         help="verify every ledger and order-book invariant in the database")
@@ -249,7 +254,8 @@ async def admin(options: argparse.Namespace) -> int:
 def serve_settings(options: argparse.Namespace, no_rate_limit: bool = False) -> Settings:
 
     return Settings(host=options.host, port=options.port, database_url=database_url(options),
-                    rate_limits=NO_LIMITS if no_rate_limit else None, access_log=options.access_log)
+                    rate_limits=NO_LIMITS if no_rate_limit else None, access_log=options.access_log,
+                    forwarded_allow_ips=options.forwarded_allow_ips)
 
 
 async def serve(options: argparse.Namespace) -> int:

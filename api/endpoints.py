@@ -12,9 +12,9 @@ address (public) or check the signature and scope, then rate-limit by key (signe
 change state (any method but GET) carries the digest of its signature to the exchange, which runs it once
 (``exchange.replay``; a replay is ``409 replayed_request``); convert path parameters
 (an invalid one is the resource's 404), the query string and the body (422 naming the field, 400 for a body
-that is not JSON, 415 for another media type); call the handler; encode its Struct as JSON. Whatever goes
-wrong becomes a problem response (``api.problems``): an ``Unavailable`` sequencer or a lost database is a 503
-with Retry-After, anything unexpected a logged 500.
+that is not strict JSON (``api.strictjson``), 415 for another media type); call the handler; encode its Struct
+as JSON. Whatever goes wrong becomes a problem response (``api.problems``): an ``Unavailable`` sequencer or a
+lost database is a 503 with Retry-After, anything unexpected a logged 500.
 
 One ``Resource`` serves all the methods of a path, so an undeclared method gets a 405 problem with an ``Allow``
 header that lists every declared one.
@@ -37,11 +37,12 @@ from starlette.types import Receive, Scope, Send
 
 from api import auth
 from api.keys import Principal
-from api.problems import Problem, from_rejection, from_validation, retry_after
+from api.problems import Problem, from_rejection, from_validation, retry_after, retry_seconds
 from api.ratelimit import RateLimiter
 from api.schemas import encoder
 from api.services import READ_ERRORS, Services
 from api.signing import SIGNATURE_HEADER
+from api.strictjson import Malformed, check
 from api.units import FieldError, from_micro, to_micro
 from exchange import replay
 from exchange.commands import Command, Rejection, Result
@@ -226,14 +227,16 @@ def address(request: Request) -> str:
 def limit(limiter: RateLimiter, key: object) -> None:
     wait = limiter.take(key)
     if wait:
-        raise retry_after("rate_limited", wait, f"Too many requests; retry in {wait:.1f} s.")
+        seconds = retry_seconds(wait)
+        raise retry_after("rate_limited", seconds, f"Too many requests; retry in {seconds} s.")
 
 
 def admit(services: Services, request: Request) -> None:
     """Refuse a key lookup for an address that has spent its bucket (on failed signatures, or public requests)."""
     wait = services.address_limiter.wait(address(request))
     if wait:
-        raise retry_after("rate_limited", wait, f"Too many requests; retry in {wait:.1f} s.")
+        seconds = retry_seconds(wait)
+        raise retry_after("rate_limited", seconds, f"Too many requests; retry in {seconds} s.")
 
 
 async def read_body(request: Request) -> bytes:
@@ -287,6 +290,10 @@ def parse_body(endpoint: Endpoint, request: Request, body: bytes) -> Any:
         media = content_type.split(";", 1)[0].strip().lower()
         if media != JSON and not (media.startswith("application/") and media.endswith("+json")):
             raise Problem("unsupported_media_type", f"The body must be {JSON}, not {media or 'empty'}.")
+    try:
+        check(body)
+    except Malformed as exc:
+        raise Problem("malformed_body", str(exc)) from None
     try:
         return endpoint.decoder.decode(body)
     except msgspec.ValidationError as exc:

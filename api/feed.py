@@ -2,7 +2,8 @@
 
 Requests
 --------
-The client sends JSON text messages, one per frame, of at most 4 KiB:
+The client sends JSON text messages, one per frame, of at most 4 KiB (a larger frame or message closes the
+connection with 1009, message too big, before it is read whole):
 
     {"type": "subscribe", "channel": "level2", "symbol": "DEEPSEEK-V3"}
     {"type": "subscribe", "channel": "candles", "symbol": "DEEPSEEK-V3", "interval": "5m"}
@@ -118,8 +119,9 @@ A revoked key loses its subscriptions within a few seconds (an ``error`` ``key_r
 Limits and errors
 -----------------
 Bad input gets ``{"type": "error", "code": ..., "detail": ...}`` and changes nothing else: ``malformed_message``
-(not JSON, or a binary frame), ``unknown_type``, ``invalid_message``, ``unknown_channel``,
-``unknown_instrument``, ``unknown_interval``, ``message_too_large``, ``too_many_subscriptions``,
+(not JSON, a key given twice in one object, nesting too deep, or a binary frame), ``unknown_type``,
+``invalid_message``, ``unknown_channel``, ``unknown_instrument``, ``unknown_interval``, ``message_too_large``
+(over a ``max_message_bytes`` set below the server's frame limit), ``too_many_subscriptions``,
 ``not_subscribed``, ``rate_limited`` (more than ``message_rate`` messages a second), ``unknown_group``
 (``index``), and for ``user`` ``unauthenticated``, ``stale_timestamp``, ``invalid_signature``,
 ``insufficient_scope``. After ``max_errors`` of them the connection is closed with 1008 (policy violation), as
@@ -175,6 +177,7 @@ from api.routes_packages import Execution
 from api.schemas import Balance, Fill, Order, asset_amount
 from api.services import READ_ERRORS, Services
 from api.signing import TIMESTAMP, WINDOW_SECONDS, signature
+from api.strictjson import Malformed, check
 from api.units import from_micro
 from exchange.indexer import IndexRow
 from matching import events as ev
@@ -184,11 +187,14 @@ log = logging.getLogger(__name__)
 CHANNELS = ("ticker", "level2", "trades", "candles", "user", "index")
 INTERVAL_MINUTES = {"1m": 1, "5m": 5, "1h": 60, "1d": 1440}
 CHECKSUM_DEPTH = 10
-SYMBOL = re.compile(r"^[A-Z0-9][A-Z0-9._-]{0,31}$")
+# \Z, not $: $ also matches before a final newline.
+SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,31}\Z")
 SLOW_CONSUMER = 1013
 WS_OPEN = State.OPEN
 SERVER_SEND = "tokex.server_send"
 POLICY_VIOLATION = 1008
+MAX_MESSAGE_BYTES = 4096
+"""A client message, and the server's frame limit (``api.server.uvicorn_config``)."""
 GOING_AWAY = 1001
 
 
@@ -198,7 +204,8 @@ class FeedLimits:
 
     max_connections_per_address: int = 50
     max_subscriptions: int = 50
-    max_message_bytes: int = 4096
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    """Above the server's frame limit this has no effect: a longer frame closes the connection first."""
     message_rate: float = 10.0
     message_burst: float = 30.0
     max_errors: int = 10
@@ -1424,6 +1431,10 @@ def stream_key(channel: str, symbol: str | None, interval: str | None, group: st
 
 
 def parse(text: str) -> Subscribe | Unsubscribe | AskChallenge:
+    try:
+        check(text)
+    except Malformed as exc:
+        raise FeedError("malformed_message", str(exc)) from None
     try:
         return decode_request(text)
     except msgspec.ValidationError as exc:

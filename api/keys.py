@@ -63,7 +63,7 @@ ROLE_SCOPES = {
     "issuer": frozenset(("read", "trade", "issue")),
     "trader": frozenset(("read", "trade")),
 }
-KEY_ID = re.compile(r"^tk_[0-9a-f]{16}$")
+KEY_ID = re.compile(r"tk_[0-9a-f]{16}\Z")  # \Z, not $: $ also matches before a final newline
 CACHE_SECONDS = 2.0
 MASTER_KEY_ENV = "TOKEX_MASTER_KEY"
 MASTER_KEY_FILE = "master.key"

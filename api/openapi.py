@@ -5,9 +5,9 @@ which OpenAPI 3.1 uses as it is), so they state exactly what decoding accepts: t
 ``additionalProperties: false`` on every request body. Each operation lists the statuses it can answer: its
 success, the problems of its own codes (``errors=`` of its declaration, by ``api.problems.CODES``), and those
 every request of its kind can get (401/403 when signed, 409 ``replayed_request`` when signed and not a GET,
-404 for a path parameter, 422 for a body or a query, 400/413 for a body, 415, 429 and 503 with Retry-After).
-Signed operations name the scope they need in ``x-tokex-scope`` and require the three TOKEX-* headers
-(``api.signing``).
+404 for a path parameter, 422 for a body or a query, 400/413 for a body, 415, 431 for an oversized head, 429 and
+503 with Retry-After). Signed operations name the scope they need in ``x-tokex-scope`` and require the three
+TOKEX-* headers (``api.signing``).
 """
 
 from importlib.metadata import version
@@ -74,7 +74,7 @@ def _problems(codes: set[str], retry: bool) -> dict[str, dict]:
 
 
 def _codes(endpoint: Endpoint) -> set[str]:
-    codes = {"rate_limited", "unavailable", "malformed_body", "body_too_large", *endpoint.errors}
+    codes = {"rate_limited", "unavailable", "malformed_body", "body_too_large", "headers_too_large", *endpoint.errors}
     if endpoint.scope is not None:
         codes |= {"unauthenticated", "invalid_signature", "stale_timestamp", "insufficient_scope"}
         if endpoint.method != "GET":
@@ -124,7 +124,7 @@ def document(endpoints: list[Endpoint]) -> dict[str, Any]:
             operation["x-tokex-scope"] = list(endpoint.scopes)
         paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
 
-    return {
+    return _json_schema_patterns({
         "openapi": "3.1.0",
         "info": {"title": "tokex", "version": version("tokex"), "description": DESCRIPTION},
         "paths": paths,
@@ -139,4 +139,15 @@ def document(endpoints: list[Endpoint]) -> dict[str, Any]:
                                    "description": "Hex HMAC-SHA256(secret, timestamp + METHOD + target + body)."},
             },
         },
-    }
+    })
+
+
+def _json_schema_patterns(node: Any) -> Any:
+    """``node`` with every pattern's final ``\\Z`` (``api.schemas.whole``) written ``$``: JSON Schema patterns are
+    ECMA-262 regexes, in which ``$`` is the very end, as ``\\Z`` is in Python, and ``\\Z`` means nothing."""
+    if isinstance(node, dict):
+        return {key: value[:-2] + "$" if key == "pattern" and isinstance(value, str) and value.endswith("\\Z")
+                else _json_schema_patterns(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_json_schema_patterns(value) for value in node]
+    return node

@@ -11,7 +11,7 @@ request field at fault (dotted for nested ones) when there is one.
 
 Statuses
 --------
-- 400: the body is not JSON at all.
+- 400: the body is not JSON, or a key is given twice in an object, or it nests too deeply.
 - 401: no signature, a bad one, an unknown or revoked key, or a timestamp outside the window.
 - 403: the key lacks the scope, or the account's role does not allow the action.
 - 404: no such route, or no such thing *for this account* (another account's order is "unknown_order").
@@ -20,7 +20,8 @@ Statuses
   instrument, a taken name, capacity): the same request, signed again, may succeed later.
   ``replayed_request`` is the exception: these exact signed bytes were accepted before, and never run twice.
 - 422: the request itself is invalid (type, range, precision, tick, size); ``field`` says where.
-- 429: rate limited; 503: the exchange cannot take commands or reach its database right now. Both carry
+- 429: rate limited; 431: the request line and headers are over 32 KiB (the server answers it and closes the
+  connection); 503: the exchange cannot take commands or reach its database right now. Both carry
   ``Retry-After`` (seconds). A 503 means nothing was done.
 
 Every rejection code of ``exchange.engine.MESSAGES`` is in ``CODES``; a test keeps it that way.
@@ -58,6 +59,7 @@ CODES: dict[str, Spec] = {
     "body_too_large": Spec(413, "Body too large"),
     "unsupported_media_type": Spec(415, "Unsupported media type"),
     "rate_limited": Spec(429, "Rate limited"),
+    "headers_too_large": Spec(431, "Headers too large"),
     "internal_error": Spec(500, "Internal error"),
     "unavailable": Spec(503, "Exchange unavailable"),
     # Validation of fields
@@ -168,9 +170,15 @@ class Problem(Exception):
         return Response(_encoder.encode(body), self.status, headers=self.headers, media_type=MEDIA_TYPE)
 
 
+def retry_seconds(seconds: float) -> int:
+    """``seconds`` as Retry-After states it: whole seconds, rounded up, at least 1."""
+    return max(1, math.ceil(seconds))
+
+
 def retry_after(code: str, seconds: float, detail: str | None = None) -> Problem:
-    """A 429 or 503 that tells the client when to come back (whole seconds, at least 1)."""
-    return Problem(code, detail, headers={"Retry-After": str(max(1, math.ceil(seconds)))})
+    """A 429 or 503 that tells the client when to come back (``retry_seconds``); a detail that names a wait
+    should name ``retry_seconds(seconds)``, so that it and the header agree."""
+    return Problem(code, detail, headers={"Retry-After": str(retry_seconds(seconds))})
 
 
 def from_rejection(rejection: Rejection) -> Problem:

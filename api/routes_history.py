@@ -25,7 +25,7 @@ from msgspec import Meta, Struct
 
 from api.endpoints import Call, Endpoints
 from api.problems import Problem
-from api.schemas import Limit, Request, Side, Symbol, average_price
+from api.schemas import Limit, Request, Side, Symbol, average_price, whole
 from api.units import from_micro
 
 history = Endpoints("market data")
@@ -42,8 +42,8 @@ ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
 
 Interval = Literal["1m", "5m", "1h", "1d"]
 Time = Annotated[datetime, Meta(tz=True, description="RFC 3339 with a time zone, e.g. 2026-11-28T09:30:00Z.")]
-TradeId = Annotated[str, Meta(pattern=r"^[0-9]{1,18}$", description="A trade id, exclusive: the next_cursor of the "
-                                                                    "previous page, or any trade id to page from.")]
+TradeId = Annotated[str, whole(r"[0-9]{1,18}", description="A trade id, exclusive: the next_cursor of the "
+                                                           "previous page, or any trade id to page from.")]
 
 
 class TradeQuery(Request):

@@ -20,7 +20,7 @@ from msgspec import Meta, Struct
 from api.endpoints import Call, Endpoints
 from api.problems import Problem
 from api.routes_history import INTERVALS, ORIGIN, Interval, Time
-from api.schemas import TEXT_PATTERN, Request
+from api.schemas import TEXT_PATTERN, Request, whole
 from api.units import from_micro
 from exchange.indexer import COLUMNS, LATEST, IndexRow, row_of
 
@@ -29,8 +29,7 @@ indices = Endpoints("price index")
 Group = Annotated[str, Meta(min_length=1, max_length=2000, pattern=TEXT_PATTERN,
                             description="A substitution group of compute instruments.", examples=["chat-general"])]
 GROUP = {"group": (Group, "unknown_group")}
-BinCursor = Annotated[str, Meta(pattern=r"^[0-9]{1,11}$",
-                                description="Opaque: the next_cursor of the previous page.")]
+BinCursor = Annotated[str, whole(r"[0-9]{1,11}", description="Opaque: the next_cursor of the previous page.")]
 
 
 class PriceIndex(Struct):

@@ -16,7 +16,19 @@ from api.endpoints import Call, Endpoints, money
 from api.problems import Problem
 from api.routes_orders import optional_price
 from api.routes_routing import Mode, average_quality
-from api.schemas import MAX_AMOUNT, MAX_PRICE, ClientRequestId, Decimal, Id, Limit, Qty, Request, Text, average_price
+from api.schemas import (
+    MAX_AMOUNT,
+    MAX_PRICE,
+    ClientRequestId,
+    Decimal,
+    Id,
+    Limit,
+    Qty,
+    Request,
+    Text,
+    average_price,
+    whole,
+)
 from api.units import from_micro
 from exchange import packages as plans
 from exchange import routing
@@ -28,7 +40,7 @@ packages = Endpoints("packages")
 
 Period = Literal["day", "week", "month"]
 PACKAGE_ID = {"package_id": (Id, "unknown_package")}
-PeriodCursor = Annotated[str, Meta(pattern=r"^[0-9]{1,9}$", description="The next_cursor of the previous page.")]
+PeriodCursor = Annotated[str, whole(r"[0-9]{1,9}", description="The next_cursor of the previous page.")]
 Time = Annotated[datetime, Meta(tz=True, description="RFC 3339 with a time zone, e.g. 2026-12-01T09:00:00Z.")]
 
 PACKAGE_COLUMNS = ", ".join(plans.Package.__struct_fields__)

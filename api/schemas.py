@@ -10,7 +10,7 @@ asset: yuan for CNY, whole lots for a token.
 """
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -27,11 +27,21 @@ MAX_AMOUNT = 10**15
 
 DECIMAL_PATTERN = r"^(0|[1-9][0-9]{0,14})(\.[0-9]{1,6})?$"
 TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+"""Line breaks are text, so ``$`` (which also matches before a final newline) is right here."""
+
+
+def whole(pattern: str, **meta: Any) -> Meta:
+    """The ``Meta`` of a string that ``pattern`` (no anchors, no top-level ``|``) must match as a whole.
+
+    msgspec searches with ``re``, where ``^...$`` also takes "X\\n": ``$`` matches before a final newline. So the
+    pattern ends in ``\\Z``, which the OpenAPI document writes as ``$`` (``api.openapi``)."""
+    return Meta(pattern=f"^{pattern}\\Z", **meta)
+
 
 Id = Annotated[int, Meta(ge=1, le=BIGINT)]
-Symbol = Annotated[str, Meta(pattern=r"^[A-Z0-9][A-Z0-9._-]{0,31}$", description="Instrument symbol.",
-                             examples=["DEEPSEEK-V3"])]
-Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Account name.")]
+Symbol = Annotated[str, whole(r"[A-Z0-9][A-Z0-9._-]{0,31}", description="Instrument symbol.",
+                              examples=["DEEPSEEK-V3"])]
+Name = Annotated[str, whole(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", description="Account name.")]
 Text = Annotated[str, Meta(min_length=1, max_length=2000, pattern=TEXT_PATTERN)]
 Label = Annotated[str, Meta(max_length=200, pattern=TEXT_PATTERN)]
 Qty = Annotated[int, Meta(ge=1, le=MAX_QTY, description="Whole lots.")]
@@ -40,16 +50,16 @@ Decimal = Annotated[str, Meta(
     max_length=32, description="A positive CNY amount in yuan, as a decimal string with at most 6 decimals.",
     extra_json_schema={"pattern": DECIMAL_PATTERN, "examples": ["1.85"]},
 )]
-ClientOrderId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}$",
-                                    description="Unique per account; sending it again returns the original order.")]
-ClientRequestId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}$",
-                                      description="Unique per account and kind; sending it again returns the "
-                                                  "original result and changes nothing.")]
-KeyId = Annotated[str, Meta(pattern=r"^tk_[0-9a-f]{16}$", description="The public id of an API key.")]
+ClientOrderId = Annotated[str, whole(r"[A-Za-z0-9._:-]{1,64}",
+                                     description="Unique per account; sending it again returns the original order.")]
+ClientRequestId = Annotated[str, whole(r"[A-Za-z0-9._:-]{1,64}",
+                                       description="Unique per account and kind; sending it again returns the "
+                                                   "original result and changes nothing.")]
+KeyId = Annotated[str, whole(r"tk_[0-9a-f]{16}", description="The public id of an API key.")]
 Limit = Annotated[int, Meta(ge=1, le=500)]
-Cursor = Annotated[str, Meta(pattern=r"^[0-9]{1,19}(-[0-9]{1,19})?$",
-                             description="Opaque: the next_cursor of the previous page.")]
-Asset = Annotated[str, Meta(pattern=r"^[A-Z0-9][A-Z0-9._-]{0,31}$", description="CNY or an instrument symbol.")]
+Cursor = Annotated[str, whole(r"[0-9]{1,19}(-[0-9]{1,19})?",
+                              description="Opaque: the next_cursor of the previous page.")]
+Asset = Annotated[str, whole(r"[A-Z0-9][A-Z0-9._-]{0,31}", description="CNY or an instrument symbol.")]
 
 Role = Literal["admin", "issuer", "trader"]
 Scope = Literal["read", "trade", "issue", "admin"]

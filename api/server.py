@@ -51,8 +51,11 @@ import asyncpg
 import uvicorn
 from starlette.applications import Starlette
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from api.app import create_app
+from api.feed import MAX_MESSAGE_BYTES
+from api.problems import Problem
 from api.ratelimit import RateLimits
 from exchange.database import Database
 
@@ -60,6 +63,8 @@ log = logging.getLogger(__name__)
 
 WRITER_LOCK = int.from_bytes(b"tokexwrt", "big", signed=True)
 GC_THRESHOLDS = (10_000, 10, 10)
+MAX_HEAD_BYTES = 32 * 1024
+"""A request's line and headers together; a longer head is answered 431 and its connection closed."""
 NO_LIMITS = RateLimits(per_key_rate=None, per_address_rate=None)
 
 
@@ -84,6 +89,10 @@ class Settings:
     """How long shutdown waits for requests in flight before cancelling them."""
     pool_size: int = 10
     log_level: str = "info"
+    forwarded_allow_ips: str | None = None
+    """Proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (comma-separated addresses or networks,
+    ``*`` for any). None believes no one: a client's address is the peer's, so nobody escapes the per-address
+    limits by writing a header."""
 
 
 @contextlib.asynccontextmanager
@@ -222,8 +231,75 @@ class CoalescingTransport:
         return getattr(self.transport, name)
 
 
-class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol on a ``CoalescingTransport``: one write per response. A connection upgraded to
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a cap on a request's head: ``MAX_HEAD_BYTES``.
+
+    httptools has no cap of its own: it gathers a header's name and value in memory however long they grow (100
+    MiB of one header was read whole, and answered). A head is measured twice: a complete one by what was parsed
+    (before the app or a WebSocket upgrade sees it), and one still arriving by the bytes read since it began, so
+    a head that never ends costs at most the cap and a read or two. Either way over the cap is a 431 problem
+    and a closed connection; nothing of that request runs.
+    """
+
+    head_bytes: int | None = None
+    """Bytes of the current head read after the read it began in; None while no head is being read."""
+    head_began: bool = False
+    refused: bool = False
+
+    def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return
+        self.head_began = False
+        super().data_received(data)
+        # The read a head begins in may end the previous request, so it is not counted; a later read that
+        # leaves the head unfinished is all head.
+        if self.head_bytes is not None and not self.head_began and not self.refused:
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self.refuse_head()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.head_bytes = 0
+        self.head_began = True
+
+    def on_headers_complete(self) -> None:
+        self.head_bytes = None
+        if self.refused:
+            return
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > MAX_HEAD_BYTES:
+            self.refuse_head()
+            return
+        super().on_headers_complete()
+
+    # What the parser reports after a refusal, until the end of the read it came in, belongs to no request.
+
+    def on_body(self, body: bytes) -> None:
+        if not self.refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self.refused:
+            super().on_message_complete()
+
+    def handle_websocket_upgrade(self) -> None:
+        if not self.refused:
+            super().handle_websocket_upgrade()
+
+    def refuse_head(self) -> None:
+        self.refused = True
+        problem = Problem("headers_too_large", f"The request line and headers may be at most {MAX_HEAD_BYTES} "
+                                               "bytes together.").response()
+        head = [b"HTTP/1.1 431 Request Header Fields Too Large\r\n"]
+        head += [name + b": " + value + b"\r\n" for name, value in problem.raw_headers]
+        head.append(b"connection: close\r\n\r\n")
+        self.transport.write(b"".join(head) + problem.body)
+        self.transport.close()
+
+
+class CoalescingHttpToolsProtocol(BoundedHttpToolsProtocol):
+    """The bounded httptools protocol on a ``CoalescingTransport``: one write per response. A connection upgraded to
     a WebSocket gets the real transport back: the feed writes one ready frame per subscriber per flush
     (``api.feed.Connection.write``), which has nothing to join, and the load run measured no gain from it."""
 
@@ -235,6 +311,35 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         coalescing.flush()
         self.transport = coalescing.transport
         super().handle_websocket_upgrade()
+
+
+class DrainingWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, which, once it fails a connection (a frame or message over
+    ``ws_max_size``: 1009; text that is not UTF-8: 1007), lets the client read why.
+
+    uvicorn sends the close frame and closes the socket at once; with the rest of the client's frame still unread,
+    the kernel answers with a reset, which can overtake the close frame, and the client sees its connection
+    dropped without a reason. Here the close frame is followed by an EOF, what the client still sends is read and
+    dropped unparsed, and the socket closes when the client closes its side, or after ``close_timeout``.
+    """
+
+    failed: bool = False
+
+    def data_received(self, data: bytes) -> None:
+        if not self.failed:
+            super().data_received(data)
+
+    def handle_parser_exception(self) -> None:
+        self.failed = True
+        close = self.conn.close_sent
+        assert close is not None
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": close.code, "reason": close.reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        # The transport closes itself on the client's EOF (``eof_received`` returns None).
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
 
 
 def quiet_garbage_collector() -> None:
@@ -252,10 +357,16 @@ def quiet_garbage_collector() -> None:
 
 
 def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
+    """uvicorn's settings for ``app``. A WebSocket frame or message over the feed's message limit closes its
+    connection with 1009 before it is read whole (``DrainingWebSocketProtocol``); proxy headers count only from
+    ``settings.forwarded_allow_ips`` (uvicorn would believe them from 127.0.0.1, or from its FORWARDED_ALLOW_IPS,
+    by default)."""
     return uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on", log_level=settings.log_level,
                           access_log=settings.access_log, timeout_graceful_shutdown=settings.drain_seconds,
-                          server_header=False, ws_per_message_deflate=False, ws="websockets-sansio",
-                          http=CoalescingHttpToolsProtocol)
+                          server_header=False, ws_per_message_deflate=False, ws=DrainingWebSocketProtocol,
+                          ws_max_size=MAX_MESSAGE_BYTES, http=CoalescingHttpToolsProtocol,
+                          proxy_headers=settings.forwarded_allow_ips is not None,
+                          forwarded_allow_ips=settings.forwarded_allow_ips or "")
 
 
 async def serve(settings: Settings, on_started: Callable[[Server, str], Awaitable[None]] | None = None) -> int:

@@ -8,8 +8,9 @@ is ever rounded.
 import re
 
 MICRO = 1_000_000
-_DECIMAL = re.compile(r"^(0|[1-9][0-9]{0,14})(?:\.([0-9]{1,6}))?$")
-_TOO_PRECISE = re.compile(r"^(0|[1-9][0-9]{0,14})\.[0-9]{7,}$")
+# Used with fullmatch: ``$`` would also match before a final newline, and take "1\n".
+_DECIMAL = re.compile(r"(0|[1-9][0-9]{0,14})(?:\.([0-9]{1,6}))?")
+_TOO_PRECISE = re.compile(r"(0|[1-9][0-9]{0,14})\.[0-9]{7,}")
 
 
 class FieldError(ValueError):
@@ -24,9 +25,9 @@ class FieldError(ValueError):
 
 def to_micro(text: str, field: str) -> int:
     """Parse a positive CNY amount such as "1.85" into micro-yuan, exactly."""
-    match = _DECIMAL.match(text)
+    match = _DECIMAL.fullmatch(text)
     if match is None:
-        if _TOO_PRECISE.match(text):
+        if _TOO_PRECISE.fullmatch(text):
             raise FieldError(field, "too_precise", f"{field} has more than 6 decimals (1 micro-yuan): {text!r}")
         raise FieldError(field, "invalid_decimal", f"{field} must be a decimal string like \"1.85\", got {text!r}")
     whole, fraction = match.groups()

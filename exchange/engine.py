@@ -123,6 +123,8 @@ ClientRequest = Deposit | Withdraw | Mint | Burn | Redeem | CreatePackage
 CLIENT_REQUEST_KINDS: dict[type, str] = {Deposit: "deposit", Withdraw: "withdrawal", Mint: "mint", Burn: "burn",
                                          Redeem: "redemption", CreatePackage: "package"}
 """The kinds a ``client_request_id`` is unique within, per account (the account whose balance moves)."""
+WITHDRAWAL_NOT_COVERED = "Available cash is lower than the amount to withdraw."
+"""``insufficient_funds`` for a withdrawal, which has no order and no fee."""
 
 
 def reject(code: str) -> Rejection:
@@ -402,7 +404,7 @@ class Engine:
         if not _positive_int(cmd.amount):
             return reject("invalid_amount")
         if self.ledger.available(cmd.account_id, CASH) < cmd.amount:
-            return reject("insufficient_funds")
+            return Rejection("insufficient_funds", WITHDRAWAL_NOT_COVERED)
         entry_id = self.ledger.post("withdrawal", at, [(cmd.account_id, CASH, AVAILABLE, -cmd.amount),
                                                        (EXTERNAL, CASH, AVAILABLE, cmd.amount)])
         self._remember(cmd, entry_id, at)

@@ -23,7 +23,7 @@ from starlette.applications import Starlette
 from api.app import create_app
 from api.bootstrap import create_admin
 from api.ratelimit import RateLimits
-from api.server import CoalescingHttpToolsProtocol
+from api.server import Settings, uvicorn_config
 
 NO_LIMITS = RateLimits(per_key_rate=None, per_address_rate=None)
 
@@ -45,11 +45,10 @@ class Live:
 
 
 @contextmanager
-def serve(app: Starlette, master_key: bytes, timeout: float = 60.0) -> Iterator[Live]:
-    """Serve ``app`` with uvicorn on 127.0.0.1 and a free port until the block ends."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", ws="websockets-sansio",
-                            http=CoalescingHttpToolsProtocol)
-    server = uvicorn.Server(config)
+def serve(app: Starlette, master_key: bytes, timeout: float = 60.0, settings: Settings | None = None) -> Iterator[Live]:
+    """Serve ``app`` with uvicorn as ``tokex serve`` configures it (``settings``, by default on 127.0.0.1 and a
+    free port) until the block ends."""
+    server = uvicorn.Server(uvicorn_config(app, settings or Settings(port=0, log_level="warning")))
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
     thread.start()

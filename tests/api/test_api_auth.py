@@ -118,10 +118,12 @@ async def test_revoked_keys_stop_working(admin, new_account):
     other = admin.with_key(spare["id"], spare["secret"])
     try:
         assert (await other.me())["id"] == account["id"]
-        revoked = await trader.revoke_key(spare["id"])
+        # Revoking is an admin's: a trading key may not, a read key neither (tests/security/test_bounds.py).
+        assert await status_and_code(trader, "DELETE", f"/v1/keys/{spare['id']}") == (403, "insufficient_scope")
+        revoked = await admin.revoke_key(spare["id"])
         assert revoked["revoked_at"] is not None
         assert await status_and_code(other, "GET", "/v1/accounts/me") == (401, "invalid_signature")
-        # An admin may revoke any key; revoking again changes nothing.
+        # Revoking again changes nothing.
         assert (await admin.revoke_key(spare["id"]))["revoked_at"] == revoked["revoked_at"]
     finally:
         await other.aclose()
@@ -140,7 +142,7 @@ async def test_an_account_never_sees_or_touches_another_accounts_things(market, 
     assert await status_and_code(bob, "PATCH", f"/v1/orders/{order['id']}", json={"qty": 1}) == \
         (404, "unknown_order")
     assert await bob.cancel_all(symbol) == []
-    assert await status_and_code(bob, "DELETE", f"/v1/keys/{alice_key}") == (404, "unknown_key")
+    assert await status_and_code(bob, "DELETE", f"/v1/keys/{alice_key}") == (403, "insufficient_scope")
     assert (await bob.orders())["items"] == []
     assert all(k["account_id"] == bob_account["id"] for k in await bob.keys())
     assert (await bob.balances())["CNY"]["available"] == "5"

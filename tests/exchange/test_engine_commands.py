@@ -38,7 +38,7 @@ from exchange.commands import (
     SetInstrumentStatus,
     Withdraw,
 )
-from exchange.engine import MESSAGES, Engine
+from exchange.engine import MESSAGES, WITHDRAWAL_NOT_COVERED, Engine
 from exchange.ledger import CASH, FEES
 from exchange.sequencer import Sequencer
 
@@ -194,7 +194,10 @@ async def assert_refused(market: Market, command: Command, code: str) -> None:
     """``command`` is answered with ``code`` and changes nothing, in the database or in memory."""
     before = await snapshot(market.exchange)
     result = await market.run(command)
-    assert result == Rejection(code, MESSAGES[code]), command
+    # A withdrawal has no order and no fee to speak of.
+    message = WITHDRAWAL_NOT_COVERED if isinstance(command, Withdraw) and code == "insufficient_funds" else \
+        MESSAGES[code]
+    assert result == Rejection(code, message), command
     assert await snapshot(market.exchange) == before, command
     async with market.exchange.pool.acquire() as conn:
         assert await invariants.problems(conn, market.exchange.engine) == []
