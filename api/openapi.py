@@ -1,12 +1,12 @@
 """The OpenAPI 3.1 document, generated from the endpoint declarations and their msgspec Structs.
 
-Served at ``GET /v1/openapi.json``. Schemas come from ``msgspec.json.schema_components`` (JSON Schema 2020-12,
-which OpenAPI 3.1 uses as it is), so they state exactly what decoding accepts: types, ranges, patterns, and
-``additionalProperties: false`` on every request body. Each operation lists the statuses it can answer: its
-success, the problems of its own codes (``errors=`` of its declaration, by ``api.problems.CODES``), and those
-every request of its kind can get (401/403 when signed, 404 for a path parameter, 422 for a body or a query,
-400/413 for a body, 415, 429 and 503 with Retry-After). Signed operations name the scope they need in
-``x-tokex-scope`` and require the three TOKEX-* headers (``api.signing``).
+Served at ``GET /v1/openapi.json``, and as an interactive page at ``/docs``. Schemas come from
+``msgspec.json.schema_components`` (JSON Schema 2020-12, which OpenAPI 3.1 uses as it is), so they state exactly
+what decoding accepts: types, ranges, patterns, and ``additionalProperties: false`` on every request body. Each
+operation lists the statuses it can answer: its success, the problems of its own codes (``errors=`` of its
+declaration, by ``api.problems.CODES``), and those every request of its kind can get (401/403 when signed, 404 for a
+path parameter, 422 for a body or a query, 400/413 for a body, 415, 429 and 503 with Retry-After). Signed operations
+name the scope they need in ``x-tokex-scope`` and require the three TOKEX-* headers (``api.signing``).
 """
 
 from importlib.metadata import version
@@ -122,6 +122,8 @@ def document(endpoints: list[Endpoint]) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "tokex", "version": version("tokex"), "description": DESCRIPTION},
+        # Relative: the server that serves this document, at whatever address it was reached.
+        "servers": [{"url": "/", "description": "This server"}],
         "paths": paths,
         "components": {
             "schemas": components,

@@ -99,6 +99,10 @@ class Sequencer:
         self._writer: asyncpg.Connection | None = None
         """The connection that holds the writer lock and commits every batch."""
         self.batches = 0
+        self.refused = 0
+        """Commands answered ``Unavailable``."""
+        self.on_commit: Callable[[Batch, list[Result], float], None] | None = None
+        """Called with each committed batch, its results and the seconds its write took (for metrics)."""
 
     @classmethod
     async def open(cls, pool: asyncpg.Pool, lock_timeout: float = 30.0, **options) -> "Sequencer":
@@ -113,6 +117,11 @@ class Sequencer:
         sequencer._writer = lock
         sequencer.start()
         return sequencer
+
+    @property
+    def queue_depth(self) -> int:
+        """Commands waiting to be applied."""
+        return len(self._queue)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sequencer")
@@ -134,8 +143,10 @@ class Sequencer:
     async def submit(self, command: Command) -> Result:
         """Apply ``command``; return its result once committed. Raise ``Unavailable`` if it cannot be."""
         if self.down is not None:
+            self.refused += 1
             raise Unavailable(self.down)
         if self._stopping:
+            self.refused += 1
             raise Unavailable("the exchange is shutting down")
         future = asyncio.get_running_loop().create_future()
         self._queue.append((command, future))
@@ -204,7 +215,9 @@ class Sequencer:
         try:
             if self._writer is None:
                 raise asyncpg.InterfaceError("the sequencer has no writer connection")
+            started = time.perf_counter()
             await store.write(self._writer, write)
+            seconds = time.perf_counter() - started
         except DATABASE_ERRORS as exc:
             await self._fail(batch, f"the database is unavailable ({type(exc).__name__})")
             return
@@ -222,6 +235,8 @@ class Sequencer:
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
+        if self.on_commit is not None:
+            self.on_commit(batch, results, seconds)
 
     def _publish(self, events: list[tuple[str, list]]) -> None:
         assert self.publish is not None
@@ -231,8 +246,8 @@ class Sequencer:
             # Market data is downstream of the commit: its failure must not stop the writer.
             log.exception("publishing a committed batch failed")
 
-    @staticmethod
-    def _refuse(batch: Batch, reason: str) -> None:
+    def _refuse(self, batch: Batch, reason: str) -> None:
+        self.refused += len(batch)
         for _, future in batch:
             if not future.done():
                 future.set_exception(Unavailable(reason))
