@@ -34,6 +34,15 @@ invalid input, the `field`. A 503 means nothing was done; retry after `Retry-Aft
 
 meta = Endpoints("meta")
 
+RATE_LIMIT_HEADERS = {
+    "RateLimit-Policy": {"description": 'The rate limit this request counts against (draft-ietf-httpapi-ratelimit-'
+                                        'headers): `"key";q=100;w=2`, a bucket of 100 requests refilled in 2 s; absent '
+                                        "when the server runs without rate limits.",
+                         "required": False, "schema": {"type": "string"}},
+    "RateLimit": {"description": 'What is left of it: `"key";r=57;t=1`, 57 requests now, full again in 1 s.',
+                  "required": False, "schema": {"type": "string"}},
+}
+
 
 @meta.route("GET", "/v1/openapi.json", summary="This document", response=dict[str, Any])
 async def openapi(call: Call) -> msgspec.Raw:
@@ -103,6 +112,7 @@ def document(endpoints: list[Endpoint]) -> dict[str, Any]:
             "responses": {
                 str(endpoint.status): {
                     "description": endpoint.summary,
+                    "headers": RATE_LIMIT_HEADERS,
                     "content": {"application/json": {"schema": schema_of[endpoint.response]}},
                 },
                 **_problems(_codes(endpoint), retry=True),
