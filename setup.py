@@ -12,6 +12,8 @@ import sys
 from setuptools import Extension, setup
 
 COMPILED = ("matching.level", "matching.side", "matching.book")
+CORES = os.cpu_count() or 1
+"""Cython translates, and the C compiler compiles, the modules side by side: compiling is most of a first install."""
 
 
 def extensions() -> list[Extension]:
@@ -28,6 +30,7 @@ def extensions() -> list[Extension]:
         extensions = cythonize(
             modules,
             build_dir="build/cython",
+            nthreads=CORES,
             compiler_directives={
                 "language_level": 3,
                 # Only the .pxd files give C types: an annotation such as ``post_only: bool`` must not become a type
@@ -43,4 +46,4 @@ def extensions() -> list[Extension]:
     return extensions
 
 
-setup(ext_modules=extensions())
+setup(ext_modules=extensions(), options={"build_ext": {"parallel": CORES}})

@@ -16,7 +16,8 @@ time so a lost database cannot hang it.
 Every route is declared in a ``routes_*`` module (``api.endpoints``); ``ENDPOINTS`` lists them all, and the
 OpenAPI document is generated from the same list. Besides them: the market-data WebSocket ``/v1/ws``
 (``api.feed``, whose hub listens to the market view and runs while the app does) and the market-watch page at
-``/`` with its files under ``/static/``.
+``/`` with its files under ``/static/``; the interactive API page at ``/docs`` (``api/swagger``); Prometheus
+metrics at ``/metrics`` (``api.metrics``).
 """
 
 import asyncio
@@ -36,7 +37,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from api import feed
+from api import feed, metrics
 from api.endpoints import Endpoint, routes
 from api.keys import KeyStore, load_master_key
 from api.marketdata import MarketData
@@ -53,6 +54,7 @@ from api.routes_market import market
 from api.routes_orders import orders
 from api.routes_packages import packages, reporter
 from api.routes_routing import routing
+from api.routes_system import system
 from api.routes_tokens import tokens
 from api.services import Services
 from exchange.database import Database
@@ -64,11 +66,16 @@ log = logging.getLogger(__name__)
 
 # The router tries routes in this order: the order endpoints, the busiest by far, come first.
 ENDPOINTS: list[Endpoint] = [*orders, *routing, *packages, *instruments, *market, *history, *accounts, *keys,
-                             *tokens, *indices, *fees, *meta]
+                             *tokens, *indices, *fees, *system, *meta]
 SHUTDOWN_STEP_SECONDS = 10.0
 STATIC = Path(__file__).parent / "static"
+SWAGGER = Path(__file__).parent / "swagger"
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
                                            "frame-ancestors 'none'", "Cache-Control": "no-cache"}
+# Swagger UI sets style attributes on its elements.
+DOCS_HEADERS = {"Content-Security-Policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+                                           "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+                "Cache-Control": "no-cache"}
 
 
 def create_app(database_url: str | None = None, *, home: Path | str | None = None, master_key: bytes | None = None,
@@ -101,11 +108,13 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
                         sequencer=sequencer,
                         market=market_view,
                         keys=KeyStore(pool, master_key or load_master_key(home)),
-                        key_limiter=RateLimiter(limits.per_key_rate, limits.per_key_burst),
-                        address_limiter=RateLimiter(limits.per_address_rate, limits.per_address_burst),
+                        key_limiter=RateLimiter(limits.per_key_rate, limits.per_key_burst, name="key"),
+                        address_limiter=RateLimiter(limits.per_address_rate, limits.per_address_burst,
+                                                    name="address"),
                         scheduler=scheduler,
                     )
                     app.state.feed = hub
+                    app.state.metrics.watch(app.state.services, hub)
                     hub.start(app.state.services)
                     scheduler.start()
                     app.state.indexer = Indexer(pool, publish=hub.publish_index)
@@ -128,13 +137,16 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
 
     app = Starlette(
         routes=[*routes(ENDPOINTS), WebSocketRoute("/v1/ws", feed.endpoint), Route("/", market_watch),
-                Mount("/static", StaticFiles(directory=STATIC), name="static")],
+                Mount("/static", StaticFiles(directory=STATIC), name="static"),
+                Route("/docs", api_docs), Mount("/docs/assets", StaticFiles(directory=SWAGGER), name="docs"),
+                Route("/metrics", metrics.endpoint)],
         lifespan=lifespan,
         middleware=[Middleware(feed.KeepServerSend)],
         exception_handlers={HTTPException: _http_exception, Exception: _internal_error},
     )
     # An unknown path is a 404 problem, not a redirect to a guess with(out) a trailing slash.
     app.router.redirect_slashes = False
+    app.state.metrics = metrics.Metrics()
     app.state.openapi = msgspec.Raw(msgspec.json.encode(document(ENDPOINTS)))
     return app
 
@@ -142,6 +154,11 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
 async def market_watch(request: Request) -> Response:
     """The market-watch page: plain HTML, CSS and JavaScript of this server, fed by ``/v1/ws``."""
     return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+
+async def api_docs(request: Request) -> Response:
+    """The interactive API page (Swagger UI, served from ``api/swagger``) over ``/v1/openapi.json``."""
+    return FileResponse(SWAGGER / "index.html", headers=DOCS_HEADERS)
 
 
 async def _bounded(step, what: str) -> bool:

@@ -34,10 +34,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import shutil
+import sys
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
@@ -313,7 +317,7 @@ class Demo:
         described = {
             DEMO_SELLER: "seller: an issuer, minted 1,000 lots of each compute block at the first start",
             DEMO_BUYER: "buyer: a trader, funded with 10,000 CNY at the first start",
-            ADMIN: "admin: accounts, keys, cash, instruments (tokex admin --server URL ...)",
+            ADMIN: f"admin: accounts, keys, cash, instruments ({tokex_command()} admin --server {self.url} ...)",
         }
         for name, text in described.items():
             account = self.accounts[name]
@@ -322,6 +326,16 @@ class Demo:
         lines.append(f"  watch it in a browser: {self.url}/")
         lines.append(f"  try: curl -s {self.url}/v1/instruments/DEEPSEEK-V3/book")
         return "\n".join(lines)
+
+
+def tokex_command() -> str:
+    """This ``tokex`` as the person can type it: ``tokex`` when it is the one on PATH, else its path, relative to the
+    current folder when it is inside it (``.venv/bin/tokex`` after ``make run``)."""
+    path = Path(sys.argv[0]).resolve()
+    on_path = shutil.which("tokex")
+    if path.name != "tokex" or (on_path is not None and Path(on_path).resolve() == path):
+        return "tokex"
+    return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def starter(rate: float = 3.0, seed: int | None = None) -> Callable[[Server, str], Awaitable[None]]:

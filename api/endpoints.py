@@ -182,7 +182,14 @@ def routes(endpoints: list[Endpoint]) -> list[Route]:
 
 
 async def run(endpoint: Endpoint, request: Request) -> Response:
-    """Answer one request to ``endpoint``; never raises."""
+    """Answer one request to ``endpoint``; never raises. The answer carries the state of the rate limit it met."""
+    rate: dict[str, str] = {}
+    response = await answer(endpoint, request, rate)
+    response.headers.update(rate)
+    return response
+
+
+async def answer(endpoint: Endpoint, request: Request, rate: dict[str, str]) -> Response:
     instance = request.url.path
     try:
         services: Services = request.app.state.services
@@ -190,14 +197,14 @@ async def run(endpoint: Endpoint, request: Request) -> Response:
         principal = None
         signed = None
         if endpoint.scope is None:
-            limit(services.address_limiter, address(request))
+            limit(services.address_limiter, address(request), rate)
         else:
             try:
                 principal = await auth.authenticate(request, body, services.keys, lambda: admit(services, request))
             except Problem:
-                limit(services.address_limiter, address(request))
+                limit(services.address_limiter, address(request), rate)
                 raise
-            limit(services.key_limiter, principal.key_id)
+            limit(services.key_limiter, principal.key_id, rate)
             if endpoint.method != "GET":
                 signed = replay.digest(request.headers[SIGNATURE_HEADER])
             if principal.scopes.isdisjoint(endpoint.scopes):
@@ -224,8 +231,9 @@ def address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def limit(limiter: RateLimiter, key: object) -> None:
+def limit(limiter: RateLimiter, key: object, rate: dict[str, str]) -> None:
     wait = limiter.take(key)
+    rate.update(limiter.headers(key))
     if wait:
         seconds = retry_seconds(wait)
         raise retry_after("rate_limited", seconds, f"Too many requests; retry in {seconds} s.")

@@ -567,6 +567,7 @@ class Connection:
         self.queued += len(text)
         limits = self.hub.limits
         if len(queue) > limits.max_queue or self.queued > limits.max_queue_bytes:
+            self.hub.stats["slow_consumer_closes"] += 1
             self.close(SLOW_CONSUMER, f"slow consumer: {len(queue)} frames ({self.queued} bytes) waiting; "
                                       "reconnect and resync")
 

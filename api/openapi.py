@@ -1,13 +1,13 @@
 """The OpenAPI 3.1 document, generated from the endpoint declarations and their msgspec Structs.
 
-Served at ``GET /v1/openapi.json``. Schemas come from ``msgspec.json.schema_components`` (JSON Schema 2020-12,
-which OpenAPI 3.1 uses as it is), so they state exactly what decoding accepts: types, ranges, patterns, and
-``additionalProperties: false`` on every request body. Each operation lists the statuses it can answer: its
-success, the problems of its own codes (``errors=`` of its declaration, by ``api.problems.CODES``), and those
-every request of its kind can get (401/403 when signed, 409 ``replayed_request`` when signed and not a GET,
-404 for a path parameter, 422 for a body or a query, 400/413 for a body, 415, 431 for an oversized head, 429 and
-503 with Retry-After). Signed operations name the scope they need in ``x-tokex-scope`` and require the three
-TOKEX-* headers (``api.signing``).
+Served at ``GET /v1/openapi.json``, and as an interactive page at ``/docs``. Schemas come from
+``msgspec.json.schema_components`` (JSON Schema 2020-12, which OpenAPI 3.1 uses as it is), so they state exactly
+what decoding accepts: types, ranges, patterns, and ``additionalProperties: false`` on every request body. Each
+operation lists the statuses it can answer: its success, the problems of its own codes (``errors=`` of its
+declaration, by ``api.problems.CODES``), and those every request of its kind can get (401/403 when signed, 409
+``replayed_request`` when signed and not a GET, 404 for a path parameter, 422 for a body or a query, 400/413 for a
+body, 415, 431 for an oversized head, 429 and 503 with Retry-After). Signed operations name the scope they need in
+``x-tokex-scope`` and require the three TOKEX-* headers (``api.signing``).
 """
 
 from importlib.metadata import version
@@ -36,6 +36,15 @@ first answer).
 invalid input, the `field`. A 503 means nothing was done; retry after `Retry-After` seconds."""
 
 meta = Endpoints("meta")
+
+RATE_LIMIT_HEADERS = {
+    "RateLimit-Policy": {"description": 'The rate limit this request counts against (draft-ietf-httpapi-ratelimit-'
+                                        'headers): `"key";q=100;w=2`, a bucket of 100 requests refilled in 2 s; absent '
+                                        "when the server runs without rate limits.",
+                         "required": False, "schema": {"type": "string"}},
+    "RateLimit": {"description": 'What is left of it: `"key";r=57;t=1`, 57 requests now, full again in 1 s.',
+                  "required": False, "schema": {"type": "string"}},
+}
 
 
 @meta.route("GET", "/v1/openapi.json", summary="This document", response=dict[str, Any])
@@ -108,6 +117,7 @@ def document(endpoints: list[Endpoint]) -> dict[str, Any]:
             "responses": {
                 str(endpoint.status): {
                     "description": endpoint.summary,
+                    "headers": RATE_LIMIT_HEADERS,
                     "content": {"application/json": {"schema": schema_of[endpoint.response]}},
                 },
                 **_problems(_codes(endpoint), retry=True),
@@ -127,6 +137,8 @@ def document(endpoints: list[Endpoint]) -> dict[str, Any]:
     return _json_schema_patterns({
         "openapi": "3.1.0",
         "info": {"title": "tokex", "version": version("tokex"), "description": DESCRIPTION},
+        # Relative: the server that serves this document, at whatever address it was reached.
+        "servers": [{"url": "/", "description": "This server"}],
         "paths": paths,
         "components": {
             "schemas": components,

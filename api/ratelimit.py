@@ -6,10 +6,17 @@ authentication are counted against their address, so guessing signatures is thro
 address has no token left, a request under a key that would have to be looked up is refused before the lookup
 (``wait``), so made-up keys cost no query.
 
+Every answer to a rate-limited request tells its state in the IETF header fields (draft-ietf-httpapi-ratelimit-
+headers): ``RateLimit-Policy: "key";q=100;w=2`` says the bucket holds 100 requests and refills completely in 2
+seconds (the quota of a window that long), and ``RateLimit: "key";r=57;t=1`` that 57 requests are left now and
+the bucket is full again in 1 second. The policy is named by what it counts: ``key`` or ``address``. A refused
+request also has ``Retry-After``; the refusals are counted in ``refusals``, for the server's metrics.
+
 Buckets live in memory, in this process. Full buckets carry no information, so the table is pruned of them
 when it grows past ``max_keys``; memory stays bounded under a flood of distinct addresses.
 """
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,12 +36,16 @@ class RateLimiter:
     """Buckets by key (any hashable); ``take`` answers 0.0 when allowed, else the seconds to wait."""
 
     def __init__(self, rate: float | None, burst: float, clock: Callable[[], float] = time.monotonic,
-                 max_keys: int = 100_000) -> None:
+                 max_keys: int = 100_000, name: str = "default") -> None:
         self.rate = rate
         self.burst = burst
         self.clock = clock
         self.max_keys = max_keys
+        self.name = name
+        self.refusals = 0
         self._buckets: dict[object, list[float]] = {}
+        self.policy = "" if rate is None else f'"{name}";q={math.floor(burst)};w={math.ceil(burst / rate)}'
+        """The RateLimit-Policy field value; empty when the limit is off."""
 
     def __len__(self) -> int:
         """Buckets held."""
@@ -55,6 +66,7 @@ class RateLimiter:
             bucket[0] = tokens - 1.0
             return 0.0
         bucket[0] = tokens
+        self.refusals += 1
         return (1.0 - tokens) / self.rate
 
     def wait(self, key: object) -> float:
@@ -64,6 +76,14 @@ class RateLimiter:
             return 0.0
         tokens = min(self.burst, bucket[0] + (self.clock() - bucket[1]) * self.rate)
         return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+    def headers(self, key: object) -> dict[str, str]:
+        """The RateLimit and RateLimit-Policy fields of ``key``'s bucket as ``take`` left it; none when off."""
+        bucket = self._buckets.get(key)
+        if self.rate is None or bucket is None:
+            return {}
+        tokens = bucket[0]
+        reset = math.ceil((self.burst - tokens) / self.rate)
+        return {"RateLimit-Policy": self.policy, "RateLimit": f'"{self.name}";r={math.floor(tokens)};t={reset}'}
 
     def _prune(self, now: float) -> None:
         assert self.rate is not None

@@ -3,9 +3,9 @@
 import time
 
 from api.endpoints import Call, Endpoints
-from api.marketdata import INSTRUMENT_SEQ, MINUTE_US, BookView
+from api.marketdata import INSTRUMENT_SEQ, LOAD_INSTRUMENTS, MINUTE_US, BookView
 from api.problems import Problem
-from api.schemas import Book, BookQuery, Level, Symbol, Ticker
+from api.schemas import Book, BookQuery, Level, Symbol, Ticker, TickerList
 from api.units import from_micro
 
 market = Endpoints("market data")
@@ -45,9 +45,23 @@ async def book(call: Call) -> Book:
 async def ticker(call: Call) -> Ticker:
     """Best bid and ask, the last trade, and the trailing 24 hours (by whole minutes)."""
     symbol = call.params["symbol"]
-    view = await book_view(call, symbol)
+    return ticker_of(symbol, await book_view(call, symbol), time.time_ns() // 1000 // MINUTE_US)
+
+
+@market.route("GET", "/v1/tickers", summary="Every ticker", response=TickerList)
+async def tickers(call: Call) -> TickerList:
+    """The ticker of every instrument, trading or halted, by symbol: one call instead of one per instrument."""
+    async with call.services.connection() as conn:
+        rows = await conn.fetch(LOAD_INSTRUMENTS)
+    minute = time.time_ns() // 1000 // MINUTE_US
+    market_view = call.services.market
+    return TickerList([ticker_of(symbol, market_view.known(symbol, seq), minute)
+                       for _, symbol, seq in sorted(rows, key=lambda row: row[1])])
+
+
+def ticker_of(symbol: str, view: BookView, minute: int) -> Ticker:
     bids, asks = view.depth(1)
-    open_, high, low, volume, notional = view.day(time.time_ns() // 1000 // MINUTE_US)
+    open_, high, low, volume, notional = view.day(minute)
     change = None if view.last_price is None or open_ is None else from_micro(view.last_price - open_)
     return Ticker(symbol, view.seq, price(bids[0][0]) if bids else None, price(asks[0][0]) if asks else None,
                   price(view.last_price), view.last_qty, price(open_), price(high), price(low), change, volume,

@@ -422,6 +422,25 @@ class Ticker(Struct):
     notional_24h: str
 
 
+class TickerList(Struct):
+    items: list[Ticker]
+
+
+class ServerTime(Struct):
+    epoch_ms: Annotated[int, Meta(description="Milliseconds since the Unix epoch.")]
+    iso: Annotated[str, Meta(description="The same instant in ISO 8601, UTC.", examples=["2026-12-01T09:00:00.123Z"])]
+
+
+class Health(Struct):
+    """The server answers (live) and can take commands and read its database (ready)."""
+
+    live: bool
+    ready: bool
+    database: Literal["ok"]
+    sequencer: Literal["ok"]
+    version: str
+
+
 CASH = "CNY"
 
 

@@ -114,6 +114,10 @@ class Sequencer:
         self._writer: asyncpg.Connection | None = None
         """The connection that holds the writer lock and commits every batch."""
         self.batches = 0
+        self.refused = 0
+        """Commands answered ``Unavailable``."""
+        self.on_commit: Callable[[Batch, list[Result], float], None] | None = None
+        """Called with each committed batch, its results and the seconds its write took (for metrics)."""
 
     @classmethod
     async def open(cls, pool: asyncpg.Pool, lock_timeout: float = 30.0, **options) -> "Sequencer":
@@ -128,6 +132,11 @@ class Sequencer:
         sequencer._writer = lock
         sequencer.start()
         return sequencer
+
+    @property
+    def queue_depth(self) -> int:
+        """Commands waiting to be applied."""
+        return len(self._queue)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sequencer")
@@ -152,8 +161,10 @@ class Sequencer:
         ``request``, the digest of the signed request carrying the command, is committed with its effects; the
         same digest again is refused (``Engine.apply``)."""
         if self.down is not None:
+            self.refused += 1
             raise Unavailable(self.down)
         if self._stopping:
+            self.refused += 1
             raise Unavailable("the exchange is shutting down")
         future = asyncio.get_running_loop().create_future()
         self._queue.append((command, request, future))
@@ -225,7 +236,9 @@ class Sequencer:
         try:
             if self._writer is None:
                 raise asyncpg.InterfaceError("the sequencer has no writer connection")
+            started = time.perf_counter()
             await store.write(self._writer, write)
+            seconds = time.perf_counter() - started
         except DATABASE_ERRORS as exc:
             await self._fail(batch, f"the database is unavailable ({type(exc).__name__})")
             return
@@ -243,6 +256,8 @@ class Sequencer:
         for (_, _, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
+        if self.on_commit is not None:
+            self.on_commit(batch, results, seconds)
 
     def _publish(self, effects: Effects) -> None:
         assert self.publish is not None
@@ -270,8 +285,8 @@ class Sequencer:
             await self.resync(conn)
         self._market_unsure = False
 
-    @staticmethod
-    def _refuse(batch: Batch, reason: str) -> None:
+    def _refuse(self, batch: Batch, reason: str) -> None:
+        self.refused += len(batch)
         for _, _, future in batch:
             if not future.done():
                 future.set_exception(Unavailable(reason))

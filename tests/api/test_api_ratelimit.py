@@ -31,6 +31,20 @@ def test_a_bucket_allows_its_burst_then_refills_at_its_rate():
     assert [limiter.take("k") for _ in range(3)] == [0.0, 0.0, 0.0]
 
 
+def test_a_bucket_tells_its_state_in_the_ietf_fields():
+    clock = Clock()
+    limiter = RateLimiter(rate=2.0, burst=3, clock=clock, name="key")
+    assert limiter.policy == '"key";q=3;w=2'
+    limiter.take("k")
+    assert limiter.headers("k") == {"RateLimit-Policy": '"key";q=3;w=2', "RateLimit": '"key";r=2;t=1'}
+    limiter.take("k")
+    limiter.take("k")
+    assert limiter.take("k") > 0
+    assert limiter.headers("k")["RateLimit"] == '"key";r=0;t=2'
+    assert limiter.refusals == 1
+    assert RateLimiter(None, 1).headers("k") == {}
+
+
 def test_no_rate_means_no_limit_and_idle_buckets_are_forgotten():
     assert all(RateLimiter(None, 1).take("k") == 0.0 for _ in range(100))
     clock = Clock()
@@ -56,6 +70,7 @@ async def assert_limited(response: httpx.Response) -> None:
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["code"] == "rate_limited"
     assert int(response.headers["retry-after"]) == 2  # one token at 0.5 a second
+    assert ";r=0;" in response.headers["ratelimit"]
 
 
 async def test_public_endpoints_are_limited_per_address(limited):
@@ -63,6 +78,9 @@ async def test_public_endpoints_are_limited_per_address(limited):
         responses = [await anonymous.request("GET", "/v1/instruments") for _ in range(5)]
     assert [r.status_code for r in responses[:4]] == [200] * 4
     await assert_limited(responses[4])
+    # Every answer, not only the 429, tells the bucket's state: 4 requests per 8 s, one fewer each time.
+    assert {r.headers["ratelimit-policy"] for r in responses} == {'"address";q=4;w=8'}
+    assert [r.headers["ratelimit"].split(";")[1] for r in responses] == ["r=3", "r=2", "r=1", "r=0", "r=0"]
 
 
 async def test_signed_requests_are_limited_per_key(limited):
@@ -75,6 +93,8 @@ async def test_signed_requests_are_limited_per_key(limited):
             responses = [await one.request("GET", "/v1/balances") for _ in range(6)]
             assert [r.status_code for r in responses[:5]] == [200] * 5
             await assert_limited(responses[5])
+            assert {r.headers["ratelimit-policy"] for r in responses} == {'"key";q=5;w=10'}
+            assert responses[0].headers["ratelimit"].startswith('"key";r=4;t=')
             assert (await two.request("GET", "/v1/balances")).status_code == 200
         # Signed requests do not spend the address's bucket.
         assert (await admin.request("GET", "/v1/instruments")).status_code == 200
