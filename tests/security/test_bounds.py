@@ -387,9 +387,9 @@ async def test_a_refused_withdrawal_speaks_of_the_withdrawal(admin):
 
 def test_a_429_body_names_the_wait_its_retry_after_header_does():
     limiter = RateLimiter(rate=50, burst=1)
-    limit(limiter, "address")
+    limit(limiter, "address", {})
     with pytest.raises(Problem) as refused:
-        limit(limiter, "address")
+        limit(limiter, "address", {})
     seconds = refused.value.headers["Retry-After"]
     assert seconds == "1"
     assert f"retry in {seconds} s." in refused.value.detail
