@@ -39,7 +39,7 @@ from api.client import ApiError, Client
 from api.server import NO_LIMITS, Settings, WriterBusy, open_database
 from exchange import invariants
 from exchange.database import Database
-from exchange.embedded import EmbeddedPostgresError
+from exchange.database.embedded import EmbeddedPostgresError
 
 KEY_ENV = "TOKEX_KEY"
 SECRET_ENV = "TOKEX_SECRET"

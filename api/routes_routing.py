@@ -32,6 +32,7 @@ from api.schemas import (
 from api.units import from_micro
 from exchange import fees, router
 from exchange.commands import Done, RoutedOrderView, RouteOrder
+from exchange.database.queries import sql
 from matching.types import BUY
 
 routing = Endpoints("routed orders")
@@ -55,10 +56,7 @@ WHERE kind = 'compute' AND substitution_group = $1
 ORDER BY symbol
 """
 TOKENS = "SELECT asset, available FROM balance WHERE account_id = $1 AND asset = ANY($2::text[])"
-TRAILING = """
-SELECT coalesce(sum(price * qty), 0)::bigint FROM fill
-WHERE created_at >= $2 AND (maker_account_id = $1 OR taker_account_id = $1)
-"""
+DAILY_VOLUME = sql("daily_volume")
 
 
 class RoutedOrderQuery(Request):
@@ -234,7 +232,8 @@ async def quote_routed_order(call: Call) -> RoutedQuote:
     async with call.services.connection() as conn:
         instruments = await conn.fetch(GROUP, request.group)
         tokens = dict(await conn.fetch(TOKENS, call.account_id, [row["symbol"] for row in instruments]))
-        percent = fees.tier_percent(await conn.fetchval(TRAILING, call.account_id, since))
+        days = await conn.fetch(DAILY_VOLUME, call.account_id, since)
+        percent = fees.tier_percent(sum(day["notional"] for day in days))
     books = call.services.market.books
     venues = []
     for row in instruments:

@@ -19,7 +19,7 @@ listen queue) gets no answer: the client sees a closed connection and nothing of
 gives up waiting. Requests still running after ``Settings.drain_seconds`` are cancelled.
 
 The signal handlers are this module's own, installed around uvicorn's loop: the embedded PostgreSQL installs
-a SIGTERM handler when it starts (``exchange.embedded``) that stops the database at once, which would fail the
+a SIGTERM handler when it starts (``exchange.database.embedded``) that stops the database at once, which would fail the
 batches in flight, and uvicorn's would raise the signal again once it is done, ending the process with
 -SIGTERM instead of 0. Both only matter before the server is up; from then on the handler here decides.
 

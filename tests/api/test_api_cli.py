@@ -29,7 +29,7 @@ from api.client import Client
 from api.server import writer_lock
 from exchange import invariants
 from exchange.database import Database
-from exchange.embedded import EmbeddedPostgres
+from exchange.database.embedded import EmbeddedPostgres
 
 MASTER_KEY = "ab" * 32
 

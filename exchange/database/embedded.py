@@ -370,6 +370,8 @@ class EmbeddedPostgres:
              "--auth-local=trust", "--auth-host=scram-sha-256"],
             timeout=120,
         )
+        # Built here, not named in sql/queries: the database's name is an identifier, which no parameter can carry,
+        # and single-user mode reads a script from standard input rather than through a connection.
         self._run_server(
             [self._bin / "postgres", "--single", "-D", staging, "postgres"],
             input=f"CREATE DATABASE {DATABASE};\n",

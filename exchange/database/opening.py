@@ -4,7 +4,7 @@
         pool = await asyncpg.create_pool(db.dsn)
 
 An external server is used as it is: nothing is started or stopped there, it is only migrated.
-Without one, the embedded server of `exchange.embedded` is started in TOKEX_HOME and stopped by `stop()`.
+Without one, the embedded server of `exchange.database.embedded` is started in TOKEX_HOME and stopped by `stop()`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from exchange.embedded import EmbeddedPostgres
-from exchange.migrations import migrate
+from exchange.database.embedded import EmbeddedPostgres
+from exchange.database.migrations import migrate
 
 
 class Database:
