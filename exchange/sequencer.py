@@ -12,11 +12,12 @@ so the server is never left idle while Python works.
 
 One writer
 ----------
-The sequencer writes through one connection of its own, which holds a PostgreSQL advisory lock for as long as
-it writes. A second process on the same database waits for it (and gives up with a clear error after
-``lock_timeout``); after a crash, the restarted process waits until the dead writer's session is gone, so it
-never loads the database while the old writer's last commit is still landing. The connection plans the batch
-statement once, with key lookups only (``WRITER_SETTINGS``).
+The sequencer writes through one connection of its own, which holds a PostgreSQL advisory lock, the database's
+one writer lock, for as long as it writes. A second process on the same database waits for it (and gives up with
+a clear error after ``lock_timeout``); after a crash, the restarted process waits until the dead writer's session
+is gone, so it never loads the database while the old writer's last commit is still landing. A process that
+must not wait (a server starting, an admin command) asks ``writer_running`` first and stops at once. The
+connection plans the batch statement once, with key lookups only (``WRITER_SETTINGS``).
 
 Failure
 -------
@@ -324,6 +325,18 @@ class Sequencer:
                 await self.pool.release(lost)
         self._writer = await claim_writer_lock(self.pool, timeout=self.retry_interval * 20)
         return self._writer
+
+
+async def writer_running(dsn: str) -> bool:
+    """Whether a sequencer writes to the database at ``dsn`` now: at once, where ``Sequencer.open`` would wait."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        if not await conn.fetchval(TRY_WRITER_LOCK, WRITER_LOCK):
+            return True
+        await conn.execute(RELEASE_WRITER_LOCK, WRITER_LOCK)
+        return False
+    finally:
+        await conn.close()
 
 
 class WriterLockTimeout(RuntimeError):

@@ -56,9 +56,8 @@ from urllib.parse import urlsplit
 import psutil
 
 from exchange import lifetime
-from exchange.database.embedded import tokex_home
+from exchange.config import nats_port, tokex_home
 
-DEFAULT_PORT = 4250
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -281,7 +280,7 @@ class EmbeddedNats:
     def _configured_port(self) -> int:
         if self._port is not None:
             return self._port
-        value = os.environ.get("TOKEX_NATS_PORT") or str(DEFAULT_PORT)
+        value = nats_port()
         try:
             port = int(value)
         except ValueError:

@@ -9,9 +9,9 @@ Without one, the embedded server of `exchange.database.embedded` is started in T
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from exchange import config
 from exchange.database.embedded import EmbeddedPostgres
 from exchange.database.migrations import migrate
 
@@ -36,7 +36,7 @@ class Database:
     @classmethod
     def from_env(cls) -> Database:
         """Use DATABASE_URL if set, else the embedded server in TOKEX_HOME."""
-        return cls(os.environ.get("DATABASE_URL"))
+        return cls(config.database_url())
 
     @property
     def dsn(self) -> str:
