@@ -1,8 +1,8 @@
 """Routed orders: buy or sell lots across the books of a substitution group, and quote the same plan.
 
-``POST /v1/routed-orders`` is one engine command (``exchange.routing``): the answer comes after its commit,
+``POST /v1/routed-orders`` is one engine command (``exchange.routed_orders``): the answer comes after its commit,
 with the child orders as ``GET /v1/orders/{id}`` shows them. ``GET /v1/routed-quote`` plans the same order
-(``exchange.router``) over what is committed: the market view's books (``DEPTH_LEVELS`` per book), the
+(``exchange.route_planner``) over what is committed: the market view's books (``DEPTH_LEVELS`` per book), the
 instruments' status and the account's fee tier and tokens; it trades nothing and holds nothing. Given the same
 books, the quote and the execution take the same lots at the same prices and fees.
 """
@@ -30,7 +30,7 @@ from api.schemas import (
     average_price,
 )
 from api.units import from_micro
-from exchange import fees, router
+from exchange import fees, route_planner
 from exchange.commands import Done, RoutedOrderView, RouteOrder
 from exchange.database.queries import sql
 from matching.types import BUY
@@ -240,19 +240,19 @@ async def quote_routed_order(call: Call) -> RoutedQuote:
         if row["status"] != "trading":
             continue
         view = books.get(row["symbol"])
-        bids, asks = view.depth(router.DEPTH_LEVELS) if view is not None else ([], [])
-        venues.append(router.Venue(
+        bids, asks = view.depth(route_planner.DEPTH_LEVELS) if view is not None else ([], [])
+        venues.append(route_planner.Venue(
             row["symbol"], row["quality"], row["tick"], row["min_qty"], row["max_qty"],
             fees.rate_ppm(row["maker_fee_bps"], percent), fees.rate_ppm(row["taker_fee_bps"], percent),
             asks if request.side == BUY else bids, None if request.side == BUY else tokens.get(row["symbol"], 0),
         ))
-    code = router.refusal(venues, request.side, request.qty, request.mode, request.price, request.budget,
+    code = route_planner.refusal(venues, request.side, request.qty, request.mode, request.price, request.budget,
                           request.rest_remainder)
     if code is None and not instruments:
         code = "unknown_group"
     if code is not None:
         raise Problem(code)
-    plan = router.plan(venues, request.side, request.qty, request.mode, request.price, request.budget,
+    plan = route_planner.plan(venues, request.side, request.qty, request.mode, request.price, request.budget,
                        request.rest_remainder)
     legs = [QuoteLeg(leg.symbol, leg.quality, leg.qty, from_micro(leg.price), from_micro(leg.notional),
                      average_price(leg.notional, leg.qty), from_micro(leg.fee)) for leg in plan.legs]

@@ -10,7 +10,7 @@ from exchange import indexer, store
 from exchange.database.queries import STATEMENTS, QueryError, load, parse, sql
 from exchange.packages import Package
 from exchange.records import Instrument, Order
-from exchange.routing import RoutedOrder
+from exchange.routed_orders import RoutedOrder
 
 SCRIPTS = {"writer_settings", "default_planner"}
 """Run as simple-protocol scripts of several statements, so they are executed, not prepared."""
