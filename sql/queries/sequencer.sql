@@ -2,10 +2,11 @@
 
 -- name: writer_settings
 -- Run as one script on the writer connection: planner settings that make the batch statement's one plan right
--- at any size. Planning the batch statement anew for every batch took a quarter of the server's time per
--- command, so it is planned once. Its only right plan reaches each row by its key; but a plan made once
--- cannot see how long the arrays are, and sees tables that start empty, for which it would choose hash joins
--- over whole-table scans and keep them as the tables grow. With index paths alone left, the plan stays right.
+-- at any size. Planning the batch statement anew for every batch took a large share of the server's time
+-- (loadtest/README.md), so it is planned once. Its only right plan reaches each row by its key; but a plan made
+-- once cannot see how long the arrays are, and sees tables that start empty, for which it would choose hash
+-- joins over whole-table scans and keep them as the tables grow. With index paths alone left, the plan stays
+-- right.
 SET plan_cache_mode = force_generic_plan;
 SET enable_seqscan = off;
 SET enable_hashjoin = off;

@@ -4,7 +4,7 @@
 -- A batch's frequent rows in one statement: one CTE per table, each fed by arrays that travel as the text of
 -- an array literal. $1 is the batch's instant, the time of every row of it. Set-returning functions in the
 -- select list run in step, row by row; `FROM unnest(a, b, ...)` would first copy every array into a tuple
--- store of its own, which cost a third more per book_order row.
+-- store of its own (loadtest/README.md has what each choice here was worth).
 WITH new_entries AS (
     INSERT INTO journal_entry (id, kind, order_id, fill_id, created_at)
     SELECT unnest($2::text::bigint[]) AS id, unnest($3::text::text[]) AS kind,
