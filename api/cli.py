@@ -9,7 +9,7 @@ Without ``--database-url`` (or DATABASE_URL) the embedded PostgreSQL runs in TOK
 TOKEX_HOST and TOKEX_PORT set where to listen (default 127.0.0.1:8000).
 
 ``tokex admin`` runs the same API in process, on the database itself, with a key made for the one command and
-revoked after it; that needs the database to itself (``api.server.writer_lock``). While a server runs, send
+revoked after it; that needs the database to itself (``api.server.open_database``). While a server runs, send
 the command to it instead: ``tokex admin --server URL ...`` signs with TOKEX_KEY and TOKEX_SECRET, the id and
 secret of an admin key (``tokex admin create-admin`` makes the first one, before the first start). Every
 admin command prints the API's JSON answer.
@@ -37,9 +37,9 @@ from api.app import create_app
 from api.bootstrap import create_admin
 from api.client import ApiError, Client
 from api.server import NO_LIMITS, Settings, WriterBusy, open_database
-from exchange import invariants
+from exchange import config, invariants
 from exchange.database import Database
-from exchange.embedded import EmbeddedPostgresError
+from exchange.database.embedded import EmbeddedPostgresError
 
 KEY_ENV = "TOKEX_KEY"
 SECRET_ENV = "TOKEX_SECRET"
@@ -54,9 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     database.add_argument("--database-url", help="an external PostgreSQL (default: DATABASE_URL, else embedded "
                                                  "in TOKEX_HOME)")
     listen = argparse.ArgumentParser(add_help=False)
-    listen.add_argument("--host", default=os.environ.get("TOKEX_HOST") or "127.0.0.1",
+    listen.add_argument("--host", default=config.listen_host(),
                         help="address to listen on (default: TOKEX_HOST, else 127.0.0.1)")
-    listen.add_argument("--port", type=int, default=int(os.environ.get("TOKEX_PORT") or 8000),
+    listen.add_argument("--port", type=int, default=config.listen_port(),
                         help="port (default: TOKEX_PORT, else 8000; 0 picks a free one)")
     listen.add_argument("--access-log", action="store_true", help="log every request")
     listen.add_argument("--forwarded-allow-ips", metavar="ADDRESSES",

@@ -55,7 +55,7 @@ from pathlib import Path
 
 import asyncpg
 
-from exchange.embedded import tokex_home
+from exchange.config import tokex_home
 
 SCOPES = ("read", "trade", "issue", "admin")
 ROLE_SCOPES = {

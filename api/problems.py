@@ -24,7 +24,7 @@ Statuses
   connection); 503: the exchange cannot take commands or reach its database right now. Both carry
   ``Retry-After`` (seconds). A 503 means nothing was done.
 
-Every rejection code of ``exchange.engine.MESSAGES`` is in ``CODES``; a test keeps it that way.
+Every rejection code of ``exchange.rejections.MESSAGES`` is in ``CODES``; a test keeps it that way.
 """
 
 import math
@@ -35,7 +35,7 @@ import msgspec
 from starlette.responses import Response
 
 from exchange.commands import Rejection
-from exchange.engine import MESSAGES
+from exchange.rejections import MESSAGES
 
 MEDIA_TYPE = "application/problem+json"
 

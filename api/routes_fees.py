@@ -20,6 +20,7 @@ from api.endpoints import Call, Endpoints
 from api.problems import Problem
 from api.routes_instruments import SYMBOL
 from api.units import from_micro
+from exchange.database.queries import sql
 from exchange.fees import DAY_US, FEE_TIERS, WINDOW_DAYS, VolumeTracker, rate_ppm, tier_percent
 
 fees = Endpoints("fees")
@@ -62,17 +63,7 @@ class InstrumentFees(Struct):
     tiers: list[TierRates]
 
 
-DAILY_VOLUME = """
-SELECT (extract(epoch FROM day) * 1000000)::bigint, sum(notional)::bigint
-FROM (
-    SELECT date_trunc('day', created_at, 'UTC') AS day, price * qty AS notional
-    FROM fill WHERE maker_account_id = $1 AND created_at >= $2
-    UNION ALL
-    SELECT date_trunc('day', created_at, 'UTC'), price * qty
-    FROM fill WHERE taker_account_id = $1 AND created_at >= $2
-) AS traded
-GROUP BY day
-"""
+DAILY_VOLUME = sql("daily_volume")
 INSTRUMENT_RATES = "SELECT maker_fee_bps, taker_fee_bps FROM instrument WHERE symbol = $1"
 
 
@@ -89,7 +80,7 @@ async def account_fees(call: Call) -> AccountFees:
     async with call.services.connection() as conn:
         days = await conn.fetch(DAILY_VOLUME, call.account_id, since)
     tracker = VolumeTracker()
-    for day, notional in days:
+    for _, day, notional in days:
         tracker.add(call.account_id, day, notional)
     volume = tracker.trailing(call.account_id, now)
     percent = tier_percent(volume)

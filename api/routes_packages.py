@@ -31,7 +31,7 @@ from api.schemas import (
 )
 from api.units import from_micro
 from exchange import packages as plans
-from exchange import routing
+from exchange import routed_orders
 from exchange.commands import CreatePackage, Done, ExecutionView, PackageView, SetPackageStatus
 from exchange.scheduler import ExecutionListener
 from exchange.sequencer import Sequencer
@@ -137,7 +137,7 @@ def reporter(sequencer: Sequencer, report) -> ExecutionListener:
     def listener(account_id: int, view: ExecutionView) -> None:
         engine = sequencer.engine
         package = engine.packages[view.package_id]
-        symbols = sorted(i.symbol for i in routing.members(engine, package.substitution_group))
+        symbols = sorted(i.symbol for i in routed_orders.members(engine, package.substitution_group))
         report(account_id, symbols, execution_from(package, view))
 
     return listener

@@ -1,8 +1,8 @@
 """Routed orders: buy or sell lots across the books of a substitution group, and quote the same plan.
 
-``POST /v1/routed-orders`` is one engine command (``exchange.routing``): the answer comes after its commit,
+``POST /v1/routed-orders`` is one engine command (``exchange.routed_orders``): the answer comes after its commit,
 with the child orders as ``GET /v1/orders/{id}`` shows them. ``GET /v1/routed-quote`` plans the same order
-(``exchange.router``) over what is committed: the market view's books (``DEPTH_LEVELS`` per book), the
+(``exchange.route_planner``) over what is committed: the market view's books (``DEPTH_LEVELS`` per book), the
 instruments' status and the account's fee tier and tokens; it trades nothing and holds nothing. Given the same
 books, the quote and the execution take the same lots at the same prices and fees.
 """
@@ -30,8 +30,9 @@ from api.schemas import (
     average_price,
 )
 from api.units import from_micro
-from exchange import fees, router
+from exchange import fees, route_planner
 from exchange.commands import Done, RoutedOrderView, RouteOrder
+from exchange.database.queries import sql
 from matching.types import BUY
 
 routing = Endpoints("routed orders")
@@ -55,10 +56,7 @@ WHERE kind = 'compute' AND substitution_group = $1
 ORDER BY symbol
 """
 TOKENS = "SELECT asset, available FROM balance WHERE account_id = $1 AND asset = ANY($2::text[])"
-TRAILING = """
-SELECT coalesce(sum(price * qty), 0)::bigint FROM fill
-WHERE created_at >= $2 AND (maker_account_id = $1 OR taker_account_id = $1)
-"""
+DAILY_VOLUME = sql("daily_volume")
 
 
 class RoutedOrderQuery(Request):
@@ -234,26 +232,27 @@ async def quote_routed_order(call: Call) -> RoutedQuote:
     async with call.services.connection() as conn:
         instruments = await conn.fetch(GROUP, request.group)
         tokens = dict(await conn.fetch(TOKENS, call.account_id, [row["symbol"] for row in instruments]))
-        percent = fees.tier_percent(await conn.fetchval(TRAILING, call.account_id, since))
+        days = await conn.fetch(DAILY_VOLUME, call.account_id, since)
+        percent = fees.tier_percent(sum(day["notional"] for day in days))
     books = call.services.market.books
     venues = []
     for row in instruments:
         if row["status"] != "trading":
             continue
         view = books.get(row["symbol"])
-        bids, asks = view.depth(router.DEPTH_LEVELS) if view is not None else ([], [])
-        venues.append(router.Venue(
+        bids, asks = view.depth(route_planner.DEPTH_LEVELS) if view is not None else ([], [])
+        venues.append(route_planner.Venue(
             row["symbol"], row["quality"], row["tick"], row["min_qty"], row["max_qty"],
             fees.rate_ppm(row["maker_fee_bps"], percent), fees.rate_ppm(row["taker_fee_bps"], percent),
             asks if request.side == BUY else bids, None if request.side == BUY else tokens.get(row["symbol"], 0),
         ))
-    code = router.refusal(venues, request.side, request.qty, request.mode, request.price, request.budget,
+    code = route_planner.refusal(venues, request.side, request.qty, request.mode, request.price, request.budget,
                           request.rest_remainder)
     if code is None and not instruments:
         code = "unknown_group"
     if code is not None:
         raise Problem(code)
-    plan = router.plan(venues, request.side, request.qty, request.mode, request.price, request.budget,
+    plan = route_planner.plan(venues, request.side, request.qty, request.mode, request.price, request.budget,
                        request.rest_remainder)
     legs = [QuoteLeg(leg.symbol, leg.quality, leg.qty, from_micro(leg.price), from_micro(leg.notional),
                      average_price(leg.notional, leg.qty), from_micro(leg.fee)) for leg in plan.legs]

@@ -5,9 +5,9 @@
 Order of start and stop
 -----------------------
 ``serve`` opens the database (the server at ``database_url``, else the embedded one in ``home``), takes the
-writer lock, then runs the app (``api.app.create_app``) under uvicorn. On the way out the app's lifespan stops
-the sequencer and closes its pool, then the lock is released and the embedded server stopped: the database is the
-last thing to go, so every command still queued commits first.
+checks that no other process writes to it, then runs the app (``api.app.create_app``) under uvicorn. On the way
+out the app's lifespan stops the sequencer and closes its pool, then the embedded server is stopped: the database
+is the last thing to go, so every command still queued commits first.
 
 Graceful shutdown
 -----------------
@@ -19,19 +19,18 @@ listen queue) gets no answer: the client sees a closed connection and nothing of
 gives up waiting. Requests still running after ``Settings.drain_seconds`` are cancelled.
 
 The signal handlers are this module's own, installed around uvicorn's loop: the embedded PostgreSQL installs
-a SIGTERM handler when it starts (``exchange.embedded``) that stops the database at once, which would fail the
+a SIGTERM handler when it starts (``exchange.database.embedded``) that stops the database at once, which would fail the
 batches in flight, and uvicorn's would raise the signal again once it is done, ending the process with
 -SIGTERM instead of 0. Both only matter before the server is up; from then on the handler here decides.
 
 One writer per database
 -----------------------
 The engine in memory is the only writer of its database: a second process opening a sequencer on the same
-data would decide on balances it does not see. So a serving process holds a session advisory lock
-(``WRITER_LOCK``) on a connection of its own for as long as it runs, and everything else that writes through a
-sequencer of its own (``tokex admin`` without ``--server``, a second ``tokex serve``) takes the same lock
-first, and stops with ``WriterBusy`` if it cannot. The sequencer holds a writer lock of its own too
-(``exchange.sequencer``), which waits for a writer that is still dying; this one is taken before anything
-starts and fails at once, with a message that says what to do.
+data would decide on balances it does not see. The sequencer holds the database's writer lock for as long as it
+writes (``exchange.sequencer``), and waits for a writer that is still dying. Whatever writes through a
+sequencer of its own (``tokex serve``, ``tokex admin`` without ``--server``) first asks whether a writer runs
+(``writer_running``), before anything starts, and stops at once with ``WriterBusy`` if one does, with a message
+that says what to do.
 """
 
 from __future__ import annotations
@@ -47,7 +46,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import uvicorn
 from starlette.applications import Starlette
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -58,10 +56,10 @@ from api.feed import MAX_MESSAGE_BYTES
 from api.problems import Problem
 from api.ratelimit import RateLimits
 from exchange.database import Database
+from exchange.sequencer import writer_running
 
 log = logging.getLogger(__name__)
 
-WRITER_LOCK = int.from_bytes(b"tokexwrt", "big", signed=True)
 GC_THRESHOLDS = (10_000, 10, 10)
 MAX_HEAD_BYTES = 32 * 1024
 """A request's line and headers together; a longer head is answered 431 and its connection closed."""
@@ -96,29 +94,19 @@ class Settings:
 
 
 @contextlib.asynccontextmanager
-async def writer_lock(dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    """Hold the database's writer lock, on a connection of its own, for the block; raise ``WriterBusy``."""
-    conn = await asyncpg.connect(dsn)
+async def open_database(database_url: str | None, home: Path | str | None) -> AsyncIterator[str]:
+    """Start the database (embedded when no URL); yield the DSN if no other process writes to it; stop it.
+
+    Raise ``WriterBusy`` if another process writes to it."""
+    database = Database(database_url, home=home)
+    await database.start()
     try:
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", WRITER_LOCK):
+        if await writer_running(database.dsn):
             raise WriterBusy(
                 "another tokex process (a server) is writing to this database, and there may be only one writer: "
                 "stop it first, or send admin commands to it with tokex admin --server URL (signed with "
                 "TOKEX_KEY and TOKEX_SECRET of an admin key)")
-        yield conn
-    finally:
-        # Closing the session releases the lock.
-        await conn.close()
-
-
-@contextlib.asynccontextmanager
-async def open_database(database_url: str | None, home: Path | str | None) -> AsyncIterator[str]:
-    """Start the database (embedded when no URL), hold the writer lock; yield the DSN; unlock and stop."""
-    database = Database(database_url, home=home)
-    await database.start()
-    try:
-        async with writer_lock(database.dsn):
-            yield database.dsn
+        yield database.dsn
     finally:
         await database.stop()
 

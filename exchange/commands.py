@@ -122,7 +122,7 @@ class AmendOrder(Command, frozen=True, tag="amend_order"):
 
 
 class RouteOrder(Command, frozen=True, tag="route_order"):
-    """Buy or sell ``qty`` lots across the books of a substitution group (``exchange.router``)."""
+    """Buy or sell ``qty`` lots across the books of a substitution group (``exchange.route_planner``)."""
 
     account_id: int
     group: str

@@ -19,7 +19,7 @@ Holds
 A sell holds the tokens. A buy limit holds what ``fees.buy_hold`` says. A market buy by quantity holds the
 cost of its quantity at the worst price the book would reach and is sent to the book as an IOC limit at that
 price, so it can never spend more than it holds. A market buy by budget holds the budget and gives the book
-the share of it that leaves room for the taker fee. A routed order (``exchange.routing``) holds once for all
+the share of it that leaves room for the taker fee. A routed order (``exchange.routed_orders``) holds once for all
 its child orders and releases what they leave once, after the last.
 """
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import ClassVar
 
-from exchange import fees, packages, routing
+from exchange import fees, packages, routed_orders
 from exchange.commands import (
     AmendOrder,
     ApproveIssuer,
@@ -58,77 +58,17 @@ from exchange.commands import (
 from exchange.ledger import AVAILABLE, CASH, EXTERNAL, FEES, HELD, ISSUANCE, REDEMPTION, SYSTEM_ACCOUNTS, Ledger
 from exchange.packages import Package
 from exchange.records import KINDS, ROLES, STATUSES, TRADING_ROLES, Account, Approval, Instrument, Order
+from exchange.rejections import WITHDRAWAL_NOT_COVERED, reject
 from exchange.replay import KEEP_ROWS_SECONDS, RecentRequests
-from exchange.routing import Pool, RoutedOrder
+from exchange.routed_orders import Pool, RoutedOrder
 from matching import events as ev
 from matching.book import OrderBook
 from matching.types import BUY, BY_REQUEST, GTC, IOC, SELF_TRADE, SELL, TIME_IN_FORCE
-
-MESSAGES = {
-    "unknown_account": "No such account.",
-    "unknown_instrument": "No such instrument; list them with GET /v1/instruments.",
-    "unknown_order": "No such open order in this account.",
-    "not_permitted": "This account's role does not allow that.",
-    "instrument_halted": "Trading in this instrument is halted; only cancels are accepted.",
-    "insufficient_funds": "Available balance does not cover the order and its maximum fee.",
-    "insufficient_tokens": "Available token balance is lower than the quantity.",
-    "invalid_amount": "The amount must be a positive whole number of micro-yuan.",
-    "invalid_qty": "The quantity must be a positive whole number of lots.",
-    "invalid_price": "The price must be a positive whole number of micro-yuan per lot.",
-    "off_tick_price": "The price must be a multiple of the instrument's tick.",
-    "invalid_budget": "The budget must be a positive whole number of micro-yuan, for market buys only.",
-    "budget_too_small": "The budget does not even cover the taker fee on one micro-yuan; raise it.",
-    "invalid_order_type": "The order type must be 'limit' or 'market'.",
-    "invalid_side": "The side must be 'buy' or 'sell'.",
-    "invalid_time_in_force": "Time in force must be GTC, IOC or FOK (market orders are IOC).",
-    "invalid_stp_mode": "Self-trade prevention must be cancel_newest, cancel_oldest, cancel_both or decrement "
-                        "(decrement is not available for budget orders).",
-    "post_only_requires_gtc": "A post-only order must be GTC.",
-    "would_take": "A post-only order may not trade on arrival; change its price.",
-    "duplicate_order_id": "That order id is already on the book.",
-    "no_change": "The amendment changes nothing.",
-    "qty_below_minimum": "The quantity is below the instrument's minimum order size.",
-    "qty_above_maximum": "The quantity is above the instrument's maximum order size.",
-    "qty_not_above_filled": "The new quantity must be larger than what is already filled.",
-    "name_taken": "An account with that name exists.",
-    "invalid_text": "Text fields may not contain the NUL character.",
-    "amount_too_large": "The amount would take a balance beyond what the exchange can record.",
-    "invalid_role": "The role must be admin, issuer or trader.",
-    "symbol_taken": "An instrument with that symbol exists.",
-    "invalid_instrument": "The instrument's attributes are incomplete or out of range.",
-    "invalid_status": "The status must be 'trading' or 'halted'.",
-    "not_approved": "This issuer is not approved to mint this instrument.",
-    "over_capacity": "Minting that much would exceed the issuer's declared capacity.",
-    "over_supply_cap": "Minting that much would exceed the dataset's supply cap.",
-    "capacity_below_issued": "The capacity is below what the issuer has already minted.",
-    "unknown_group": "No compute instrument is in that substitution group; see GET /v1/instruments.",
-    "invalid_route_mode": "The mode must be 'cost', 'quality' or 'balance'.",
-    "limit_or_budget_required": "Give a limit price per lot, a total budget, or both.",
-    "invalid_route_budget": "The budget must be a positive whole number of micro-yuan, and is for buys only.",
-    "rest_requires_price": "Resting the remainder needs a limit price to rest at.",
-    "invalid_period": "The period must be 'day', 'week' or 'month'.",
-    "invalid_max_cost": "The cost cap per period must be a positive whole number of micro-yuan.",
-    "invalid_start": "The start time must carry a time zone and lie before the year 9000.",
-    "unknown_package": "No such package in this account.",
-    "invalid_package_status": "The status must be 'active', 'paused' or 'cancelled'.",
-    "package_cancelled": "The package is cancelled; create a new one.",
-    "package_not_active": "The package is paused or cancelled.",
-    "period_not_due": "That period is not the package's next one, or has not started yet.",
-    "replayed_request": "This signed request was already accepted; it runs once. Sign a new one (a new "
-                        "timestamp) to do it again, or send a client id to make retries safe.",
-}
-
 
 ClientRequest = Deposit | Withdraw | Mint | Burn | Redeem | CreatePackage
 CLIENT_REQUEST_KINDS: dict[type, str] = {Deposit: "deposit", Withdraw: "withdrawal", Mint: "mint", Burn: "burn",
                                          Redeem: "redemption", CreatePackage: "package"}
 """The kinds a ``client_request_id`` is unique within, per account (the account whose balance moves)."""
-WITHDRAWAL_NOT_COVERED = "Available cash is lower than the amount to withdraw."
-"""``insufficient_funds`` for a withdrawal, which has no order and no fee."""
-
-
-def reject(code: str) -> Rejection:
-    return Rejection(code, MESSAGES[code])
 
 
 MAX_BIGINT = 2**63 - 1
@@ -783,7 +723,7 @@ class Engine:
         if order.id not in self.effects.new_orders:
             self.effects.changed_orders[order.id] = order
 
-    # Routed orders and packages (exchange.routing, exchange.packages)
+    # Routed orders and packages (exchange.routed_orders, exchange.packages)
 
     def _route_order(self, cmd: RouteOrder, ts: int, at: datetime) -> Result:
         account = self._trader(cmd.account_id)
@@ -794,7 +734,7 @@ class Engine:
             return original
         if original is not None:
             return Done(original)
-        outcome = routing.execute(self, account.id, cmd, None, ts, at)
+        outcome = routed_orders.execute(self, account.id, cmd, None, ts, at)
         if isinstance(outcome, str):
             return reject(outcome)
         if cmd.client_order_id is not None:

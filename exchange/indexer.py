@@ -28,6 +28,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from exchange.database.queries import sql
 from exchange.price_index import IndexTrade, compute
 
 log = logging.getLogger(__name__)
@@ -55,32 +56,12 @@ class IndexRow(msgspec.Struct, frozen=True):
 
 
 COLUMNS = tuple(IndexRow.__struct_fields__)
-TYPES = ("text", "timestamptz", "bigint", "boolean", "integer", "numeric", "numeric", "timestamptz")
-
-GROUPS = """
-SELECT DISTINCT substitution_group FROM instrument WHERE kind = 'compute' ORDER BY substitution_group
-"""
-NEWEST = "SELECT max(at) FROM price_index"
-FILLS = """
-SELECT i.substitution_group, f.created_at, f.price, f.qty, i.tokens_per_lot
-FROM fill f JOIN instrument i ON i.id = f.instrument_id
-WHERE i.kind = 'compute' AND f.created_at >= $1 AND f.created_at < $2
-ORDER BY f.created_at
-"""
-INSERT = f"""
-INSERT INTO price_index ({", ".join(COLUMNS)})
-SELECT * FROM unnest({", ".join(f"${i}::{kind}[]" for i, kind in enumerate(TYPES, 1))})
-ON CONFLICT (substitution_group, at) DO NOTHING
-RETURNING {", ".join(COLUMNS)}
-"""
-LATEST = f"""
-SELECT p.* FROM ({GROUPS}) AS g
-CROSS JOIN LATERAL (
-    SELECT {", ".join(COLUMNS)} FROM price_index
-    WHERE substitution_group = g.substitution_group ORDER BY at DESC LIMIT 1
-) AS p
-ORDER BY p.substitution_group
-"""
+"""The columns of ``price_index``, in the order of ``IndexRow``."""
+GROUPS = sql("index_groups")
+NEWEST = sql("newest_index_minute")
+FILLS = sql("index_fills")
+INSERT = sql("insert_index_rows")
+LATEST = sql("latest_index_rows")
 
 
 def wall_clock() -> datetime:

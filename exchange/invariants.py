@@ -14,67 +14,19 @@ tests call it.
 
 import asyncpg
 
+from exchange.database.queries import sql
 from exchange.engine import Engine
 from matching.book import OrderBook
 from matching.level import RestingOrder
 
-NEGATIVE = """
-SELECT account_id, asset, available, held FROM balance
-WHERE NOT is_system AND (available < 0 OR held < 0)
-"""
-
-HELD_MISMATCH = """
-WITH order_holds AS (
-    SELECT o.account_id, CASE WHEN o.side = 'buy' THEN 'CNY' ELSE i.symbol END AS asset, sum(o.held) AS held
-    FROM book_order o JOIN instrument i ON i.id = o.instrument_id
-    WHERE o.status = 'open'
-    GROUP BY 1, 2
-)
-SELECT coalesce(b.account_id, h.account_id) AS account_id, coalesce(b.asset, h.asset) AS asset,
-       coalesce(b.held, 0) AS balance_held, coalesce(h.held, 0) AS orders_held
-FROM balance b FULL JOIN order_holds h ON h.account_id = b.account_id AND h.asset = b.asset
-WHERE coalesce(b.held, 0) <> coalesce(h.held, 0)
-"""
-
-UNBALANCED_ENTRIES = """
-SELECT entry_id, asset, sum(amount) FROM posting GROUP BY entry_id, asset HAVING sum(amount) <> 0 LIMIT 20
-"""
-
-UNBALANCED_ASSETS = """
-SELECT asset, sum(available + held) FROM balance GROUP BY asset HAVING sum(available + held) <> 0
-"""
-
-UNRECONCILED = """
-WITH posted AS (
-    SELECT account_id, asset,
-           sum(amount) FILTER (WHERE bucket = 'available') AS available,
-           sum(amount) FILTER (WHERE bucket = 'held') AS held
-    FROM posting GROUP BY account_id, asset
-)
-SELECT coalesce(b.account_id, p.account_id), coalesce(b.asset, p.asset),
-       b.available, b.held, coalesce(p.available, 0), coalesce(p.held, 0)
-FROM balance b FULL JOIN posted p ON p.account_id = b.account_id AND p.asset = b.asset
-WHERE coalesce(b.available, 0) <> coalesce(p.available, 0) OR coalesce(b.held, 0) <> coalesce(p.held, 0)
-LIMIT 20
-"""
-
-# The swept children closed within the routed order's command, so their totals never move afterwards; the
-# resting child is an ordinary order from then on.
-ROUTED_TOTALS = """
-SELECT r.id, r.filled_qty, coalesce(sum(o.filled_qty), 0) AS children_qty
-FROM routed_order r
-LEFT JOIN book_order o ON o.id = ANY(r.order_ids) AND o.id IS DISTINCT FROM r.resting_order_id
-GROUP BY r.id
-HAVING r.filled_qty <> coalesce(sum(o.filled_qty), 0) OR r.filled_notional <> coalesce(sum(o.filled_notional), 0)
-    OR r.fee <> coalesce(sum(o.fee), 0)
-    OR count(o.id) + (r.resting_order_id IS NOT NULL)::int <> cardinality(r.order_ids)
-LIMIT 20
-"""
-
-OPEN_ORDERS = """
-SELECT o.instrument_id, o.id, o.account_id, o.side, o.price, o.open_qty, o.post_only, o.stp
-FROM book_order o WHERE o.status = 'open' ORDER BY o.instrument_id, o.priority
-"""
+NEGATIVE = sql("negative_balances")
+HELD_MISMATCH = sql("held_mismatches")
+UNBALANCED_ENTRIES = sql("unbalanced_entries")
+UNBALANCED_ASSETS = sql("unbalanced_assets")
+UNRECONCILED = sql("unreconciled_balances")
+ROUTED_TOTALS = sql("routed_order_mismatches")
+OPEN_ORDERS = sql("open_orders_by_instrument")
+TICKS = sql("instrument_ticks")
 
 
 async def problems(conn: asyncpg.Connection, engine: Engine | None = None) -> list[str]:
@@ -95,7 +47,7 @@ async def problems(conn: asyncpg.Connection, engine: Engine | None = None) -> li
         for routed, filled, children in await conn.fetch(ROUTED_TOTALS):
             found.append(f"routed order {routed} filled {filled} lots but its children {children}, or a child is "
                          "missing")
-        ticks = dict(await conn.fetch("SELECT id, tick FROM instrument"))
+        ticks = dict(await conn.fetch(TICKS))
         resting: dict[int, list[RestingOrder]] = {instrument: [] for instrument in ticks}
         for instrument, *fields in await conn.fetch(OPEN_ORDERS):
             resting[instrument].append(RestingOrder(*fields))

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from exchange import router, routing
+from exchange import route_planner, routed_orders
 from exchange.commands import (
     CreatePackage,
     ExecutionView,
@@ -101,10 +101,10 @@ def view(package: Package) -> PackageView:
 
 def create(engine: "Engine", cmd: CreatePackage, at: datetime) -> PackageView | str:
     """Start a package for a trading account; a refusal is its code."""
-    code = router.refusal([], BUY, cmd.qty, cmd.mode, cmd.price, cmd.max_cost, False)
+    code = route_planner.refusal([], BUY, cmd.qty, cmd.mode, cmd.price, cmd.max_cost, False)
     if code is not None:
         return "invalid_max_cost" if code == "invalid_route_budget" else code
-    if type(cmd.group) is not str or not routing.members(engine, cmd.group):
+    if type(cmd.group) is not str or not routed_orders.members(engine, cmd.group):
         return "unknown_group"
     if cmd.period not in PERIODS:
         return "invalid_period"
@@ -156,7 +156,7 @@ def run(engine: "Engine", cmd: RunPackage, ts: int, at: datetime) -> ExecutionVi
     if isinstance(account, Rejection):
         outcome: RoutedOrderView | str = account.code
     else:
-        outcome = routing.execute(engine, package.account_id, route, package.id, ts, at)
+        outcome = routed_orders.execute(engine, package.account_id, route, package.id, ts, at)
     package.next_period += 1
     package.updated_at = at
     engine.effects.packages[package.id] = package

@@ -12,11 +12,12 @@ so the server is never left idle while Python works.
 
 One writer
 ----------
-The sequencer writes through one connection of its own, which holds a PostgreSQL advisory lock for as long as
-it writes. A second process on the same database waits for it (and gives up with a clear error after
-``lock_timeout``); after a crash, the restarted process waits until the dead writer's session is gone, so it
-never loads the database while the old writer's last commit is still landing. The connection plans the batch
-statement once, with key lookups only (``store.WRITER_SETTINGS``).
+The sequencer writes through one connection of its own, which holds a PostgreSQL advisory lock, the database's
+one writer lock, for as long as it writes. A second process on the same database waits for it (and gives up with
+a clear error after ``lock_timeout``); after a crash, the restarted process waits until the dead writer's session
+is gone, so it never loads the database while the old writer's last commit is still landing. A process that
+must not wait (a server starting, an admin command) asks ``writer_running`` first and stops at once. The
+connection plans the batch statement once, with key lookups only (``WRITER_SETTINGS``).
 
 Failure
 -------
@@ -42,6 +43,7 @@ import asyncpg
 
 from exchange import store
 from exchange.commands import Command, Result
+from exchange.database.queries import sql
 from exchange.engine import Effects, Engine
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,11 @@ def wall_clock() -> int:
 
 WRITER_LOCK = int.from_bytes(b"tokexwri", "big", signed=True)
 """The advisory lock key held by the one writer of a database."""
+TRY_WRITER_LOCK = sql("try_writer_lock")
+RELEASE_WRITER_LOCK = sql("release_writer_lock")
+PING = sql("ping")
+WRITER_SETTINGS = sql("writer_settings")
+"""The writer connection's planner settings: the batch statement is planned once, with key lookups only."""
 
 
 class Unavailable(Exception):
@@ -150,7 +157,7 @@ class Sequencer:
         if self._writer is not None:
             lock, self._writer = self._writer, None
             try:
-                await lock.execute("SELECT pg_advisory_unlock($1)", WRITER_LOCK)
+                await lock.execute(RELEASE_WRITER_LOCK, WRITER_LOCK)
                 await self.pool.release(lock)
             except DATABASE_ERRORS:
                 lock.terminate()  # the session is gone or going: the lock goes with it
@@ -325,7 +332,7 @@ class Sequencer:
         """The writer connection, still holding the lock, or a new one that has claimed it anew."""
         if self._writer is not None:
             try:
-                await self._writer.fetchval("SELECT 1")
+                await self._writer.fetchval(PING)
                 return self._writer
             except DATABASE_ERRORS:
                 lost, self._writer = self._writer, None
@@ -333,6 +340,18 @@ class Sequencer:
                 await self.pool.release(lost)
         self._writer = await claim_writer_lock(self.pool, timeout=self.retry_interval * 20)
         return self._writer
+
+
+async def writer_running(dsn: str) -> bool:
+    """Whether a sequencer writes to the database at ``dsn`` now: at once, where ``Sequencer.open`` would wait."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        if not await conn.fetchval(TRY_WRITER_LOCK, WRITER_LOCK):
+            return True
+        await conn.execute(RELEASE_WRITER_LOCK, WRITER_LOCK)
+        return False
+    finally:
+        await conn.close()
 
 
 class WriterLockTimeout(RuntimeError):
@@ -345,8 +364,8 @@ async def claim_writer_lock(pool: asyncpg.Pool, timeout: float) -> asyncpg.Conne
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     try:
-        await conn.execute(store.WRITER_SETTINGS)
-        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", WRITER_LOCK):
+        await conn.execute(WRITER_SETTINGS)
+        while not await conn.fetchval(TRY_WRITER_LOCK, WRITER_LOCK):
             if loop.time() > deadline:
                 raise WriterLockTimeout(
                     f"another tokex process has been writing to this database for over {timeout:.0f} s; "

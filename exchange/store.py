@@ -8,69 +8,51 @@ any. Nothing here decides anything; the rows come ready from the engine.
 """
 
 from collections.abc import Sequence
-from datetime import datetime
-from typing import ClassVar
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import msgspec
 
+from exchange.database.queries import sql
 from exchange.engine import Effects, Engine, Ids
 from exchange.packages import Package
 from exchange.records import Account, Approval, Instrument, Order
 from exchange.replay import REMEMBER_SECONDS
-from exchange.routing import RoutedOrder
 from matching.book import OrderBook
 from matching.level import RestingOrder
 
-ORDER_COLUMNS = tuple(Order.__struct_fields__)
-
-INSERT_ACCOUNT = "INSERT INTO account (id, name, role, created_at) VALUES ($1, $2, $3, $4)"
-
-INSERT_INSTRUMENT = f"""
-INSERT INTO instrument ({", ".join(Instrument.ROW_FIELDS)})
-VALUES ({", ".join(f"${i}" for i in range(1, len(Instrument.ROW_FIELDS) + 1))})
-"""
-
-UPDATE_STATUS = "UPDATE instrument SET status = $2 WHERE id = $1"
-
-UPSERT_APPROVAL = """
-INSERT INTO issuer_approval (account_id, instrument_id, capacity, issued, approved_at)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (account_id, instrument_id)
-DO UPDATE SET capacity = EXCLUDED.capacity, issued = EXCLUDED.issued, approved_at = EXCLUDED.approved_at
-"""
-
-INSERT_REDEMPTION = """
-INSERT INTO redemption (id, instrument_id, account_id, qty, created_at) VALUES ($1, $2, $3, $4, $5)
-"""
-
-INSERT_ROUTED_ORDER = f"""
-INSERT INTO routed_order ({", ".join(RoutedOrder.__struct_fields__)})
-VALUES ({", ".join(f"${i}" for i in range(1, len(RoutedOrder.__struct_fields__) + 1))})
-"""
-
-UPSERT_PACKAGE = f"""
-INSERT INTO package ({", ".join(Package.__struct_fields__)})
-VALUES ({", ".join(f"${i}" for i in range(1, len(Package.__struct_fields__) + 1))})
-ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, next_period = EXCLUDED.next_period,
-                               updated_at = EXCLUDED.updated_at
-"""
-
-INSERT_CLIENT_REQUEST = """
-INSERT INTO client_request (account_id, kind, client_request_id, result_id, created_at) VALUES ($1, $2, $3, $4, $5)
-"""
-
-FORGET_REQUESTS = "DELETE FROM signed_request WHERE created_at < $1"
-
-RECENT_REQUESTS = "SELECT digest FROM signed_request WHERE created_at > now() - make_interval(secs => $1)"
-
-INSERT_EXECUTION = """
-INSERT INTO package_execution (package_id, period, routed_order_id, reason, created_at) VALUES ($1, $2, $3, $4, $5)
-"""
+INSERT_ACCOUNT = sql("insert_account")
+INSERT_INSTRUMENT = sql("insert_instrument")
+UPDATE_STATUS = sql("update_instrument_status")
+UPSERT_APPROVAL = sql("upsert_approval")
+INSERT_REDEMPTION = sql("insert_redemption")
+INSERT_ROUTED_ORDER = sql("insert_routed_order")
+UPSERT_PACKAGE = sql("upsert_package")
+INSERT_EXECUTION = sql("insert_package_execution")
+INSERT_CLIENT_REQUEST = sql("insert_client_request")
+FORGET_REQUESTS = sql("forget_signed_requests")
+RECENT_REQUESTS = sql("recent_signed_requests")
+NEXT_IDS = sql("next_ids")
+TRADER_ACCOUNTS = sql("trader_accounts")
+OPEN_ORDERS = sql("open_orders")
+ORDER_BY_ID = sql("order_by_id")
+INSTRUMENTS = sql("instruments_with_seq")
+APPROVALS = sql("issuer_approvals")
+BALANCES = sql("all_balances")
+ORDER_CLIENT_IDS = sql("order_client_ids")
+ROUTED_CLIENT_IDS = sql("routed_order_client_ids")
+CLIENT_REQUESTS = sql("client_requests")
+PACKAGES = sql("packages")
+DAILY_VOLUME = sql("daily_volume")
+DEFAULT_PLANNER = sql("default_planner")
+"""Undoes the writer connection's planner settings (``sequencer.WRITER_SETTINGS``) for a transaction that reads
+whole tables."""
+VOLUME_DAYS = 31
+"""The days of fills the engine's fee tiers look back on at start-up, a day more than the tiers' window."""
 
 
 class _Batch:
-    """The one statement that writes a batch's frequent rows: a CTE per table, each fed by ``unnest`` arrays.
+    """The one statement that writes a batch's frequent rows (``write_batch``): a CTE per table, fed by arrays.
 
     One statement is one round trip and, outside a transaction, atomic on its own; sending a batch as ten
     statements inside BEGIN/COMMIT cost ten round trips, which bounded throughput more than the work did.
@@ -84,74 +66,27 @@ class _Batch:
     rows' times travel once, as ``$1``, instead of as arrays for the server to parse row by row.
     """
 
+    statement = sql("write_batch")
+
     TABLES = (
-        ("journal_entry", "INSERT", (("id", "bigint"), ("kind", "text"), ("order_id", "bigint"),
-                                     ("fill_id", "bigint"), ("created_at", "timestamptz"))),
-        ("posting", "INSERT", (("entry_id", "bigint"), ("account_id", "bigint"), ("asset", "text"),
-                               ("bucket", "text"), ("amount", "bigint"))),
-        ("book_order", "INSERT", tuple(zip(ORDER_COLUMNS, (
-            "bigint", "integer", "bigint", "text", "text", "text", "text", "boolean", "text", "bigint", "bigint",
-            "bigint", "bigint", "bigint", "bigint", "bigint", "bigint", "bigint", "integer", "integer", "bigint",
-            "text", "text", "bigint", "timestamptz", "timestamptz"), strict=True))),
-        ("book_order", "UPDATE", (("id", "bigint"), ("price", "bigint"), ("qty", "bigint"), ("open_qty", "bigint"),
-                                  ("filled_qty", "bigint"), ("filled_notional", "bigint"),
-                                  ("maker_notional", "bigint"), ("taker_notional", "bigint"), ("fee", "bigint"),
-                                  ("held", "bigint"), ("status", "text"), ("reason", "text"),
-                                  ("priority", "bigint"), ("updated_at", "timestamptz"))),
-        ("fill", "INSERT", (("id", "bigint"), ("instrument_id", "integer"), ("seq", "bigint"), ("price", "bigint"),
-                            ("qty", "bigint"), ("maker_order_id", "bigint"), ("taker_order_id", "bigint"),
-                            ("maker_account_id", "bigint"), ("taker_account_id", "bigint"), ("taker_side", "text"),
-                            ("maker_fee", "bigint"), ("taker_fee", "bigint"), ("created_at", "timestamptz"))),
-        ("balance", "UPSERT", (("account_id", "bigint"), ("asset", "text"), ("available", "bigint"),
-                               ("held", "bigint"), ("is_system", "boolean"))),
-        ("instrument_seq", "UPSERT", (("instrument_id", "integer"), ("seq", "bigint"))),
-        ("signed_request", "INSERT", (("digest", "hex"), ("created_at", "timestamptz"))),
+        ("journal_entry", 5, (4,)),
+        ("posting", 5, ()),
+        ("book_order", len(Order.__struct_fields__), (24, 25)),
+        ("book_order", 14, (13,)),
+        ("fill", 13, (12,)),
+        ("balance", 5, ()),
+        ("instrument_seq", 2, ()),
+        ("signed_request", 2, (1,)),
     )
-    UPSERT_KEYS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "balance": ("account_id", "asset"),
-        "instrument_seq": ("instrument_id",),
-    }
-    """The conflict target of each upserted table; its other columns take the new row's values."""
+    """In the statement's order, each CTE's table, the columns of its rows, and the positions of those that hold
+    the batch's instant (the statement takes them from ``$1``); every other column is one array parameter."""
 
     def __init__(self) -> None:
-        parts = []
-        n = 1  # $1 is the batch's instant
-        self.instant_columns: list[list[int]] = []
-        """Per table, the positions of its timestamp columns: each holds the batch's instant in every row."""
-        self.array_columns: list[list[int]] = []
-        """Per table, the positions of the columns sent as arrays."""
-        for index, (table, action, columns) in enumerate(self.TABLES):
-            names = ", ".join(name for name, _ in columns)
-            # Set-returning functions in the select list run in step, row by row; ``FROM unnest(a, b, ...)``
-            # first copies every array into a tuple store of its own, which cost a third more per book_order row.
-            values = []
-            self.instant_columns.append([])
-            self.array_columns.append([])
-            for position, (name, kind) in enumerate(columns):
-                if kind == "timestamptz":
-                    values.append(f"$1::timestamptz AS {name}")
-                    self.instant_columns[-1].append(position)
-                elif kind == "hex":
-                    # bytea travels as hex text: its array literal then needs no backslash escapes.
-                    n += 1
-                    values.append(f"decode(unnest(${n}::text::text[]), 'hex') AS {name}")
-                    self.array_columns[-1].append(position)
-                else:
-                    n += 1
-                    values.append(f"unnest(${n}::text::{kind}[]) AS {name}")
-                    self.array_columns[-1].append(position)
-            rows = "SELECT " + ", ".join(values)
-            if action == "UPDATE":
-                sets = ", ".join(f"{name} = c.{name}" for name, _ in columns[1:])
-                body = f"UPDATE {table} AS t SET {sets} FROM ({rows}) AS c WHERE t.id = c.id"
-            else:
-                body = f"INSERT INTO {table} ({names}) {rows}"
-                if action == "UPSERT":
-                    key = self.UPSERT_KEYS[table]
-                    sets = ", ".join(f"{name} = EXCLUDED.{name}" for name, _ in columns if name not in key)
-                    body += f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}"
-            parts.append(f"w{index} AS ({body})")
-        self.sql = "WITH " + ",\n".join(parts) + "\nSELECT 1"
+        self.instant_columns = [list(instants) for _, _, instants in self.TABLES]
+        self.array_columns = [[position for position in range(columns) if position not in instants]
+                              for _, columns, instants in self.TABLES]
+        self.parameters = 1 + sum(len(positions) for positions in self.array_columns)
+        """How many parameters the statement takes."""
 
     def arguments(self, effects: Effects) -> list[object]:
         """The batch's instant, then one array literal per column that is not a time."""
@@ -180,23 +115,6 @@ class _Batch:
 
 
 BATCH = _Batch()
-
-WRITER_SETTINGS = (
-    "SET plan_cache_mode = force_generic_plan; "
-    "SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off"
-)
-"""The writer connection's planner settings, which make the batch statement's one plan right at any size.
-
-Planning the batch statement anew for every batch took a quarter of the server's time per command, so it is
-planned once. Its only right plan reaches each row by its key; but a plan made once cannot see how long the
-arrays are, and sees tables that start empty, for which it would choose hash joins over whole-table scans and
-keep them as the tables grow. With index paths alone left, the plan stays right. (``load`` reads whole tables,
-so it puts the defaults back for its own transaction.)
-"""
-DEFAULT_PLANNER = (
-    "SET LOCAL plan_cache_mode TO DEFAULT; "
-    "SET LOCAL enable_seqscan TO DEFAULT; SET LOCAL enable_hashjoin TO DEFAULT; SET LOCAL enable_mergejoin TO DEFAULT"
-)
 
 
 def array_literal(values: Sequence[object]) -> str:
@@ -236,7 +154,7 @@ async def write(conn: asyncpg.Connection, batch: Write) -> None:
     if not (effects.accounts or effects.new_instruments or effects.approvals or effects.redemptions
             or effects.routed_orders or effects.packages or effects.executions or effects.statuses
             or effects.client_requests or effects.forget_requests_before is not None):
-        await conn.execute(BATCH.sql, *batch.arguments)
+        await conn.execute(BATCH.statement, *batch.arguments)
         return
     async with conn.transaction():
         if effects.accounts:
@@ -264,90 +182,62 @@ async def write(conn: asyncpg.Connection, batch: Write) -> None:
             await conn.executemany(INSERT_CLIENT_REQUEST, effects.client_requests)
         if effects.forget_requests_before is not None:
             await conn.execute(FORGET_REQUESTS, effects.forget_requests_before)
-        await conn.execute(BATCH.sql, *batch.arguments)
+        await conn.execute(BATCH.statement, *batch.arguments)
 
 
 async def load(conn: asyncpg.Connection) -> Engine:
     """Rebuild the engine from the database: ids, accounts, instruments, books, balances, orders, volume."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         await conn.execute(DEFAULT_PLANNER)
+        next_ids = await conn.fetchrow(NEXT_IDS)
         ids = Ids(
-            account=max(100, await _next_id(conn, "account")),
-            instrument=await _next_id(conn, "instrument"),
+            account=max(100, next_ids["account"]),
+            instrument=next_ids["instrument"],
             # Routed orders take their ids from the order numbering too.
-            order=max(await _next_id(conn, "book_order"), await _next_id(conn, "routed_order")),
-            fill=await _next_id(conn, "fill"),
-            entry=await _next_id(conn, "journal_entry"),
-            redemption=await _next_id(conn, "redemption"),
-            package=await _next_id(conn, "package"),
+            order=max(next_ids["book_order"], next_ids["routed_order"]),
+            fill=next_ids["fill"],
+            entry=next_ids["journal_entry"],
+            redemption=next_ids["redemption"],
+            package=next_ids["package"],
         )
         engine = Engine(ids)
-        for row in await conn.fetch("SELECT id, name, role, created_at FROM account WHERE role <> 'system'"):
+        for row in await conn.fetch(TRADER_ACCOUNTS):
             engine.add_account(Account(**row))
         open_orders: dict[int, list[Order]] = {}
-        for row in await conn.fetch(
-            f"SELECT {', '.join(ORDER_COLUMNS)} FROM book_order WHERE status = 'open' ORDER BY priority"
-        ):
+        for row in await conn.fetch(OPEN_ORDERS):
             order = Order(**row)
             open_orders.setdefault(order.instrument_id, []).append(order)
             engine.orders[order.id] = order
             engine.open_by_account.setdefault(order.account_id, set()).add(order.id)
-        for row in await conn.fetch(
-            f"SELECT {', '.join('i.' + name for name in Instrument.ROW_FIELDS)}, coalesce(s.seq, 0) AS seq"
-            " FROM instrument i LEFT JOIN instrument_seq s ON s.instrument_id = i.id"
-        ):
+        for row in await conn.fetch(INSTRUMENTS):
             instrument = Instrument(**row)
             book = OrderBook.rebuild(instrument.tick, (
                 RestingOrder(o.id, o.account_id, o.side, o.price, o.open_qty, o.post_only, o.stp)
                 for o in open_orders.get(instrument.id, ())
             ))
             engine.add_instrument(instrument, book)
-        for row in await conn.fetch("SELECT * FROM issuer_approval"):
+        for row in await conn.fetch(APPROVALS):
             approval = Approval(**row)
             engine.approvals[(approval.account_id, approval.instrument_id)] = approval
             engine.instruments_by_id[approval.instrument_id].issued += approval.issued
-        for account, asset, available, held in await conn.fetch(
-            "SELECT account_id, asset, available, held FROM balance"
-        ):
+        for account, asset, available, held in await conn.fetch(BALANCES):
             engine.ledger.balances[(account, asset)] = [available, held]
-        for account, client_order_id, order_id in await conn.fetch(
-            "SELECT account_id, client_order_id, id FROM book_order WHERE client_order_id IS NOT NULL"
-        ):
+        for account, client_order_id, order_id in await conn.fetch(ORDER_CLIENT_IDS):
             engine.client_orders[(account, client_order_id)] = order_id
-        for account, client_order_id, routed_id in await conn.fetch(
-            "SELECT account_id, client_order_id, id FROM routed_order WHERE client_order_id IS NOT NULL"
-        ):
+        for account, client_order_id, routed_id in await conn.fetch(ROUTED_CLIENT_IDS):
             engine.routed_client_orders[(account, client_order_id)] = routed_id
-        for account, kind, client_request_id, result_id in await conn.fetch(
-            "SELECT account_id, kind, client_request_id, result_id FROM client_request"
-        ):
+        for account, kind, client_request_id, result_id in await conn.fetch(CLIENT_REQUESTS):
             engine.client_requests[(account, kind, client_request_id)] = result_id
         engine.requests.extend(digest for (digest,) in await conn.fetch(RECENT_REQUESTS, float(REMEMBER_SECONDS)))
-        for row in await conn.fetch(f"SELECT {', '.join(Package.__struct_fields__)} FROM package"):
+        for row in await conn.fetch(PACKAGES):
             engine.packages[row["id"]] = Package(**row)
-        for account, ts, notional in await conn.fetch(TRAILING_VOLUME):
-            engine.volume.add(account, ts, notional)
+        since = datetime.now(UTC) - timedelta(days=VOLUME_DAYS)
+        for account, day, notional in await conn.fetch(DAILY_VOLUME, None, since):
+            engine.volume.add(account, day, notional)
     return engine
-
-
-TRAILING_VOLUME = """
-SELECT account_id, (extract(epoch FROM day) * 1000000)::bigint, sum(notional)::bigint
-FROM (
-    SELECT maker_account_id AS account_id, date_trunc('day', created_at, 'UTC') AS day, price * qty AS notional
-    FROM fill WHERE created_at > now() - interval '31 days'
-    UNION ALL
-    SELECT taker_account_id, date_trunc('day', created_at, 'UTC'), price * qty
-    FROM fill WHERE created_at > now() - interval '31 days'
-) AS traded
-GROUP BY account_id, day
-"""
-
-
-async def _next_id(conn: asyncpg.Connection, table: str) -> int:
-    return await conn.fetchval(f"SELECT coalesce(max(id), 0) + 1 FROM {table}")
 
 
 async def order_row(conn: asyncpg.Connection, order_id: int) -> Order | None:
     """One order as committed, open or closed."""
-    row = await conn.fetchrow(f"SELECT {', '.join(ORDER_COLUMNS)} FROM book_order WHERE id = $1", order_id)
+    row = await conn.fetchrow(ORDER_BY_ID, order_id)
     return None if row is None else Order(**row)

@@ -47,8 +47,8 @@ import psutil
 from exchange import store
 from exchange.commands import CancelOrder, OrderView, PlaceOrder, Rejection
 from exchange.database import Database
+from exchange.database.migrations import migrate
 from exchange.engine import Engine
-from exchange.migrations import migrate
 from exchange.sequencer import Sequencer, Unavailable
 from loadtest.exchange_worker import MID, SYMBOL, TICK, prepare
 from matching.types import BUY, IOC, SELL

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from api.client import Client
-from exchange.embedded import EmbeddedPostgres
+from exchange.database.embedded import EmbeddedPostgres
 from loadtest import durability
 from loadtest.bench_api import PLACED, Connection, Server, Trader
 from loadtest.bench_feed import raise_file_limit

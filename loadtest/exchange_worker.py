@@ -46,8 +46,8 @@ from exchange.commands import (
     Rejection,
     Result,
 )
+from exchange.database.migrations import migrate
 from exchange.ledger import CASH
-from exchange.migrations import migrate
 from exchange.sequencer import Sequencer
 from matching.types import BUY, GTC, IOC, SELL
 

@@ -1,1 +1,1 @@
-"""The numbered database migrations, ``NNN_name.sql``: shipped as this package's data (``exchange.migrations``)."""
+"""The numbered database migrations, ``NNN_name.sql``: this package's data (``exchange.database.migrations``)."""

@@ -35,7 +35,7 @@ import asyncpg
 import psutil
 import pytest
 
-from exchange.embedded import EmbeddedPostgres
+from exchange.database.embedded import EmbeddedPostgres
 
 
 def with_database(dsn: str, database: str) -> str:

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from nats.aio.client import Client
 
-from exchange import lifetime
+from exchange import config, lifetime
 from exchange.broker.embedded import EmbeddedNats
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,7 @@ def nats_url(home: Path | str | None = None) -> str:
 
     Blocking while the embedded server starts (well under a second).
     """
-    url = os.environ.get("NATS_URL", "").strip()
-    if url:
-        return url
-    return EmbeddedNats(home).start()
+    return config.nats_url() or EmbeddedNats(home).start()
 
 
 async def nats_url_async(home: Path | str | None = None) -> str:

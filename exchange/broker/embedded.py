@@ -20,7 +20,7 @@ Connections
     (nats://TOKEN@127.0.0.1:4250); `display_url` is the same without it, for logs.
 
 Lifetime
-    The same rules as the embedded PostgreSQL (`exchange.embedded`). The process that starts the server
+    The same rules as the embedded PostgreSQL (`exchange.database.embedded`). The process that starts the server
     owns it and stops it: on `stop()`, on leaving the context manager, at interpreter exit and on
     SIGTERM (`exchange.lifetime`). Another process that starts while the owner is alive attaches to the
     same server and leaves it running when it stops. A SIGKILL of the owner leaves an orphan; the next
@@ -56,9 +56,8 @@ from urllib.parse import urlsplit
 import psutil
 
 from exchange import lifetime
-from exchange.embedded import tokex_home
+from exchange.config import nats_port, tokex_home
 
-DEFAULT_PORT = 4250
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -281,7 +280,7 @@ class EmbeddedNats:
     def _configured_port(self) -> int:
         if self._port is not None:
             return self._port
-        value = os.environ.get("TOKEX_NATS_PORT") or str(DEFAULT_PORT)
+        value = nats_port()
         try:
             port = int(value)
         except ValueError:

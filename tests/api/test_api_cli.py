@@ -26,10 +26,10 @@ from api_server import unique
 
 from api.cli import main
 from api.client import Client
-from api.server import writer_lock
 from exchange import invariants
 from exchange.database import Database
-from exchange.embedded import EmbeddedPostgres
+from exchange.database.embedded import EmbeddedPostgres
+from exchange.sequencer import WRITER_LOCK
 
 MASTER_KEY = "ab" * 32
 
@@ -105,10 +105,15 @@ def test_admin_creates_accounts_keys_cash_instruments_and_issuers(fresh_database
 
 def test_admin_refuses_a_database_that_a_server_writes_to(fresh_database_url, cli_env, capsys):
     async def attempt() -> None:
-        async with writer_lock(fresh_database_url):
+        # A running server's sequencer holds the writer lock for as long as it runs.
+        writer = await asyncpg.connect(fresh_database_url)
+        try:
+            await writer.execute("SELECT pg_advisory_lock($1)", WRITER_LOCK)
             status = await asyncio.to_thread(main, ["admin", "--database-url", fresh_database_url,
                                                     "create-account", "x"])
             assert status == 1
+        finally:
+            await writer.close()
 
     asyncio.run(attempt())
     err = capsys.readouterr().err

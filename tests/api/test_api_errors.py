@@ -6,7 +6,7 @@ import pytest
 from api.client import Client
 from api.endpoints import MAX_BODY
 from api.problems import CODES, MEDIA_TYPE
-from exchange.engine import MESSAGES
+from exchange.rejections import MESSAGES
 
 
 def test_every_engine_rejection_has_a_status():

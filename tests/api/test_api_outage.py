@@ -14,7 +14,7 @@ from api_server import NO_LIMITS, bootstrap, serve
 
 from api.app import create_app
 from api.client import ApiError, Client
-from exchange.embedded import EmbeddedPostgres
+from exchange.database.embedded import EmbeddedPostgres
 
 ANSWER_WITHIN = 5.0
 

@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 
 from exchange import invariants
-from exchange.migrations import migrate
+from exchange.database.migrations import migrate
 from exchange.sequencer import Sequencer
 
 

@@ -20,7 +20,7 @@ import asyncpg
 
 from exchange import invariants, store
 from exchange.commands import CreateAccount, Deposit, Done, OrderView, PlaceOrder
-from exchange.migrations import migrate
+from exchange.database.migrations import migrate
 from exchange.sequencer import Sequencer
 from loadtest.durability import FILLS_DISAGREE, ORPHAN_FILLS, SETTLED_TWICE
 from loadtest.exchange_worker import MID, SYMBOL, TICK, contradictions, prepare, read_acks

@@ -20,9 +20,9 @@ import pytest
 
 from exchange import invariants, store
 from exchange.commands import CreateAccount, Deposit, OrderView, PlaceOrder, Result
-from exchange.embedded import EmbeddedPostgres
+from exchange.database.embedded import EmbeddedPostgres
+from exchange.database.migrations import migrate
 from exchange.engine import Engine
-from exchange.migrations import migrate
 from exchange.sequencer import Sequencer, Unavailable
 from loadtest.exchange_worker import MID, SYMBOL, TICK, Client, OrderCommand, contradictions, prepare
 from matching.types import BUY, GTC, SELL

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from exchange.database import Database
-from exchange.embedded import EmbeddedPostgres, EmbeddedPostgresError
+from exchange.database.embedded import EmbeddedPostgres, EmbeddedPostgresError
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
@@ -31,7 +31,7 @@ LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
 CHILD = textwrap.dedent(
     """
     import sys
-    from exchange.embedded import EmbeddedPostgres
+    from exchange.database.embedded import EmbeddedPostgres
     server = EmbeddedPostgres(sys.argv[1])
     server.start()
     print(server.pid, server.owned, flush=True)

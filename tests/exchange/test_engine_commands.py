@@ -38,8 +38,9 @@ from exchange.commands import (
     SetInstrumentStatus,
     Withdraw,
 )
-from exchange.engine import MESSAGES, WITHDRAWAL_NOT_COVERED, Engine
+from exchange.engine import Engine
 from exchange.ledger import CASH, FEES
+from exchange.rejections import MESSAGES, WITHDRAWAL_NOT_COVERED
 from exchange.sequencer import Sequencer
 
 COMPUTE = "DEEPSEEK-V3"

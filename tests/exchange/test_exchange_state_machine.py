@@ -25,7 +25,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from exchange import invariants, router
+from exchange import invariants, route_planner
 from exchange.commands import (
     AmendOrder,
     ApproveIssuer,
@@ -270,7 +270,7 @@ class ExchangeMachine(RuleBasedStateMachine):
         else:
             self.place(PlaceOrder(taker, symbol, BUY, "market", budget=taken * price))
 
-    @rule(target=orders, account=order_accounts, side=sides, qty=qtys, mode=st.sampled_from(router.MODES),
+    @rule(target=orders, account=order_accounts, side=sides, qty=qtys, mode=st.sampled_from(route_planner.MODES),
           step=st.none() | steps, budget=st.none() | st.integers(1, 300_000), rest=st.booleans())
     def route(self, account, side, qty, mode, step, budget, rest):
         """A routed order over the one compute book of the group; its remainder may rest."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from exchange.migrations import SQL_DIR, MigrationError, discover, migrate
+from exchange.database.migrations import SQL_DIR, MigrationError, discover, migrate
 
 
 def write(folder: Path, files: dict[str, str]) -> Path:

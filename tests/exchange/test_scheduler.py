@@ -23,7 +23,7 @@ from exchange.commands import (
     RunPackage,
     SetPackageStatus,
 )
-from exchange.engine import MESSAGES
+from exchange.rejections import MESSAGES
 from exchange.scheduler import Scheduler
 from exchange.sequencer import EPOCH, Sequencer
 

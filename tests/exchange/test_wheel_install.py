@@ -24,7 +24,8 @@ import asyncpg
 import httpx
 import pytest
 
-from exchange.migrations import MigrationError, discover, migrate
+from exchange.database.migrations import MigrationError, discover, migrate
+from exchange.database.queries import STATEMENTS
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -56,10 +57,14 @@ async def test_a_server_installed_from_a_wheel_migrates_an_empty_database(fresh_
     site_packages = Path(run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").strip())
     (site_packages / "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
-    where = run(python, "-c", "import exchange.migrations as m; print(m.__file__); print(m.SQL_DIR)",
+    where = run(python, "-c", "import exchange.database.migrations as m; print(m.__file__); print(m.SQL_DIR)",
                 cwd=tmp_path).split()
     assert all(Path(path).is_relative_to(site_packages) for path in where), where
     assert sorted(path.name for path in Path(where[1]).glob("*.sql")) == [m.path.name for m in discover()]
+    queries = run(python, "-c", "from exchange.database import queries; "
+                  "print(queries.QUERIES_DIR); print(len(queries.STATEMENTS))", cwd=tmp_path).split()
+    assert Path(queries[0]).is_relative_to(site_packages), queries
+    assert int(queries[1]) == len(STATEMENTS)
 
     port = free_port()
     server = subprocess.Popen(

@@ -19,7 +19,7 @@ from exchange.commands import (
     RouteOrder,
     SetInstrumentStatus,
 )
-from exchange.engine import MESSAGES
+from exchange.rejections import MESSAGES
 from exchange.sequencer import Sequencer
 
 TICK = 10_000

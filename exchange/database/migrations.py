@@ -34,6 +34,8 @@ from pathlib import Path
 
 import asyncpg
 
+from exchange.database.queries import sql
+
 SQL_DIR = Path(str(resources.files("sql")))
 
 # "tokexmig" read as a big-endian int64; fixed so every process contends for the same lock.
@@ -41,13 +43,11 @@ LOCK_KEY = int.from_bytes(b"tokexmig", "big", signed=True)
 
 _FILE_NAME = re.compile(r"^(\d+)_([a-z0-9_]+)\.sql$")
 
-_CREATE_TABLE = """
-CREATE TABLE IF NOT EXISTS schema_migration (
-    version    int PRIMARY KEY,
-    name       text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
-)
-"""
+WAIT_FOR_LOCK = sql("wait_for_migration_lock")
+RELEASE_LOCK = sql("release_migration_lock")
+CREATE_TABLE = sql("create_schema_migration")
+APPLIED = sql("applied_migrations")
+RECORD = sql("record_migration")
 
 
 class MigrationError(RuntimeError):
@@ -93,21 +93,21 @@ async def migrate(target: str | asyncpg.Connection, folder: Path | None = None) 
     migrations = discover(folder)
     conn = await asyncpg.connect(target) if isinstance(target, str) else target
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
+        await conn.execute(WAIT_FOR_LOCK, LOCK_KEY)
         try:
             return await _apply(conn, folder, migrations)
         finally:
             # A lost connection has released the lock already.
             if not conn.is_closed():
-                await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+                await conn.execute(RELEASE_LOCK, LOCK_KEY)
     finally:
         if isinstance(target, str):
             await conn.close()
 
 
 async def _apply(conn: asyncpg.Connection, folder: Path, migrations: list[Migration]) -> list[int]:
-    await conn.execute(_CREATE_TABLE)
-    applied = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migration")}
+    await conn.execute(CREATE_TABLE)
+    applied = {row["version"] for row in await conn.fetch(APPLIED)}
 
     known = {m.version for m in migrations}
     unknown = sorted(applied - known)
@@ -127,13 +127,11 @@ async def _apply(conn: asyncpg.Connection, folder: Path, migrations: list[Migrat
 
     done = []
     for m in pending:
-        sql = m.path.read_text(encoding="utf-8")
+        script = m.path.read_text(encoding="utf-8")
         try:
             async with conn.transaction():
-                await conn.execute(sql)
-                await conn.execute(
-                    "INSERT INTO schema_migration (version, name) VALUES ($1, $2)", m.version, m.name
-                )
+                await conn.execute(script)
+                await conn.execute(RECORD, m.version, m.name)
         except asyncpg.PostgresError as exc:
             raise MigrationError(
                 f"{m.path.name} failed and was rolled back: {type(exc).__name__}: {exc}"

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exchange import fees, router, routing
+from exchange import fees, route_planner, routed_orders
 from exchange.commands import (
     ApproveIssuer,
     CreateAccount,
@@ -30,12 +30,12 @@ TS = int(AT.timestamp()) * 1_000_000
 
 
 @st.composite
-def venue(draw, index: int, side: str) -> router.Venue:
+def venue(draw, index: int, side: str) -> route_planner.Venue:
     prices = draw(st.lists(st.integers(1, 60), min_size=0, max_size=6, unique=True))
     prices.sort(reverse=side == SELL)
     levels = [(p * TICK, draw(st.integers(1, 20))) for p in prices]
     taker_bps = draw(st.integers(0, 50))
-    return router.Venue(
+    return route_planner.Venue(
         f"V{index}", draw(st.integers(0, 100)), TICK, 1, draw(st.sampled_from([5, 30, 1_000_000])),
         taker_bps // 2 * 100, taker_bps * 100, levels,
         draw(st.integers(0, 60)) if side == SELL else None,
@@ -43,24 +43,24 @@ def venue(draw, index: int, side: str) -> router.Venue:
 
 
 @st.composite
-def books(draw, side: str = BUY) -> list[router.Venue]:
+def books(draw, side: str = BUY) -> list[route_planner.Venue]:
     return [draw(venue(i, side)) for i in range(draw(st.integers(1, 4)))]
 
 
 limits = st.one_of(st.none(), st.integers(1, 60).map(lambda p: p * TICK))
 budgets = st.one_of(st.none(), st.integers(1, 2_000 * TICK))
-modes = st.sampled_from(router.MODES)
+modes = st.sampled_from(route_planner.MODES)
 
 
 def in_limit(side: str, price: int, limit: int | None) -> bool:
-    return router.within(side, price, limit)
+    return route_planner.within(side, price, limit)
 
 
 @given(books(), st.integers(1, 80), modes, limits, budgets, st.booleans())
 def test_a_plan_never_exceeds_the_limit_the_budget_or_the_sizes(venues, qty, mode, limit, budget, rest):
     if limit is None and budget is None:
         budget = 500 * TICK
-    plan = router.plan(venues, BUY, qty, mode, limit, budget, rest)
+    plan = route_planner.plan(venues, BUY, qty, mode, limit, budget, rest)
     by_symbol = {v.symbol: v for v in venues}
     assert plan.filled_qty + plan.remainder == qty and plan.filled_qty <= qty
     for leg in plan.legs:
@@ -85,7 +85,7 @@ def test_a_plan_never_exceeds_the_limit_the_budget_or_the_sizes(venues, qty, mod
 
 @given(books(SELL), st.integers(1, 80), modes, st.integers(1, 60).map(lambda p: p * TICK))
 def test_a_sell_plan_sells_no_more_than_held_and_no_lower_than_the_limit(venues, qty, mode, limit):
-    plan = router.plan(venues, SELL, qty, mode, limit)
+    plan = route_planner.plan(venues, SELL, qty, mode, limit)
     by_symbol = {v.symbol: v for v in venues}
     for leg in plan.legs:
         assert leg.price >= limit
@@ -95,10 +95,10 @@ def test_a_sell_plan_sells_no_more_than_held_and_no_lower_than_the_limit(venues,
 @given(books(), st.integers(1, 80), st.sampled_from(["quality", "balance"]), limits)
 def test_cost_never_pays_more_for_the_same_quantity(venues, qty, mode, limit):
     limit = limit or 60 * TICK
-    other = router.plan(venues, BUY, qty, mode, limit)
+    other = route_planner.plan(venues, BUY, qty, mode, limit)
     if not other.filled_qty:
         return
-    cheapest = router.plan(venues, BUY, other.filled_qty, "cost", limit)
+    cheapest = route_planner.plan(venues, BUY, other.filled_qty, "cost", limit)
     assert cheapest.filled_qty == other.filled_qty
     assert cheapest.notional <= other.notional
 
@@ -106,7 +106,7 @@ def test_cost_never_pays_more_for_the_same_quantity(venues, qty, mode, limit):
 @given(books(), st.integers(1, 80), limits)
 def test_quality_takes_no_lower_quality_while_a_higher_one_within_the_limit_remains(venues, qty, limit):
     limit = limit or 60 * TICK
-    plan = router.plan(venues, BUY, qty, "quality", limit)
+    plan = route_planner.plan(venues, BUY, qty, "quality", limit)
     taken = {leg.symbol: leg.qty for leg in plan.legs}
     for leg in plan.legs:
         for venue in venues:
@@ -117,33 +117,33 @@ def test_quality_takes_no_lower_quality_while_a_higher_one_within_the_limit_rema
 
 def test_balance_ranks_by_price_per_quality_point_then_price_then_symbol():
     venues = [
-        router.Venue("CHEAP-LOW", 20, 1, 1, 100, 0, 0, [(100, 5)]),   # 5.0 per point
-        router.Venue("DEAR-HIGH", 90, 1, 1, 100, 0, 0, [(360, 5)]),   # 4.0 per point
-        router.Venue("SAME-B", 50, 1, 1, 100, 0, 0, [(250, 5)]),      # 5.0 per point, dearer than CHEAP-LOW
-        router.Venue("ZERO", 0, 1, 1, 100, 0, 0, [(1, 5)]),           # infinite: last
+        route_planner.Venue("CHEAP-LOW", 20, 1, 1, 100, 0, 0, [(100, 5)]),   # 5.0 per point
+        route_planner.Venue("DEAR-HIGH", 90, 1, 1, 100, 0, 0, [(360, 5)]),   # 4.0 per point
+        route_planner.Venue("SAME-B", 50, 1, 1, 100, 0, 0, [(250, 5)]),      # 5.0 per point, dearer than CHEAP-LOW
+        route_planner.Venue("ZERO", 0, 1, 1, 100, 0, 0, [(1, 5)]),           # infinite: last
     ]
-    plan = router.plan(venues, BUY, 20, "balance", 1_000)
+    plan = route_planner.plan(venues, BUY, 20, "balance", 1_000)
     assert [leg.symbol for leg in plan.legs] == ["DEAR-HIGH", "CHEAP-LOW", "SAME-B", "ZERO"]
-    assert [leg.symbol for leg in router.plan(venues, BUY, 20, "cost", 1_000).legs] == \
+    assert [leg.symbol for leg in route_planner.plan(venues, BUY, 20, "cost", 1_000).legs] == \
         ["ZERO", "CHEAP-LOW", "SAME-B", "DEAR-HIGH"]
-    assert [leg.symbol for leg in router.plan(venues, BUY, 20, "quality", 1_000).legs] == \
+    assert [leg.symbol for leg in route_planner.plan(venues, BUY, 20, "quality", 1_000).legs] == \
         ["DEAR-HIGH", "SAME-B", "CHEAP-LOW", "ZERO"]
 
 
 def test_a_budget_counts_each_childs_fee():
-    venues = [router.Venue("A", 50, 1, 1, 100, 0, 100_000, [(1_000, 10)])]  # 10% taker fee
-    plan = router.plan(venues, BUY, 10, "cost", budget=5_500)
+    venues = [route_planner.Venue("A", 50, 1, 1, 100, 0, 100_000, [(1_000, 10)])]  # 10% taker fee
+    plan = route_planner.plan(venues, BUY, 10, "cost", budget=5_500)
     assert plan.filled_qty == 5 and plan.hold(BUY)["CNY"] == 5_500
-    assert router.plan(venues, BUY, 10, "cost", budget=5_499).filled_qty == 4
+    assert route_planner.plan(venues, BUY, 10, "cost", budget=5_499).filled_qty == 4
 
 
-def chunks(venue: router.Venue) -> list[tuple[int, int]]:
+def chunks(venue: route_planner.Venue) -> list[tuple[int, int]]:
     """Each level as resting orders within the instrument's maximum order size."""
     return [(price, min(venue.max_qty, size - done)) for price, size in venue.levels
             for done in range(0, size, venue.max_qty)]
 
 
-def market(venues: list[router.Venue], side: str) -> Engine:
+def market(venues: list[route_planner.Venue], side: str) -> Engine:
     """An engine whose group ``g`` holds ``venues``' books: asks of the issuer (100) and cash for the router
     (102), for a buy; bids of trader 101 and the issuer holding each venue's ``tokens``, for a sell."""
     engine = Engine()
@@ -180,7 +180,8 @@ def test_the_quote_equals_the_execution_when_nothing_changed(data, side, qty, mo
     engine = market(venues, side)
     account = 102 if side == BUY else 100
     rest = rest and limit is not None
-    quoted = router.plan(routing.venues(engine, "g", side, account, 100), side, qty, mode, limit, budget, rest)
+    venues_now = routed_orders.venues(engine, "g", side, account, 100)
+    quoted = route_planner.plan(venues_now, side, qty, mode, limit, budget, rest)
     result = engine.apply(RouteOrder(account, "g", side, qty, mode, limit, budget, rest), TS, AT)
     if side == SELL and not any(v.tokens for v in venues):
         assert result.code == "insufficient_tokens"

@@ -4,16 +4,16 @@
         pool = await asyncpg.create_pool(db.dsn)
 
 An external server is used as it is: nothing is started or stopped there, it is only migrated.
-Without one, the embedded server of `exchange.embedded` is started in TOKEX_HOME and stopped by `stop()`.
+Without one, the embedded server of `exchange.database.embedded` is started in TOKEX_HOME and stopped by `stop()`.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from exchange.embedded import EmbeddedPostgres
-from exchange.migrations import migrate
+from exchange import config
+from exchange.database.embedded import EmbeddedPostgres
+from exchange.database.migrations import migrate
 
 
 class Database:
@@ -36,7 +36,7 @@ class Database:
     @classmethod
     def from_env(cls) -> Database:
         """Use DATABASE_URL if set, else the embedded server in TOKEX_HOME."""
-        return cls(os.environ.get("DATABASE_URL"))
+        return cls(config.database_url())
 
     @property
     def dsn(self) -> str:

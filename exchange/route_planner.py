@@ -42,7 +42,7 @@ from matching.types import BUY, SELL
 
 MODES = ("cost", "quality", "balance")
 DEPTH_LEVELS = 1000
-"""Price levels of each book a plan looks at: the router's horizon per venue."""
+"""Price levels of each book a plan looks at: the planner's horizon per venue."""
 MAX_QTY = 10**12
 """Lots, and micro-yuan per lot, in one routed order: price x qty stays far inside a bigint."""
 MAX_BUDGET = 10**15

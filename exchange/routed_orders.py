@@ -5,9 +5,9 @@ entry commit in one batch or not at all.
 
 Steps
 -----
-1. Check the parameters (``router.refusal``) and the group: a refusal changes nothing.
-2. Fix the account's fee rates for the whole routed order and plan (``router.plan``) over the books as they
-   are; refuse with ``insufficient_funds``/``insufficient_tokens`` when the plan's hold is not available.
+1. Check the parameters (``route_planner.refusal``) and the group: a refusal changes nothing.
+2. Fix the account's fee rates for the whole routed order and plan (``route_planner.plan``) over the books as
+   they are; refuse with ``insufficient_funds``/``insufficient_tokens`` when the plan's hold is not available.
 3. Post ONE hold entry for the whole plan (cash for a buy; every symbol's tokens for a sell), under the routed
    order's id, before any child executes.
 4. Execute each leg as a real IOC limit order at its worst planned price, settled as any order is. A child's
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from exchange import fees, router
+from exchange import fees, route_planner
 from exchange.commands import OrderView, RoutedOrderView, RouteOrder
 from exchange.ledger import AVAILABLE, HELD
 from exchange.records import Instrument, Order
@@ -81,18 +81,18 @@ def members(engine: "Engine", group: str) -> list[Instrument]:
     return [i for i in engine.instruments.values() if i.kind == "compute" and i.substitution_group == group]
 
 
-def venues(engine: "Engine", group: str, side: str, account_id: int, percent: int) -> list[router.Venue] | None:
+def venues(engine: "Engine", group: str, side: str, account_id: int, percent: int) -> list[route_planner.Venue] | None:
     """The trading compute books of ``group`` as the planner sees them; None when no compute instrument is in it."""
     instruments = members(engine, group)
     if not instruments:
         return None
-    found: list[router.Venue] = []
+    found: list[route_planner.Venue] = []
     for instrument in instruments:
         if instrument.status != "trading":
             continue
         assert instrument.book is not None and instrument.quality is not None
-        bids, asks = instrument.book.depth(router.DEPTH_LEVELS)
-        found.append(router.Venue(
+        bids, asks = instrument.book.depth(route_planner.DEPTH_LEVELS)
+        found.append(route_planner.Venue(
             instrument.symbol, instrument.quality, instrument.tick, instrument.min_qty, instrument.max_qty,
             fees.rate_ppm(instrument.maker_fee_bps, percent), fees.rate_ppm(instrument.taker_fee_bps, percent),
             asks if side == BUY else bids,
@@ -106,14 +106,14 @@ def execute(engine: "Engine", account_id: int, cmd: RouteOrder, package_id: int 
     """Plan and execute ``cmd`` for a trading account; a refusal is its code, and changes nothing."""
     percent = fees.tier_percent(engine.volume.trailing(account_id, ts))
     books = venues(engine, cmd.group, cmd.side, account_id, percent) if type(cmd.group) is str else None
-    code = router.refusal(books or [], cmd.side, cmd.qty, cmd.mode, cmd.price, cmd.budget, cmd.rest_remainder)
+    code = route_planner.refusal(books or [], cmd.side, cmd.qty, cmd.mode, cmd.price, cmd.budget, cmd.rest_remainder)
     if code is not None:
         return code
     if books is None:
         return "unknown_group"
     if cmd.side == SELL and not any(venue.tokens for venue in books):
         return "insufficient_tokens"
-    plan = router.plan(books, cmd.side, cmd.qty, cmd.mode, cmd.price, cmd.budget, cmd.rest_remainder)
+    plan = route_planner.plan(books, cmd.side, cmd.qty, cmd.mode, cmd.price, cmd.budget, cmd.rest_remainder)
     hold = {asset: amount for asset, amount in plan.hold(cmd.side).items() if amount}
     if any(amount > engine.ledger.available(account_id, asset) for asset, amount in hold.items()):
         return "insufficient_funds" if cmd.side == BUY else "insufficient_tokens"
@@ -163,7 +163,7 @@ def execute(engine: "Engine", account_id: int, cmd: RouteOrder, package_id: int 
 
 
 def _child(engine: "Engine", account_id: int, side: str, symbol: str, price: int, qty: int, tif: str,
-           venue: router.Venue, held: int, pool: Pool | None, ts: int, at: datetime) -> OrderView:
+           venue: route_planner.Venue, held: int, pool: Pool | None, ts: int, at: datetime) -> OrderView:
     """Place one child order holding ``held`` of the routed order's hold; settle it as any order."""
     instrument = engine.instruments[symbol]
     book = instrument.book

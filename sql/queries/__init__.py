@@ -1,0 +1,1 @@
+"""The named statements, ``sql/queries/<concern>.sql``: this package's data (``exchange.database.queries``)."""

@@ -1,0 +1,68 @@
+-- The exchange's invariants, checked against what is committed (exchange/invariants.py).
+
+-- name: negative_balances
+SELECT account_id, asset, available, held FROM balance
+WHERE NOT is_system AND (available < 0 OR held < 0);
+
+-- name: held_mismatches
+WITH order_holds AS (
+    SELECT o.account_id, CASE WHEN o.side = 'buy' THEN 'CNY' ELSE i.symbol END AS asset, sum(o.held) AS held
+    FROM book_order o JOIN instrument i ON i.id = o.instrument_id
+    WHERE o.status = 'open'
+    GROUP BY 1, 2
+)
+SELECT coalesce(b.account_id, h.account_id) AS account_id, coalesce(b.asset, h.asset) AS asset,
+       coalesce(b.held, 0) AS balance_held, coalesce(h.held, 0) AS orders_held
+FROM balance b FULL JOIN order_holds h ON h.account_id = b.account_id AND h.asset = b.asset
+WHERE coalesce(b.held, 0) <> coalesce(h.held, 0);
+
+-- name: unbalanced_entries
+SELECT entry_id, asset, sum(amount) FROM posting GROUP BY entry_id, asset HAVING sum(amount) <> 0 LIMIT 20;
+
+-- name: unbalanced_assets
+SELECT asset, sum(available + held) FROM balance GROUP BY asset HAVING sum(available + held) <> 0;
+
+-- name: unreconciled_balances
+WITH posted AS (
+    SELECT account_id, asset,
+           sum(amount) FILTER (WHERE bucket = 'available') AS available,
+           sum(amount) FILTER (WHERE bucket = 'held') AS held
+    FROM posting GROUP BY account_id, asset
+)
+SELECT coalesce(b.account_id, p.account_id), coalesce(b.asset, p.asset),
+       b.available, b.held, coalesce(p.available, 0), coalesce(p.held, 0)
+FROM balance b FULL JOIN posted p ON p.account_id = b.account_id AND p.asset = b.asset
+WHERE coalesce(b.available, 0) <> coalesce(p.available, 0) OR coalesce(b.held, 0) <> coalesce(p.held, 0)
+LIMIT 20;
+
+-- name: routed_order_mismatches
+-- The swept children closed within the routed order's command, so their totals never move afterwards; the
+-- resting child is an ordinary order from then on.
+SELECT r.id, r.filled_qty, coalesce(sum(o.filled_qty), 0) AS children_qty
+FROM routed_order r
+LEFT JOIN book_order o ON o.id = ANY(r.order_ids) AND o.id IS DISTINCT FROM r.resting_order_id
+GROUP BY r.id
+HAVING r.filled_qty <> coalesce(sum(o.filled_qty), 0) OR r.filled_notional <> coalesce(sum(o.filled_notional), 0)
+    OR r.fee <> coalesce(sum(o.fee), 0)
+    OR count(o.id) + (r.resting_order_id IS NOT NULL)::int <> cardinality(r.order_ids)
+LIMIT 20;
+
+-- name: open_orders_by_instrument
+-- The swept children closed within the routed order's command, so their totals never move afterwards; the
+-- resting child is an ordinary order from then on.
+-- UTED_TOTALS = """
+-- LECT r.id, r.filled_qty, coalesce(sum(o.filled_qty), 0) AS children_qty
+-- OM routed_order r
+-- FT JOIN book_order o ON o.id = ANY(r.order_ids) AND o.id IS DISTINCT FROM r.resting_order_id
+-- OUP BY r.id
+-- VING r.filled_qty <> coalesce(sum(o.filled_qty), 0) OR r.filled_notional <> coalesce(sum(o.filled_notional), 0)
+--   OR r.fee <> coalesce(sum(o.fee), 0)
+--   OR count(o.id) + (r.resting_order_id IS NOT NULL)::int <> cardinality(r.order_ids)
+-- MIT 20
+-- "
+-- 
+SELECT o.instrument_id, o.id, o.account_id, o.side, o.price, o.open_qty, o.post_only, o.stp
+FROM book_order o WHERE o.status = 'open' ORDER BY o.instrument_id, o.priority;
+
+-- name: instrument_ticks
+SELECT id, tick FROM instrument;
