@@ -94,12 +94,16 @@ class Persona:
     async def begin(self) -> None:
         """What the persona does once before it starts acting."""
 
-    async def live(self, rate: float, until: float) -> None:
-        """Act at ``rate`` a second until the monotonic time ``until``; never faster, later if the server is slow."""
+    async def live(self, rate: float, until: float, stop: asyncio.Event) -> None:
+        """Act at ``rate`` a second until the monotonic time ``until`` or ``stop``; never faster, later if the server
+        is slow.
+
+        ``stop`` is checked besides cancelling the task: Python 3.11's ``asyncio.wait_for`` swallows a cancellation
+        that arrives as the request it waits on completes, and the persona would then act on forever."""
         await self.begin()
         interval = 1.0 / rate
         due = time.monotonic() + self.rng.random() * interval
-        while (now := time.monotonic()) < until:
+        while (now := time.monotonic()) < until and not stop.is_set():
             if due > now:
                 await asyncio.sleep(due - now)
             # A persona that fell behind does not burst to catch up: it resumes its pace from now.

@@ -145,7 +145,8 @@ class Load:
         drift = asyncio.create_task(self.prices.drift())
         until = time.monotonic() + self.options.warmup + (seconds if during is None else 1e9)
         rate = self.options.rate / max(1, len(self.personas))
-        acting = [asyncio.create_task(persona.live(rate, until)) for persona in self.personas]
+        stop = asyncio.Event()
+        acting = [asyncio.create_task(persona.live(rate, until, stop)) for persona in self.personas]
         try:
             await asyncio.sleep(self.options.warmup)
             self.recorder.start(now_us())
@@ -156,6 +157,7 @@ class Load:
                 await asyncio.gather(*acting)
             return time.monotonic() - started
         finally:
+            stop.set()
             for task in acting:
                 task.cancel()
             drift.cancel()
