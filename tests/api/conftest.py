@@ -1,4 +1,4 @@
-"""Fixtures for the API tests, on the real server of ``api_server``.
+"""Fixtures for the API tests, on the real server of ``tests.support.api_server``.
 
     live          module: a server on a new database with the first admin; ``live.url``, ``live.admin_key``...
     admin         function: an api.client.Client signed with the admin key
@@ -11,9 +11,9 @@ Rate limits are off unless a test builds its own server.
 from collections.abc import Iterator
 
 import pytest
-from api_server import Live, live_server, unique
 
 from api.client import Client
+from tests.support.api_server import Live, live_server, unique
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from api_server import unique
 
 from api.cli import main
 from api.client import Client
@@ -30,6 +29,7 @@ from api.server import writer_lock
 from exchange import invariants
 from exchange.database import Database
 from exchange.embedded import EmbeddedPostgres
+from tests.support.api_server import unique
 
 MASTER_KEY = "ab" * 32
 

@@ -5,11 +5,11 @@ import asyncio
 from datetime import datetime, timedelta
 
 import pytest
-from api_server import Live, unique
-from index_clock import compute_index, iso, on_server
 
 from api.client import ApiError, Client
 from exchange.indexer import MINUTE
+from tests.support.api_server import Live, unique
+from tests.support.index_clock import compute_index, iso, on_server
 
 
 async def group_market(admin: Client, new_account, group: str) -> tuple[Client, Client, list[str]]:

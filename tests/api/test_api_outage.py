@@ -10,11 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_server import NO_LIMITS, bootstrap, serve
 
 from api.app import create_app
 from api.client import ApiError, Client
 from exchange.embedded import EmbeddedPostgres
+from tests.support.api_server import NO_LIMITS, bootstrap, serve
 
 ANSWER_WITHIN = 5.0
 

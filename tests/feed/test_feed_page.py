@@ -5,10 +5,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from feed_support import open_market, ws_url
-from index_clock import compute_index, iso
 
 from api.client import Client
+from tests.support.feed import open_market, ws_url
+from tests.support.index_clock import compute_index, iso
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
