@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-exchange bench-api check clean bench-feed loadtest chaos
+.PHONY: install run test test-quick lint bench bench-exchange bench-api check clean bench-feed loadtest chaos
 
 install: $(INSTALLED)
 
@@ -27,6 +27,11 @@ lint: $(INSTALLED)
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The quick loop while working: all but the drills, the load run, the fuzzers, the wheel install and the
+# browser test (the `slow` marker). `make test` still runs everything.
+test-quick: lint
+	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(INSTALLED)
 	$(BIN)/python -m loadtest.bench_matching

@@ -9,6 +9,9 @@ user can enter (``tests.support.databases.reachable_temp_home``).
     postgres_admin_url    session: the server's own DSN, for tests that manage databases themselves
     reachable_home        function: an empty TOKEX_HOME for a test that runs its own embedded server;
                           any server still running there afterwards is killed
+    live                  module: a real API server on a new database with the first admin
+                          (``tests.support.api_server.live_server``); the feed tests serve their own
+    fuzz                  module: funded accounts and signers on ``live`` for the schemathesis fuzzers
 
 Databases are made from template0, so a test sees no data of another. Plain helpers the folders share are in
 ``tests/support/``. pytest-asyncio runs in auto mode (pyproject.toml): `async def test_...` needs no marker.
@@ -28,7 +31,9 @@ import psutil
 import pytest
 
 from exchange.embedded import EmbeddedPostgres
+from tests.support.api_server import Live, live_server
 from tests.support.databases import fresh_database, reachable_temp_home
+from tests.support.fuzz import Fuzz, set_up_fuzz
 
 
 def _running(pid: int) -> bool:
@@ -78,3 +83,14 @@ def reachable_home() -> Iterator[Path]:
             while time.monotonic() < deadline and _running(pid):
                 time.sleep(0.05)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def live(postgres_admin_url: str) -> Iterator[Live]:
+    with live_server(postgres_admin_url) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def fuzz(live: Live) -> Fuzz:
+    return set_up_fuzz(live)

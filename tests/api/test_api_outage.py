@@ -16,6 +16,8 @@ from api.client import ApiError, Client
 from exchange.embedded import EmbeddedPostgres
 from tests.support.api_server import NO_LIMITS, bootstrap, serve
 
+pytestmark = pytest.mark.slow  # a drill
+
 ANSWER_WITHIN = 5.0
 
 

@@ -15,10 +15,10 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "var" / "artifacts"
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not CHROMIUM.exists(),
     reason="the page test needs Debian's chromium at /usr/bin/chromium: run `apt-get install -y chromium` as root "
-           "(.ci/run does), then run the tests again")
+           "(.ci/run does), then run the tests again")]
 async_api = pytest.importorskip("playwright.async_api", reason="install the test extras: pip install -e '.[test]'")
 
 

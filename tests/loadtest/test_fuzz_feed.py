@@ -11,6 +11,7 @@ import json
 import random
 from collections import Counter
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
@@ -18,6 +19,8 @@ from websockets.sync.client import connect
 
 from api.client import Client
 from tests.support.feed import assert_same_book, follow, open_market, random_flow, ws_url
+
+pytestmark = pytest.mark.slow  # a fuzzer
 
 CLEAN_CLOSES = {1000, 1008, 1009}
 ANSWERS = {"subscribed", "unsubscribed", "error", "snapshot", "ticker", "candle", "trades", "heartbeat", "update"}

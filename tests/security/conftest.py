@@ -1,7 +1,6 @@
 """Fixtures for the security tests: a real server on a database of its own that a test can restart.
 
     restartable   function: a ``Restartable``; ``start()`` serves its database, ``stop()`` shuts the server down
-    live          module: a server on a new database with the first admin (``tests.support.api_server``)
 """
 
 import secrets
@@ -11,7 +10,7 @@ from contextlib import ExitStack
 import pytest
 
 from api.app import create_app
-from tests.support.api_server import NO_LIMITS, Live, bootstrap, fresh_database, live_server, serve
+from tests.support.api_server import NO_LIMITS, Live, bootstrap, fresh_database, serve
 
 
 class Restartable:
@@ -51,9 +50,3 @@ def restartable(postgres_admin_url: str) -> Iterator[Restartable]:
             yield server
         finally:
             server.stop()
-
-
-@pytest.fixture(scope="module")
-def live(postgres_admin_url: str) -> Iterator[Live]:
-    with live_server(postgres_admin_url) as server:
-        yield server
