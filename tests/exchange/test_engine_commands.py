@@ -243,7 +243,7 @@ def test_a_halted_instrument_refuses_orders_and_amends_but_accepts_cancels(desk:
     assert busy.balance(busy.issuer, COMPUTE) == (5_000 - 4, 0)
 
     desk.ok(SetInstrumentStatus(COMPUTE, "trading"))
-    assert (desk.ok(PlaceOrder(busy.bob, COMPUTE, "buy", price=BID, qty=1))).status == "open"
+    assert desk.ok(PlaceOrder(busy.bob, COMPUTE, "buy", price=BID, qty=1)).status == "open"
 
 
 # Replays
@@ -308,7 +308,7 @@ def test_a_buy_limit_one_micro_yuan_short_of_its_hold_is_refused(desk: Desk, mar
     carol = desk.account("carol", hold - 1)
     desk.assert_refused(PlaceOrder(carol, COMPUTE, "buy", price=BID, qty=10), "insufficient_funds")
     desk.ok(Deposit(carol, 1))
-    assert (desk.ok(PlaceOrder(carol, COMPUTE, "buy", price=BID, qty=10))).status == "open"
+    assert desk.ok(PlaceOrder(carol, COMPUTE, "buy", price=BID, qty=10)).status == "open"
 
 
 def test_a_sell_holds_exactly_its_qty_in_tokens(desk: Desk, market: Market) -> None:
@@ -366,8 +366,8 @@ def test_an_amended_buy_that_crosses_trades_at_the_resting_price_and_holds_exact
 
 def test_lowering_qty_keeps_time_priority_and_raising_or_repricing_loses_it(desk: Desk, market: Market) -> None:
     book = desk.engine.instruments[COMPUTE].book
-    first = (desk.ok(PlaceOrder(market.alice, COMPUTE, "buy", price=BID, qty=5))).id
-    second = (desk.ok(PlaceOrder(market.bob, COMPUTE, "buy", price=BID, qty=5))).id
+    first = desk.ok(PlaceOrder(market.alice, COMPUTE, "buy", price=BID, qty=5)).id
+    second = desk.ok(PlaceOrder(market.bob, COMPUTE, "buy", price=BID, qty=5)).id
 
     def queue() -> list[int]:
         return [o.order_id for o in book.orders_at("buy", BID)]
