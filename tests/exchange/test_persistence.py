@@ -6,7 +6,6 @@ each test.
 
 from collections.abc import Callable
 
-import asyncpg
 import pytest
 import pytest_asyncio
 
@@ -34,9 +33,9 @@ from tests.support.engine import (
     MAX_PPM,
     NOBODY,
     Market,
-    engine_state,
     make_busy_through,
     open_market_through,
+    snapshot,
     submit_ok,
 )
 
@@ -53,20 +52,6 @@ REFUSALS: dict[str, tuple[Callable[[Market], Command], str]] = {
 """A refusal of each kind of command (every refusal is tested in memory)."""
 
 
-async def database_state(pool: asyncpg.Pool) -> dict:
-    async with pool.acquire() as conn:
-        state = {
-            "balances": sorted(map(tuple, await conn.fetch("SELECT account_id, asset, available, held FROM balance"))),
-            "orders": list(map(tuple, await conn.fetch("SELECT * FROM book_order ORDER BY id"))),
-            "instruments": list(map(tuple, await conn.fetch("SELECT * FROM instrument ORDER BY id"))),
-            "instrument seqs": list(map(tuple, await conn.fetch("SELECT * FROM instrument_seq ORDER BY 1"))),
-            "approvals": sorted(map(tuple, await conn.fetch("SELECT * FROM issuer_approval"))),
-        }
-        for table in ("account", "journal_entry", "posting", "fill", "redemption"):
-            state[f"{table} rows"] = await conn.fetchval(f"SELECT count(*) FROM {table}")
-    return state
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def unchanged(module_exchange: Sequencer) -> Market:
     """A busy market shared by the tests that change nothing (each asserts so)."""
@@ -77,9 +62,9 @@ async def unchanged(module_exchange: Sequencer) -> Market:
 @pytest.mark.parametrize("case", list(REFUSALS))
 async def test_a_refused_command_commits_nothing(module_exchange: Sequencer, unchanged: Market, case: str) -> None:
     make, code = REFUSALS[case]
-    before = await database_state(module_exchange.pool), engine_state(module_exchange.engine)
+    before = await snapshot(module_exchange)
     assert await module_exchange.submit(make(unchanged)) == Rejection(code, MESSAGES[code])
-    assert (await database_state(module_exchange.pool), engine_state(module_exchange.engine)) == before
+    assert await snapshot(module_exchange) == before
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import asyncpg
 import msgspec
 
 from exchange import fees
@@ -271,4 +272,41 @@ async def open_market_through(sequencer: Sequencer) -> Market:
 
 async def make_busy_through(sequencer: Sequencer, market: Market) -> Market:
     return _busy(market, await submit_all(sequencer, busy_orders(market)))
+
+
+@dataclass
+class SequencedMarket(Market):
+    """A market whose commands go through a running sequencer (``exchange``), committed before they answer."""
+
+    exchange: Sequencer | None = None
+
+    async def run(self, command: Command) -> Result:
+        return await self.exchange.submit(command)
+
+    async def ok(self, command: Command) -> Result:
+        return await submit_ok(self.exchange, command)
+
+    def switch(self, sequencer: Sequencer) -> None:
+        """Go on through ``sequencer`` (a restart's)."""
+        self.exchange, self.engine = sequencer, sequencer.engine
+
+
+async def database_state(pool: asyncpg.Pool) -> dict:
+    """What a refused command must leave as it was in the database."""
+    async with pool.acquire() as conn:
+        state = {
+            "balances": sorted(map(tuple, await conn.fetch("SELECT account_id, asset, available, held FROM balance"))),
+            "orders": list(map(tuple, await conn.fetch("SELECT * FROM book_order ORDER BY id"))),
+            "instruments": list(map(tuple, await conn.fetch("SELECT * FROM instrument ORDER BY id"))),
+            "instrument seqs": list(map(tuple, await conn.fetch("SELECT * FROM instrument_seq ORDER BY 1"))),
+            "approvals": sorted(map(tuple, await conn.fetch("SELECT * FROM issuer_approval"))),
+        }
+        for table in ("account", "journal_entry", "posting", "fill", "redemption"):
+            state[f"{table} rows"] = await conn.fetchval(f"SELECT count(*) FROM {table}")
+    return state
+
+
+async def snapshot(sequencer: Sequencer) -> tuple[dict, dict]:
+    """The database's state and the engine's."""
+    return await database_state(sequencer.pool), engine_state(sequencer.engine)
 
