@@ -192,6 +192,7 @@ class Desk:
         assert self.effects == Effects(), command
 
     def problems(self, effects: Effects) -> list[str]:
+        """Every broken invariant after the command that made ``effects``, described; empty when all hold."""
         engine = self.engine
         found: list[str] = []
         totals: Counter[str] = Counter()
