@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 TESTING := $(VENV)/.installed-test
 
-.PHONY: install run test lint bench bench-exchange bench-api check clean bench-feed loadtest chaos bench-first-start
+.PHONY: install run test test-quick lint bench bench-exchange bench-api check clean bench-feed loadtest chaos \
+	bench-first-start
 
 install: $(TESTING)
 
@@ -35,6 +36,11 @@ lint: $(TESTING)
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The quick loop while working: all but the drills, the load run, the fuzzers, the wheel install and the
+# browser test (the `slow` marker). `make test` still runs everything.
+test-quick: lint
+	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(TESTING)
 	$(BIN)/python -m loadtest.bench_matching

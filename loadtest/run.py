@@ -1,7 +1,7 @@
 """A load run: sellers, buyers and watchers against a running tokex, then its figures and ``tokex check``.
 
 By default the run starts its own server, ``tokex serve --no-rate-limit`` on a new embedded PostgreSQL in a
-temporary TOKEX_HOME (``bench_api.Server``; or on ``--database-url``), and makes its admin key with ``tokex admin
+temporary TOKEX_HOME (``loadtest.server.Server``; or on ``--database-url``), and makes its admin key with ``tokex admin
 create-admin``. With ``--url`` it targets a server that is already running instead, signing its set-up with the
 admin key in TOKEX_KEY and TOKEX_SECRET; ``tokex check`` then needs ``--database-url`` to know where to look.
 
@@ -33,10 +33,10 @@ import psutil
 from api.client import Client
 from exchange.database import Database
 from loadtest import durability
-from loadtest.bench_api import Server, cpu_seconds
-from loadtest.bench_feed import now_us, raise_file_limit
 from loadtest.personas import Buyer, Market, Persona, Seller
 from loadtest.report import Recorder, summarize
+from loadtest.server import Server, cpu_seconds
+from loadtest.subscriber import now_us, raise_file_limit
 from loadtest.watchers import Feed, Watcher, start_watchers
 
 TARGET_ORDERS_PER_S = 5_000

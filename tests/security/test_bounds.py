@@ -12,11 +12,9 @@ import json
 import logging
 import secrets
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import psutil
@@ -25,10 +23,6 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.protocol import State
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "api"))
-
-from api_server import Live, bootstrap, fresh_database, serve, unique
-
 from api.app import create_app
 from api.client import Client
 from api.endpoints import limit
@@ -36,6 +30,7 @@ from api.feed import MAX_MESSAGE_BYTES, FeedLimits
 from api.problems import Problem
 from api.ratelimit import RateLimiter, RateLimits
 from api.server import MAX_HEAD_BYTES, Settings
+from tests.support.api_server import Live, bootstrap, fresh_database, serve, unique
 
 NO_LIMITS = RateLimits(per_key_rate=None, per_address_rate=None)
 ADDRESS_BURST = 3
