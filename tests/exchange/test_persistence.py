@@ -18,11 +18,9 @@ from exchange.commands import (
     Deposit,
     Mint,
     PlaceOrder,
-    Rejection,
     Withdraw,
 )
 from exchange.ledger import CASH, FEES
-from exchange.rejections import MESSAGES
 from exchange.sequencer import Sequencer
 from tests.support.engine import (
     ASK,
@@ -35,6 +33,7 @@ from tests.support.engine import (
     Market,
     make_busy_through,
     open_market_through,
+    refusal,
     snapshot,
     submit_ok,
 )
@@ -63,7 +62,8 @@ async def unchanged(module_exchange: Sequencer) -> Market:
 async def test_a_refused_command_commits_nothing(module_exchange: Sequencer, unchanged: Market, case: str) -> None:
     make, code = REFUSALS[case]
     before = await snapshot(module_exchange)
-    assert await module_exchange.submit(make(unchanged)) == Rejection(code, MESSAGES[code])
+    command = make(unchanged)
+    assert await module_exchange.submit(command) == refusal(command, code)
     assert await snapshot(module_exchange) == before
 
 

@@ -131,6 +131,13 @@ TS = int(AT.timestamp()) * 1_000_000
 """The one instant every command of a ``Desk`` is applied at: the engine reads no clock, so none is needed."""
 
 
+def refusal(command: Command, code: str) -> Rejection:
+    """The rejection ``command`` gets for ``code``: a withdrawal has no order and no fee to speak of."""
+    if isinstance(command, Withdraw) and code == "insufficient_funds":
+        return Rejection(code, WITHDRAWAL_NOT_COVERED)
+    return Rejection(code, MESSAGES[code])
+
+
 class Desk:
     """An ``Engine`` driven in memory as the sequencer drives it: each command applied at ``TS``/``AT``, then what
     it would commit taken and kept (orders as their rows, fills, journal entries), and every invariant checked.
@@ -189,10 +196,7 @@ class Desk:
     def assert_refused(self, command: Command, code: str) -> None:
         """``command`` is answered with ``code``, changes nothing in memory and leaves nothing to commit."""
         before = engine_state(self.engine)
-        # A withdrawal has no order and no fee to speak of.
-        message = WITHDRAWAL_NOT_COVERED if isinstance(command, Withdraw) and code == "insufficient_funds" else \
-            MESSAGES[code]
-        assert self.run(command) == Rejection(code, message), command
+        assert self.run(command) == refusal(command, code), command
         assert engine_state(self.engine) == before, command
         assert self.effects == Effects(), command
 
