@@ -28,11 +28,12 @@ $(INSTALLED): pyproject.toml setup.py
 	touch $(INSTALLED)
 
 # The compiled order book (setup.py), built in place beside its sources, for everything that tests or measures it.
-# It is rebuilt whenever a source of it changed, so tests and benchmarks never run stale binaries; once it exists,
-# `make run` keeps it current too, since Python imports it before the .py.
+# All three are rebuilt (--force) whenever a source of any changed, so tests and benchmarks never run a stale binary
+# (tests/matching/test_compiled.py); once they exist, `make run` keeps them current too, as Python imports them
+# before the .py.
 $(COMPILED): $(INSTALLED) $(wildcard matching/*.py matching/*.pxd)
 	$(call INSTALL,$$($(call LISTED,['build-system']['requires'])))
-	$(BIN)/python setup.py --quiet build_ext --inplace
+	$(BIN)/python setup.py --quiet build_ext --inplace --force
 	touch $(COMPILED)
 
 compile: $(COMPILED)
