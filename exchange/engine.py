@@ -7,10 +7,10 @@ Each order command runs hold → match → settle, in the style of an exchange-c
 1. Check everything that could refuse the command (account, role, instrument, size, funds). A refusal is
    a ``Rejection`` value and nothing has changed.
 2. Ask the order book. If the book refuses, nothing has changed either.
-3. Post the hold, then settle each book event: trades move cash, tokens and fees in the ledger; a closed
-   order releases whatever it still holds.
+3. ``exchange.settlement`` posts the hold, then settles each book event: trades move cash, tokens and fees in
+   the ledger; a closed order releases whatever it still holds.
 
-Effects accumulate in the ledger and in ``Effects`` until the sequencer takes them with ``take_effects`` and
+Effects accumulate in the settlement's ledger and ``Effects`` until the sequencer takes them with ``take_effects`` and
 commits them in one transaction. The engine never does I/O and never reads the clock: the caller passes
 ``ts`` (microseconds since the epoch) and ``at`` (the same instant as a datetime, for the rows).
 
@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import ClassVar
 
 from exchange import fees, packages, routed_orders
+from exchange.checks import MAX_BIGINT, check_order, positive_int, storable
 from exchange.commands import (
     AmendOrder,
     ApproveIssuer,
@@ -62,7 +63,7 @@ from exchange.replay import KEEP_ROWS_SECONDS, RecentRequests
 from exchange.settlement import Effects, Ids, Settlement, order_view
 from matching import events as ev
 from matching.book import OrderBook
-from matching.types import BUY, GTC, IOC, SELL, TIME_IN_FORCE
+from matching.types import BUY, IOC, SELL
 
 ClientRequest = Deposit | Withdraw | Mint | Burn | Redeem | CreatePackage
 CLIENT_REQUEST_KINDS: dict[type, str] = {Deposit: "deposit", Withdraw: "withdrawal", Mint: "mint", Burn: "burn",
@@ -70,27 +71,13 @@ CLIENT_REQUEST_KINDS: dict[type, str] = {Deposit: "deposit", Withdraw: "withdraw
 """The kinds a ``client_request_id`` is unique within, per account (the account whose balance moves)."""
 
 
-MAX_BIGINT = 2**63 - 1
-"""The largest amount a PostgreSQL bigint column stores: a row the database would refuse fails its whole batch,
-so every number is checked against it before anything changes."""
-
-
-def _positive_int(value: object) -> bool:
-    return type(value) is int and 0 < value <= MAX_BIGINT
-
-
 def _named_before(named: dict[tuple[int, str], int], account_id: int, client_order_id: str | None
                   ) -> int | Rejection | None:
     """The id of the order ``client_order_id`` already names for this account, None if it names none yet
     (or is not given), or a rejection if it cannot be stored."""
-    if not _storable(client_order_id):
+    if not storable(client_order_id):
         return reject("invalid_text")
     return None if client_order_id is None else named.get((account_id, client_order_id))
-
-
-def _storable(*texts: str | None) -> bool:
-    """Whether PostgreSQL's text type accepts every one of ``texts`` (it refuses the NUL character)."""
-    return all(text is None or (type(text) is str and "\x00" not in text) for text in texts)
 
 
 class Engine:
@@ -156,7 +143,7 @@ class Engine:
         given), and nothing has been done yet."""
         if cmd.client_request_id is None:
             return None
-        if not _storable(cmd.client_request_id):
+        if not storable(cmd.client_request_id):
             return reject("invalid_text")
         made = self.client_requests.get((cmd.account_id, CLIENT_REQUEST_KINDS[type(cmd)], cmd.client_request_id))
         return None if made is None else Done(made)
@@ -182,7 +169,7 @@ class Engine:
     def _create_account(self, cmd: CreateAccount, ts: int, at: datetime) -> Result:
         if cmd.role not in ROLES:
             return reject("invalid_role")
-        if not _storable(cmd.name):
+        if not storable(cmd.name):
             return reject("invalid_text")
         if cmd.name in self.account_names or cmd.name in SYSTEM_ACCOUNTS.values():
             return reject("name_taken")
@@ -215,19 +202,19 @@ class Engine:
     def _valid_listing(self, cmd: ListInstrument) -> bool:
         if not (cmd.symbol and cmd.symbol.isascii() and cmd.symbol != CASH and len(cmd.symbol) <= 32):
             return False
-        if not _storable(cmd.symbol, cmd.model, cmd.substitution_group, cmd.description, cmd.license, cmd.grants):
+        if not storable(cmd.symbol, cmd.model, cmd.substitution_group, cmd.description, cmd.license, cmd.grants):
             return False
-        if cmd.kind not in KINDS or not _positive_int(cmd.tick):
+        if cmd.kind not in KINDS or not positive_int(cmd.tick):
             return False
-        if not (_positive_int(cmd.min_qty) and _positive_int(cmd.max_qty) and cmd.min_qty <= cmd.max_qty):
+        if not (positive_int(cmd.min_qty) and positive_int(cmd.max_qty) and cmd.min_qty <= cmd.max_qty):
             return False
         if not all(type(b) is int and 0 <= b <= 10_000 for b in (cmd.maker_fee_bps, cmd.taker_fee_bps)):
             return False
         if cmd.kind == "compute":
             return bool(cmd.model and cmd.substitution_group and type(cmd.quality) is int
-                        and 0 <= cmd.quality <= 100 and _positive_int(cmd.tokens_per_lot))
+                        and 0 <= cmd.quality <= 100 and positive_int(cmd.tokens_per_lot))
         issuer = self.accounts.get(cmd.issuer_id) if type(cmd.issuer_id) is int else None
-        return issuer is not None and issuer.role == "issuer" and _positive_int(cmd.supply_cap)
+        return issuer is not None and issuer.role == "issuer" and positive_int(cmd.supply_cap)
 
     def add_instrument(self, instrument: Instrument, book: OrderBook) -> None:
         instrument.book = book
@@ -275,7 +262,7 @@ class Engine:
         repeat = self._repeat(cmd)
         if repeat is not None:
             return repeat
-        if not _positive_int(cmd.amount):
+        if not positive_int(cmd.amount):
             return reject("invalid_amount")
         # The external account is minus all cash ever deposited: it bounds every other balance.
         if self.ledger.available(EXTERNAL, CASH) - cmd.amount < -MAX_BIGINT:
@@ -292,7 +279,7 @@ class Engine:
         repeat = self._repeat(cmd)
         if repeat is not None:
             return repeat
-        if not _positive_int(cmd.amount):
+        if not positive_int(cmd.amount):
             return reject("invalid_amount")
         if self.ledger.available(cmd.account_id, CASH) < cmd.amount:
             return Rejection("insufficient_funds", WITHDRAWAL_NOT_COVERED)
@@ -308,7 +295,7 @@ class Engine:
             return reject("unknown_account")
         if instrument is None:
             return reject("unknown_instrument")
-        if not _positive_int(cmd.qty):
+        if not positive_int(cmd.qty):
             return reject("invalid_qty")
         return account, instrument
 
@@ -401,7 +388,7 @@ class Engine:
             return reject("unknown_instrument")
         if instrument.status != "trading":
             return reject("instrument_halted")
-        refusal = self._check_order(cmd, instrument)
+        refusal = check_order(cmd, instrument)
         if refusal is not None:
             return refusal
 
@@ -451,38 +438,6 @@ class Engine:
             self.client_orders[(account.id, cmd.client_order_id)] = order_id
         return answer
 
-    def _check_order(self, cmd: PlaceOrder, instrument: Instrument) -> Rejection | None:
-        """Everything about a new order that the book does not check itself, or that must hold before a hold."""
-        if cmd.side not in (BUY, SELL):
-            return reject("invalid_side")
-        if cmd.type == "limit":
-            if cmd.budget is not None:
-                return reject("invalid_budget")
-            if not _positive_int(cmd.price):
-                return reject("invalid_price")
-            if cmd.price % instrument.tick:
-                return reject("off_tick_price")
-            if cmd.tif not in TIME_IN_FORCE:
-                return reject("invalid_time_in_force")
-        elif cmd.type == "market":
-            if cmd.price is not None:
-                return reject("invalid_price")
-            if cmd.post_only or cmd.tif not in (IOC, GTC):
-                return reject("invalid_time_in_force")
-            if cmd.budget is not None:
-                if cmd.side != BUY or cmd.qty is not None or not _positive_int(cmd.budget):
-                    return reject("invalid_budget")
-                return None
-        else:
-            return reject("invalid_order_type")
-        if not _positive_int(cmd.qty):
-            return reject("invalid_qty")
-        if cmd.qty < instrument.min_qty:
-            return reject("qty_below_minimum")
-        if cmd.qty > instrument.max_qty:
-            return reject("qty_above_maximum")
-        return None
-
     def _cancel_order(self, cmd: CancelOrder, ts: int, at: datetime) -> Result:
         order = self.orders.get(cmd.order_id)
         if order is None or order.account_id != cmd.account_id or order.status != "open":
@@ -524,11 +479,11 @@ class Engine:
         assert instrument.book is not None and order.qty is not None and order.price is not None
         new_price = order.price if cmd.price is None else cmd.price
         new_qty = order.qty if cmd.qty is None else cmd.qty
-        if not _positive_int(new_price):
+        if not positive_int(new_price):
             return reject("invalid_price")
         if new_price % instrument.tick:
             return reject("off_tick_price")
-        if not _positive_int(new_qty):
+        if not positive_int(new_qty):
             return reject("invalid_qty")
         if new_qty <= order.filled_qty:
             return reject("qty_not_above_filled")
