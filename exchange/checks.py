@@ -1,8 +1,8 @@
 """The checks a command's values pass before anything changes: what the database's columns can store, and what
-a new order must be that its book does not check itself."""
+a new order must be that its book does not check itself, and who may trade."""
 
 from exchange.commands import PlaceOrder, Rejection
-from exchange.records import Instrument
+from exchange.records import TRADING_ROLES, Account, Instrument
 from exchange.rejections import reject
 from matching.types import BUY, GTC, IOC, SELL, TIME_IN_FORCE
 
@@ -51,3 +51,13 @@ def check_order(cmd: PlaceOrder, instrument: Instrument) -> Rejection | None:
     if cmd.qty > instrument.max_qty:
         return reject("qty_above_maximum")
     return None
+
+
+def trading_account(accounts: dict[int, Account], account_id: int) -> Account | Rejection:
+    """The account ``account_id`` names, when its role may trade; the rejection otherwise."""
+    account = accounts.get(account_id)
+    if account is None:
+        return reject("unknown_account")
+    if account.role not in TRADING_ROLES:
+        return reject("not_permitted")
+    return account

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import ClassVar
 
 from exchange import fees, packages, routed_orders
-from exchange.checks import MAX_BIGINT, check_order, positive_int, storable
+from exchange.checks import MAX_BIGINT, check_order, positive_int, storable, trading_account
 from exchange.commands import (
     AmendOrder,
     ApproveIssuer,
@@ -57,7 +57,7 @@ from exchange.commands import (
 )
 from exchange.ledger import AVAILABLE, CASH, EXTERNAL, ISSUANCE, REDEMPTION, SYSTEM_ACCOUNTS
 from exchange.packages import Package
-from exchange.records import KINDS, ROLES, STATUSES, Account, Approval, Instrument, Order, trading_account
+from exchange.records import KINDS, ROLES, STATUSES, Account, Approval, Instrument, Order
 from exchange.rejections import WITHDRAWAL_NOT_COVERED, reject
 from exchange.replay import KEEP_ROWS_SECONDS, RecentRequests
 from exchange.settlement import Effects, Ids, Settlement, order_view

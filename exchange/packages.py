@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from exchange import route_planner, routed_orders
+from exchange.checks import trading_account
 from exchange.commands import (
     CreatePackage,
     ExecutionView,
@@ -36,7 +37,6 @@ from exchange.commands import (
     RunPackage,
     SetPackageStatus,
 )
-from exchange.records import trading_account
 from matching.types import BUY
 
 if TYPE_CHECKING:

@@ -4,8 +4,6 @@ from datetime import datetime
 
 import msgspec
 
-from exchange.commands import Rejection
-from exchange.rejections import reject
 from matching.book import OrderBook
 
 ROLES = frozenset(("admin", "issuer", "trader"))
@@ -19,16 +17,6 @@ class Account(msgspec.Struct):
     name: str
     role: str
     created_at: datetime
-
-
-def trading_account(accounts: dict[int, Account], account_id: int) -> Account | Rejection:
-    """The account ``account_id`` names, when its role may trade; the rejection otherwise."""
-    account = accounts.get(account_id)
-    if account is None:
-        return reject("unknown_account")
-    if account.role not in TRADING_ROLES:
-        return reject("not_permitted")
-    return account
 
 
 class Instrument(msgspec.Struct):
