@@ -7,10 +7,10 @@ Each order command runs hold → match → settle, in the style of an exchange-c
 1. Check everything that could refuse the command (account, role, instrument, size, funds). A refusal is
    a ``Rejection`` value and nothing has changed.
 2. Ask the order book. If the book refuses, nothing has changed either.
-3. Post the hold, then settle each book event: trades move cash, tokens and fees in the ledger; a closed
-   order releases whatever it still holds.
+3. ``exchange.settlement`` posts the hold, then settles each book event: trades move cash, tokens and fees in
+   the ledger; a closed order releases whatever it still holds.
 
-Effects accumulate in the ledger and in ``Effects`` until the sequencer takes them with ``take_effects`` and
+Effects accumulate in the settlement's ledger and ``Effects`` until the sequencer takes them with ``take_effects`` and
 commits them in one transaction. The engine never does I/O and never reads the clock: the caller passes
 ``ts`` (microseconds since the epoch) and ``at`` (the same instant as a datetime, for the rows).
 
@@ -24,11 +24,11 @@ its child orders and releases what they leave once, after the last.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import ClassVar
 
 from exchange import fees, packages, routed_orders
+from exchange.checks import MAX_BIGINT, check_order, positive_int, storable, trading_account
 from exchange.commands import (
     AmendOrder,
     ApproveIssuer,
@@ -55,15 +55,15 @@ from exchange.commands import (
     SetPackageStatus,
     Withdraw,
 )
-from exchange.ledger import AVAILABLE, CASH, EXTERNAL, FEES, HELD, ISSUANCE, REDEMPTION, SYSTEM_ACCOUNTS, Ledger
+from exchange.ledger import AVAILABLE, CASH, EXTERNAL, ISSUANCE, REDEMPTION, SYSTEM_ACCOUNTS
 from exchange.packages import Package
-from exchange.records import KINDS, ROLES, STATUSES, TRADING_ROLES, Account, Approval, Instrument, Order
+from exchange.records import KINDS, ROLES, STATUSES, Account, Approval, Instrument, Order
 from exchange.rejections import WITHDRAWAL_NOT_COVERED, reject
 from exchange.replay import KEEP_ROWS_SECONDS, RecentRequests
-from exchange.routed_orders import Pool, RoutedOrder
+from exchange.settlement import Effects, Ids, Settlement, order_view
 from matching import events as ev
 from matching.book import OrderBook
-from matching.types import BUY, BY_REQUEST, GTC, IOC, SELF_TRADE, SELL, TIME_IN_FORCE
+from matching.types import BUY, IOC, SELL
 
 ClientRequest = Deposit | Withdraw | Mint | Burn | Redeem | CreatePackage
 CLIENT_REQUEST_KINDS: dict[type, str] = {Deposit: "deposit", Withdraw: "withdrawal", Mint: "mint", Burn: "burn",
@@ -71,72 +71,13 @@ CLIENT_REQUEST_KINDS: dict[type, str] = {Deposit: "deposit", Withdraw: "withdraw
 """The kinds a ``client_request_id`` is unique within, per account (the account whose balance moves)."""
 
 
-MAX_BIGINT = 2**63 - 1
-"""The largest amount a PostgreSQL bigint column stores: a row the database would refuse fails its whole batch,
-so every number is checked against it before anything changes."""
-
-
-def _positive_int(value: object) -> bool:
-    return type(value) is int and 0 < value <= MAX_BIGINT
-
-
 def _named_before(named: dict[tuple[int, str], int], account_id: int, client_order_id: str | None
                   ) -> int | Rejection | None:
     """The id of the order ``client_order_id`` already names for this account, None if it names none yet
     (or is not given), or a rejection if it cannot be stored."""
-    if not _storable(client_order_id):
+    if not storable(client_order_id):
         return reject("invalid_text")
     return None if client_order_id is None else named.get((account_id, client_order_id))
-
-
-def _storable(*texts: str | None) -> bool:
-    """Whether PostgreSQL's text type accepts every one of ``texts`` (it refuses the NUL character)."""
-    return all(text is None or (type(text) is str and "\x00" not in text) for text in texts)
-
-
-@dataclass
-class Effects:
-    """Rows to commit, besides the ledger's: everything changed since the last ``take_effects``."""
-
-    accounts: list[tuple] = field(default_factory=list)
-    new_instruments: list[Instrument] = field(default_factory=list)
-    instruments: dict[int, Instrument] = field(default_factory=dict)
-    """Instruments whose sequence number changed (new ones included)."""
-    statuses: dict[int, Instrument] = field(default_factory=dict)
-    """Instruments halted or resumed."""
-    approvals: dict[tuple[int, int], Approval] = field(default_factory=dict)
-    new_orders: dict[int, Order] = field(default_factory=dict)
-    changed_orders: dict[int, Order] = field(default_factory=dict)
-    fills: list[tuple] = field(default_factory=list)
-    redemptions: list[tuple] = field(default_factory=list)
-    entries: list[tuple] = field(default_factory=list)
-    postings: list[tuple] = field(default_factory=list)
-    balances: list[tuple] = field(default_factory=list)
-    events: list[tuple[str, list]] = field(default_factory=list)
-    """(symbol, book events) per order command, for market data after the commit."""
-    routed_orders: list[RoutedOrder] = field(default_factory=list)
-    packages: dict[int, Package] = field(default_factory=dict)
-    executions: list[tuple] = field(default_factory=list)
-    """(package id, period, routed order id, reason, created_at) per package period run."""
-    requests: list[tuple[bytes, datetime]] = field(default_factory=list)
-    """(digest, created_at) of the signed requests applied (``exchange.replay``), committed with their effects."""
-    forget_requests_before: datetime | None = None
-    """Delete the rows of signed requests older than this: they can no longer be replayed."""
-    client_requests: list[tuple] = field(default_factory=list)
-    """(account id, kind, client request id, result id, created_at) per command that named itself."""
-
-
-@dataclass
-class Ids:
-    """The next id of each kind; the single writer hands them out, recovery resumes them."""
-
-    account: int = 100
-    instrument: int = 1
-    order: int = 1
-    fill: int = 1
-    entry: int = 1
-    redemption: int = 1
-    package: int = 1
 
 
 class Engine:
@@ -144,25 +85,24 @@ class Engine:
 
     def __init__(self, ids: Ids | None = None) -> None:
         self.ids = ids or Ids()
-        self.ledger = Ledger(self.ids.entry)
+        self.settlement = Settlement(self.ids)
+        # The settlement's own objects, under the names the handlers and readers use (never replaced).
+        self.ledger = self.settlement.ledger
+        self.volume = self.settlement.volume
+        self.orders = self.settlement.orders
+        """Open orders, plus those touched since the last ``take_effects``."""
+        self.open_by_account = self.settlement.open_by_account
         self.accounts: dict[int, Account] = {}
         self.account_names: set[str] = set()
         self.instruments: dict[str, Instrument] = {}
         self.instruments_by_id: dict[int, Instrument] = {}
         self.approvals: dict[tuple[int, int], Approval] = {}
-        self.orders: dict[int, Order] = {}
-        """Open orders, plus those touched since the last ``take_effects``."""
-        self.open_by_account: dict[int, set[int]] = {}
         self.client_orders: dict[tuple[int, str], int] = {}
         self.routed_client_orders: dict[tuple[int, str], int] = {}
         self.client_requests: dict[tuple[int, str, str], int] = {}
         """(account, kind, client_request_id) -> what that request made: an entry, redemption or package id."""
         self.requests = RecentRequests()
-        self.volume = fees.VolumeTracker()
         self.packages: dict[int, Package] = {}
-        self.pool: Pool | None = None
-        """The hold of the routed order being executed, which its children give back to when they close."""
-        self.effects = Effects()
 
     # Entry point
 
@@ -203,7 +143,7 @@ class Engine:
         given), and nothing has been done yet."""
         if cmd.client_request_id is None:
             return None
-        if not _storable(cmd.client_request_id):
+        if not storable(cmd.client_request_id):
             return reject("invalid_text")
         made = self.client_requests.get((cmd.account_id, CLIENT_REQUEST_KINDS[type(cmd)], cmd.client_request_id))
         return None if made is None else Done(made)
@@ -215,23 +155,21 @@ class Engine:
             self.client_requests[(cmd.account_id, kind, cmd.client_request_id)] = result_id
             self.effects.client_requests.append((cmd.account_id, kind, cmd.client_request_id, result_id, at))
 
+    @property
+    def effects(self) -> Effects:
+        """The rows to commit so far, kept by the settlement."""
+        return self.settlement.effects
+
     def take_effects(self) -> Effects:
         """Everything to commit since the last call; closed orders are forgotten from memory."""
-        effects = self.effects
-        effects.entries, effects.postings, effects.balances = self.ledger.take_rows()
-        self.ids.entry = self.ledger.next_entry_id
-        for order in (*effects.new_orders.values(), *effects.changed_orders.values()):
-            if order.status != "open":
-                self.orders.pop(order.id, None)
-        self.effects = Effects()
-        return effects
+        return self.settlement.take_effects()
 
     # Accounts, instruments, issuers
 
     def _create_account(self, cmd: CreateAccount, ts: int, at: datetime) -> Result:
         if cmd.role not in ROLES:
             return reject("invalid_role")
-        if not _storable(cmd.name):
+        if not storable(cmd.name):
             return reject("invalid_text")
         if cmd.name in self.account_names or cmd.name in SYSTEM_ACCOUNTS.values():
             return reject("name_taken")
@@ -264,19 +202,19 @@ class Engine:
     def _valid_listing(self, cmd: ListInstrument) -> bool:
         if not (cmd.symbol and cmd.symbol.isascii() and cmd.symbol != CASH and len(cmd.symbol) <= 32):
             return False
-        if not _storable(cmd.symbol, cmd.model, cmd.substitution_group, cmd.description, cmd.license, cmd.grants):
+        if not storable(cmd.symbol, cmd.model, cmd.substitution_group, cmd.description, cmd.license, cmd.grants):
             return False
-        if cmd.kind not in KINDS or not _positive_int(cmd.tick):
+        if cmd.kind not in KINDS or not positive_int(cmd.tick):
             return False
-        if not (_positive_int(cmd.min_qty) and _positive_int(cmd.max_qty) and cmd.min_qty <= cmd.max_qty):
+        if not (positive_int(cmd.min_qty) and positive_int(cmd.max_qty) and cmd.min_qty <= cmd.max_qty):
             return False
         if not all(type(b) is int and 0 <= b <= 10_000 for b in (cmd.maker_fee_bps, cmd.taker_fee_bps)):
             return False
         if cmd.kind == "compute":
             return bool(cmd.model and cmd.substitution_group and type(cmd.quality) is int
-                        and 0 <= cmd.quality <= 100 and _positive_int(cmd.tokens_per_lot))
+                        and 0 <= cmd.quality <= 100 and positive_int(cmd.tokens_per_lot))
         issuer = self.accounts.get(cmd.issuer_id) if type(cmd.issuer_id) is int else None
-        return issuer is not None and issuer.role == "issuer" and _positive_int(cmd.supply_cap)
+        return issuer is not None and issuer.role == "issuer" and positive_int(cmd.supply_cap)
 
     def add_instrument(self, instrument: Instrument, book: OrderBook) -> None:
         instrument.book = book
@@ -324,7 +262,7 @@ class Engine:
         repeat = self._repeat(cmd)
         if repeat is not None:
             return repeat
-        if not _positive_int(cmd.amount):
+        if not positive_int(cmd.amount):
             return reject("invalid_amount")
         # The external account is minus all cash ever deposited: it bounds every other balance.
         if self.ledger.available(EXTERNAL, CASH) - cmd.amount < -MAX_BIGINT:
@@ -341,7 +279,7 @@ class Engine:
         repeat = self._repeat(cmd)
         if repeat is not None:
             return repeat
-        if not _positive_int(cmd.amount):
+        if not positive_int(cmd.amount):
             return reject("invalid_amount")
         if self.ledger.available(cmd.account_id, CASH) < cmd.amount:
             return Rejection("insufficient_funds", WITHDRAWAL_NOT_COVERED)
@@ -357,7 +295,7 @@ class Engine:
             return reject("unknown_account")
         if instrument is None:
             return reject("unknown_instrument")
-        if not _positive_int(cmd.qty):
+        if not positive_int(cmd.qty):
             return reject("invalid_qty")
         return account, instrument
 
@@ -436,16 +374,8 @@ class Engine:
 
     # Orders
 
-    def _trader(self, account_id: int) -> Account | Rejection:
-        account = self.accounts.get(account_id)
-        if account is None:
-            return reject("unknown_account")
-        if account.role not in TRADING_ROLES:
-            return reject("not_permitted")
-        return account
-
     def _place_order(self, cmd: PlaceOrder, ts: int, at: datetime) -> Result:
-        account = self._trader(cmd.account_id)
+        account = trading_account(self.accounts, cmd.account_id)
         if isinstance(account, Rejection):
             return account
         original = _named_before(self.client_orders, account.id, cmd.client_order_id)
@@ -458,7 +388,7 @@ class Engine:
             return reject("unknown_instrument")
         if instrument.status != "trading":
             return reject("instrument_halted")
-        refusal = self._check_order(cmd, instrument)
+        refusal = check_order(cmd, instrument)
         if refusal is not None:
             return refusal
 
@@ -498,57 +428,15 @@ class Engine:
         if type(first) is ev.Rejected:
             return reject(first.code)
 
-        instrument.seq = seq
-        self.effects.instruments[instrument.id] = instrument
-        self.ids.order += 1
-        order = Order(
-            order_id, instrument.id, account.id, cmd.client_order_id, cmd.side, cmd.type, tif, cmd.post_only,
-            cmd.stp, cmd.price, cmd.qty, cmd.budget, cmd.qty or 0, 0, 0, 0, 0, 0, maker_ppm, taker_ppm, hold,
-            "open", None, seq, at, at,
+        answer = self.settlement.open(
+            instrument, seq, events, ts, at, account_id=account.id, client_order_id=cmd.client_order_id,
+            side=cmd.side, type=cmd.type, tif=tif, post_only=cmd.post_only, stp=cmd.stp, price=cmd.price,
+            qty=cmd.qty, budget=cmd.budget, maker_fee_ppm=maker_ppm, taker_fee_ppm=taker_ppm, held=hold,
+            hold_asset=hold_asset,
         )
-        self.orders[order_id] = order
-        self.effects.new_orders[order_id] = order
-        self.open_by_account.setdefault(account.id, set()).add(order_id)
         if cmd.client_order_id is not None:
             self.client_orders[(account.id, cmd.client_order_id)] = order_id
-        self.ledger.hold(account.id, hold_asset, hold, at, order_id)
-        fills = self._settle(instrument, events, ts, at)
-        if order_id not in book and order.status == "open":
-            self._close(order, instrument, "filled" if order.open_qty == 0 else "expired", None, at)
-        self.effects.events.append((instrument.symbol, events))
-        return self.view(order_id, fills.get(order_id, []))
-
-    def _check_order(self, cmd: PlaceOrder, instrument: Instrument) -> Rejection | None:
-        """Everything about a new order that the book does not check itself, or that must hold before a hold."""
-        if cmd.side not in (BUY, SELL):
-            return reject("invalid_side")
-        if cmd.type == "limit":
-            if cmd.budget is not None:
-                return reject("invalid_budget")
-            if not _positive_int(cmd.price):
-                return reject("invalid_price")
-            if cmd.price % instrument.tick:
-                return reject("off_tick_price")
-            if cmd.tif not in TIME_IN_FORCE:
-                return reject("invalid_time_in_force")
-        elif cmd.type == "market":
-            if cmd.price is not None:
-                return reject("invalid_price")
-            if cmd.post_only or cmd.tif not in (IOC, GTC):
-                return reject("invalid_time_in_force")
-            if cmd.budget is not None:
-                if cmd.side != BUY or cmd.qty is not None or not _positive_int(cmd.budget):
-                    return reject("invalid_budget")
-                return None
-        else:
-            return reject("invalid_order_type")
-        if not _positive_int(cmd.qty):
-            return reject("invalid_qty")
-        if cmd.qty < instrument.min_qty:
-            return reject("qty_below_minimum")
-        if cmd.qty > instrument.max_qty:
-            return reject("qty_above_maximum")
-        return None
+        return answer
 
     def _cancel_order(self, cmd: CancelOrder, ts: int, at: datetime) -> Result:
         order = self.orders.get(cmd.order_id)
@@ -558,7 +446,7 @@ class Engine:
         return self.view(order.id)
 
     def _cancel_all(self, cmd: CancelAll, ts: int, at: datetime) -> Result:
-        account = self._trader(cmd.account_id)
+        account = trading_account(self.accounts, cmd.account_id)
         if isinstance(account, Rejection):
             return account
         instrument = self.instruments.get(cmd.symbol)
@@ -578,7 +466,7 @@ class Engine:
         instrument.seq += 1
         self.effects.instruments[instrument.id] = instrument
         events = instrument.book.cancel(instrument.seq, ts, order.id)
-        self._settle(instrument, events, ts, at)
+        self.settlement.settle(instrument, events, ts, at)
         self.effects.events.append((instrument.symbol, events))
 
     def _amend_order(self, cmd: AmendOrder, ts: int, at: datetime) -> Result:
@@ -591,11 +479,11 @@ class Engine:
         assert instrument.book is not None and order.qty is not None and order.price is not None
         new_price = order.price if cmd.price is None else cmd.price
         new_qty = order.qty if cmd.qty is None else cmd.qty
-        if not _positive_int(new_price):
+        if not positive_int(new_price):
             return reject("invalid_price")
         if new_price % instrument.tick:
             return reject("off_tick_price")
-        if not _positive_int(new_qty):
+        if not positive_int(new_qty):
             return reject("invalid_qty")
         if new_qty <= order.filled_qty:
             return reject("qty_not_above_filled")
@@ -629,104 +517,18 @@ class Engine:
         order.price, order.qty, order.open_qty = new_price, new_qty, open_qty
         if not amended.priority_kept:
             order.priority = seq
-        self._touch(order, at)
-        fills = self._settle(instrument, events, ts, at)
+        settlement = self.settlement
+        settlement.touch(order, at)
+        fills = settlement.settle(instrument, events, ts, at)
         if order.id not in instrument.book and order.status == "open":
-            self._close(order, instrument, "filled", None, at)
+            settlement.close(order, instrument, "filled", None, at)
         self.effects.events.append((instrument.symbol, events))
         return self.view(order.id, fills.get(order.id, []))
-
-    # Settlement
-
-    def _settle(self, instrument: Instrument, events: list[ev.Event], ts: int, at: datetime
-                ) -> dict[int, list[OrderFill]]:
-        """Apply the book's trades and closures to orders and the ledger; return each order's new fills."""
-        fills: dict[int, list[OrderFill]] = {}
-        orders = self.orders
-        for event in events:
-            kind = type(event)
-            if kind is ev.Trade:
-                maker, taker = orders[event.maker_order_id], orders[event.taker_order_id]
-                fill_id, maker_fee, taker_fee = self._trade(instrument, event, maker, taker, ts, at)
-                fills.setdefault(maker.id, []).append(OrderFill(fill_id, event.price, event.qty, maker_fee, "maker"))
-                fills.setdefault(taker.id, []).append(OrderFill(fill_id, event.price, event.qty, taker_fee, "taker"))
-                if event.maker_remaining == 0:
-                    self._close(maker, instrument, "filled", None, at)
-            elif kind is ev.Cancelled:
-                order = orders[event.order_id]
-                if event.reason in (BY_REQUEST, SELF_TRADE):
-                    self._close(order, instrument, "cancelled", event.reason, at)
-                elif order.budget is not None and order.filled_qty:
-                    self._close(order, instrument, "filled", None, at)  # spent all the budget could buy
-                else:
-                    self._close(order, instrument, "expired", event.reason, at)
-            elif kind is ev.Decremented:
-                order = orders[event.order_id]
-                order.open_qty = event.remaining
-                if order.side == SELL:
-                    self.ledger.release(order.account_id, instrument.symbol, event.qty, at, order.id)
-                    order.held -= event.qty
-                self._touch(order, at)
-        return fills
-
-    def _trade(self, instrument: Instrument, trade: ev.Trade, maker: Order, taker: Order, ts: int, at: datetime
-               ) -> tuple[int, int, int]:
-        notional = trade.price * trade.qty
-        maker_fee = fees.fee_increment(maker.maker_notional, maker.maker_notional + notional, maker.maker_fee_ppm)
-        taker_fee = fees.fee_increment(taker.taker_notional, taker.taker_notional + notional, taker.taker_fee_ppm)
-        maker.maker_notional += notional
-        taker.taker_notional += notional
-        for order, fee in ((maker, maker_fee), (taker, taker_fee)):
-            order.filled_qty += trade.qty
-            order.filled_notional += notional
-            order.fee += fee
-            if order.qty is not None:
-                order.open_qty -= trade.qty
-            self._touch(order, at)
-            self.volume.add(order.account_id, ts, notional)
-        buyer, seller = (taker, maker) if taker.side == BUY else (maker, taker)
-        buyer_fee, seller_fee = (taker_fee, maker_fee) if taker.side == BUY else (maker_fee, taker_fee)
-        buyer.held -= notional + buyer_fee
-        seller.held -= trade.qty
-        fill_id = self.ids.fill
-        self.ids.fill += 1
-        symbol = instrument.symbol
-        self.ledger.post("trade", at, [
-            (buyer.account_id, CASH, HELD, -(notional + buyer_fee)),
-            (buyer.account_id, symbol, AVAILABLE, trade.qty),
-            (seller.account_id, symbol, HELD, -trade.qty),
-            (seller.account_id, CASH, AVAILABLE, notional - seller_fee),
-            (FEES, CASH, AVAILABLE, buyer_fee + seller_fee),
-        ], fill_id=fill_id)
-        self.effects.fills.append((fill_id, instrument.id, trade.seq, trade.price, trade.qty, maker.id, taker.id,
-                                   maker.account_id, taker.account_id, taker.side, maker_fee, taker_fee, at))
-        return fill_id, maker_fee, taker_fee
-
-    def _close(self, order: Order, instrument: Instrument, status: str, reason: str | None, at: datetime) -> None:
-        """Mark ``order`` closed and release what it still holds."""
-        order.status = status
-        order.reason = reason
-        order.open_qty = 0
-        asset = instrument.symbol if order.side == SELL else CASH
-        if self.pool is not None and order.id in self.pool.children:
-            self.pool.take_back(asset, order.held)  # the routed order releases its one hold once, at its end
-        else:
-            self.ledger.release(order.account_id, asset, order.held, at, order.id)
-        order.held = 0
-        self._touch(order, at)
-        open_orders = self.open_by_account.get(order.account_id)
-        if open_orders is not None:
-            open_orders.discard(order.id)
-
-    def _touch(self, order: Order, at: datetime) -> None:
-        order.updated_at = at
-        if order.id not in self.effects.new_orders:
-            self.effects.changed_orders[order.id] = order
 
     # Routed orders and packages (exchange.routed_orders, exchange.packages)
 
     def _route_order(self, cmd: RouteOrder, ts: int, at: datetime) -> Result:
-        account = self._trader(cmd.account_id)
+        account = trading_account(self.accounts, cmd.account_id)
         if isinstance(account, Rejection):
             return account
         original = _named_before(self.routed_client_orders, account.id, cmd.client_order_id)
@@ -742,7 +544,7 @@ class Engine:
         return outcome
 
     def _create_package(self, cmd: CreatePackage, ts: int, at: datetime) -> Result:
-        account = self._trader(cmd.account_id)
+        account = trading_account(self.accounts, cmd.account_id)
         if isinstance(account, Rejection):
             return account
         repeat = self._repeat(cmd)
@@ -769,13 +571,7 @@ class Engine:
         order = self.orders.get(order_id)
         if order is None:
             return Done(order_id)
-        instrument = self.instruments_by_id[order.instrument_id]
-        return OrderView(
-            order.id, order.account_id, instrument.symbol, order.client_order_id, order.side, order.type,
-            order.tif, order.post_only, order.stp, order.price, order.qty, order.budget, order.open_qty,
-            order.filled_qty, order.filled_notional, order.fee, order.status, order.reason, order.created_at,
-            order.updated_at, fills or [],
-        )
+        return order_view(order, self.instruments_by_id[order.instrument_id].symbol, fills)
 
     _handlers: ClassVar[dict[type, Callable[..., Result]]] = {
         CreateAccount: _create_account,

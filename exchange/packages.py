@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from exchange import route_planner, routed_orders
+from exchange.checks import trading_account
 from exchange.commands import (
     CreatePackage,
     ExecutionView,
@@ -118,7 +119,7 @@ def create(engine: "Engine", cmd: CreatePackage, at: datetime) -> PackageView | 
         return "invalid_start"
     engine.ids.package += 1
     engine.packages[package.id] = package
-    engine.effects.packages[package.id] = package
+    engine.settlement.effects.packages[package.id] = package
     return view(package)
 
 
@@ -137,7 +138,7 @@ def set_status(engine: "Engine", cmd: SetPackageStatus, at: datetime) -> Package
         package.next_period = max(package.next_period, period_at(package.start_at, package.period, at))
     package.status = cmd.status
     package.updated_at = at
-    engine.effects.packages[package.id] = package
+    engine.settlement.effects.packages[package.id] = package
     return view(package)
 
 
@@ -152,18 +153,18 @@ def run(engine: "Engine", cmd: RunPackage, ts: int, at: datetime) -> ExecutionVi
         return "period_not_due"
     route = RouteOrder(package.account_id, package.substitution_group, BUY, package.qty, package.mode,
                        package.price, package.max_cost)
-    account = engine._trader(package.account_id)
+    account = trading_account(engine.accounts, package.account_id)
     if isinstance(account, Rejection):
         outcome: RoutedOrderView | str = account.code
     else:
         outcome = routed_orders.execute(engine, package.account_id, route, package.id, ts, at)
     package.next_period += 1
     package.updated_at = at
-    engine.effects.packages[package.id] = package
+    engine.settlement.effects.packages[package.id] = package
     if isinstance(outcome, str):
-        engine.effects.executions.append((package.id, cmd.period, None, outcome, at))
+        engine.settlement.effects.executions.append((package.id, cmd.period, None, outcome, at))
         return ExecutionView(package.id, cmd.period, None, outcome, at)
-    engine.effects.executions.append((package.id, cmd.period, outcome.id, None, at))
+    engine.settlement.effects.executions.append((package.id, cmd.period, outcome.id, None, at))
     return ExecutionView(package.id, cmd.period, outcome.id, None, at, outcome)
 
 

@@ -11,7 +11,7 @@ Steps
 3. Post ONE hold entry for the whole plan (cash for a buy; every symbol's tokens for a sell), under the routed
    order's id, before any child executes.
 4. Execute each leg as a real IOC limit order at its worst planned price, settled as any order is. A child's
-   share of the hold goes back to the routed order when it closes (``Engine.pool``), not to the account.
+   share of the hold goes back to the routed order when it closes (``Settlement.open_pool``), not to the account.
 5. Place the remainder's GTC order when asked; it owns its part of the hold from then on, as any resting order.
 6. Post ONE release entry for whatever the children did not spend.
 
@@ -20,7 +20,6 @@ Children use the default self-trade prevention (``cancel_newest``): meeting one'
 child, and its lots stay in the remainder.
 """
 
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -28,8 +27,7 @@ import msgspec
 
 from exchange import fees, route_planner
 from exchange.commands import OrderView, RoutedOrderView, RouteOrder
-from exchange.ledger import AVAILABLE, HELD
-from exchange.records import Instrument, Order
+from exchange.records import Instrument
 from matching import events as ev
 from matching.types import BUY, GTC, IOC, SELL
 
@@ -65,17 +63,6 @@ class RoutedOrder(msgspec.Struct):
         return msgspec.structs.astuple(self)
 
 
-@dataclass
-class Pool:
-    """The routed order's one hold while its children execute: what they give back when they close."""
-
-    children: set[int] = field(default_factory=set)
-    returned: dict[str, int] = field(default_factory=dict)
-
-    def take_back(self, asset: str, amount: int) -> None:
-        self.returned[asset] = self.returned.get(asset, 0) + amount
-
-
 def members(engine: "Engine", group: str) -> list[Instrument]:
     """The compute instruments of ``group``, halted ones included; dataset tokens never join a group."""
     return [i for i in engine.instruments.values() if i.kind == "compute" and i.substitution_group == group]
@@ -96,7 +83,7 @@ def venues(engine: "Engine", group: str, side: str, account_id: int, percent: in
             instrument.symbol, instrument.quality, instrument.tick, instrument.min_qty, instrument.max_qty,
             fees.rate_ppm(instrument.maker_fee_bps, percent), fees.rate_ppm(instrument.taker_fee_bps, percent),
             asks if side == BUY else bids,
-            None if side == BUY else engine.ledger.available(account_id, instrument.symbol),
+            None if side == BUY else engine.settlement.ledger.available(account_id, instrument.symbol),
         ))
     return found
 
@@ -104,7 +91,7 @@ def venues(engine: "Engine", group: str, side: str, account_id: int, percent: in
 def execute(engine: "Engine", account_id: int, cmd: RouteOrder, package_id: int | None, ts: int, at: datetime
             ) -> RoutedOrderView | str:
     """Plan and execute ``cmd`` for a trading account; a refusal is its code, and changes nothing."""
-    percent = fees.tier_percent(engine.volume.trailing(account_id, ts))
+    percent = fees.tier_percent(engine.settlement.volume.trailing(account_id, ts))
     books = venues(engine, cmd.group, cmd.side, account_id, percent) if type(cmd.group) is str else None
     code = route_planner.refusal(books or [], cmd.side, cmd.qty, cmd.mode, cmd.price, cmd.budget, cmd.rest_remainder)
     if code is not None:
@@ -115,38 +102,27 @@ def execute(engine: "Engine", account_id: int, cmd: RouteOrder, package_id: int 
         return "insufficient_tokens"
     plan = route_planner.plan(books, cmd.side, cmd.qty, cmd.mode, cmd.price, cmd.budget, cmd.rest_remainder)
     hold = {asset: amount for asset, amount in plan.hold(cmd.side).items() if amount}
-    if any(amount > engine.ledger.available(account_id, asset) for asset, amount in hold.items()):
+    if any(amount > engine.settlement.ledger.available(account_id, asset) for asset, amount in hold.items()):
         return "insufficient_funds" if cmd.side == BUY else "insufficient_tokens"
 
-    routed_id = engine.ids.order
-    engine.ids.order += 1
-    if hold:
-        engine.ledger.post("hold", at, [leg for asset, amount in hold.items()
-                                        for leg in ((account_id, asset, AVAILABLE, -amount),
-                                                    (account_id, asset, HELD, amount))], routed_id)
+    settlement = engine.settlement
+    routed_id = settlement.take_order_id()
+    settlement.open_pool(account_id, routed_id, hold, at)
     by_symbol = {venue.symbol: venue for venue in books}
-    pool = engine.pool = Pool()
-    children: list[OrderView] = []
-    try:
-        for leg in plan.legs:
-            venue = by_symbol[leg.symbol]
-            share = leg.cost if cmd.side == BUY else leg.qty
-            children.append(_child(engine, account_id, cmd.side, leg.symbol, leg.price, leg.qty, IOC, venue, share,
-                                   pool, ts, at))
-    finally:
-        engine.pool = None
+    children = [
+        _child(engine, account_id, cmd.side, leg.symbol, leg.price, leg.qty, IOC, by_symbol[leg.symbol],
+               leg.cost if cmd.side == BUY else leg.qty, True, ts, at)
+        for leg in plan.legs
+    ]
     resting_id = None
     if plan.rest is not None:
+        # The rest owns its part of the hold from now on, as any resting order: it is not a pooled child.
         rest = plan.rest
         child = _child(engine, account_id, cmd.side, rest.symbol, rest.price, rest.qty, GTC, by_symbol[rest.symbol],
-                       rest.hold, None, ts, at)
+                       rest.hold, False, ts, at)
         children.append(child)
         resting_id = child.id
-    left = {asset: amount for asset, amount in pool.returned.items() if amount}
-    if left:
-        engine.ledger.post("release", at, [leg for asset, amount in left.items()
-                                           for leg in ((account_id, asset, HELD, -amount),
-                                                       (account_id, asset, AVAILABLE, amount))], routed_id)
+    settlement.close_pool(account_id, routed_id, at)
 
     swept = [c for c in children if c.id != resting_id]
     filled = sum(c.filled_qty for c in swept)
@@ -158,38 +134,25 @@ def execute(engine: "Engine", account_id: int, cmd: RouteOrder, package_id: int 
         sum(quality[c.symbol] * c.filled_qty for c in swept), cmd.qty - filled, resting_id,
         [c.id for c in children], package_id, at, cmd.client_order_id,
     )
-    engine.effects.routed_orders.append(routed)
+    settlement.effects.routed_orders.append(routed)
     return view(routed, children)
 
 
 def _child(engine: "Engine", account_id: int, side: str, symbol: str, price: int, qty: int, tif: str,
-           venue: route_planner.Venue, held: int, pool: Pool | None, ts: int, at: datetime) -> OrderView:
+           venue: route_planner.Venue, held: int, pooled: bool, ts: int, at: datetime) -> OrderView:
     """Place one child order holding ``held`` of the routed order's hold; settle it as any order."""
     instrument = engine.instruments[symbol]
     book = instrument.book
     assert book is not None
     seq = instrument.seq + 1
-    order_id = engine.ids.order
-    events = book.limit(seq, ts, order_id, account_id, side, price, qty, tif)
+    events = book.limit(seq, ts, engine.settlement.ids.order, account_id, side, price, qty, tif)
     # The plan comes from this very book and the checks already passed: a refusal here is a bug.
     assert type(events[0]) is not ev.Rejected, events[0]
-    instrument.seq = seq
-    engine.effects.instruments[instrument.id] = instrument
-    engine.ids.order += 1
-    order = Order(order_id, instrument.id, account_id, None, side, "limit", tif, False, "cancel_newest", price, qty,
-                  None, qty, 0, 0, 0, 0, 0, venue.maker_ppm, venue.taker_ppm, held, "open", None, seq, at, at)
-    engine.orders[order_id] = order
-    engine.effects.new_orders[order_id] = order
-    engine.open_by_account.setdefault(account_id, set()).add(order_id)
-    if pool is not None:
-        pool.children.add(order_id)
-    fills = engine._settle(instrument, events, ts, at)
-    if order_id not in book and order.status == "open":
-        engine._close(order, instrument, "filled" if order.open_qty == 0 else "expired", None, at)
-    engine.effects.events.append((symbol, events))
-    found = engine.view(order_id, fills.get(order_id, []))
-    assert isinstance(found, OrderView)
-    return found
+    return engine.settlement.open(
+        instrument, seq, events, ts, at, account_id=account_id, client_order_id=None, side=side, type="limit",
+        tif=tif, post_only=False, stp="cancel_newest", price=price, qty=qty, budget=None,
+        maker_fee_ppm=venue.maker_ppm, taker_fee_ppm=venue.taker_ppm, held=held, hold_asset=None, pooled=pooled,
+    )
 
 
 def view(routed: RoutedOrder, children: list[OrderView]) -> RoutedOrderView:

@@ -44,7 +44,8 @@ import asyncpg
 from exchange import store
 from exchange.commands import Command, Result
 from exchange.database.queries import sql
-from exchange.engine import Effects, Engine
+from exchange.engine import Engine
+from exchange.settlement import Effects
 
 log = logging.getLogger(__name__)
 

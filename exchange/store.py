@@ -14,10 +14,11 @@ import asyncpg
 import msgspec
 
 from exchange.database.queries import sql
-from exchange.engine import Effects, Engine, Ids
+from exchange.engine import Engine
 from exchange.packages import Package
 from exchange.records import Account, Approval, Instrument, Order
 from exchange.replay import REMEMBER_SECONDS
+from exchange.settlement import Effects, Ids
 from matching.book import OrderBook
 from matching.level import RestingOrder
 
@@ -207,8 +208,7 @@ async def load(conn: asyncpg.Connection) -> Engine:
         for row in await conn.fetch(OPEN_ORDERS):
             order = Order(**row)
             open_orders.setdefault(order.instrument_id, []).append(order)
-            engine.orders[order.id] = order
-            engine.open_by_account.setdefault(order.account_id, set()).add(order.id)
+            engine.settlement.restore(order)
         for row in await conn.fetch(INSTRUMENTS):
             instrument = Instrument(**row)
             book = OrderBook.rebuild(instrument.tick, (

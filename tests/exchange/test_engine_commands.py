@@ -31,9 +31,9 @@ from exchange.commands import (
     SetInstrumentStatus,
     Withdraw,
 )
-from exchange.engine import Effects
 from exchange.ledger import FEES
 from exchange.rejections import MESSAGES
+from exchange.settlement import Effects
 from tests.support.engine import (
     ASK,
     BID,
