@@ -2,7 +2,7 @@
 
     live      module: a server on a new database with the first admin (``api_server.live_server``)
 
-The servers of ``tests/api/api_server.py`` and the feed helpers of ``tests/feed/feed_support.py`` are reused,
+The servers of ``tests/api/api_server.py`` and the feed helpers of ``tests/api/feed/feed_support.py`` are reused,
 so those folders go on ``sys.path`` as pytest would put them for their own tests.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "api"))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "feed"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "api" / "feed"))
 
 from api_server import Live, live_server
 

@@ -11,7 +11,7 @@ from feed_support import FeedClient, Follower, Market, assert_same_book, follow,
 
 from api.app import create_app
 from api.client import Client
-from api.feed import checksum, checksum_text
+from api.feed.protocol import checksum, checksum_text
 
 
 async def all_trade_ids(rest: Client, symbol: str) -> list[int]:

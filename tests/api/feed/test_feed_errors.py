@@ -8,7 +8,7 @@ from feed_support import FeedClient, feed_server, open_market
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from api.feed import FeedLimits
+from api.feed.limits import FeedLimits
 
 LIMITS = FeedLimits(max_connections_per_address=6, max_subscriptions=3, max_message_bytes=1024, max_errors=20,
                     message_rate=1000, message_burst=1000)

@@ -12,7 +12,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from api.client import Client
-from api.feed import FeedLimits
+from api.feed.limits import FeedLimits
 from exchange.commands import PlaceOrder
 
 LIMITS = FeedLimits(max_queue=4, flush_interval=0.005, close_timeout=20)
