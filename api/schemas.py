@@ -1,4 +1,5 @@
-"""The API's request and response bodies and query strings, as msgspec Structs.
+"""The API's request and response bodies and query strings, as msgspec Structs, and the conversions from the
+exchange's rows and views to them that more than one route (or the feed) makes.
 
 Requests forbid unknown fields. Field types carry their limits (``Meta``), so decoding validates them and the
 OpenAPI document (``api.openapi``) states them. Limits that are not business rules protect the database:

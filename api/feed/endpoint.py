@@ -69,11 +69,13 @@ async def serve(hub: Hub, websocket: WebSocket, send: Send) -> None:
         if connection.sending is not None:
             connection.sending.cancel()
 
+
 async def close(hub: Hub, connection: Connection, code: int, reason: str) -> None:
     if connection.draining:
         await hub.handed(connection).wait()
         await connection.idle.wait()
     await connection.websocket.close(code, reason)
+
 
 async def receive(hub: Hub, connection: Connection) -> None:
     websocket = connection.websocket
@@ -95,6 +97,7 @@ async def receive(hub: Hub, connection: Connection) -> None:
         return
     finally:
         done.cancel()
+
 
 async def handle(hub: Hub, connection: Connection, message: dict) -> None:
     """Answer one client message."""
@@ -121,7 +124,8 @@ async def handle(hub: Hub, connection: Connection, message: dict) -> None:
     except Exception:
         log.exception("a feed request failed")
         refuse(hub, connection, FeedError("internal_error", "The server failed to answer; nothing changed."),
-                     request_id)
+               request_id)
+
 
 def refuse(hub: Hub, connection: Connection, error: FeedError, request_id: int | str | None) -> None:
     connection.errors += 1
@@ -129,6 +133,7 @@ def refuse(hub: Hub, connection: Connection, error: FeedError, request_id: int |
     hub.send(connection, encode(ErrorMessage(error.code, error.detail, request_id)))
     if connection.errors >= hub.limits.max_errors:
         connection.close(POLICY_VIOLATION, f"{connection.errors} bad messages", drain=True)
+
 
 async def subscribe(hub: Hub, connection: Connection, request: Subscribe) -> None:
     channel, symbol, interval = request.channel, request.symbol, request.interval
@@ -165,6 +170,7 @@ async def subscribe(hub: Hub, connection: Connection, request: Subscribe) -> Non
         connection.keys[key] = api_key
         hub.user.welcome(symbol, key[2])
 
+
 def unsubscribe(hub: Hub, connection: Connection, request: Unsubscribe) -> None:
     key = stream_key(request.channel, request.symbol, request.interval, request.group)
     if key[0] == "user":
@@ -177,6 +183,7 @@ def unsubscribe(hub: Hub, connection: Connection, request: Unsubscribe) -> None:
         return
     assert request.symbol is not None
     hub.send(connection, encode(Unsubscribed(request.channel, request.symbol, request.interval, request.id)))
+
 
 async def subscribe_index(hub: Hub, connection: Connection, key: tuple, request_id: int | str | None) -> None:
     group = key[1]
@@ -195,6 +202,7 @@ async def subscribe_index(hub: Hub, connection: Connection, key: tuple, request_
     if newest is not None:
         first.append(encode(IndexUpdate("index", group, price_index(newest))))
     hub.subscribe(connection, key, first)
+
 
 async def ladder_of(hub: Hub, symbol: str) -> Ladder:
     ladder = hub.ladders.get(symbol)

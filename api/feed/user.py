@@ -45,8 +45,6 @@ def merge(into: UserJob, job: UserJob) -> None:
         into.last_fill = max(into.last_fill, job.last_fill)
 
 
-
-
 class UserChannel:
     """What the hub owes its user subscriptions: the batches to read rows for, the subscriptions to welcome with
     balances and open orders, and the balances last sent; ``run`` is its task."""

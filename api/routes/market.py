@@ -11,7 +11,6 @@ from api.units import from_micro
 market = Endpoints("market data")
 
 
-
 async def book_view(call: Call, symbol: str) -> BookView:
     view = await call.services.market.view_of(call.services.connection, symbol)
     if view is None:

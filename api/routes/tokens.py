@@ -75,4 +75,3 @@ async def redemptions(call: Call) -> RedemptionPage:
         rows = await conn.fetch(REDEMPTIONS, call.account_id, before, query.limit + 1)
     items = [Redemption(**row) for row in rows[: query.limit]]
     return RedemptionPage(items, str(items[-1].id) if len(rows) > query.limit else None)
-
