@@ -4,30 +4,50 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 TESTING := $(VENV)/.installed-test
+COMPILED := $(VENV)/.compiled
 
-.PHONY: install run test lint bench bench-exchange bench-api check clean bench-feed loadtest chaos bench-first-start
+.PHONY: install compile run test test-quick lint bench bench-exchange bench-api check clean bench-feed loadtest \
+	chaos bench-first-start
 
 install: $(TESTING)
 
-# `make run` installs only what running needs; `make test` (and everything that runs the suite or a benchmark)
-# adds the test extras on top. pip is not upgraded: the one a venv brings installs this project, and upgrading
-# it costs seconds of every first start. The install compiles the order book (setup.py), so a changed source of
-# it must reinstall, or tests and benchmarks would run stale binaries.
-$(INSTALLED): pyproject.toml setup.py $(wildcard matching/*.py matching/*.pxd)
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e .
+# `$(call INSTALL,ARGS)` installs into the venv with uv, which installs what pip would in a fraction of its time
+# (loadtest/README.md, first start); the machine's own pip installs wherever uv could not be installed or fails.
+INSTALL = if test -x $(BIN)/uv && $(BIN)/uv pip install --quiet --python $(BIN)/python $(1); then :; \
+	else $(PYTHON) -m pip --python $(BIN)/python install --quiet $(1); fi
+# The requirements that pyproject.toml lists at `$(call LISTED,['table']['key'])`, as arguments of INSTALL.
+LISTED = $(BIN)/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))$(1)))"
+
+# `make run` installs only what running needs, and tokex with the order book as plain Python: compiling it is most
+# of a first install, and the demo's few actions a second do not need its speed. The venv has no pip of its own
+# (seeding one costs seconds): the machine's pip installs uv into it, and uv the rest.
+$(INSTALLED): pyproject.toml setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv --without-pip $(VENV)
+	test -x $(BIN)/uv || $(PYTHON) -m pip --python $(BIN)/python install --quiet uv \
+		|| echo "tokex: uv could not be installed; pip installs instead"
+	export TOKEX_PURE_PYTHON=1; $(call INSTALL,-e .)
 	touch $(INSTALLED)
 
-# The test extra's requirements, read from pyproject.toml, without reinstalling (and recompiling) tokex itself.
-$(TESTING): $(INSTALLED)
-	$(BIN)/python -c "import tomllib; print('\\n'.join(tomllib.load(open('pyproject.toml', 'rb'))\
-		['project']['optional-dependencies']['test']))" | $(BIN)/python -m pip install --quiet -r /dev/stdin
+# The compiled order book (setup.py), built in place beside its sources, for everything that tests or measures it.
+# All three are rebuilt (--force) whenever a source of any changed, so tests and benchmarks never run a stale binary
+# (tests/matching/test_compiled.py); once they exist, `make run` keeps them current too, as Python imports them
+# before the .py.
+$(COMPILED): $(INSTALLED) $(wildcard matching/*.py matching/*.pxd)
+	$(call INSTALL,$$($(call LISTED,['build-system']['requires'])))
+	$(BIN)/python setup.py --quiet build_ext --inplace --force
+	touch $(COMPILED)
+
+compile: $(COMPILED)
+
+# The test extra's requirements, and the pip that tests call as `python -m pip`.
+$(TESTING): $(COMPILED)
+	$(call INSTALL,pip $$($(call LISTED,['project']['optional-dependencies']['test'])))
 	touch $(TESTING)
 
 # The demo keeps its embedded PostgreSQL and master key in TOKEX_HOME: ./var unless set.
 TOKEX_HOME ?= $(CURDIR)/var
 
-run: $(INSTALLED)
+run: $(INSTALLED) $(if $(wildcard matching/*.so),$(COMPILED))
 	TOKEX_HOME="$(TOKEX_HOME)" $(BIN)/tokex demo
 
 lint: $(TESTING)
@@ -35,6 +55,11 @@ lint: $(TESTING)
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The quick loop while working: all but the drills, the load run, the fuzzers, the wheel install and the
+# browser test (the `slow` marker). `make test` still runs everything.
+test-quick: lint
+	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(TESTING)
 	$(BIN)/python -m loadtest.bench_matching

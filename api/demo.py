@@ -45,6 +45,7 @@ from pathlib import Path
 
 import httpx
 
+import matching.book
 from api.client import ApiError, Client
 from api.keys import KeyStore
 from api.server import Server
@@ -315,6 +316,7 @@ class Demo:
             f"  instruments: {symbols} (compute in CNY per 1M tokens)",
             f"  simulated flow: about {self.rate:g} actions a second by {len(COMPUTE_SELLERS) + 2 + len(BUYERS)} "
             "accounts; SIGTERM or Ctrl-C stops the demo",
+            f"  order book: {book_build()}",
             "  demo keys, new at every start (the secrets are shown only here):",
         ]
         described = {
@@ -329,6 +331,15 @@ class Demo:
         lines.append(f"  watch it in a browser: {self.url}/")
         lines.append(f"  try: curl -s {self.url}/v1/instruments/DEEPSEEK-V3/book")
         return "\n".join(lines)
+
+
+def book_build() -> str:
+    """Which order book serves: ``make run`` installs it as plain Python, since compiling it is most of a first
+    install and the demo's flow does not need its speed; ``make compile`` (or ``make test``, ``make bench``) builds
+    the compiled one, which every later start runs."""
+    if matching.book.__file__.endswith(".py"):
+        return "plain Python; `make compile` builds the compiled one, which the next start runs"
+    return "compiled (matching/*.so)"
 
 
 def tokex_command() -> str:

@@ -36,20 +36,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
-import hmac
-import json
-import os
 import random
-import re
-import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
@@ -57,34 +49,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
-import msgspec
 import psutil
 
 from api.client import Client
 from exchange.database import Database
+from loadtest.connection import Connection
+from loadtest.server import Server, cpu_seconds
+from loadtest.traders import PROBLEM, Trader
 
 TARGET_RATE = 8_000
 TARGET_P99_MS = 25.0
-TICK = 10_000  # 0.01 CNY
-MID = 2_000 * TICK  # 20.00 CNY
-LIVE_LOW, LIVE_HIGH = 12, 20
 MINTED = 1_000_000
 CASH = "100000000"
 REFUSALS = {404, 409}
 """Statuses of business refusals: an answer of the exchange, not an error."""
-
-
-class Placed(msgspec.Struct):
-    id: int
-    status: str
-
-
-class Problem(msgspec.Struct):
-    code: str = ""
-
-
-PLACED = msgspec.json.Decoder(Placed)
-PROBLEM = msgspec.json.Decoder(Problem)
 
 
 @dataclass
@@ -111,177 +89,6 @@ class Stats:
             return float("nan")
         ordered = sorted(self.latencies)
         return 1000 * ordered[min(len(ordered) - 1, int(p * len(ordered)))]
-
-
-class Connection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection: one request at a time, answered as (status, body)."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.waiter: asyncio.Future | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        buffer = self.buffer
-        buffer += data
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        head = bytes(buffer[:end]).lower()
-        at = head.find(b"\r\ncontent-length:")
-        length = 0
-        if at >= 0:
-            stop = head.find(b"\r\n", at + 17)
-            length = int(head[at + 17: stop if stop >= 0 else len(head)])
-        total = end + 4 + length
-        if len(buffer) < total:
-            return
-        status = int(head[9:12])
-        body = bytes(buffer[end + 4: total])
-        del buffer[:total]
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result((status, body))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("the server closed the connection"))
-
-    async def send(self, request: bytes) -> tuple[int, bytes]:
-        self.waiter = asyncio.get_running_loop().create_future()
-        assert self.transport is not None
-        self.transport.write(request)
-        return await self.waiter
-
-
-class Trader:
-    """One connection's account, its signed requests and its share of the mix."""
-
-    def __init__(self, host: str, key_id: str, secret: str, symbol: str, rng: random.Random) -> None:
-        self.host = host.encode()
-        self.key = key_id.encode()
-        self.mac = hmac.new(secret.encode("ascii"), digestmod=hashlib.sha256)
-        self.symbol = symbol
-        self.rng = rng
-        self.open: list[int] = []
-
-    def request(self, method: bytes, target: bytes, body: bytes = b"") -> bytes:
-        # Microseconds: two equal orders in one second are two requests, not a replay.
-        timestamp = b"%.6f" % time.time()
-        mac = self.mac.copy()
-        mac.update(timestamp + method + target + body)
-        head = (b"%s %s HTTP/1.1\r\nHost: %s\r\nTOKEX-KEY: %s\r\nTOKEX-TIMESTAMP: %s\r\nTOKEX-SIGNATURE: %s\r\n"
-                % (method, target, self.host, self.key, timestamp, mac.hexdigest().encode()))
-        if body:
-            head += b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
-        return head + b"\r\n" + body
-
-    def order(self, side: str, price: int | None, qty: int) -> bytes:
-        if price is None:
-            body = b'{"symbol":"%s","side":"%s","type":"market","qty":%d}' % (self.symbol.encode(), side.encode(), qty)
-        else:
-            whole, fraction = divmod(price, 1_000_000)
-            body = b'{"symbol":"%s","side":"%s","type":"limit","price":"%d.%06d","qty":%d}' % (
-                self.symbol.encode(), side.encode(), whole, fraction, qty)
-        return self.request(b"POST", b"/v1/orders", body)
-
-    def next(self) -> tuple[str, bytes, int | None]:
-        """(kind, request, the order id a cancel names)."""
-        rng = self.rng
-        roll = rng.random()
-        if len(self.open) >= LIVE_HIGH:
-            roll = 0.6
-        elif len(self.open) < LIVE_LOW:
-            roll = 0.0
-        if 0.55 <= roll < 0.90 and self.open:
-            order_id = self.open.pop(rng.randrange(len(self.open)))
-            return "cancel", self.request(b"DELETE", b"/v1/orders/%d" % order_id), order_id
-        side = "buy" if rng.random() < 0.5 else "sell"
-        sign = -1 if side == "buy" else 1
-        if roll < 0.90:
-            if rng.random() < 0.5:
-                if rng.random() < 0.10:
-                    return "crossing limit", self.order(side, MID - sign * 3 * TICK, rng.randint(1, 100)), None
-                price = MID + sign * (1 + rng.randint(0, 5)) * TICK
-            else:
-                price = MID + sign * rng.randint(1, 1000) * TICK
-            return "limit", self.order(side, price, rng.randint(1, 500)), None
-        return "market", self.order(side, None, rng.randint(20, 400)), None
-
-    def learn(self, kind: str, status: int, body: bytes) -> None:
-        if status == 201 and kind != "market":
-            placed = PLACED.decode(body)
-            if placed.status == "open":
-                self.open.append(placed.id)
-
-
-class Server:
-    """``tokex serve`` in a subprocess, on its own TOKEX_HOME unless given a database."""
-
-    def __init__(self, database_url: str | None) -> None:
-        self.database_url = database_url
-        self.home = Path(tempfile.mkdtemp(prefix="tokex-bench-api-"))
-        # The embedded server's user must be able to enter TOKEX_HOME when we run as root.
-        self.home.chmod(0o755)
-        self.env = {**os.environ, "TOKEX_HOME": str(self.home), "TOKEX_MASTER_KEY": secrets.token_hex(32)}
-        self.env.pop("DATABASE_URL", None)
-        if database_url:
-            self.env["DATABASE_URL"] = database_url
-        self.process: subprocess.Popen | None = None
-        self.url = ""
-        self.output: list[str] = []
-
-    def tokex(self, *argv: str) -> dict:
-        done = subprocess.run([sys.executable, "-m", "api.cli", *argv], env=self.env, capture_output=True,
-                              text=True, check=False)
-        if done.returncode:
-            raise RuntimeError(f"tokex {' '.join(argv)} failed: {done.stderr.strip()}")
-        return json.loads(done.stdout)
-
-    def start(self, port: int = 0) -> str:
-        """Start serving (on a free port unless given one, e.g. the last one after a restart); return the URL."""
-        self.output.clear()
-        self.process = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port),
-                                         "--no-rate-limit"],
-                                        env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.output.append(line)
-            found = re.search(r"serving on (http://\S+)", line)
-            if found:
-                self.url = found.group(1)
-                break
-        else:
-            raise RuntimeError("tokex serve did not start:\n" + "".join(self.output))
-        threading.Thread(target=self._drain, daemon=True).start()
-        return self.url
-
-    def _drain(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        for line in self.process.stdout:
-            self.output.append(line)
-
-    def postgres(self) -> list[psutil.Process]:
-        found = []
-        for process in psutil.process_iter(["name", "cwd"]):
-            with contextlib.suppress(psutil.Error):
-                if process.info["name"] == "postgres" and str(self.home) in (process.info["cwd"] or ""):
-                    found.append(process)
-        return found
-
-    def stop(self) -> int:
-        status = 0
-        if self.process is not None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                status = self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                status = self.process.wait()
-        shutil.rmtree(self.home, ignore_errors=True)
-        return status
 
 
 async def set_up(url: str, admin: dict, connections: int) -> tuple[str, list[tuple[str, str]]]:
@@ -362,16 +169,6 @@ async def measure(url: str, symbol: str, keys: list[tuple[str, str]], args: argp
     if profiler is not None:
         stats.profile = await asyncio.to_thread(finish_profiler, profiler)
     return stats
-
-
-def cpu_seconds(processes: dict[str, list[psutil.Process]]) -> Counter[str]:
-    used: Counter[str] = Counter()
-    for name, group in processes.items():
-        for process in group:
-            with contextlib.suppress(psutil.Error):
-                times = process.cpu_times()
-                used[name] += times.user + times.system
-    return used
 
 
 # -- profile of the server ---------------------------------------------------------------------------------------

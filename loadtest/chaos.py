@@ -3,7 +3,7 @@
     python -m loadtest chaos [--kills 3] [--outages 2] [--outage-seconds 3] [--open-orders 100000] ...
 
 The drills own the database: they start an embedded PostgreSQL in a temporary folder themselves and serve
-``tokex serve`` on it (``bench_api.Server`` with that DSN), so that they can stop and start either one. Sellers,
+``tokex serve`` on it (``loadtest.server.Server`` with that DSN), so that they can stop and start either one. Sellers,
 buyers and watchers (``loadtest.run.Load``) keep going throughout; the drills come one after the other, in a
 random order, each after a random few seconds of load.
 
@@ -37,10 +37,12 @@ from typing import Any
 from api.client import Client
 from exchange.database.embedded import EmbeddedPostgres
 from loadtest import durability
-from loadtest.bench_api import PLACED, Connection, Server, Trader
-from loadtest.bench_feed import raise_file_limit
+from loadtest.connection import Connection
 from loadtest.personas import TICK
 from loadtest.run import Load, Options, check, set_up
+from loadtest.server import Server
+from loadtest.subscriber import raise_file_limit
+from loadtest.traders import PLACED, Trader
 
 TARGET_RECOVERY_S = 5.0
 DEEP_PRICE = 1_000 * TICK

@@ -1,8 +1,8 @@
 """Sellers and buyers: signed HTTP clients that trade around a drifting fair price.
 
-Each persona is one keep-alive connection (``bench_api.Connection``, requests signed by ``bench_api.Trader``) and
-one asyncio task that acts at its share of the target rate, one request at a time: it waits for each answer, so
-a slow server slows the personas down rather than piling requests up.
+Each persona is one keep-alive connection (``loadtest.connection.Connection``, requests signed by
+``loadtest.traders.Trader``) and one asyncio task that acts at its share of the target rate, one request at a
+time: it waits for each answer, so a slow server slows the personas down rather than piling requests up.
 
 - A seller is an issuer: it mints capacity, posts offers a few ticks above the fair price (now and then one
   below it, which takes bids), and cancels its oldest offers to keep a handful open.
@@ -27,8 +27,9 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from loadtest.bench_api import PROBLEM, Connection, Trader
+from loadtest.connection import Connection
 from loadtest.report import Recorder
+from loadtest.traders import PROBLEM, Trader
 
 TICK = 10_000  # 0.01 CNY
 FAIR = 2_000 * TICK  # 20.00 CNY at the start
@@ -94,12 +95,16 @@ class Persona:
     async def begin(self) -> None:
         """What the persona does once before it starts acting."""
 
-    async def live(self, rate: float, until: float) -> None:
-        """Act at ``rate`` a second until the monotonic time ``until``; never faster, later if the server is slow."""
+    async def live(self, rate: float, until: float, stop: asyncio.Event) -> None:
+        """Act at ``rate`` a second until the monotonic time ``until`` or ``stop``; never faster, later if the server
+        is slow.
+
+        ``stop`` is checked besides cancelling the task: Python 3.11's ``asyncio.wait_for`` swallows a cancellation
+        that arrives as the request it waits on completes, and the persona would then act on forever."""
         await self.begin()
         interval = 1.0 / rate
         due = time.monotonic() + self.rng.random() * interval
-        while (now := time.monotonic()) < until:
+        while (now := time.monotonic()) < until and not stop.is_set():
             if due > now:
                 await asyncio.sleep(due - now)
             # A persona that fell behind does not burst to catch up: it resumes its pace from now.

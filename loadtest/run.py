@@ -1,7 +1,7 @@
 """A load run: sellers, buyers and watchers against a running tokex, then its figures and ``tokex check``.
 
 By default the run starts its own server, ``tokex serve --no-rate-limit`` on a new embedded PostgreSQL in a
-temporary TOKEX_HOME (``bench_api.Server``; or on ``--database-url``), and makes its admin key with ``tokex admin
+temporary TOKEX_HOME (``loadtest.server.Server``; or on ``--database-url``), and makes its admin key with ``tokex admin
 create-admin``. With ``--url`` it targets a server that is already running instead, signing its set-up with the
 admin key in TOKEX_KEY and TOKEX_SECRET; ``tokex check`` then needs ``--database-url`` to know where to look.
 
@@ -33,10 +33,10 @@ import psutil
 from api.client import Client
 from exchange.database import Database
 from loadtest import durability
-from loadtest.bench_api import Server, cpu_seconds
-from loadtest.bench_feed import now_us, raise_file_limit
 from loadtest.personas import Buyer, Market, Persona, Seller
 from loadtest.report import Recorder, summarize
+from loadtest.server import Server, cpu_seconds
+from loadtest.subscriber import now_us, raise_file_limit
 from loadtest.watchers import Feed, Watcher, start_watchers
 
 TARGET_ORDERS_PER_S = 5_000
@@ -145,7 +145,8 @@ class Load:
         drift = asyncio.create_task(self.prices.drift())
         until = time.monotonic() + self.options.warmup + (seconds if during is None else 1e9)
         rate = self.options.rate / max(1, len(self.personas))
-        acting = [asyncio.create_task(persona.live(rate, until)) for persona in self.personas]
+        stop = asyncio.Event()
+        acting = [asyncio.create_task(persona.live(rate, until, stop)) for persona in self.personas]
         try:
             await asyncio.sleep(self.options.warmup)
             self.recorder.start(now_us())
@@ -156,6 +157,7 @@ class Load:
                 await asyncio.gather(*acting)
             return time.monotonic() - started
         finally:
+            stop.set()
             for task in acting:
                 task.cancel()
             drift.cancel()

@@ -3,7 +3,7 @@
 Checking
 --------
 Every message a watcher receives is checked: level2 and trades follow their ``prev_seq`` chains
-(``bench_feed.Chain``), ticker and candles never go back in ``seq``, a heartbeat's ``level2_seq`` and
+(``loadtest.subscriber.Chain``), ticker and candles never go back in ``seq``, a heartbeat's ``level2_seq`` and
 ``trades_seq`` are never ahead of what the watcher holds, and each level2 message's checksum equals the CRC-32
 of a book rebuilt here from the feed by the documented rules (code of our own, not the server's). A broken chain
 or a lagging heartbeat is a gap; a wrong checksum or a message off the protocol is a bad message; either makes
@@ -17,7 +17,7 @@ applies that summary to its own chains. The rebuilt book (``Mirror``) is one per
 
 Connections
 -----------
-One watcher is one WebSocket (``bench_feed.Subscriber`` does the handshake and reads frames). The server allows
+One watcher is one WebSocket (``loadtest.subscriber.Subscriber`` does the handshake and reads frames). The server allows
 a bounded number of connections per address, so watchers connect from several loopback addresses
 (127.0.1.x: all of 127/8 is the loopback on Linux). A watcher whose connection is lost (a server restart)
 connects again by itself and resubscribes; ``resyncs`` counts those.
@@ -46,7 +46,7 @@ from api.feed.protocol import (
     Unsubscribed,
     Update,
 )
-from loadtest.bench_feed import Chain, Subscriber
+from loadtest.subscriber import Chain, Subscriber
 
 WATCHERS_PER_ADDRESS = 40
 """Below the server's default ``max_connections_per_address`` (50)."""
@@ -199,8 +199,9 @@ class Feed:
         return summary
 
 
-class Connection(Subscriber):
-    """One WebSocket of a watcher: the handshake and frame reading of ``bench_feed``; frames go to the watcher."""
+class WatcherSocket(Subscriber):
+    """One WebSocket of a watcher: the handshake and frame reading of ``loadtest.subscriber``; frames go to the
+    watcher."""
 
     def __init__(self, watcher: Watcher) -> None:
         super().__init__(watcher, sample=False)
@@ -226,7 +227,7 @@ class Watcher:
         self.address = f"127.0.1.{1 + number // WATCHERS_PER_ADDRESS}"
         self.chains: dict[str, Chain] = {}
         self.seqs: dict[str, int] = {}
-        self.connection: Connection | None = None
+        self.connection: WatcherSocket | None = None
         self.stopped = False
         self.reconnecting: asyncio.Task | None = None
 
@@ -243,7 +244,7 @@ class Watcher:
         loop = asyncio.get_running_loop()
         # A local name: a connection lost at once (a server being killed) clears ``self.connection`` meanwhile,
         # and its ``ready`` then fails with the ConnectionError that makes ``reconnect`` try again.
-        connection = self.connection = Connection(self)
+        connection = self.connection = WatcherSocket(self)
         await loop.create_connection(lambda: connection, self.uri.host, self.uri.port, local_addr=(self.address, 0))
         await asyncio.wait_for(connection.ready, 30)
 

@@ -1,6 +1,6 @@
-"""Fixtures for the API tests, on the real server of ``api_server``.
+"""Fixtures for the API tests, on the real server of ``tests.support.api_server``.
 
-    live          module: a server on a new database with the first admin; ``live.url``, ``live.admin_key``...
+    live          module (tests/conftest.py): a server on a new database with the first admin; ``live.url``...
     admin         function: an api.client.Client signed with the admin key
     new_account   function: an async factory making an account (with cash and a key) and its client
     market        function: a fresh compute instrument and an issuer holding 1,000 lots of it
@@ -8,18 +8,10 @@
 Rate limits are off unless a test builds its own server.
 """
 
-from collections.abc import Iterator
-
 import pytest
-from api_server import Live, live_server, unique
 
 from api.client import Client
-
-
-@pytest.fixture(scope="module")
-def live(postgres_admin_url: str) -> Iterator[Live]:
-    with live_server(postgres_admin_url) as server:
-        yield server
+from tests.support.api_server import Live, unique
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from api_server import unique
 
 from api.cli import main
 from api.client import Client
@@ -30,6 +29,7 @@ from exchange import invariants
 from exchange.database import Database
 from exchange.database.embedded import EmbeddedPostgres
 from exchange.sequencer import WRITER_LOCK
+from tests.support.api_server import unique
 
 MASTER_KEY = "ab" * 32
 
@@ -179,6 +179,7 @@ def running(argv: list[str], env: dict[str, str]) -> Iterator[Tokex]:
         process.kill()
 
 
+@pytest.mark.slow  # a drill: SIGTERM to a serving process under requests
 def test_serve_answers_then_stops_on_sigterm_answering_every_request_it_read(reachable_home, cli_env, capsys,
                                                                             monkeypatch):
     monkeypatch.setenv("TOKEX_HOME", str(reachable_home))
@@ -259,6 +260,7 @@ async def load_until_stopped(url: str, admin: dict, symbol: str, server: Tokex
     return outcomes, signalled_at
 
 
+@pytest.mark.slow  # runs the demo, a server process with its flow, for seconds
 def test_demo_seeds_a_market_that_trades(postgres_admin_url, fresh_database_url, cli_env):
     argv = ["demo", "--port", "0", "--database-url", fresh_database_url, "--flow-rate", "25", "--seed", "7"]
     with running(argv, cli_env) as demo:

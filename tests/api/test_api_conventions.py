@@ -6,9 +6,9 @@ import time
 from datetime import datetime
 
 import httpx
-from api_server import Live
 
 from api.client import Client
+from tests.support.api_server import Live
 
 
 async def test_time_is_the_servers_clock_in_ms_and_iso(live: Live):

@@ -1,9 +1,9 @@
 """Fee tiers as users see them, checked against what the exchange then charges."""
 
 import pytest
-from api_server import Live, unique
 
 from api.client import ApiError, Client
+from tests.support.api_server import Live, unique
 
 
 async def test_an_instrument_shows_its_rates_in_every_tier(admin: Client, live: Live) -> None:

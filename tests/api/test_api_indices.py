@@ -5,11 +5,12 @@ import asyncio
 from datetime import datetime, timedelta
 
 import pytest
-from api_server import Live, unique
-from index_clock import compute_index, iso, on_server
 
 from api.client import ApiError, Client
 from exchange.indexer import MINUTE
+from tests.support.api_server import Live, unique
+from tests.support.index_clock import compute_index, iso, on_server
+from tests.support.pages import every_item
 
 
 async def group_market(admin: Client, new_account, group: str) -> tuple[Client, Client, list[str]]:
@@ -122,12 +123,8 @@ async def test_every_interval_pages_to_the_last_minute_of_each_bin(live: Live, a
             start = moment - timedelta(seconds=int(moment.timestamp()) % seconds)
             expected[iso(start)] = item["index"]
         for order in ("asc", "desc"):
-            pages, cursor = [], None
-            while True:
-                page = await admin.index_history(group, interval=interval, order=order, limit=4, cursor=cursor)
-                pages.extend((item["start"], item["index"]) for item in page["items"])
-                cursor = page["next_cursor"]
-                if cursor is None:
-                    break
+            items = await every_item(lambda **query: admin.index_history(group, **query),
+                                     interval=interval, order=order, limit=4)
+            pages = [(item["start"], item["index"]) for item in items]
             wanted = sorted(expected.items(), reverse=order == "desc")
             assert pages == wanted, (interval, order)

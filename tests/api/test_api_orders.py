@@ -5,6 +5,7 @@ from decimal import Decimal
 import pytest
 
 from api.client import ApiError
+from tests.support.pages import every_item
 
 
 async def test_place_order_answers_after_commit_with_fills_and_average_price(market, new_account):
@@ -80,13 +81,7 @@ async def test_orders_pagination_and_filters(market, new_account):
     ids = [(await buyer.place_order(symbol, "buy", price="0.10", qty=1 + i))["id"] for i in range(7)]
     await buyer.cancel_order(ids[0])
 
-    seen, cursor = [], None
-    while True:
-        page = await buyer.orders(limit=3, cursor=cursor)
-        seen += [o["id"] for o in page["items"]]
-        cursor = page["next_cursor"]
-        if cursor is None:
-            break
+    seen = [o["id"] for o in await every_item(buyer.orders, limit=3)]
     assert seen == sorted(ids, reverse=True)
     assert [o["id"] for o in (await buyer.orders(status="closed"))["items"]] == [ids[0]]
     assert len((await buyer.orders(status="open", symbol=symbol, side="buy"))["items"]) == 6
@@ -100,26 +95,14 @@ async def test_fills_and_ledger_are_own_and_paginated(market, new_account):
         await issuer.place_order(symbol, "sell", price="1.00", qty=1)
     await buyer.place_order(symbol, "buy", type="market", qty=5)
 
-    fills, cursor = [], None
-    while True:
-        page = await buyer.fills(limit=2, cursor=cursor)
-        fills += page["items"]
-        cursor = page["next_cursor"]
-        if cursor is None:
-            break
+    fills = await every_item(buyer.fills, limit=2)
     assert len(fills) == 5 and len({f["id"] for f in fills}) == 5
     assert all(f["side"] == "buy" and f["role"] == "taker" and f["symbol"] == symbol for f in fills)
     issuer_fills = (await issuer.fills(symbol=symbol))["items"]
     assert {f["id"] for f in issuer_fills} == {f["id"] for f in fills}
     assert all(f["side"] == "sell" and f["role"] == "maker" for f in issuer_fills)
 
-    entries, cursor = [], None
-    while True:
-        page = await buyer.ledger(limit=2, cursor=cursor)
-        entries += page["items"]
-        cursor = page["next_cursor"]
-        if cursor is None:
-            break
+    entries = await every_item(buyer.ledger, limit=2)
     kinds = [e["kind"] for e in entries]
     assert kinds[-1] == "deposit" and kinds.count("trade") == 5
     account_id = (await buyer.me())["id"]

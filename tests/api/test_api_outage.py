@@ -10,11 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_server import NO_LIMITS, bootstrap, serve
 
 from api.app import create_app
 from api.client import ApiError, Client
 from exchange.database.embedded import EmbeddedPostgres
+from tests.support.api_server import NO_LIMITS, bootstrap, serve
+
+pytestmark = pytest.mark.slow  # a drill
 
 ANSWER_WITHIN = 5.0
 

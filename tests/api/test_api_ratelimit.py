@@ -4,10 +4,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from api_server import Live, live_server
 
 from api.client import Client, Signer
 from api.ratelimit import RateLimiter, RateLimits
+from tests.support.api_server import Live, live_server
 
 
 class Clock:

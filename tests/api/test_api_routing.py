@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from api_server import unique
 
 from api.client import ApiError, Client
+from tests.support.api_server import unique
 
 
 @pytest.fixture

@@ -3,9 +3,9 @@ has, each checked against what the API itself says."""
 
 import ccxt
 import pytest
-from api_server import Live
 
 from api.ccxt_tokex import tokex
+from tests.support.api_server import Live
 
 
 def connect(live: Live, key: str | None = None, secret: str | None = None) -> tokex:

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from api_server import fresh_database
+
+from tests.support.api_server import fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"

@@ -12,9 +12,7 @@
 Everything runs against the real PostgreSQL of the session (see ``tests/conftest.py``); nothing is mocked.
 """
 
-import uuid
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -23,6 +21,7 @@ import pytest_asyncio
 from exchange import invariants
 from exchange.database.migrations import migrate
 from exchange.sequencer import Sequencer
+from tests.support.databases import create_database, drop_database
 
 
 class Databases:
@@ -34,21 +33,12 @@ class Databases:
 
     async def create(self, prefix: str = "tokex_test_ex") -> tuple[str, str]:
         """Create and migrate a new database; return its name and DSN."""
-        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-        await self._admin(f'CREATE DATABASE "{name}" TEMPLATE template0')
-        dsn = urlunsplit(urlsplit(self.admin_url)._replace(path="/" + name))
+        name, dsn = await create_database(self.admin_url, prefix)
         await migrate(dsn)
         return name, dsn
 
     async def drop(self, name: str) -> None:
-        await self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    async def _admin(self, statement: str) -> None:
-        conn = await asyncpg.connect(self.admin_url)
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
+        await drop_database(self.admin_url, name)
 
 
 async def assert_invariants(sequencer: Sequencer) -> None:

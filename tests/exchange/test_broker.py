@@ -29,7 +29,7 @@ from exchange.broker import connection, subjects
 from exchange.broker.connection import connect, display_url, nats_url
 from exchange.broker.embedded import EmbeddedNats, EmbeddedNatsError, server_binary
 from exchange.lifetime import is_running
-from tests.conftest import reachable_temp_home
+from tests.support.databases import reachable_temp_home
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from exchange import invariants, store
 from exchange.commands import CreateAccount, Deposit, Done, OrderView, PlaceOrder
@@ -25,6 +26,8 @@ from exchange.sequencer import Sequencer
 from loadtest.durability import FILLS_DISAGREE, ORPHAN_FILLS, SETTLED_TWICE
 from loadtest.exchange_worker import MID, SYMBOL, TICK, contradictions, prepare, read_acks
 from matching.types import BUY, IOC, SELL
+
+pytestmark = pytest.mark.slow  # a drill
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 20261127

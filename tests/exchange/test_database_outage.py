@@ -81,6 +81,7 @@ class Load:
             client.learn(command, result)
 
 
+@pytest.mark.slow  # a drill: stops and starts a PostgreSQL server of its own
 async def test_submits_fail_fast_while_the_server_is_down_and_resume_when_it_is_back(reachable_home: Path) -> None:
     server = EmbeddedPostgres(reachable_home)
     dsn = await server.start_async()

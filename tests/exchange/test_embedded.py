@@ -73,6 +73,7 @@ def alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow  # a drill: starts, kills or stops PostgreSQL servers of its own
 async def test_data_persists_across_stop_and_start(reachable_home: Path) -> None:
     server = EmbeddedPostgres(reachable_home)
     dsn = await server.start_async()
@@ -97,6 +98,7 @@ async def test_data_persists_across_stop_and_start(reachable_home: Path) -> None
     assert server.running_postmasters() == []
 
 
+@pytest.mark.slow  # a drill: starts, kills or stops PostgreSQL servers of its own
 def test_sigkill_of_the_owner_leaves_an_orphan_the_next_start_adopts(reachable_home: Path) -> None:
     with spawn(reachable_home) as child:
         orphan, owned = report(child)
@@ -116,6 +118,7 @@ def test_sigkill_of_the_owner_leaves_an_orphan_the_next_start_adopts(reachable_h
     assert not alive(orphan)
 
 
+@pytest.mark.slow  # a drill: starts, kills or stops PostgreSQL servers of its own
 def test_sigterm_of_the_owner_stops_the_server(reachable_home: Path) -> None:
     with spawn(reachable_home) as child:
         pid, _ = report(child)
@@ -125,6 +128,7 @@ def test_sigterm_of_the_owner_stops_the_server(reachable_home: Path) -> None:
     assert EmbeddedPostgres(reachable_home).running_postmasters() == []
 
 
+@pytest.mark.slow  # a drill: starts, kills or stops PostgreSQL servers of its own
 def test_two_processes_starting_together_share_one_server_and_only_the_owner_stops_it(
     reachable_home: Path,
 ) -> None:
@@ -142,6 +146,7 @@ def test_two_processes_starting_together_share_one_server_and_only_the_owner_sto
     assert not alive(pid)
 
 
+@pytest.mark.slow  # a drill: starts, kills or stops PostgreSQL servers of its own
 def test_a_stale_postmaster_pid_does_not_block_start(reachable_home: Path) -> None:
     server = EmbeddedPostgres(reachable_home)
     server.start()
@@ -160,6 +165,7 @@ def test_a_stale_postmaster_pid_does_not_block_start(reachable_home: Path) -> No
             server.stop()
 
 
+@pytest.mark.slow  # a drill: starts, kills or stops PostgreSQL servers of its own
 def test_a_failed_start_reports_the_tail_of_the_server_log(reachable_home: Path) -> None:
     server = EmbeddedPostgres(reachable_home)
     server.start()
@@ -197,6 +203,7 @@ def test_an_unreachable_home_says_to_set_tokex_home() -> None:
         shutil.rmtree(private)
 
 
+@pytest.mark.slow  # a drill: starts, kills or stops PostgreSQL servers of its own
 async def test_database_starts_the_embedded_server_and_migrates(reachable_home: Path, tmp_path: Path) -> None:
     (tmp_path / "001_note.sql").write_text("CREATE TABLE note (body text);")
     db = Database(home=reachable_home, migrations=tmp_path)

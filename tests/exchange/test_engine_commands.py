@@ -1,22 +1,16 @@
-"""The engine's commands through the sequencer, against a real PostgreSQL.
+"""The engine's commands, applied in memory (``tests.support.engine.Desk``): every invariant of the ledger and the
+books is checked after each command.
 
-Refusals: every bad command answers its stable code and changes nothing, compared on a snapshot of the
-database and of the engine's memory before and after. Behaviour: replays, holds, fees, prices, tiers and a
-restart. The ``exchange`` fixture checks ``invariants.problems`` after every test.
+Refusals: every bad command answers its stable code, changes nothing in the engine's memory and leaves nothing to
+commit. Behaviour: replays, holds, fees, prices and tiers. What the sequencer commits and what a restart rebuilds
+from it are in ``test_persistence.py`` and ``test_recovery.py``.
 """
 
-import asyncio
-import dataclasses
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import asyncpg
-import msgspec
 import pytest
-import pytest_asyncio
 
-from exchange import fees, invariants, store
+from exchange import fees
 from exchange.commands import (
     AmendOrder,
     ApproveIssuer,
@@ -34,187 +28,47 @@ from exchange.commands import (
     PlaceOrder,
     Redeem,
     Rejection,
-    Result,
     SetInstrumentStatus,
     Withdraw,
 )
-from exchange.engine import Engine
-from exchange.ledger import CASH, FEES
-from exchange.rejections import MESSAGES, WITHDRAWAL_NOT_COVERED
-from exchange.sequencer import Sequencer
-
-COMPUTE = "DEEPSEEK-V3"
-DATASET = "DS-STEEL-QC"
-TICK = 10_000
-"""COMPUTE's tick: 0.01 CNY per lot. DATASET is priced to the micro-yuan (tick 1), to see fees round."""
-BID = 1_800_000
-ASK = 1_900_000
-DEPOSIT = 1_000 * fees.MICRO
-MAKER_PPM = 10 * 100
-TAKER_PPM = 20 * 100
-MAX_PPM = TAKER_PPM
-NOBODY = 999
-
-
-@dataclass
-class Market:
-    """Accounts and instruments listed; the issuer has minted; traders and the issuer hold cash."""
-
-    exchange: Sequencer
-    admin: int
-    issuer: int
-    alice: int
-    bob: int
-    rival: int
-    """An issuer approved for nothing."""
-    ask: int = 0
-    """The issuer's resting sell of 10 COMPUTE at ASK (``busy`` only)."""
-    bid: int = 0
-    """Alice's resting buy of 10 COMPUTE at BID, 4 of them filled (``busy`` only)."""
-    offer: int = 0
-    """Alice's resting post-only sell of 3 of those 4 COMPUTE at ASK + 5 ticks (``busy`` only)."""
-
-    async def run(self, command: Command) -> Result:
-        return await self.exchange.submit(command)
-
-    async def ok(self, command: Command) -> Result:
-        result = await self.exchange.submit(command)
-        assert not isinstance(result, Rejection), (command, result)
-        return result
-
-    async def account(self, name: str, cash: int = 0, role: str = "trader") -> int:
-        done = await self.ok(CreateAccount(name, role))
-        if cash:
-            await self.ok(Deposit(done.id, cash))
-        return done.id
-
-    def balance(self, account: int, asset: str = CASH) -> tuple[int, int]:
-        """(available, held) in the engine's memory."""
-        ledger = self.exchange.engine.ledger
-        return ledger.available(account, asset), ledger.held(account, asset)
-
-
-async def build_market(exchange: Sequencer) -> Market:
-    # Submitted together, each group is one batch (one commit), applied in the order given.
-    accounts = await exchange_all(exchange, [
-        CreateAccount("admin", "admin"), CreateAccount("issuer", "issuer"), CreateAccount("alice", "trader"),
-        CreateAccount("bob", "trader"), CreateAccount("rival", "issuer"),
-    ])
-    market = Market(exchange, *(done.id for done in accounts))
-    await exchange_all(exchange, [
-        ListInstrument(COMPUTE, "compute", tick=TICK, min_qty=1, max_qty=1_000, model="deepseek-v3",
-                       substitution_group="chat-general", quality=90, tokens_per_lot=1_000_000),
-        ListInstrument(DATASET, "dataset", tick=1, min_qty=2, max_qty=50, issuer_id=market.issuer,
-                       description="Steel plant QC images", license="research only", grants="1,000 records",
-                       supply_cap=100),
-        ApproveIssuer(market.issuer, COMPUTE, 10_000),
-        ApproveIssuer(market.issuer, DATASET, 1_000),
-        Mint(market.issuer, COMPUTE, 5_000),
-        Mint(market.issuer, DATASET, 50),
-        *(Deposit(account, DEPOSIT) for account in (market.issuer, market.alice, market.bob)),
-    ])
-    return market
-
-
-async def exchange_all(exchange: Sequencer, commands: list[Command]) -> list[Result]:
-    """Submit ``commands`` together, in order; every one must succeed."""
-    results = await asyncio.gather(*(exchange.submit(command) for command in commands))
-    for command, result in zip(commands, results, strict=True):
-        assert not isinstance(result, Rejection), (command, result)
-    return results
+from exchange.engine import Effects
+from exchange.ledger import FEES
+from exchange.rejections import MESSAGES
+from tests.support.engine import (
+    ASK,
+    BID,
+    COMPUTE,
+    DATASET,
+    DEPOSIT,
+    FILL_MAKER_FEE,
+    FILL_PRICE,
+    FILL_TAKER_FEE,
+    MAKER_PPM,
+    MAX_PPM,
+    NOBODY,
+    TAKER_PPM,
+    TICK,
+    Desk,
+    Market,
+    engine_state,
+    make_busy,
+    open_market,
+)
 
 
 @pytest.fixture
-async def market(exchange: Sequencer) -> Market:
-    return await build_market(exchange)
-
-
-async def make_busy(market: Market) -> Market:
-    """Rest an ask and a bid, fill 4 of the bid, and offer 3 of those 4 tokens again, post-only."""
-    ask, bid, taken, offer = await exchange_all(market.exchange, [
-        PlaceOrder(market.issuer, COMPUTE, "sell", price=ASK, qty=10),
-        PlaceOrder(market.alice, COMPUTE, "buy", price=BID, qty=10),
-        PlaceOrder(market.issuer, COMPUTE, "sell", price=BID, qty=4),
-        PlaceOrder(market.alice, COMPUTE, "sell", price=ASK + 5 * TICK, qty=3, post_only=True),
-    ])
-    assert taken.status == "filled"
-    market.ask, market.bid, market.offer = ask.id, bid.id, offer.id
-    return market
+def desk() -> Desk:
+    return Desk()
 
 
 @pytest.fixture
-async def busy(market: Market) -> Market:
-    return await make_busy(market)
+def market(desk: Desk) -> Market:
+    return open_market(desk)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def unchanged(module_exchange: Sequencer) -> Market:
-    """A busy market shared by the tests that change nothing (each asserts so)."""
-    return await make_busy(await build_market(module_exchange))
-
-
-# Snapshots
-
-
-def engine_state(engine: Engine) -> dict:
-    """Everything in the engine's memory that a command could change."""
-    return {
-        # Ids.entry only seeds the ledger, which counts entries itself from then on.
-        "ids": {name: value for name, value in dataclasses.asdict(engine.ids).items() if name != "entry"},
-        "next entry": engine.ledger.next_entry_id,
-        "balances": {key: tuple(value) for key, value in engine.ledger.balances.items()},
-        "accounts": sorted(engine.accounts),
-        "instruments": {s: (i.status, i.seq, i.issued) for s, i in engine.instruments.items()},
-        "books": {s: i.book.resting_orders() for s, i in engine.instruments.items()},
-        "open orders": {i: msgspec.structs.astuple(o) for i, o in engine.orders.items() if o.status == "open"},
-        "open by account": {a: set(ids) for a, ids in engine.open_by_account.items() if ids},
-        "approvals": {key: (a.capacity, a.issued) for key, a in engine.approvals.items()},
-        "client orders": dict(engine.client_orders),
-    }
-
-
-async def database_state(pool: asyncpg.Pool) -> dict:
-    async with pool.acquire() as conn:
-        state = {
-            "balances": sorted(map(tuple, await conn.fetch("SELECT account_id, asset, available, held FROM balance"))),
-            "orders": list(map(tuple, await conn.fetch("SELECT * FROM book_order ORDER BY id"))),
-            "instruments": list(map(tuple, await conn.fetch("SELECT * FROM instrument ORDER BY id"))),
-            "instrument seqs": list(map(tuple, await conn.fetch("SELECT * FROM instrument_seq ORDER BY 1"))),
-            "approvals": sorted(map(tuple, await conn.fetch("SELECT * FROM issuer_approval"))),
-        }
-        for table in ("account", "journal_entry", "posting", "fill", "redemption"):
-            state[f"{table} rows"] = await conn.fetchval(f"SELECT count(*) FROM {table}")
-    return state
-
-
-async def snapshot(exchange: Sequencer) -> tuple[dict, dict]:
-    return await database_state(exchange.pool), engine_state(exchange.engine)
-
-
-async def assert_refused(market: Market, command: Command, code: str) -> None:
-    """``command`` is answered with ``code`` and changes nothing, in the database or in memory."""
-    before = await snapshot(market.exchange)
-    result = await market.run(command)
-    # A withdrawal has no order and no fee to speak of.
-    message = WITHDRAWAL_NOT_COVERED if isinstance(command, Withdraw) and code == "insufficient_funds" else \
-        MESSAGES[code]
-    assert result == Rejection(code, message), command
-    assert await snapshot(market.exchange) == before, command
-    async with market.exchange.pool.acquire() as conn:
-        assert await invariants.problems(conn, market.exchange.engine) == []
-
-
-async def order_row(market: Market, order_id: int):
-    async with market.exchange.pool.acquire() as conn:
-        return await store.order_row(conn, order_id)
-
-
-async def hold_posted(market: Market, order_id: int) -> int:
-    """What was moved into held for ``order_id`` (its hold entries, excluding releases)."""
-    async with market.exchange.pool.acquire() as conn:
-        return await conn.fetchval(
-            "SELECT coalesce(sum(p.amount), 0) FROM posting p JOIN journal_entry e ON e.id = p.entry_id "
-            "WHERE e.kind = 'hold' AND e.order_id = $1 AND p.bucket = 'held'", order_id)
+@pytest.fixture
+def busy(desk: Desk, market: Market) -> Market:
+    return make_busy(desk, market)
 
 
 # Refusals: each case is (command made from the market, expected code).
@@ -350,246 +204,237 @@ REFUSALS: dict[str, tuple[Callable[[Market], Command], str]] = {
 }
 
 
-@pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize("case", list(REFUSALS))
-async def test_a_bad_command_is_refused_with_its_code_and_changes_nothing(unchanged: Market, case: str) -> None:
+def test_a_bad_command_is_refused_with_its_code_and_changes_nothing(desk: Desk, busy: Market, case: str) -> None:
     make, code = REFUSALS[case]
-    await assert_refused(unchanged, make(unchanged), code)
+    desk.assert_refused(make(busy), code)
 
 
-@pytest.mark.asyncio(loop_scope="module")
-async def test_the_busy_market_is_what_the_refusals_assume(unchanged: Market) -> None:
-    busy = unchanged
+def test_the_busy_market_is_what_the_refusals_assume(desk: Desk, busy: Market) -> None:
     assert busy.balance(busy.alice, COMPUTE) == (1, 3)
     assert busy.balance(busy.issuer, COMPUTE) == (5_000 - 10 - 4, 10)
-    bid = busy.exchange.engine.view(busy.bid)
+    bid = desk.engine.view(busy.bid)
     assert (bid.status, bid.filled_qty, bid.open_qty) == ("open", 4, 6)
-    assert busy.exchange.engine.view(busy.bid + 1) == Done(busy.bid + 1)
+    assert desk.engine.view(busy.bid + 1) == Done(busy.bid + 1)
 
 
-@pytest.mark.asyncio(loop_scope="module")
-async def test_cancel_all_from_an_unknown_account_is_refused(unchanged: Market) -> None:
-    await assert_refused(unchanged, CancelAll(NOBODY, COMPUTE), "unknown_account")
+def test_cancel_all_from_an_unknown_account_is_refused(desk: Desk, busy: Market) -> None:
+    desk.assert_refused(CancelAll(NOBODY, COMPUTE), "unknown_account")
 
 
-@pytest.mark.asyncio(loop_scope="module")
-async def test_cancelling_another_accounts_order_looks_exactly_like_a_missing_order(unchanged: Market) -> None:
-    busy = unchanged
-    theirs = await busy.run(CancelOrder(busy.bob, busy.bid))
-    missing = await busy.run(CancelOrder(busy.bob, 10**9))
+def test_cancelling_another_accounts_order_looks_exactly_like_a_missing_order(desk: Desk, busy: Market) -> None:
+    theirs = desk.run(CancelOrder(busy.bob, busy.bid))
+    missing = desk.run(CancelOrder(busy.bob, 10**9))
     assert theirs == missing == Rejection("unknown_order", MESSAGES["unknown_order"])
-    assert busy.exchange.engine.view(busy.bid).status == "open"
+    assert desk.engine.view(busy.bid).status == "open"
 
 
-async def test_a_halted_instrument_refuses_orders_and_amends_but_accepts_cancels(busy: Market) -> None:
-    await busy.ok(SetInstrumentStatus(COMPUTE, "halted"))
-    await assert_refused(busy, PlaceOrder(busy.bob, COMPUTE, "buy", price=BID, qty=1), "instrument_halted")
-    await assert_refused(busy, PlaceOrder(busy.bob, COMPUTE, "buy", "market", budget=ASK), "instrument_halted")
-    await assert_refused(busy, AmendOrder(busy.alice, busy.bid, qty=8), "instrument_halted")
+def test_a_halted_instrument_refuses_orders_and_amends_but_accepts_cancels(desk: Desk, busy: Market) -> None:
+    desk.ok(SetInstrumentStatus(COMPUTE, "halted"))
+    desk.assert_refused(PlaceOrder(busy.bob, COMPUTE, "buy", price=BID, qty=1), "instrument_halted")
+    desk.assert_refused(PlaceOrder(busy.bob, COMPUTE, "buy", "market", budget=ASK), "instrument_halted")
+    desk.assert_refused(AmendOrder(busy.alice, busy.bid, qty=8), "instrument_halted")
     # The other instrument still trades.
-    await busy.ok(PlaceOrder(busy.issuer, DATASET, "sell", price=500, qty=2))
+    desk.ok(PlaceOrder(busy.issuer, DATASET, "sell", price=500, qty=2))
 
-    cancelled = await busy.ok(CancelOrder(busy.alice, busy.bid))
+    cancelled = desk.ok(CancelOrder(busy.alice, busy.bid))
     assert (cancelled.status, cancelled.reason) == ("cancelled", "by_request")
     assert busy.balance(busy.alice) == (DEPOSIT - 4 * BID - fees.fee_on(4 * BID, MAKER_PPM), 0)
-    assert await busy.ok(CancelAll(busy.issuer, COMPUTE)) == Cancelled([busy.ask])
+    assert desk.ok(CancelAll(busy.issuer, COMPUTE)) == Cancelled([busy.ask])
     assert busy.balance(busy.issuer, COMPUTE) == (5_000 - 4, 0)
 
-    await busy.ok(SetInstrumentStatus(COMPUTE, "trading"))
-    assert (await busy.ok(PlaceOrder(busy.bob, COMPUTE, "buy", price=BID, qty=1))).status == "open"
+    desk.ok(SetInstrumentStatus(COMPUTE, "trading"))
+    assert desk.ok(PlaceOrder(busy.bob, COMPUTE, "buy", price=BID, qty=1)).status == "open"
 
 
 # Replays
 
 
-async def test_a_replayed_client_order_id_returns_the_original_order_and_changes_nothing(market: Market) -> None:
-    original = await market.ok(PlaceOrder(market.bob, COMPUTE, "buy", price=BID, qty=3, client_order_id="b-1"))
+def test_a_replayed_client_order_id_returns_the_original_order_and_changes_nothing(desk: Desk,
+                                                                                   market: Market) -> None:
+    original = desk.ok(PlaceOrder(market.bob, COMPUTE, "buy", price=BID, qty=3, client_order_id="b-1"))
     assert isinstance(original, OrderView) and original.status == "open"
-    before = await snapshot(market.exchange)
+    before = engine_state(desk.engine)
     # Whatever else the replay says, the original order is the answer.
-    replay = await market.run(PlaceOrder(market.bob, COMPUTE, "sell", price=ASK, qty=7, client_order_id="b-1"))
+    replay = desk.run(PlaceOrder(market.bob, COMPUTE, "sell", price=ASK, qty=7, client_order_id="b-1"))
     assert replay == original
-    assert await snapshot(market.exchange) == before
+    assert engine_state(desk.engine) == before and desk.effects == Effects()
 
     # Another account may use the same client order id.
-    other = await market.ok(PlaceOrder(market.alice, COMPUTE, "buy", price=BID, qty=2, client_order_id="b-1"))
+    other = desk.ok(PlaceOrder(market.alice, COMPUTE, "buy", price=BID, qty=2, client_order_id="b-1"))
     assert other.id != original.id
 
 
-async def test_a_replay_of_a_closed_order_answers_done_with_its_id(market: Market) -> None:
-    placed = await market.ok(PlaceOrder(market.bob, COMPUTE, "buy", price=BID, qty=3, client_order_id="b-2"))
-    await market.ok(CancelOrder(market.bob, placed.id))
-    expired = await market.ok(PlaceOrder(market.bob, COMPUTE, "buy", "market", qty=1, client_order_id="b-3"))
+def test_a_replay_of_a_closed_order_answers_done_with_its_id(desk: Desk, market: Market) -> None:
+    placed = desk.ok(PlaceOrder(market.bob, COMPUTE, "buy", price=BID, qty=3, client_order_id="b-2"))
+    desk.ok(CancelOrder(market.bob, placed.id))
+    expired = desk.ok(PlaceOrder(market.bob, COMPUTE, "buy", "market", qty=1, client_order_id="b-3"))
     assert expired.status == "expired"
-    before = await snapshot(market.exchange)
-    assert await market.run(PlaceOrder(market.bob, COMPUTE, "buy", price=BID, qty=3, client_order_id="b-2")
-                            ) == Done(placed.id)
-    assert await market.run(PlaceOrder(market.bob, COMPUTE, "buy", "market", qty=1, client_order_id="b-3")
-                            ) == Done(expired.id)
-    assert await snapshot(market.exchange) == before
+    before = engine_state(desk.engine)
+    assert desk.run(PlaceOrder(market.bob, COMPUTE, "buy", price=BID, qty=3, client_order_id="b-2")
+                    ) == Done(placed.id)
+    assert desk.run(PlaceOrder(market.bob, COMPUTE, "buy", "market", qty=1, client_order_id="b-3")
+                    ) == Done(expired.id)
+    assert engine_state(desk.engine) == before and desk.effects == Effects()
 
 
-async def test_a_replay_is_answered_even_while_the_instrument_is_halted(market: Market) -> None:
-    placed = await market.ok(PlaceOrder(market.bob, COMPUTE, "buy", price=BID, qty=3, client_order_id="b-4"))
-    await market.ok(SetInstrumentStatus(COMPUTE, "halted"))
-    before = await snapshot(market.exchange)
-    assert await market.run(PlaceOrder(market.bob, COMPUTE, "buy", price=BID, qty=3, client_order_id="b-4")
-                            ) == placed
-    assert await snapshot(market.exchange) == before
+def test_a_replay_is_answered_even_while_the_instrument_is_halted(desk: Desk, market: Market) -> None:
+    placed = desk.ok(PlaceOrder(market.bob, COMPUTE, "buy", price=BID, qty=3, client_order_id="b-4"))
+    desk.ok(SetInstrumentStatus(COMPUTE, "halted"))
+    before = engine_state(desk.engine)
+    assert desk.run(PlaceOrder(market.bob, COMPUTE, "buy", price=BID, qty=3, client_order_id="b-4")
+                    ) == placed
+    assert engine_state(desk.engine) == before and desk.effects == Effects()
 
 
 # Holds
 
 
-async def test_a_buy_limit_holds_notional_plus_max_fee_plus_one_and_a_cancel_releases_it_all(
-        market: Market) -> None:
+def test_a_buy_limit_holds_notional_plus_max_fee_plus_one_and_a_cancel_releases_it_all(
+        desk: Desk, market: Market) -> None:
     hold = BID * 10 + fees.fee_on(BID * 10, MAX_PPM) + 1
     assert hold == fees.buy_hold(10, BID, MAX_PPM)
-    carol = await market.account("carol", hold)
-    placed = await market.ok(PlaceOrder(carol, COMPUTE, "buy", price=BID, qty=10))
+    carol = desk.account("carol", hold)
+    placed = desk.ok(PlaceOrder(carol, COMPUTE, "buy", price=BID, qty=10))
     assert market.balance(carol) == (0, hold)
-    assert (await order_row(market, placed.id)).held == hold
+    assert desk.rows[placed.id].held == hold
 
-    await market.ok(CancelOrder(carol, placed.id))
+    desk.ok(CancelOrder(carol, placed.id))
     assert market.balance(carol) == (hold, 0)
-    assert (await order_row(market, placed.id)).held == 0
+    assert desk.rows[placed.id].held == 0
 
 
-async def test_a_buy_limit_one_micro_yuan_short_of_its_hold_is_refused(market: Market) -> None:
+def test_a_buy_limit_one_micro_yuan_short_of_its_hold_is_refused(desk: Desk, market: Market) -> None:
     hold = fees.buy_hold(10, BID, MAX_PPM)
-    carol = await market.account("carol", hold - 1)
-    await assert_refused(market, PlaceOrder(carol, COMPUTE, "buy", price=BID, qty=10), "insufficient_funds")
-    await market.ok(Deposit(carol, 1))
-    assert (await market.ok(PlaceOrder(carol, COMPUTE, "buy", price=BID, qty=10))).status == "open"
+    carol = desk.account("carol", hold - 1)
+    desk.assert_refused(PlaceOrder(carol, COMPUTE, "buy", price=BID, qty=10), "insufficient_funds")
+    desk.ok(Deposit(carol, 1))
+    assert desk.ok(PlaceOrder(carol, COMPUTE, "buy", price=BID, qty=10)).status == "open"
 
 
-async def test_a_sell_holds_exactly_its_qty_in_tokens(market: Market) -> None:
-    placed = await market.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=ASK, qty=25))
+def test_a_sell_holds_exactly_its_qty_in_tokens(desk: Desk, market: Market) -> None:
+    placed = desk.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=ASK, qty=25))
     assert market.balance(market.issuer, COMPUTE) == (5_000 - 25, 25)
-    await market.ok(AmendOrder(market.issuer, placed.id, qty=20))
+    desk.ok(AmendOrder(market.issuer, placed.id, qty=20))
     assert market.balance(market.issuer, COMPUTE) == (5_000 - 20, 20)
-    await market.ok(CancelOrder(market.issuer, placed.id))
+    desk.ok(CancelOrder(market.issuer, placed.id))
     assert market.balance(market.issuer, COMPUTE) == (5_000, 0)
 
 
-async def test_amending_a_buy_holds_exactly_what_the_new_open_qty_needs(market: Market) -> None:
-    carol = await market.account("carol", DEPOSIT)
-    placed = await market.ok(PlaceOrder(carol, COMPUTE, "buy", price=BID, qty=10))
-    await market.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=BID, qty=3))
+def test_amending_a_buy_holds_exactly_what_the_new_open_qty_needs(desk: Desk, market: Market) -> None:
+    carol = desk.account("carol", DEPOSIT)
+    placed = desk.ok(PlaceOrder(carol, COMPUTE, "buy", price=BID, qty=10))
+    desk.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=BID, qty=3))
     spent = 3 * BID + fees.fee_on(3 * BID, MAKER_PPM)
     held_now = fees.buy_hold(10, BID, MAX_PPM) - spent
     assert market.balance(carol) == (DEPOSIT - fees.buy_hold(10, BID, MAX_PPM), held_now)
 
     # Open 7 → 17 at a higher price: held becomes the hold for 17 at that price.
-    await market.ok(AmendOrder(carol, placed.id, price=BID + TICK, qty=20))
+    desk.ok(AmendOrder(carol, placed.id, price=BID + TICK, qty=20))
     assert market.balance(carol) == (DEPOSIT - spent - fees.buy_hold(17, BID + TICK, MAX_PPM),
                                      fees.buy_hold(17, BID + TICK, MAX_PPM))
-    await market.ok(AmendOrder(carol, placed.id, qty=5))
+    desk.ok(AmendOrder(carol, placed.id, qty=5))
     assert market.balance(carol) == (DEPOSIT - spent - fees.buy_hold(2, BID + TICK, MAX_PPM),
                                      fees.buy_hold(2, BID + TICK, MAX_PPM))
 
 
-async def test_a_fully_filled_buy_leaves_nothing_held_and_pays_notional_plus_its_fee(market: Market) -> None:
-    carol = await market.account("carol", DEPOSIT)
-    await market.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=ASK, qty=4))
-    await market.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=ASK + TICK, qty=6))
-    bought = await market.ok(PlaceOrder(carol, COMPUTE, "buy", price=ASK + 2 * TICK, qty=10))
+def test_a_fully_filled_buy_leaves_nothing_held_and_pays_notional_plus_its_fee(desk: Desk, market: Market) -> None:
+    carol = desk.account("carol", DEPOSIT)
+    desk.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=ASK, qty=4))
+    desk.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=ASK + TICK, qty=6))
+    bought = desk.ok(PlaceOrder(carol, COMPUTE, "buy", price=ASK + 2 * TICK, qty=10))
     notional = 4 * ASK + 6 * (ASK + TICK)
     assert (bought.status, bought.open_qty, bought.filled_qty, bought.filled_notional) == ("filled", 0, 10, notional)
     assert bought.fee == fees.fee_on(notional, TAKER_PPM)
     assert market.balance(carol) == (DEPOSIT - notional - bought.fee, 0)
     assert market.balance(carol, COMPUTE) == (10, 0)
-    assert (await order_row(market, bought.id)).held == 0
+    assert desk.rows[bought.id].held == 0
 
 
-async def test_an_amended_buy_that_crosses_trades_at_the_resting_price_and_holds_exactly(market: Market) -> None:
-    carol = await market.account("carol", DEPOSIT)
-    placed = await market.ok(PlaceOrder(carol, COMPUTE, "buy", price=BID, qty=5))
-    await market.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=ASK, qty=3))
-    amended = await market.ok(AmendOrder(carol, placed.id, price=ASK + 2 * TICK))
+def test_an_amended_buy_that_crosses_trades_at_the_resting_price_and_holds_exactly(desk: Desk, market: Market) -> None:
+    carol = desk.account("carol", DEPOSIT)
+    placed = desk.ok(PlaceOrder(carol, COMPUTE, "buy", price=BID, qty=5))
+    desk.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=ASK, qty=3))
+    amended = desk.ok(AmendOrder(carol, placed.id, price=ASK + 2 * TICK))
     fee = fees.fee_on(3 * ASK, TAKER_PPM)
     assert [(f.price, f.qty, f.fee, f.role) for f in amended.fills] == [(ASK, 3, fee, "taker")]
     assert (amended.status, amended.open_qty, amended.filled_qty) == ("open", 2, 3)
     needed = fees.buy_hold(5, ASK + 2 * TICK, MAX_PPM)
     assert market.balance(carol) == (DEPOSIT - needed, needed - 3 * ASK - fee)
-    await market.ok(CancelOrder(carol, placed.id))
+    desk.ok(CancelOrder(carol, placed.id))
     assert market.balance(carol) == (DEPOSIT - 3 * ASK - fee, 0)
 
 
-async def test_lowering_qty_keeps_time_priority_and_raising_or_repricing_loses_it(market: Market) -> None:
-    book = market.exchange.engine.instruments[COMPUTE].book
-    first = (await market.ok(PlaceOrder(market.alice, COMPUTE, "buy", price=BID, qty=5))).id
-    second = (await market.ok(PlaceOrder(market.bob, COMPUTE, "buy", price=BID, qty=5))).id
+def test_lowering_qty_keeps_time_priority_and_raising_or_repricing_loses_it(desk: Desk, market: Market) -> None:
+    book = desk.engine.instruments[COMPUTE].book
+    first = desk.ok(PlaceOrder(market.alice, COMPUTE, "buy", price=BID, qty=5)).id
+    second = desk.ok(PlaceOrder(market.bob, COMPUTE, "buy", price=BID, qty=5)).id
 
     def queue() -> list[int]:
         return [o.order_id for o in book.orders_at("buy", BID)]
 
-    priority = (await order_row(market, first)).priority
-    await market.ok(AmendOrder(market.alice, first, qty=3))
+    priority = desk.rows[first].priority
+    desk.ok(AmendOrder(market.alice, first, qty=3))
     assert queue() == [first, second]
-    assert (await order_row(market, first)).priority == priority
-    await market.ok(AmendOrder(market.alice, first, qty=6))
+    assert desk.rows[first].priority == priority
+    desk.ok(AmendOrder(market.alice, first, qty=6))
     assert queue() == [second, first]
-    assert (await order_row(market, first)).priority > (await order_row(market, second)).priority
-    await market.ok(AmendOrder(market.bob, second, price=BID - TICK))
-    await market.ok(AmendOrder(market.bob, second, price=BID))
+    assert desk.rows[first].priority > desk.rows[second].priority
+    desk.ok(AmendOrder(market.bob, second, price=BID - TICK))
+    desk.ok(AmendOrder(market.bob, second, price=BID))
     assert queue() == [first, second]
-    sold = await market.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=BID, qty=7))
+    sold = desk.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=BID, qty=7))
     assert [f.qty for f in sold.fills] == [6, 1]
-    assert market.exchange.engine.view(first) == Done(first)
+    assert desk.engine.view(first) == Done(first)
 
 
 # Fees, prices
 
 
-async def test_fees_go_to_the_fee_account_and_round_up(market: Market) -> None:
+def test_fees_go_to_the_fee_account_and_round_up(desk: Desk, market: Market) -> None:
     # DATASET has tick 1: 5 lots at 333 is 1,665 micro-yuan; 0.2 % is 3.33 and 0.1 % is 1.665.
-    carol = await market.account("carol", DEPOSIT)
-    maker = await market.ok(PlaceOrder(market.issuer, DATASET, "sell", price=333, qty=5))
-    taker = await market.ok(PlaceOrder(carol, DATASET, "buy", price=333, qty=5))
+    carol = desk.account("carol", DEPOSIT)
+    maker = desk.ok(PlaceOrder(market.issuer, DATASET, "sell", price=333, qty=5))
+    taker = desk.ok(PlaceOrder(carol, DATASET, "buy", price=333, qty=5))
     assert [(f.fee, f.role) for f in taker.fills] == [(4, "taker")]
-    assert market.exchange.engine.view(maker.id) == Done(maker.id)
-    assert (await order_row(market, maker.id)).fee == 2
+    assert desk.engine.view(maker.id) == Done(maker.id)
+    assert desk.rows[maker.id].fee == 2
     assert market.balance(FEES) == (6, 0)
     assert market.balance(carol) == (DEPOSIT - 1_665 - 4, 0)
     assert market.balance(market.issuer) == (DEPOSIT + 1_665 - 2, 0)
-    async with market.exchange.pool.acquire() as conn:
-        assert tuple(await conn.fetchrow("SELECT maker_fee, taker_fee FROM fill")) == (2, 4)
-        assert await conn.fetchval("SELECT available FROM balance WHERE account_id = $1 AND asset = $2",
-                                   FEES, CASH) == 6
+    assert [(fill[FILL_MAKER_FEE], fill[FILL_TAKER_FEE]) for fill in desk.fills] == [(2, 4)]
 
 
-async def test_an_orders_fee_rounds_once_over_all_its_fills(market: Market) -> None:
-    carol = await market.account("carol", DEPOSIT)
+def test_an_orders_fee_rounds_once_over_all_its_fills(desk: Desk, market: Market) -> None:
+    carol = desk.account("carol", DEPOSIT)
     for qty in (2, 2, 3):
-        await market.ok(PlaceOrder(market.issuer, DATASET, "sell", price=101, qty=qty))
-    taker = await market.ok(PlaceOrder(carol, DATASET, "buy", price=101, qty=7))
+        desk.ok(PlaceOrder(market.issuer, DATASET, "sell", price=101, qty=qty))
+    taker = desk.ok(PlaceOrder(carol, DATASET, "buy", price=101, qty=7))
     assert [f.qty for f in taker.fills] == [2, 2, 3]
     # Per fill: ceil(0.404) + ceil(0.404) + ceil(0.606) = 3; per order: ceil(707 x 0.002) = ceil(1.414) = 2.
     assert taker.fee == sum(f.fee for f in taker.fills) == fees.fee_on(707, TAKER_PPM) == 2
     assert market.balance(FEES)[0] == 2 + 3 * 1  # and each maker pays at least one micro-yuan
 
 
-async def test_trades_execute_at_the_resting_orders_price(market: Market) -> None:
-    carol = await market.account("carol", DEPOSIT)
-    await market.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=ASK, qty=5))
-    bought = await market.ok(PlaceOrder(carol, COMPUTE, "buy", price=ASK + 20 * TICK, qty=5))
+def test_trades_execute_at_the_resting_orders_price(desk: Desk, market: Market) -> None:
+    carol = desk.account("carol", DEPOSIT)
+    desk.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=ASK, qty=5))
+    bought = desk.ok(PlaceOrder(carol, COMPUTE, "buy", price=ASK + 20 * TICK, qty=5))
     assert [(f.price, f.qty) for f in bought.fills] == [(ASK, 5)]
     assert market.balance(carol) == (DEPOSIT - 5 * ASK - fees.fee_on(5 * ASK, TAKER_PPM), 0)
 
-    await market.ok(PlaceOrder(carol, COMPUTE, "buy", price=BID, qty=5))
-    sold = await market.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=BID - 20 * TICK, qty=5))
+    desk.ok(PlaceOrder(carol, COMPUTE, "buy", price=BID, qty=5))
+    sold = desk.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=BID - 20 * TICK, qty=5))
     assert [(f.price, f.qty) for f in sold.fills] == [(BID, 5)]
-    async with market.exchange.pool.acquire() as conn:
-        assert [r["price"] for r in await conn.fetch("SELECT price FROM fill ORDER BY id")] == [ASK, BID]
+    assert [fill[FILL_PRICE] for fill in desk.fills] == [ASK, BID]
 
 
-async def test_a_market_buy_by_qty_never_spends_more_than_it_held(market: Market) -> None:
-    carol = await market.account("carol", DEPOSIT)
+def test_a_market_buy_by_qty_never_spends_more_than_it_held(desk: Desk, market: Market) -> None:
+    carol = desk.account("carol", DEPOSIT)
     for price in (ASK, ASK + TICK, ASK + 2 * TICK):
-        await market.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=price, qty=3))
-    bought = await market.ok(PlaceOrder(carol, COMPUTE, "buy", "market", qty=5))
-    held = await hold_posted(market, bought.id)
+        desk.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=price, qty=3))
+    bought = desk.ok(PlaceOrder(carol, COMPUTE, "buy", "market", qty=5))
+    held = desk.hold_posted(bought.id)
     assert held == fees.buy_hold(5, ASK + TICK, MAX_PPM)
     spent = bought.filled_notional + bought.fee
     assert (bought.status, bought.filled_qty) == ("filled", 5)
@@ -597,151 +442,69 @@ async def test_a_market_buy_by_qty_never_spends_more_than_it_held(market: Market
     assert market.balance(carol) == (DEPOSIT - spent, 0)
 
     # More than the book holds: fills what is there, expires the rest, still within its hold.
-    rest = await market.ok(PlaceOrder(carol, COMPUTE, "buy", "market", qty=50))
+    rest = desk.ok(PlaceOrder(carol, COMPUTE, "buy", "market", qty=50))
     assert (rest.status, rest.filled_qty, rest.open_qty) == ("expired", 4, 0)
-    assert rest.filled_notional + rest.fee <= await hold_posted(market, rest.id)
+    assert rest.filled_notional + rest.fee <= desk.hold_posted(rest.id)
     assert market.balance(carol) == (DEPOSIT - spent - rest.filled_notional - rest.fee, 0)
 
 
-async def test_a_market_buy_on_an_empty_book_expires_without_holding(market: Market) -> None:
-    carol = await market.account("carol")
-    expired = await market.ok(PlaceOrder(carol, COMPUTE, "buy", "market", qty=5))
+def test_a_market_buy_on_an_empty_book_expires_without_holding(desk: Desk, market: Market) -> None:
+    carol = desk.account("carol")
+    expired = desk.ok(PlaceOrder(carol, COMPUTE, "buy", "market", qty=5))
     assert (expired.status, expired.filled_qty) == ("expired", 0)
     assert market.balance(carol) == (0, 0)
 
 
-async def test_a_budget_order_never_spends_more_than_its_budget_including_the_fee(market: Market) -> None:
+def test_a_budget_order_never_spends_more_than_its_budget_including_the_fee(desk: Desk, market: Market) -> None:
     for price in (ASK, ASK + 10 * TICK):
-        await market.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=price, qty=3))
+        desk.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=price, qty=3))
     two_lots = 2 * ASK + fees.fee_on(2 * ASK, TAKER_PPM)
-    carol = await market.account("carol", DEPOSIT)
+    carol = desk.account("carol", DEPOSIT)
     # Exactly enough for two lots and their fee buys two; one micro-yuan less buys one.
-    exact = await market.ok(PlaceOrder(carol, COMPUTE, "buy", "market", budget=two_lots))
+    exact = desk.ok(PlaceOrder(carol, COMPUTE, "buy", "market", budget=two_lots))
     assert (exact.status, exact.filled_qty, exact.filled_notional + exact.fee) == ("filled", 2, two_lots)
-    short = await market.ok(PlaceOrder(carol, COMPUTE, "buy", "market", budget=two_lots - 1))
+    short = desk.ok(PlaceOrder(carol, COMPUTE, "buy", "market", budget=two_lots - 1))
     assert (short.filled_qty, short.filled_notional, short.fee) == (1, ASK, fees.fee_on(ASK, TAKER_PPM))
     assert market.balance(carol) == (DEPOSIT - two_lots - short.filled_notional - short.fee, 0)
 
     # A large budget walks the book and stops when the rest cannot buy a lot; the rest is released.
-    big = await market.ok(PlaceOrder(carol, COMPUTE, "buy", "market", budget=5 * ASK))
+    big = desk.ok(PlaceOrder(carol, COMPUTE, "buy", "market", budget=5 * ASK))
     spent = big.filled_notional + big.fee
     assert big.filled_qty == 3 and spent <= 5 * ASK
-    assert await hold_posted(market, big.id) == 5 * ASK
+    assert desk.hold_posted(big.id) == 5 * ASK
     assert market.balance(carol)[1] == 0
 
 
-async def test_a_budget_that_cannot_cover_its_fee_is_refused_and_a_small_one_expires(market: Market) -> None:
-    await market.ok(PlaceOrder(market.issuer, DATASET, "sell", price=100, qty=5))
-    larger = await market.ok(PlaceOrder(market.bob, DATASET, "buy", "market", budget=50))
+def test_a_budget_that_cannot_cover_its_fee_is_refused_and_a_small_one_expires(desk: Desk, market: Market) -> None:
+    desk.ok(PlaceOrder(market.issuer, DATASET, "sell", price=100, qty=5))
+    larger = desk.ok(PlaceOrder(market.bob, DATASET, "buy", "market", budget=50))
     assert (larger.status, larger.filled_qty) == ("expired", 0)
     # 0.2 % of 1 micro-yuan rounds up to a whole micro-yuan: no notional fits beside the fee.
     assert fees.budget_for_notional(1, TAKER_PPM) == 0
-    smallest = await market.run(PlaceOrder(market.bob, DATASET, "buy", "market", budget=1))
+    smallest = desk.run(PlaceOrder(market.bob, DATASET, "buy", "market", budget=1))
     assert smallest == Rejection("budget_too_small", MESSAGES["budget_too_small"])
     assert market.balance(market.bob) == (DEPOSIT, 0)
 
 
-async def test_the_fee_tier_drops_after_a_million_yuan_of_30_day_volume(market: Market) -> None:
+def test_the_fee_tier_drops_after_a_million_yuan_of_30_day_volume(desk: Desk, market: Market) -> None:
     price = 1_000 * fees.MICRO  # 1,000 CNY a lot: 1,000 lots make the first tier
-    whale = await market.account("whale", 2_000_000 * fees.MICRO)
-    await market.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=price, qty=999))
-    await market.ok(PlaceOrder(whale, COMPUTE, "buy", price=price, qty=999))
-    below = await market.ok(PlaceOrder(whale, COMPUTE, "buy", price=TICK, qty=1))
-    row = await order_row(market, below.id)
+    whale = desk.account("whale", 2_000_000 * fees.MICRO)
+    desk.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=price, qty=999))
+    desk.ok(PlaceOrder(whale, COMPUTE, "buy", price=price, qty=999))
+    below = desk.ok(PlaceOrder(whale, COMPUTE, "buy", price=TICK, qty=1))
+    row = desk.rows[below.id]
     assert (row.maker_fee_ppm, row.taker_fee_ppm) == (MAKER_PPM, TAKER_PPM)
 
-    await market.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=price, qty=1))
-    await market.ok(PlaceOrder(whale, COMPUTE, "buy", price=price, qty=1))
+    desk.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=price, qty=1))
+    desk.ok(PlaceOrder(whale, COMPUTE, "buy", price=price, qty=1))
     # Both sides of the trades reached 1,000,000 CNY: 80 % of the base rates from now on.
-    maker = await market.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=ASK, qty=10))
-    taker = await market.ok(PlaceOrder(whale, COMPUTE, "buy", price=ASK, qty=10))
-    assert (await order_row(market, maker.id)).maker_fee_ppm == MAKER_PPM * 80 // 100
-    assert (await order_row(market, taker.id)).taker_fee_ppm == TAKER_PPM * 80 // 100
+    maker = desk.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=ASK, qty=10))
+    taker = desk.ok(PlaceOrder(whale, COMPUTE, "buy", price=ASK, qty=10))
+    assert desk.rows[maker.id].maker_fee_ppm == MAKER_PPM * 80 // 100
+    assert desk.rows[taker.id].taker_fee_ppm == TAKER_PPM * 80 // 100
     assert taker.fee == fees.fee_on(10 * ASK, 1_600)
-    assert (await order_row(market, maker.id)).fee == fees.fee_on(10 * ASK, 800)
+    assert desk.rows[maker.id].fee == fees.fee_on(10 * ASK, 800)
     # An account that has not traded keeps the base rate.
-    carol = await market.account("carol", DEPOSIT)
-    small = await market.ok(PlaceOrder(carol, COMPUTE, "buy", price=BID, qty=1))
-    assert (await order_row(market, small.id)).taker_fee_ppm == TAKER_PPM
-
-
-# Restart
-
-
-async def test_a_restart_rebuilds_identical_state_and_sequence_numbers_continue(pool: asyncpg.Pool) -> None:
-    published: list[tuple[str, list]] = []
-    first = await Sequencer.open(pool, publish=lambda events, fill_ids: published.extend(events))
-    m = await build_market(first)
-    carol = await m.account("carol", DEPOSIT)
-    await m.ok(PlaceOrder(m.issuer, COMPUTE, "sell", price=ASK, qty=10))
-    await m.ok(PlaceOrder(m.issuer, COMPUTE, "sell", price=ASK, qty=5, client_order_id="i-1"))
-    await m.ok(PlaceOrder(m.issuer, COMPUTE, "sell", price=ASK + TICK, qty=7, post_only=True))
-    amended = await m.ok(PlaceOrder(m.alice, COMPUTE, "buy", price=BID, qty=10, client_order_id="a-1"))
-    await m.ok(PlaceOrder(m.bob, COMPUTE, "buy", price=BID, qty=3))
-    await m.ok(AmendOrder(m.alice, amended.id, qty=12))  # to the back of its level
-    await m.ok(PlaceOrder(carol, COMPUTE, "buy", price=ASK, qty=12))  # takes 12 of the 15 at ASK
-    await m.ok(PlaceOrder(m.issuer, DATASET, "sell", price=777, qty=6, stp="decrement"))
-    await m.ok(PlaceOrder(carol, DATASET, "buy", "market", budget=2_000))
-    gone = await m.ok(PlaceOrder(m.bob, DATASET, "buy", price=700, qty=4))
-    await m.ok(CancelOrder(m.bob, gone.id))
-    await m.ok(Redeem(carol, COMPUTE, 2))
-    await m.ok(Burn(m.issuer, DATASET, 10))
-    await m.ok(Withdraw(carol, 1_000))
-    await m.ok(SetInstrumentStatus(DATASET, "halted"))
-    await first.stop()
-    live = engine_state(first.engine)
-    live_seq = {s: i.seq for s, i in first.engine.instruments.items()}
-    assert published[-1][1][-1].seq == live_seq[DATASET]
-
-    async with pool.acquire() as conn:
-        loaded = await store.load(conn)
-        assert await invariants.problems(conn, loaded) == []
-    assert engine_state(loaded) == live
-    now = time.time_ns() // 1_000
-    for account, traded in ((m.issuer, True), (carol, True), (m.alice, False), (m.bob, False)):
-        assert loaded.volume.trailing(account, now) == first.engine.volume.trailing(account, now)
-        assert bool(loaded.volume.trailing(account, now)) == traded
-
-    second = await Sequencer.open(pool, publish=lambda events, fill_ids: published.extend(events))
-    published.clear()
-    try:
-        m.exchange = second
-        placed = await m.ok(PlaceOrder(m.bob, COMPUTE, "buy", price=BID - TICK, qty=1))
-        assert placed.id == live["ids"]["order"]
-        assert published[0][1][0].seq == live_seq[COMPUTE] + 1
-        assert (await order_row(m, placed.id)).priority == live_seq[COMPUTE] + 1
-        filled = await m.ok(PlaceOrder(m.bob, COMPUTE, "buy", price=ASK, qty=1))
-        assert filled.fills[0].fill_id == live["ids"]["fill"]
-        assert await m.run(PlaceOrder(m.alice, COMPUTE, "sell", price=ASK, qty=1, client_order_id="a-1")
-                           ) == second.engine.view(amended.id)
-        await m.ok(SetInstrumentStatus(DATASET, "trading"))
-        await m.ok(CancelAll(m.issuer, DATASET))
-        assert published[-1][1][0].seq == live_seq[DATASET] + 1
-    finally:
-        await second.stop()
-    async with pool.acquire() as conn:
-        assert await invariants.problems(conn, second.engine) == []
-        assert dict(await conn.fetch(
-            "SELECT i.symbol, s.seq FROM instrument i JOIN instrument_seq s ON s.instrument_id = i.id"
-        )) == {
-            COMPUTE: live_seq[COMPUTE] + 2, DATASET: live_seq[DATASET] + 1}
-
-
-async def test_the_fee_tier_survives_a_restart(pool: asyncpg.Pool) -> None:
-    first = await Sequencer.open(pool)
-    market = await build_market(first)
-    price = 1_000 * fees.MICRO
-    whale = await market.account("whale", 2_000_000 * fees.MICRO)
-    await market.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=price, qty=1_000))
-    await market.ok(PlaceOrder(whale, COMPUTE, "buy", price=price, qty=1_000))
-    await first.stop()
-
-    second = await Sequencer.open(pool)
-    try:
-        market.exchange = second
-        placed = await market.ok(PlaceOrder(whale, COMPUTE, "buy", price=BID, qty=1))
-        assert (await order_row(market, placed.id)).taker_fee_ppm == TAKER_PPM * 80 // 100
-    finally:
-        await second.stop()
-    async with pool.acquire() as conn:
-        assert await invariants.problems(conn, second.engine) == []
+    carol = desk.account("carol", DEPOSIT)
+    small = desk.ok(PlaceOrder(carol, COMPUTE, "buy", price=BID, qty=1))
+    assert desk.rows[small.id].taker_fee_ppm == TAKER_PPM

@@ -9,10 +9,9 @@ must leave the engine exactly as it was, and a restart must rebuild it identical
 """
 
 import asyncio
-import dataclasses
 
 import asyncpg
-import msgspec
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -48,10 +47,10 @@ from exchange.commands import (
     SetInstrumentStatus,
     Withdraw,
 )
-from exchange.engine import Engine
 from exchange.ledger import CASH, EXTERNAL, FEES, ISSUANCE, REDEMPTION, SYSTEM_ACCOUNTS
 from exchange.sequencer import Sequencer
 from matching.types import BUY, FOK, GTC, IOC, SELL, STP_MODES
+from tests.support.engine import engine_state
 
 ADMIN, ISSUER, ALICE, BOB = 100, 101, 102, 103
 NOBODY = 999
@@ -78,21 +77,6 @@ deals = st.fixed_dictionaries({
     "step": steps, "qty": st.integers(2, 25),
     "taken": st.integers(1, 30), "how": st.sampled_from(("limit", "market", "budget")),
 })
-
-
-def engine_state(engine: Engine) -> dict:
-    """What a refused command must leave unchanged, and what a restart must rebuild."""
-    return {
-        # Ids.entry only seeds the ledger, which counts entries itself from then on.
-        "ids": {name: value for name, value in dataclasses.asdict(engine.ids).items() if name != "entry"},
-        "next entry": engine.ledger.next_entry_id,
-        "balances": {key: tuple(value) for key, value in engine.ledger.balances.items()},
-        "instruments": {s: (i.status, i.seq, i.issued) for s, i in engine.instruments.items()},
-        "books": {s: i.book.resting_orders() for s, i in engine.instruments.items()},
-        "open orders": {i: msgspec.structs.astuple(o) for i, o in engine.orders.items() if o.status == "open"},
-        "approvals": {key: (a.capacity, a.issued) for key, a in engine.approvals.items()},
-        "client orders": dict(engine.client_orders),
-    }
 
 
 class ExchangeMachine(RuleBasedStateMachine):
@@ -371,6 +355,9 @@ class ExchangeMachine(RuleBasedStateMachine):
         assert self.minted[COMPUTE] <= COMPUTE_CAPACITY and self.minted[DATASET] <= SUPPLY_CAP
 
 
+# A fuzzer: 40 runs of 40 random commands, each committed to PostgreSQL; the engine alone is tested in memory by
+# test_engine_commands.py in the quick loop.
+@pytest.mark.slow
 def test_the_exchange_keeps_its_invariants_under_random_commands(databases) -> None:
     ExchangeMachine.databases = databases
     run_state_machine_as_test(ExchangeMachine, settings=settings(

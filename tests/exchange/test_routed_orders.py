@@ -3,12 +3,10 @@ and what a restart rebuilds."""
 
 import asyncpg
 import pytest
-from test_engine_commands import Market, database_state, exchange_all, snapshot
 
 from exchange import invariants
 from exchange.commands import (
     ApproveIssuer,
-    CreateAccount,
     Deposit,
     Done,
     ListInstrument,
@@ -21,6 +19,7 @@ from exchange.commands import (
 )
 from exchange.rejections import MESSAGES
 from exchange.sequencer import Sequencer
+from tests.support.engine import ACCOUNTS, SequencedMarket, database_state, snapshot, submit_all
 
 TICK = 10_000
 GROUP = "chat-general"
@@ -28,12 +27,9 @@ BOOKS = {"DSV3": (90, 2_000_000), "QWEN": (70, 1_500_000), "TINY": (30, 1_000_00
 """symbol -> (quality, the issuer's ask); each ask is 10 lots."""
 
 
-async def routed_market(exchange: Sequencer) -> Market:
-    accounts = await exchange_all(exchange, [
-        CreateAccount("admin", "admin"), CreateAccount("issuer", "issuer"), CreateAccount("alice", "trader"),
-        CreateAccount("bob", "trader"), CreateAccount("rival", "issuer"),
-    ])
-    market = Market(exchange, *(done.id for done in accounts))
+async def routed_market(exchange: Sequencer) -> SequencedMarket:
+    accounts = await submit_all(exchange, ACCOUNTS)
+    market = SequencedMarket(exchange.engine, *(done.id for done in accounts), exchange=exchange)
     commands = [Deposit(market.alice, 1_000_000_000), Deposit(market.bob, 1_000)]
     for symbol, (quality, _) in BOOKS.items():
         commands += [
@@ -44,18 +40,18 @@ async def routed_market(exchange: Sequencer) -> Market:
         ]
     commands.append(ListInstrument("DATA", "dataset", tick=1, issuer_id=market.issuer, description="d",
                                    license="l", grants="g", supply_cap=10))
-    await exchange_all(exchange, commands)
-    await exchange_all(exchange, [PlaceOrder(market.issuer, symbol, "sell", price=ask, qty=10)
+    await submit_all(exchange, commands)
+    await submit_all(exchange, [PlaceOrder(market.issuer, symbol, "sell", price=ask, qty=10)
                                   for symbol, (_, ask) in BOOKS.items()])
     return market
 
 
 @pytest.fixture
-async def market(exchange: Sequencer) -> Market:
+async def market(exchange: Sequencer) -> SequencedMarket:
     return await routed_market(exchange)
 
 
-async def test_a_routed_buy_commits_its_children_and_fills_under_one_hold(market: Market) -> None:
+async def test_a_routed_buy_commits_its_children_and_fills_under_one_hold(market: SequencedMarket) -> None:
     result = await market.run(RouteOrder(market.alice, GROUP, "buy", 25, "quality", price=2_000_000))
     assert isinstance(result, RoutedOrderView)
     assert [(c.symbol, c.filled_qty, c.status, c.tif) for c in result.children] == \
@@ -76,7 +72,7 @@ async def test_a_routed_buy_commits_its_children_and_fills_under_one_hold(market
     assert market.balance(market.alice, "TINY") == (5, 0)
 
 
-async def test_halted_books_are_skipped_and_the_remainder_rests_on_the_best_book(market: Market) -> None:
+async def test_halted_books_are_skipped_and_the_remainder_rests_on_the_best_book(market: SequencedMarket) -> None:
     await market.ok(SetInstrumentStatus("DSV3", "halted"))
     result = await market.run(RouteOrder(market.alice, GROUP, "buy", 30, "cost", price=1_500_000,
                                          rest_remainder=True))
@@ -103,7 +99,7 @@ async def test_halted_books_are_skipped_and_the_remainder_rests_on_the_best_book
     (RouteOrder(0, GROUP, "sell", 5, "cost", price=TICK), "insufficient_tokens"),
     (RouteOrder(0, "DATA", "buy", 5, "cost", price=TICK), "unknown_group"),
 ])
-async def test_a_refused_routed_order_changes_nothing(market: Market, command: RouteOrder, code: str) -> None:
+async def test_a_refused_routed_order_changes_nothing(market: SequencedMarket, command: RouteOrder, code: str) -> None:
     command = RouteOrder(market.bob, *(getattr(command, f) for f in RouteOrder.__struct_fields__[1:]))
     before = await snapshot(market.exchange)
     assert await market.run(command) == Rejection(code, MESSAGES[code])
@@ -120,7 +116,7 @@ async def test_a_restart_rebuilds_routed_orders_and_continues_their_numbering(po
 
     second = await Sequencer.open(pool)
     try:
-        market.exchange = second
+        market.switch(second)
         again = await market.run(RouteOrder(market.alice, GROUP, "buy", 5, "balance", budget=5_100_000))
         assert isinstance(again, RoutedOrderView)
         assert again.id > empty.id and all(c.id > again.id for c in again.children)
@@ -149,7 +145,7 @@ async def test_a_routed_orders_client_id_returns_the_original_even_after_a_resta
 
     second = await Sequencer.open(pool)
     try:
-        market.exchange = second
+        market.switch(second)
         assert await market.run(RouteOrder(market.alice, GROUP, "buy", 5, "cost", price=2_000_000,
                                            client_order_id="route-1")) == Done(placed.id)
         # Another account's id space is its own.
@@ -161,7 +157,7 @@ async def test_a_routed_orders_client_id_returns_the_original_even_after_a_resta
         await second.stop()
 
 
-async def test_tokex_check_finds_a_routed_order_that_disagrees_with_its_children(market: Market) -> None:
+async def test_tokex_check_finds_a_routed_order_that_disagrees_with_its_children(market: SequencedMarket) -> None:
     result = await market.run(RouteOrder(market.alice, GROUP, "buy", 12, "cost", price=1_500_000))
     assert isinstance(result, RoutedOrderView)
     async with market.exchange.pool.acquire() as conn:
@@ -171,7 +167,8 @@ async def test_tokex_check_finds_a_routed_order_that_disagrees_with_its_children
         await conn.execute("UPDATE routed_order SET filled_qty = filled_qty - 1 WHERE id = $1", result.id)
 
 
-async def test_a_child_stopped_by_self_trade_prevention_gives_its_hold_back_in_one_release(market: Market) -> None:
+async def test_a_child_stopped_by_self_trade_prevention_gives_its_hold_back_in_one_release(
+        market: SequencedMarket) -> None:
     await market.ok(RouteOrder(market.alice, GROUP, "buy", 2, "cost", price=1_000_000))  # alice holds 2 TINY
     own = await market.ok(PlaceOrder(market.alice, "TINY", "sell", price=900_000, qty=2))
     result = await market.run(RouteOrder(market.alice, GROUP, "buy", 5, "cost", price=1_000_000))

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from exchange.engine import Effects
 from exchange.store import Write, array_literal
-from tests.conftest import run_sync
+from tests.support.sync import run_sync
 
 # What a client may put in a text column: anything but NUL (PostgreSQL refuses it, and the engine rejects it
 # first) and lone surrogates (not encodable). Array syntax, backslashes, quotes and "null" are all fair game.

@@ -15,22 +15,25 @@ import contextlib
 from collections import Counter
 
 import asyncpg
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.errors import Flaky
 from schemathesis.core.failures import Failure, FailureGroup
-from test_api_schemathesis import CHECKS, fuzz  # noqa: F401  (fuzz is a fixture used below)
 
 from api.app import ENDPOINTS
 from api.openapi import document
 from exchange import invariants
+from tests.support.fuzz import CHECKS
+
+pytestmark = pytest.mark.slow  # a fuzzer
 
 schema = schemathesis.openapi.from_dict(document(ENDPOINTS))
 STEPS = 150
 RUNS = 10
 
 
-def test_api_workflows_conform_to_the_document(live, fuzz):  # noqa: F811
+def test_api_workflows_conform_to_the_document(live, fuzz):
     failures: list[str] = []
     steps: Counter[str] = Counter()
 

@@ -3,7 +3,7 @@ text and binary frames. Each example opens a connection of its own and sends up 
 oversized one; the server must answer each with a message of the protocol, or close cleanly (1000, 1008 policy
 violation, 1009 too big), never with an internal error (1011) or by dropping the connection. Meanwhile a
 healthy watcher follows level2 and trades of a market that is trading, and must go on receiving everything: its
-rebuilt book equals the REST book at the end, with no gap and no wrong checksum (``feed_support.Follower``
+rebuilt book equals the REST book at the end, with no gap and no wrong checksum (``tests.support.feed.Follower``
 asserts both on every message).
 """
 
@@ -12,13 +12,16 @@ import json
 import random
 from collections import Counter
 
-from feed_support import assert_same_book, follow, open_market, random_flow, ws_url
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from api.client import Client
+from tests.support.feed import assert_same_book, follow, open_market, random_flow, ws_url
+
+pytestmark = pytest.mark.slow  # a fuzzer
 
 CLEAN_CLOSES = {1000, 1008, 1009}
 ANSWERS = {"subscribed", "unsubscribed", "error", "snapshot", "ticker", "candle", "trades", "heartbeat", "update"}

@@ -4,7 +4,11 @@ themselves; afterwards ``tokex check`` passes and every acknowledged order is in
 the restart with open orders, with a small book.
 """
 
+import pytest
+
 from loadtest.chaos import ChaosOptions, chaos, chaos_passed
+
+pytestmark = pytest.mark.slow  # a drill
 
 
 async def test_the_server_killed_under_load_recovers_with_everything_acknowledged(fresh_database_url: str) -> None:

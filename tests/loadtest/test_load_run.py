@@ -5,8 +5,12 @@ every acknowledged order looked up in the database.
 
 from pathlib import Path
 
+import pytest
+
 from loadtest import report
 from loadtest.run import Options, run
+
+pytestmark = pytest.mark.slow  # the load run
 
 
 async def test_a_short_load_run_acknowledges_orders_without_errors_or_gaps(fresh_database_url: str,

@@ -1,6 +1,7 @@
 """The real book against the naive model: random commands from a few accounts, identical events every step."""
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -173,4 +174,5 @@ BookAgainstModel.TestCase.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-test_book_against_model = BookAgainstModel.TestCase
+# A fuzzer (500 runs of 40 random commands): slow, so out of the quick loop; test_book.py covers each rule there.
+test_book_against_model = pytest.mark.slow(BookAgainstModel.TestCase)

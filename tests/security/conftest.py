@@ -1,25 +1,16 @@
 """Fixtures for the security tests: a real server on a database of its own that a test can restart.
 
     restartable   function: a ``Restartable``; ``start()`` serves its database, ``stop()`` shuts the server down
-    live          module: a server on a new database with the first admin (``tests/api/api_server.py``)
-
-The servers of ``tests/api/api_server.py`` are reused, so that folder goes on ``sys.path`` as pytest would put
-it for its own tests.
 """
 
 import secrets
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "api"))
-
-from api_server import NO_LIMITS, Live, bootstrap, fresh_database, live_server, serve
-
 from api.app import create_app
+from tests.support.api_server import NO_LIMITS, Live, bootstrap, fresh_database, serve
 
 
 class Restartable:
@@ -59,9 +50,3 @@ def restartable(postgres_admin_url: str) -> Iterator[Restartable]:
             yield server
         finally:
             server.stop()
-
-
-@pytest.fixture(scope="module")
-def live(postgres_admin_url: str) -> Iterator[Live]:
-    with live_server(postgres_admin_url) as server:
-        yield server

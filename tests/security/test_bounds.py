@@ -12,11 +12,9 @@ import json
 import logging
 import secrets
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import psutil
@@ -24,10 +22,6 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.protocol import State
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "api"))
-
-from api_server import Live, bootstrap, fresh_database, serve, unique
 
 from api.app import create_app
 from api.client import Client
@@ -38,6 +32,7 @@ from api.problems import Problem
 from api.ratelimit import RateLimiter, RateLimits
 from api.server import Settings
 from api.uvicorn_coupling import MAX_HEAD_BYTES
+from tests.support.api_server import Live, bootstrap, fresh_database, serve, unique
 
 NO_LIMITS = RateLimits(per_key_rate=None, per_address_rate=None)
 ADDRESS_BURST = 3

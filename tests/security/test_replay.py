@@ -3,24 +3,19 @@ the original result), also after a restart; client ids make retries safe; a user
 connection it was signed for only; requests under unknown keys are throttled by address."""
 
 import json
-import sys
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
-from api_server import Live, live_server
 
 from api.client import ApiError, Client
 from api.ratelimit import RateLimits
 from api.signing import KEY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WINDOW_SECONDS, signature
 from exchange.replay import REMEMBER_SECONDS, RecentRequests
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "feed"))
-
-from feed_support import FeedClient, signed_user, ws_url
+from tests.support.api_server import Live, live_server
+from tests.support.feed import FeedClient, signed_user, ws_url
 
 START_AT = "2031-01-01T00:00:00Z"
 """Packages start far ahead: no period runs during a test."""

@@ -1,22 +1,15 @@
-"""Fixtures for the feed tests: real servers (``feed_support.feed_server``) and websockets clients.
+"""Fixtures for the feed tests: real servers (``tests.support.feed.feed_server``) and websockets clients.
 
     live      module: a server with the default feed limits, on a new database
-    market    function: a fresh instrument on ``live`` with three traders (``feed_support.Market``)
-
-The servers of ``tests/api/api_server.py`` are reused, so that folder goes on ``sys.path`` as pytest would put
-it for its own tests.
+    market    function: a fresh instrument on ``live`` with three traders (``tests.support.feed.Market``)
 """
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from api_server import Live
-from feed_support import Market, feed_server, open_market
+from tests.support.api_server import Live
+from tests.support.feed import Market, feed_server, open_market
 
 
 @pytest.fixture(scope="module")

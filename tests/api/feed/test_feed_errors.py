@@ -4,11 +4,11 @@ import asyncio
 import json
 
 import pytest
-from feed_support import FeedClient, feed_server, open_market
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from api.feed.limits import FeedLimits
+from tests.support.feed import FeedClient, feed_server, open_market
 
 LIMITS = FeedLimits(max_connections_per_address=6, max_subscriptions=3, max_message_bytes=1024, max_errors=20,
                     message_rate=1000, message_burst=1000)

@@ -4,9 +4,9 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from feed_support import FeedClient, Market
 
 from api.client import ApiError, Client
+from tests.support.feed import FeedClient, Market
 
 
 async def trade(market: Market, price: str, qty: int) -> None:

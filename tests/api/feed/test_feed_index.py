@@ -1,10 +1,9 @@
 """The feed's index channel: a group's token price index as each minute is computed, its heartbeats and errors."""
 
-from feed_support import FeedClient, unique
-from index_clock import compute_index, iso
-
 from api.client import Client
 from exchange.indexer import MINUTE
+from tests.support.feed import FeedClient, unique
+from tests.support.index_clock import compute_index, iso
 
 
 async def group_with_trades(live, group: str) -> None:

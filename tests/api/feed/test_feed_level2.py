@@ -6,12 +6,11 @@ import random
 import secrets
 import zlib
 
-from api_server import NO_LIMITS, bootstrap, fresh_database, serve
-from feed_support import FeedClient, Follower, Market, assert_same_book, follow, open_market, random_flow
-
 from api.app import create_app
 from api.client import Client
 from api.feed.protocol import checksum, checksum_text
+from tests.support.api_server import NO_LIMITS, bootstrap, fresh_database, serve
+from tests.support.feed import FeedClient, Follower, Market, assert_same_book, follow, open_market, random_flow
 
 
 async def all_trade_ids(rest: Client, symbol: str) -> list[int]:

@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime
 
-from feed_support import FeedClient, Market, signed_user
+from tests.support.feed import FeedClient, Market, signed_user
 
 
 async def test_a_package_execution_and_its_child_fills_reach_the_user_channel(live, market: Market):

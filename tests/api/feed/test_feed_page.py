@@ -8,20 +8,20 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from feed_support import open_market, ws_url
-from index_clock import compute_index, iso
 
 from api.client import Client
+from tests.support.feed import open_market, ws_url
+from tests.support.index_clock import compute_index, iso
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "var" / "artifacts"
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not CHROMIUM.exists(),
     reason="the page test needs Debian's chromium at /usr/bin/chromium: run `apt-get install -y chromium` as root "
-           "(.ci/run does), then run the tests again")
+           "(.ci/run does), then run the tests again")]
 async_api = pytest.importorskip("playwright.async_api", reason="install the test extras: pip install -e '.[test]'")
 
 # Every price the page writes, in the ladder, the tape, the ticker, the spread row and the instrument list; those

@@ -20,11 +20,11 @@ from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-from api_server import NO_LIMITS, bootstrap, fresh_database, serve
-from feed_support import FeedClient, open_market
 
 from api.app import create_app
 from api.client import ApiError
+from tests.support.api_server import NO_LIMITS, bootstrap, fresh_database, serve
+from tests.support.feed import FeedClient, open_market
 
 READY_FOR_QUERY = b"Z\x00\x00\x00\x05"
 """The server's ReadyForQuery message: it ends every answer, so the statement before it has committed."""

@@ -7,13 +7,13 @@ import socket
 import time
 
 import pytest
-from feed_support import FeedClient, Follower, assert_same_book, feed_server, on_server, open_market, ws_url
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from api.client import Client
 from api.feed.limits import FeedLimits
 from exchange.commands import PlaceOrder
+from tests.support.feed import FeedClient, Follower, assert_same_book, feed_server, on_server, open_market, ws_url
 
 LIMITS = FeedLimits(max_queue=4, flush_interval=0.005, close_timeout=20)
 

@@ -5,9 +5,9 @@ import random
 import time
 
 import pytest
-from feed_support import FeedClient, Market, random_flow, signed_user
 
 from api.client import Client
+from tests.support.feed import FeedClient, Market, random_flow, signed_user
 
 
 async def user_client(live, market: Market, index: int, **overrides) -> FeedClient:

@@ -9,9 +9,9 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-from api_server import Live
 
 from exchange.indexer import MINUTE, SETTLE, Indexer, floor_minute
+from tests.support.api_server import Live
 
 AHEAD = timedelta(hours=12)
 

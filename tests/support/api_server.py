@@ -14,9 +14,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import uvicorn
 from starlette.applications import Starlette
 
@@ -24,6 +22,7 @@ from api.app import create_app
 from api.bootstrap import create_admin
 from api.ratelimit import RateLimits
 from api.server import Settings, uvicorn_config
+from tests.support.databases import fresh_database
 
 NO_LIMITS = RateLimits(per_key_rate=None, per_address_rate=None)
 
@@ -66,41 +65,6 @@ def serve(app: Starlette, master_key: bytes, timeout: float = 60.0, settings: Se
         loop.close()
 
 
-def _admin_sql(admin_url: str, statement: str) -> None:
-    async def execute() -> None:
-        conn = await asyncpg.connect(admin_url)
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            asyncio.run(execute())
-        except BaseException as exc:
-            errors.append(exc)
-
-    # A thread of its own keeps clear of any event loop pytest-asyncio runs on this one.
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-
-
-@contextmanager
-def fresh_database(admin_url: str) -> Iterator[str]:
-    """A new empty database on the test server, dropped at the end; yields its DSN."""
-    name = f"tokex_api_{uuid.uuid4().hex[:12]}"
-    _admin_sql(admin_url, f'CREATE DATABASE "{name}" TEMPLATE template0')
-    try:
-        yield urlunsplit(urlsplit(admin_url)._replace(path="/" + name))
-    finally:
-        _admin_sql(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def bootstrap(live: Live) -> None:
     """Create the first admin through the server's own sequencer; keep its key on ``live``."""
     services = live.app.state.services
@@ -111,7 +75,7 @@ def bootstrap(live: Live) -> None:
 @contextmanager
 def live_server(postgres_admin_url: str, rate_limits: RateLimits = NO_LIMITS) -> Iterator[Live]:
     """A server on a new database, with an admin key."""
-    with fresh_database(postgres_admin_url) as dsn:
+    with fresh_database(postgres_admin_url, "tokex_api") as dsn:
         master_key = secrets.token_bytes(32)
         with serve(create_app(dsn, master_key=master_key, rate_limits=rate_limits), master_key) as live:
             live.dsn = dsn

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from api_server import NO_LIMITS, Live, bootstrap, fresh_database, serve
 from websockets.asyncio.client import ClientConnection, connect
 
 from api.app import create_app
 from api.client import ApiError, Client
 from api.feed.limits import FeedLimits
 from api.signing import signature
+from tests.support.api_server import NO_LIMITS, Live, bootstrap, fresh_database, serve
 
 
 @contextmanager
