@@ -13,9 +13,9 @@ package scheduler (``exchange.scheduler``), which reports executions to the feed
 sequencer (it finishes the commands already queued), closes the pool and stops the database, each step bounded in
 time so a lost database cannot hang it.
 
-Every route is declared in a ``routes_*`` module (``api.endpoints``); ``ENDPOINTS`` lists them all, and the
+Every route is declared in a module of ``api.routes`` (``api.endpoints``); ``ENDPOINTS`` lists them all, and the
 OpenAPI document is generated from the same list. Besides them: the market-data WebSocket ``/v1/ws``
-(``api.feed``, whose hub listens to the market view and runs while the app does) and the market-watch page at
+(``api.feed.hub``, whose hub listens to the market view and runs while the app does) and the market-watch page at
 ``/`` with its files under ``/static/``; the interactive API page at ``/docs`` (``api/swagger``); Prometheus
 metrics at ``/metrics`` (``api.metrics``).
 """
@@ -37,26 +37,30 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from api import feed, metrics
+from api import metrics
 from api.endpoints import Endpoint, routes
+from api.feed.endpoint import endpoint as feed_endpoint
+from api.feed.hub import Hub
+from api.feed.limits import FeedLimits
 from api.keys import KeyStore, load_master_key
 from api.marketdata import MarketData
 from api.openapi import document, meta
 from api.problems import Problem
 from api.ratelimit import RateLimiter, RateLimits
-from api.routes_accounts import accounts
-from api.routes_fees import fees
-from api.routes_history import history
-from api.routes_indices import indices
-from api.routes_instruments import instruments
-from api.routes_keys import keys
-from api.routes_market import market
-from api.routes_orders import orders
-from api.routes_packages import packages, reporter
-from api.routes_routing import routing
-from api.routes_system import system
-from api.routes_tokens import tokens
+from api.routes.accounts import accounts
+from api.routes.fees import fees
+from api.routes.history import history
+from api.routes.indices import indices
+from api.routes.instruments import instruments
+from api.routes.keys import keys
+from api.routes.market import market
+from api.routes.orders import orders
+from api.routes.packages import packages, reporter
+from api.routes.routing import routing
+from api.routes.system import system
+from api.routes.tokens import tokens
 from api.services import Services
+from api.uvicorn_coupling import KeepServerSend
 from exchange.database import Database
 from exchange.indexer import Indexer, latest
 from exchange.scheduler import Scheduler
@@ -80,7 +84,7 @@ DOCS_HEADERS = {"Content-Security-Policy": "default-src 'self'; connect-src 'sel
 
 def create_app(database_url: str | None = None, *, home: Path | str | None = None, master_key: bytes | None = None,
                rate_limits: RateLimits | None = None, pool_size: int = 10, command_timeout: float = 10.0,
-               feed_limits: feed.FeedLimits | None = None) -> Starlette:
+               feed_limits: FeedLimits | None = None) -> Starlette:
     """The API app. ``database_url`` None runs the embedded PostgreSQL in ``home`` (default TOKEX_HOME);
     ``master_key`` None loads it (``api.keys.load_master_key``) from TOKEX_MASTER_KEY or ``home``."""
     limits = rate_limits or RateLimits()
@@ -96,7 +100,7 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
                 market_view = MarketData()
                 async with pool.acquire() as conn:
                     await market_view.load(conn)
-                    hub = feed.Hub(market_view, feed_limits)
+                    hub = Hub(market_view, feed_limits)
                     hub.indices = await latest(conn)
                 market_view.listeners.append(hub.publish)
                 market_view.reloaded.append(hub.resync)
@@ -136,12 +140,12 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
             await database.stop()
 
     app = Starlette(
-        routes=[*routes(ENDPOINTS), WebSocketRoute("/v1/ws", feed.endpoint), Route("/", market_watch),
+        routes=[*routes(ENDPOINTS), WebSocketRoute("/v1/ws", feed_endpoint), Route("/", market_watch),
                 Mount("/static", StaticFiles(directory=STATIC), name="static"),
                 Route("/docs", api_docs), Mount("/docs/assets", StaticFiles(directory=SWAGGER), name="docs"),
                 Route("/metrics", metrics.endpoint)],
         lifespan=lifespan,
-        middleware=[Middleware(feed.KeepServerSend)],
+        middleware=[Middleware(KeepServerSend)],
         exception_handlers={HTTPException: _http_exception, Exception: _internal_error},
     )
     # An unknown path is a 404 problem, not a redirect to a guess with(out) a trailing slash.

@@ -10,7 +10,10 @@ import asyncpg
 
 from api.keys import KeyStore, load_master_key
 from exchange.commands import CreateAccount, Done, Rejection
+from exchange.database.queries import sql
 from exchange.sequencer import Sequencer
+
+ACCOUNT_BY_NAME = sql("account_by_name")
 
 ADMIN_SCOPES = ["read", "admin"]
 
@@ -42,7 +45,7 @@ async def create_admin(pool: asyncpg.Pool, name: str = "admin", *, sequencer: Se
 
 async def _admin_id(pool: asyncpg.Pool, name: str) -> int | None:
     async with pool.acquire() as conn:
-        row = await conn.fetchrow("SELECT id, role FROM account WHERE name = $1", name)
+        row = await conn.fetchrow(ACCOUNT_BY_NAME, name)
     if row is None:
         return None
     if row["role"] != "admin":

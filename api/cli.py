@@ -40,6 +40,7 @@ from api.server import NO_LIMITS, Settings, WriterBusy, open_database
 from exchange import config, invariants
 from exchange.database import Database
 from exchange.database.embedded import EmbeddedPostgresError
+from exchange.database.queries import sql
 
 KEY_ENV = "TOKEX_KEY"
 SECRET_ENV = "TOKEX_SECRET"
@@ -268,7 +269,7 @@ async def serve(options: argparse.Namespace) -> int:
         print(f"tokex: serving on {url} ({where}{'; rate limits off' if no_limit else ''}); "
               "SIGTERM or Ctrl-C stops it", flush=True)
         async with running.config.app.state.services.connection() as conn:
-            admins = await conn.fetchval("SELECT count(*) FROM account WHERE role = 'admin'")
+            admins = await conn.fetchval(sql("count_admins"))
         if not admins:
             print("tokex: no admin account yet: stop the server and run `tokex admin create-admin` for the first "
                   "admin key", flush=True)

@@ -52,6 +52,9 @@ from api.server import Server
 from api.services import Services
 from api.units import from_micro, to_micro
 from exchange.commands import CreateAccount, Done
+from exchange.database.queries import sql
+
+ACCOUNT_BY_NAME = sql("account_by_name")
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +189,7 @@ class Demo:
         """The account ``name`` (created if missing) with a new demo key; its older demo keys are revoked."""
         services = self.services
         async with services.connection() as conn:
-            account_id = await conn.fetchval("SELECT id FROM account WHERE name = $1", name)
+            account_id = await conn.fetchval(ACCOUNT_BY_NAME, name)
         if account_id is None:
             if role == "admin":
                 done = await services.sequencer.submit(CreateAccount(name, role))

@@ -56,6 +56,7 @@ from pathlib import Path
 import asyncpg
 
 from exchange.config import tokex_home
+from exchange.database.queries import sql
 
 SCOPES = ("read", "trade", "issue", "admin")
 ROLE_SCOPES = {
@@ -133,24 +134,12 @@ class ReplayedRequest(Exception):
     """The signed request that asks for this was accepted before."""
 
 
-KEY_COLUMNS = "id, account_id, scopes, label, created_at, revoked_at"
-INSERT_KEY = f"""
-INSERT INTO api_key (id, account_id, scopes, salt, label, created_at) VALUES ($1, $2, $3, $4, $5, $6)
-RETURNING {KEY_COLUMNS}
-"""
-FIND_KEY = """
-SELECT k.account_id, k.scopes, k.salt, a.role FROM api_key k JOIN account a ON a.id = k.account_id
-WHERE k.id = $1 AND k.revoked_at IS NULL
-"""
-GUARD_REQUEST = """
-INSERT INTO signed_request (digest, created_at) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING RETURNING true
-"""
-LIST_KEYS = f"SELECT {KEY_COLUMNS} FROM api_key WHERE account_id = $1 ORDER BY created_at, id"
-REVOKE_KEY = f"""
-UPDATE api_key SET revoked_at = coalesce(revoked_at, $3)
-WHERE id = $1 AND ($2::bigint IS NULL OR account_id = $2)
-RETURNING {KEY_COLUMNS}
-"""
+INSERT_KEY = sql("insert_api_key")
+FIND_KEY = sql("find_api_key")
+GUARD_REQUEST = sql("guard_signed_request")
+LIST_KEYS = sql("api_keys_of_account")
+REVOKE_KEY = sql("revoke_api_key")
+ACCOUNT_ROLE = sql("account_role")
 
 
 class KeyStore:
@@ -175,7 +164,7 @@ class KeyStore:
         async with self.pool.acquire(timeout=self.acquire_timeout) as conn, conn.transaction():
             # A refused request is recorded too: sent again once the account exists, it must not hand out a key.
             await _guard(conn, request)
-            role = await conn.fetchval("SELECT role FROM account WHERE id = $1", account_id)
+            role = await conn.fetchval(ACCOUNT_ROLE, account_id)
             refused = set(wanted) - ROLE_SCOPES.get(role, frozenset())
             if role not in ROLE_SCOPES:
                 refusal = UnknownAccount(account_id)

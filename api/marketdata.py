@@ -29,6 +29,7 @@ from collections.abc import Callable
 import asyncpg
 from sortedcontainers import SortedDict
 
+from exchange.database.queries import sql
 from matching import events as ev
 
 MINUTE_US = 60_000_000
@@ -37,48 +38,24 @@ DAY_MINUTES = 1440
 Batch = list[tuple[str, list]]
 """(symbol, book events) per command of one committed batch."""
 
-# Listing an instrument writes its instrument_seq row in the same commit; the outer join still keeps an instrument
-# without one in view (at seq 0) rather than dropping it.
-LOAD_INSTRUMENTS = """
-SELECT i.id, i.symbol, coalesce(s.seq, 0) FROM instrument i LEFT JOIN instrument_seq s ON s.instrument_id = i.id
-"""
-INSTRUMENT_SEQ = """
-SELECT coalesce(s.seq, 0) FROM instrument i LEFT JOIN instrument_seq s ON s.instrument_id = i.id WHERE i.symbol = $1
-"""
-LOAD_LEVELS = """
-SELECT instrument_id, side, price, sum(open_qty)::bigint FROM book_order
-WHERE status = 'open' AND price IS NOT NULL
-GROUP BY instrument_id, side, price
-"""
-LOAD_LAST_TRADES = """
-SELECT i.id, f.price, f.qty FROM instrument i
-CROSS JOIN LATERAL (SELECT price, qty FROM fill WHERE instrument_id = i.id ORDER BY id DESC LIMIT 1) AS f
-"""
-LAST_FILL_ID = "SELECT coalesce(max(id), 0) FROM fill"
-LOAD_MINUTES = """
-SELECT instrument_id, (extract(epoch FROM date_trunc('minute', created_at)) / 60)::bigint AS minute,
-       (array_agg(price ORDER BY id))[1], max(price), min(price), (array_agg(price ORDER BY id DESC))[1],
-       sum(qty)::bigint, sum(price::numeric * qty)
-FROM fill WHERE created_at > now() - interval '24 hours'
-GROUP BY instrument_id, minute ORDER BY instrument_id, minute
-"""
+LOAD_INSTRUMENTS = sql("instrument_seqs")
+INSTRUMENT_SEQ = sql("instrument_seq")
+LOAD_LEVELS = sql("open_levels")
+LOAD_LAST_TRADES = sql("last_trades")
+LAST_FILL_ID = sql("last_fill_id")
+LOAD_MINUTES = sql("trade_minutes")
 
 
-class BookView:
-    """One instrument's committed levels and trade figures."""
+class Levels:
+    """An instrument's price levels, best first on each side; the market view's and the feed's."""
 
-    __slots__ = ("asks", "bids", "last_price", "last_qty", "minutes", "seq")
+    __slots__ = ("asks", "bids")
 
-    def __init__(self, seq: int = 0) -> None:
-        self.seq = seq
+    def __init__(self) -> None:
         self.bids: SortedDict = SortedDict()
         """-price -> lots"""
         self.asks: SortedDict = SortedDict()
         """price -> lots"""
-        self.last_price: int | None = None
-        self.last_qty: int | None = None
-        self.minutes: deque[list[int]] = deque()
-        """[minute, open, high, low, close, lots, notional], oldest first"""
 
     def set_level(self, side: str, price: int, total: int) -> None:
         levels, key = (self.bids, -price) if side == "buy" else (self.asks, price)
@@ -86,6 +63,24 @@ class BookView:
             levels[key] = total
         else:
             levels.pop(key, None)
+
+    def best(self) -> tuple[int | None, int | None]:
+        """The best bid and ask prices; None for an empty side."""
+        return (-self.bids.peekitem(0)[0] if self.bids else None, self.asks.peekitem(0)[0] if self.asks else None)
+
+
+class BookView(Levels):
+    """One instrument's committed levels and trade figures."""
+
+    __slots__ = ("last_price", "last_qty", "minutes", "seq")
+
+    def __init__(self, seq: int = 0) -> None:
+        super().__init__()
+        self.seq = seq
+        self.last_price: int | None = None
+        self.last_qty: int | None = None
+        self.minutes: deque[list[int]] = deque()
+        """[minute, open, high, low, close, lots, notional], oldest first"""
 
     def trade(self, minute: int, price: int, qty: int) -> None:
         self.last_price, self.last_qty = price, qty
@@ -177,3 +172,15 @@ class MarketData:
     def known(self, symbol: str, seq: int) -> BookView:
         """The view of ``symbol``, adding an empty one at ``seq`` for an instrument listed since ``load``."""
         return self.books.setdefault(symbol, BookView(seq))
+
+    async def view_of(self, connection: Callable, symbol: str) -> BookView | None:
+        """The view of ``symbol``, or None when no instrument has that symbol. One listed since ``load`` and never
+        traded is looked up on ``connection()`` (an async context manager, such as ``Services.connection``)."""
+        view = self.books.get(symbol)
+        if view is None:
+            async with connection() as conn:
+                seq = await conn.fetchval(INSTRUMENT_SEQ, symbol)
+            if seq is None:
+                return None
+            view = self.known(symbol, seq)
+        return view

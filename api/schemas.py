@@ -1,4 +1,5 @@
-"""The API's request and response bodies and query strings, as msgspec Structs.
+"""The API's request and response bodies and query strings, as msgspec Structs, and the conversions from the
+exchange's rows and views to them that more than one route (or the feed) makes.
 
 Requests forbid unknown fields. Field types carry their limits (``Meta``), so decoding validates them and the
 OpenAPI document (``api.openapi``) states them. Limits that are not business rules protect the database:
@@ -9,13 +10,16 @@ micro-yuan (``api.units``); quantities are integer lots. Balances and ledger amo
 asset: yuan for CNY, whole lots for a token.
 """
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
+from api.marketdata import BookView
 from api.units import from_micro
+from exchange.commands import OrderView
+from exchange.indexer import IndexRow
 
 BIGINT = 2**63 - 1
 MAX_QTY = 10**12
@@ -460,3 +464,124 @@ def average_price(notional: int, qty: int) -> str | None:
 
 
 encoder = msgspec.json.Encoder()
+
+
+# Shared by routes and the feed: a path parameter, the forms of candles, indices, orders and executions.
+
+SYMBOL_PARAM = {"symbol": (Symbol, "unknown_instrument")}
+"""The ``{symbol}`` path parameter, and the problem when it names no instrument."""
+
+INTERVALS: dict[str, timedelta] = {
+    "1m": timedelta(minutes=1),
+    "5m": timedelta(minutes=5),
+    "1h": timedelta(hours=1),
+    "1d": timedelta(days=1),
+}
+ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
+"""Bins are whole multiples of their interval from this UTC midnight."""
+
+Interval = Literal["1m", "5m", "1h", "1d"]
+Time = Annotated[datetime, Meta(tz=True, description="RFC 3339 with a time zone, e.g. 2026-11-28T09:30:00Z.")]
+
+Mode = Literal["cost", "quality", "balance"]
+
+
+class Candle(Struct):
+    start: datetime
+    open: str | None
+    high: str | None
+    low: str | None
+    close: str | None
+    volume: Annotated[int, Meta(description="Lots traded; 0 means no trade in this bin, and the prices are null.")]
+    notional: str
+    vwap: Annotated[str | None, Meta(description="notional / volume, rounded half-even to the micro-yuan.")]
+
+
+def empty_candle(start: datetime) -> Candle:
+    return Candle(start, None, None, None, None, 0, "0", None)
+
+
+def candle(start: datetime, open_: int, high: int, low: int, close: int, volume: int, notional: int) -> Candle:
+    return Candle(start, from_micro(open_), from_micro(high), from_micro(low), from_micro(close), volume,
+                  from_micro(notional), average_price(notional, volume))
+
+
+class PriceIndex(Struct):
+    group: str
+    at: Annotated[datetime, Meta(description="The whole UTC minute the value is as of: it covers the trades with "
+                                             "at - 24 h <= created_at < at.")]
+    value: Annotated[str | None, Meta(description="CNY per 1M tokens: the volume-weighted mean price after trimming "
+                                                  "10% of volume off each end, rounded half to even to the "
+                                                  "micro-yuan; null when stale.")]
+    stale: Annotated[bool, Meta(description="No trade in the window: the value is null, never carried over.")]
+    trades: Annotated[int, Meta(description="Trades in the window, before trimming.")]
+    volume_tokens: Annotated[int, Meta(description="Tokens traded in the window (lots x tokens per lot).")]
+    notional: Annotated[str, Meta(description="CNY traded in the window.")]
+    computed_at: datetime
+
+
+def price_index(row: IndexRow) -> PriceIndex:
+    """The API's form of one computed minute."""
+    return PriceIndex(row.substitution_group, row.at, None if row.value is None else from_micro(row.value), row.stale,
+                      row.trades, row.volume_tokens, from_micro(row.notional), row.computed_at)
+
+
+def optional_price(value: int | None) -> str | None:
+    return None if value is None else from_micro(value)
+
+
+def order_from_row(row) -> Order:
+    return Order(
+        row["id"], row["symbol"], row["client_order_id"], row["side"], row["type"], row["tif"], row["post_only"],
+        row["stp"], optional_price(row["price"]), row["qty"], optional_price(row["budget"]), row["status"],
+        row["reason"], row["open_qty"], row["filled_qty"], from_micro(row["filled_notional"]),
+        average_price(row["filled_notional"], row["filled_qty"]), from_micro(row["fee"]), row["created_at"],
+        row["updated_at"],
+    )
+
+
+def order_from_view(view: OrderView) -> Order:
+    return Order(
+        view.id, view.symbol, view.client_order_id, view.side, view.type, view.tif, view.post_only, view.stp,
+        optional_price(view.price), view.qty, optional_price(view.budget), view.status, view.reason, view.open_qty,
+        view.filled_qty, from_micro(view.filled_notional), average_price(view.filled_notional, view.filled_qty),
+        from_micro(view.fee), view.created_at, view.updated_at,
+    )
+
+
+class Execution(Struct):
+    package_id: int
+    period: int
+    period_start: datetime
+    routed_order_id: int | None
+    reason: Annotated[str | None, Meta(description="Why no routed order was placed, as a problem code.")]
+    filled_qty: int
+    filled_notional: str
+    average_price: str | None
+    average_quality: str | None
+    fee: str
+    created_at: datetime
+
+
+def average_quality(quality_lots: int, qty: int) -> str | None:
+    """``quality_lots / qty`` to two decimals, rounded half-even; None before a fill."""
+    if not qty:
+        return None
+    hundredths, remainder = divmod(quality_lots * 100, qty)
+    if 2 * remainder > qty or (2 * remainder == qty and hundredths % 2):
+        hundredths += 1
+    whole, fraction = divmod(hundredths, 100)
+    return f"{whole}.{fraction:02d}"
+
+
+def ticker_figures(view: BookView | None, bid: int | None, ask: int | None, minute: int) -> tuple:
+    """A ticker's fields after its symbol and seq, REST's and the feed's: best bid and ask, the last trade, and
+    the 24 hours up to ``minute``."""
+    last_price = last_qty = open_ = high = low = None
+    volume = notional = 0
+    if view is not None:
+        last_price, last_qty = view.last_price, view.last_qty
+        open_, high, low, volume, notional = view.day(minute)
+    change = None if last_price is None or open_ is None else from_micro(last_price - open_)
+    return (optional_price(bid), optional_price(ask), optional_price(last_price), last_qty, optional_price(open_),
+            optional_price(high), optional_price(low), change, volume, from_micro(notional))

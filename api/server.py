@@ -44,25 +44,20 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from api.app import create_app
-from api.feed import MAX_MESSAGE_BYTES
-from api.problems import Problem
+from api.feed.protocol import MAX_MESSAGE_BYTES
 from api.ratelimit import RateLimits
+from api.uvicorn_coupling import CoalescingHttpToolsProtocol, DrainingWebSocketProtocol
 from exchange.database import Database
 from exchange.sequencer import writer_running
 
 log = logging.getLogger(__name__)
 
 GC_THRESHOLDS = (10_000, 10, 10)
-MAX_HEAD_BYTES = 32 * 1024
-"""A request's line and headers together; a longer head is answered 431 and its connection closed."""
 NO_LIMITS = RateLimits(per_key_rate=None, per_address_rate=None)
 
 
@@ -175,169 +170,14 @@ class Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-class CoalescingTransport:
-    """A transport whose writes during one turn of the event loop leave as one write.
-
-    uvicorn writes an HTTP response's head and its body apart, and every write is a system call (10-25 us each
-    on the reference machine, a tenth of what an order costs the server). Writes are joined and handed to the
-    real transport once the current callbacks are done; closing writes what is pending first. Everything
-    else is the real transport's.
-    """
-
-    __slots__ = ("_loop", "_pending", "transport")
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
-        """The real one."""
-        self._loop = asyncio.get_running_loop()
-        self._pending: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        if not self._pending:
-            self._loop.call_soon(self.flush)
-        self._pending.append(data)
-
-    def flush(self) -> None:
-        if self._pending:
-            data = b"".join(self._pending)
-            self._pending = []
-            self.transport.write(data)
-
-    def write_eof(self) -> None:
-        self.flush()
-        self.transport.write_eof()
-
-    def close(self) -> None:
-        self.flush()
-        self.transport.close()
-
-    def abort(self) -> None:
-        self._pending = []
-        self.transport.abort()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.transport, name)
-
-
-class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a cap on a request's head: ``MAX_HEAD_BYTES``.
-
-    httptools has no cap of its own: it gathers a header's name and value in memory however long they grow (100
-    MiB of one header was read whole, and answered). A head is measured twice: a complete one by what was parsed
-    (before the app or a WebSocket upgrade sees it), and one still arriving by the bytes read since it began, so
-    a head that never ends costs at most the cap and a read or two. Either way over the cap is a 431 problem
-    and a closed connection; nothing of that request runs.
-    """
-
-    head_bytes: int | None = None
-    """Bytes of the current head read after the read it began in; None while no head is being read."""
-    head_began: bool = False
-    refused: bool = False
-
-    def data_received(self, data: bytes) -> None:
-        if self.refused:
-            return
-        self.head_began = False
-        super().data_received(data)
-        # The read a head begins in may end the previous request, so it is not counted; a later read that
-        # leaves the head unfinished is all head.
-        if self.head_bytes is not None and not self.head_began and not self.refused:
-            self.head_bytes += len(data)
-            if self.head_bytes > MAX_HEAD_BYTES:
-                self.refuse_head()
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self.head_bytes = 0
-        self.head_began = True
-
-    def on_headers_complete(self) -> None:
-        self.head_bytes = None
-        if self.refused:
-            return
-        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-        if size > MAX_HEAD_BYTES:
-            self.refuse_head()
-            return
-        super().on_headers_complete()
-
-    # What the parser reports after a refusal, until the end of the read it came in, belongs to no request.
-
-    def on_body(self, body: bytes) -> None:
-        if not self.refused:
-            super().on_body(body)
-
-    def on_message_complete(self) -> None:
-        if not self.refused:
-            super().on_message_complete()
-
-    def handle_websocket_upgrade(self) -> None:
-        if not self.refused:
-            super().handle_websocket_upgrade()
-
-    def refuse_head(self) -> None:
-        self.refused = True
-        problem = Problem("headers_too_large", f"The request line and headers may be at most {MAX_HEAD_BYTES} "
-                                               "bytes together.").response()
-        head = [b"HTTP/1.1 431 Request Header Fields Too Large\r\n"]
-        head += [name + b": " + value + b"\r\n" for name, value in problem.raw_headers]
-        head.append(b"connection: close\r\n\r\n")
-        self.transport.write(b"".join(head) + problem.body)
-        self.transport.close()
-
-
-class CoalescingHttpToolsProtocol(BoundedHttpToolsProtocol):
-    """The bounded httptools protocol on a ``CoalescingTransport``: one write per response. A connection upgraded to
-    a WebSocket gets the real transport back: the feed writes one ready frame per subscriber per flush
-    (``api.feed.Connection.write``), which has nothing to join, and the load run measured no gain from it."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(CoalescingTransport(transport))  # type: ignore[arg-type]
-
-    def handle_websocket_upgrade(self) -> None:
-        coalescing: CoalescingTransport = self.transport  # type: ignore[assignment]
-        coalescing.flush()
-        self.transport = coalescing.transport
-        super().handle_websocket_upgrade()
-
-
-class DrainingWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol, which, once it fails a connection (a frame or message over
-    ``ws_max_size``: 1009; text that is not UTF-8: 1007), lets the client read why.
-
-    uvicorn sends the close frame and closes the socket at once; with the rest of the client's frame still unread,
-    the kernel answers with a reset, which can overtake the close frame, and the client sees its connection
-    dropped without a reason. Here the close frame is followed by an EOF, what the client still sends is read and
-    dropped unparsed, and the socket closes when the client closes its side, or after ``close_timeout``.
-    """
-
-    failed: bool = False
-
-    def data_received(self, data: bytes) -> None:
-        if not self.failed:
-            super().data_received(data)
-
-    def handle_parser_exception(self) -> None:
-        self.failed = True
-        close = self.conn.close_sent
-        assert close is not None
-        self.queue.put_nowait({"type": "websocket.disconnect", "code": close.code, "reason": close.reason})
-        self.transport.write(b"".join(self.conn.data_to_send()))
-        self.close_sent = True
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        # The transport closes itself on the client's EOF (``eof_received`` returns None).
-        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
-
-
 def quiet_garbage_collector() -> None:
     """Keep the cycle collector's pauses short while serving.
 
     A full collection walks every tracked object, and each open WebSocket keeps a stack of about a dozen
-    coroutines alive: with 1,000 subscribers one took about 100 ms on the reference machine, a stall every
-    subscriber saw. What start-up loaded is frozen out of the collector's walks (after one last collection,
-    so no garbage is frozen with it), and the youngest generation is collected every 10,000 allocations rather
-    than 700, which makes every older collection about fourteen times rarer.
+    coroutines alive: with many subscribers one is a stall every subscriber sees (``loadtest/README.md``, under
+    ``make bench-feed``, has how long). What start-up loaded is frozen out of the collector's walks (after one
+    last collection, so no garbage is frozen with it), and the youngest generation is collected every 10,000
+    allocations rather than 700, which makes every older collection about fourteen times rarer.
     """
     gc.collect()
     gc.freeze()

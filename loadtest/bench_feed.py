@@ -9,7 +9,7 @@ TOKEX_HOME, or on ``--dsn``; it sets up the market of ``loadtest.exchange_worker
 orders to its own sequencer at ``--rate`` a second, the W2-like mix of ``loadtest.submitter`` (about 1,000
 live orders; a tenth of the orders trade). Orders go in process rather than over HTTP so that the server's core
 goes to the feed, which is what is measured; the feed sees what HTTP orders would make. ``--limit`` sets a field
-of the server's ``api.feed.FeedLimits``. This process holds the subscribers on plain asyncio transports:
+of the server's ``api.feed.limits.FeedLimits``. This process holds the subscribers on plain asyncio transports:
 websockets' sans-I/O client does the handshake, and a minimal reader takes the server's frames.
 
 Flow: ``--subscribers`` connections subscribe to level2 and trades; orders flow for ``--warmup`` seconds, then
@@ -94,7 +94,7 @@ async def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from api.app import create_app
-    from api.feed import FeedLimits
+    from api.feed.limits import FeedLimits
     from api.ratelimit import RateLimits
     from api.server import Server
     from exchange.commands import Rejection
@@ -442,7 +442,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sample", type=int, default=20, help="subscribers that check and time every message")
     parser.add_argument("--dsn", help="a PostgreSQL database to use instead of the embedded server")
     parser.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
-                        help="a field of the server's api.feed.FeedLimits, e.g. flush_interval=0.05")
+                        help="a field of the server's api.feed.limits.FeedLimits, e.g. flush_interval=0.05")
     parser.add_argument("--server-profile", metavar="FILE", help="write the server process's cProfile stats here")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)

@@ -10,8 +10,8 @@ or a lagging heartbeat is a gap; a wrong checksum or a message off the protocol 
 the watcher resubscribe, as a client would.
 
 Why it stays cheap with hundreds of watchers: subscribers of the same channels receive the very same frame
-(``api.feed``), so a frame is decoded and its checksums verified once, by the first watcher that receives it, and
-summed up as what a watcher needs to follow it (``Summary``); every other watcher receiving the same bytes
+(``api.feed.protocol``), so a frame is decoded and its checksums verified once, by the first watcher that receives
+it, and summed up as what a watcher needs to follow it (``Summary``); every other watcher receiving the same bytes
 applies that summary to its own chains. The rebuilt book (``Mirror``) is one per instrument: the book at a given
 ``seq`` is the same for everyone.
 
@@ -35,7 +35,7 @@ from decimal import Decimal
 import msgspec
 from websockets.uri import parse_uri
 
-from api.feed import (
+from api.feed.protocol import (
     CandleUpdate,
     ErrorMessage,
     Heartbeat,

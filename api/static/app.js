@@ -1,6 +1,6 @@
 "use strict";
 // tokex market watch. Reference data and history come from the REST API, everything live from the feed at
-// /v1/ws (its protocol is described in api/feed.py): the level2 book is rebuilt from a snapshot and updates,
+// /v1/ws (its protocol is described in api/feed/protocol.py): the level2 book is rebuilt from a snapshot and updates,
 // checked by sequence and CRC32 checksum, and resynced by subscribing again after a gap; a closed connection
 // is reopened with backoff and every subscription made again. Each substitution group's token price index comes
 // from GET /v1/indices and its history, then from the feed's index channel. Prices are padded to the tick

@@ -26,10 +26,12 @@ from websockets.protocol import State
 from api.app import create_app
 from api.client import Client
 from api.endpoints import limit
-from api.feed import MAX_MESSAGE_BYTES, FeedLimits
+from api.feed.limits import FeedLimits
+from api.feed.protocol import MAX_MESSAGE_BYTES
 from api.problems import Problem
 from api.ratelimit import RateLimiter, RateLimits
-from api.server import MAX_HEAD_BYTES, Settings
+from api.server import Settings
+from api.uvicorn_coupling import MAX_HEAD_BYTES
 from tests.support.api_server import Live, bootstrap, fresh_database, serve, unique
 
 NO_LIMITS = RateLimits(per_key_rate=None, per_address_rate=None)

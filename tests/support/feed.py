@@ -1,7 +1,7 @@
 """What the feed tests share: a real server with chosen feed limits, a websockets client that checks what it is
 sent, an independent rebuild of the level2 book, and a market with traders.
 
-The rebuild follows the client rules of ``api.feed`` and checks every update's checksum with its own code, so a
+The rebuild follows the client rules of ``api.feed.protocol`` and checks every update's checksum with its own code, so a
 test that compares it with the REST book tests the feed end to end.
 """
 
@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from api.app import create_app
 from api.client import ApiError, Client
-from api.feed import FeedLimits
+from api.feed.limits import FeedLimits
 from api.signing import signature
 from tests.support.api_server import NO_LIMITS, Live, bootstrap, fresh_database, serve
 

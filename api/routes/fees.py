@@ -18,7 +18,7 @@ from msgspec import Meta, Struct
 
 from api.endpoints import Call, Endpoints
 from api.problems import Problem
-from api.routes_instruments import SYMBOL
+from api.schemas import SYMBOL_PARAM
 from api.units import from_micro
 from exchange.database.queries import sql
 from exchange.fees import DAY_US, FEE_TIERS, WINDOW_DAYS, VolumeTracker, rate_ppm, tier_percent
@@ -64,7 +64,7 @@ class InstrumentFees(Struct):
 
 
 DAILY_VOLUME = sql("daily_volume")
-INSTRUMENT_RATES = "SELECT maker_fee_bps, taker_fee_bps FROM instrument WHERE symbol = $1"
+INSTRUMENT_RATES = sql("instrument_fee_rates")
 
 
 def schedule() -> list[FeeTier]:
@@ -94,7 +94,7 @@ async def account_fees(call: Call) -> AccountFees:
 
 
 @fees.route("GET", "/v1/instruments/{symbol}/fees", summary="Fee schedule", response=InstrumentFees,
-            errors=("unknown_instrument",), params=SYMBOL)
+            errors=("unknown_instrument",), params=SYMBOL_PARAM)
 async def instrument_fees(call: Call) -> InstrumentFees:
     """The instrument's maker and taker rates in each fee tier."""
     symbol = call.params["symbol"]

@@ -19,10 +19,9 @@ from msgspec import Meta, Struct
 
 from api.endpoints import Call, Endpoints
 from api.problems import Problem
-from api.routes_history import INTERVALS, ORIGIN, Interval, Time
-from api.schemas import TEXT_PATTERN, Request, whole
-from api.units import from_micro
-from exchange.indexer import COLUMNS, LATEST, IndexRow, row_of
+from api.schemas import INTERVALS, ORIGIN, TEXT_PATTERN, Interval, PriceIndex, Request, Time, price_index, whole
+from exchange.database.queries import sql
+from exchange.indexer import LATEST, row_of
 
 indices = Endpoints("price index")
 
@@ -30,20 +29,6 @@ Group = Annotated[str, Meta(min_length=1, max_length=2000, pattern=TEXT_PATTERN,
                             description="A substitution group of compute instruments.", examples=["chat-general"])]
 GROUP = {"group": (Group, "unknown_group")}
 BinCursor = Annotated[str, whole(r"[0-9]{1,11}", description="Opaque: the next_cursor of the previous page.")]
-
-
-class PriceIndex(Struct):
-    group: str
-    at: Annotated[datetime, Meta(description="The whole UTC minute the value is as of: it covers the trades with "
-                                             "at - 24 h <= created_at < at.")]
-    value: Annotated[str | None, Meta(description="CNY per 1M tokens: the volume-weighted mean price after trimming "
-                                                  "10% of volume off each end, rounded half to even to the "
-                                                  "micro-yuan; null when stale.")]
-    stale: Annotated[bool, Meta(description="No trade in the window: the value is null, never carried over.")]
-    trades: Annotated[int, Meta(description="Trades in the window, before trimming.")]
-    volume_tokens: Annotated[int, Meta(description="Tokens traded in the window (lots x tokens per lot).")]
-    notional: Annotated[str, Meta(description="CNY traded in the window.")]
-    computed_at: datetime
 
 
 class PriceIndexList(Struct):
@@ -71,55 +56,9 @@ class IndexHistory(Struct):
     next_cursor: str | None
 
 
-GROUP_LISTED = "SELECT EXISTS (SELECT 1 FROM instrument WHERE kind = 'compute' AND substitution_group = $1)"
-# Both walk the (group, at) key one bin at a time, one index probe a step, and stop after $6 bins: the cost of a
-# page does not grow with the history. $4 and $5 bound ``at`` (null: unbounded).
-HISTORY_DESC = f"""
-WITH RECURSIVE lasts (at, n) AS (
-    (SELECT at, 1 FROM price_index
-     WHERE substitution_group = $1
-       AND at >= coalesce($4::timestamptz, '-infinity') AND at < coalesce($5::timestamptz, 'infinity')
-     ORDER BY at DESC LIMIT 1)
-    UNION ALL
-    SELECT (SELECT p.at FROM price_index p
-            WHERE p.substitution_group = $1 AND p.at >= coalesce($4::timestamptz, '-infinity')
-              AND p.at < date_bin($2::interval, l.at, $3::timestamptz)
-            ORDER BY p.at DESC LIMIT 1), l.n + 1
-    FROM lasts l WHERE l.at IS NOT NULL AND l.n < $6
-)
-SELECT date_bin($2::interval, p.at, $3::timestamptz) AS bin, {", ".join("p." + c for c in COLUMNS)}
-FROM lasts l JOIN price_index p ON p.substitution_group = $1 AND p.at = l.at
-ORDER BY p.at DESC
-"""
-HISTORY_ASC = f"""
-WITH RECURSIVE firsts (at, n) AS (
-    (SELECT at, 1 FROM price_index
-     WHERE substitution_group = $1
-       AND at >= coalesce($4::timestamptz, '-infinity') AND at < coalesce($5::timestamptz, 'infinity')
-     ORDER BY at LIMIT 1)
-    UNION ALL
-    SELECT (SELECT p.at FROM price_index p
-            WHERE p.substitution_group = $1 AND p.at >= date_bin($2::interval, f.at, $3::timestamptz) + $2::interval
-              AND p.at < coalesce($5::timestamptz, 'infinity')
-            ORDER BY p.at LIMIT 1), f.n + 1
-    FROM firsts f WHERE f.at IS NOT NULL AND f.n < $6
-)
-SELECT date_bin($2::interval, p.at, $3::timestamptz) AS bin, {", ".join("p." + c for c in COLUMNS)}
-FROM firsts f CROSS JOIN LATERAL (
-    SELECT * FROM price_index p
-    WHERE p.substitution_group = $1 AND p.at >= f.at
-      AND p.at < least(date_bin($2::interval, f.at, $3::timestamptz) + $2::interval,
-                       coalesce($5::timestamptz, 'infinity'))
-    ORDER BY p.at DESC LIMIT 1
-) AS p
-ORDER BY p.at
-"""
-
-
-def price_index(row: IndexRow) -> PriceIndex:
-    """The API's form of one computed minute."""
-    return PriceIndex(row.substitution_group, row.at, None if row.value is None else from_micro(row.value), row.stale,
-                      row.trades, row.volume_tokens, from_micro(row.notional), row.computed_at)
+GROUP_LISTED = sql("group_listed")
+HISTORY_DESC = sql("index_history_desc")
+HISTORY_ASC = sql("index_history_asc")
 
 
 @indices.route("GET", "/v1/indices", summary="Token price indices", response=PriceIndexList)

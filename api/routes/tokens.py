@@ -1,7 +1,7 @@
 """Tokens in and out of existence: issuer approval (admin), mint and burn (issuer), redemption (holder)."""
 
 from api.endpoints import Call, Endpoints, cursor_id
-from api.routes_accounts import movement
+from api.routes.reads import movement
 from api.schemas import (
     IssuerApproval,
     Movement,
@@ -12,24 +12,13 @@ from api.schemas import (
     TokenQty,
 )
 from exchange.commands import ApproveIssuer, Burn, Mint, Redeem
+from exchange.database.queries import sql
 
 tokens = Endpoints("issuance")
 
-APPROVAL = """
-SELECT a.account_id, i.symbol, a.capacity, a.issued, a.approved_at
-FROM issuer_approval a JOIN instrument i ON i.id = a.instrument_id
-WHERE a.account_id = $1 AND i.symbol = $2
-"""
-REDEMPTION = """
-SELECT r.id, i.symbol, r.qty, r.created_at FROM redemption r JOIN instrument i ON i.id = r.instrument_id
-WHERE r.id = $1
-"""
-REDEMPTIONS = """
-SELECT r.id, i.symbol, r.qty, r.created_at FROM redemption r JOIN instrument i ON i.id = r.instrument_id
-WHERE r.account_id = $1 AND ($2::bigint IS NULL OR r.id < $2)
-ORDER BY r.id DESC
-LIMIT $3
-"""
+APPROVAL = sql("issuer_approval")
+REDEMPTION = sql("redemption_by_id")
+REDEMPTIONS = sql("redemptions_page")
 
 
 @tokens.route("POST", "/v1/issuer-approvals", summary="Approve an issuer", scope="admin", body=NewIssuerApproval,
@@ -86,4 +75,3 @@ async def redemptions(call: Call) -> RedemptionPage:
         rows = await conn.fetch(REDEMPTIONS, call.account_id, before, query.limit + 1)
     items = [Redemption(**row) for row in rows[: query.limit]]
     return RedemptionPage(items, str(items[-1].id) if len(rows) > query.limit else None)
-

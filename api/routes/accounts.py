@@ -2,6 +2,7 @@
 
 from api.endpoints import Call, Endpoints, cursor_id, money
 from api.problems import Problem
+from api.routes.reads import movement
 from api.schemas import (
     MAX_AMOUNT,
     Account,
@@ -17,29 +18,13 @@ from api.schemas import (
     asset_amount,
 )
 from exchange.commands import CreateAccount, Deposit, Withdraw
+from exchange.database.queries import sql
 
 accounts = Endpoints("accounts")
 
-ACCOUNT = "SELECT id, name, role, created_at FROM account WHERE id = $1 AND role <> 'system'"
-MOVEMENT = "SELECT asset, amount FROM posting WHERE account_id = $1 AND entry_id = $2"
-BALANCES = "SELECT asset, available, held FROM balance WHERE account_id = $1 ORDER BY asset <> 'CNY', asset"
-LEDGER = """
-WITH page AS (
-    SELECT DISTINCT entry_id FROM posting
-    WHERE account_id = $1 AND ($2::bigint IS NULL OR entry_id < $2) AND ($3::text IS NULL OR asset = $3)
-    ORDER BY entry_id DESC
-    LIMIT $4
-)
-SELECT e.id, e.kind, e.order_id, e.fill_id, e.created_at,
-       array_agg(p.asset ORDER BY p.asset, p.bucket) AS assets,
-       array_agg(p.bucket ORDER BY p.asset, p.bucket) AS buckets,
-       array_agg(p.amount ORDER BY p.asset, p.bucket) AS amounts
-FROM page
-JOIN journal_entry e ON e.id = page.entry_id
-JOIN posting p ON p.entry_id = page.entry_id AND p.account_id = $1
-GROUP BY e.id
-ORDER BY e.id DESC
-"""
+ACCOUNT = sql("account_by_id")
+BALANCES = sql("account_balances")
+LEDGER = sql("ledger_entries")
 
 
 async def read_account(call: Call, account_id: int) -> Account:
@@ -90,13 +75,6 @@ async def ledger(call: Call) -> LedgerPage:
     ]
     more = len(rows) > query.limit
     return LedgerPage(items, str(items[-1].id) if more else None)
-
-
-async def movement(call: Call, account_id: int, entry_id: int) -> Movement:
-    """What journal entry ``entry_id`` (a deposit, withdrawal, mint or burn) moved in or out of ``account_id``."""
-    async with call.services.connection() as conn:
-        asset, amount = await conn.fetchrow(MOVEMENT, account_id, entry_id)
-    return Movement(account_id, asset, asset_amount(asset, amount))
 
 
 @accounts.route("POST", "/v1/deposits", summary="Credit cash", scope="admin", body=CashTransfer,

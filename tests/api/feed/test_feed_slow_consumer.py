@@ -11,7 +11,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from api.client import Client
-from api.feed import FeedLimits
+from api.feed.limits import FeedLimits
 from exchange.commands import PlaceOrder
 from tests.support.feed import FeedClient, Follower, assert_same_book, feed_server, on_server, open_market, ws_url
 

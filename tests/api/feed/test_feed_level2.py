@@ -8,7 +8,7 @@ import zlib
 
 from api.app import create_app
 from api.client import Client
-from api.feed import checksum, checksum_text
+from api.feed.protocol import checksum, checksum_text
 from tests.support.api_server import NO_LIMITS, bootstrap, fresh_database, serve
 from tests.support.feed import FeedClient, Follower, Market, assert_same_book, follow, open_market, random_flow
 

@@ -14,25 +14,28 @@ from msgspec import Meta, Struct
 
 from api.endpoints import Call, Endpoints, money
 from api.problems import Problem
-from api.routes_orders import optional_price
-from api.routes_routing import Mode, average_quality
 from api.schemas import (
     MAX_AMOUNT,
     MAX_PRICE,
     ClientRequestId,
     Decimal,
+    Execution,
     Id,
     Limit,
+    Mode,
     Qty,
     Request,
     Text,
     average_price,
+    average_quality,
+    optional_price,
     whole,
 )
 from api.units import from_micro
 from exchange import packages as plans
 from exchange import routed_orders
 from exchange.commands import CreatePackage, Done, ExecutionView, PackageView, SetPackageStatus
+from exchange.database.queries import sql
 from exchange.scheduler import ExecutionListener
 from exchange.sequencer import Sequencer
 
@@ -43,16 +46,9 @@ PACKAGE_ID = {"package_id": (Id, "unknown_package")}
 PeriodCursor = Annotated[str, whole(r"[0-9]{1,9}", description="The next_cursor of the previous page.")]
 Time = Annotated[datetime, Meta(tz=True, description="RFC 3339 with a time zone, e.g. 2026-12-01T09:00:00Z.")]
 
-PACKAGE_COLUMNS = ", ".join(plans.Package.__struct_fields__)
-PACKAGE = f"SELECT {PACKAGE_COLUMNS} FROM package WHERE id = $1 AND account_id = $2"
-PACKAGES = f"SELECT {PACKAGE_COLUMNS} FROM package WHERE account_id = $1 ORDER BY id DESC"
-EXECUTIONS = """
-SELECT e.period, e.routed_order_id, e.reason, e.created_at, r.filled_qty, r.filled_notional, r.fee, r.quality_lots
-FROM package_execution e LEFT JOIN routed_order r ON r.id = e.routed_order_id
-WHERE e.package_id = $1 AND ($2::integer IS NULL OR e.period < $2)
-ORDER BY e.period DESC
-LIMIT $3
-"""
+PACKAGE = sql("package_of_account")
+PACKAGES = sql("packages_of_account")
+EXECUTIONS = sql("package_executions")
 
 
 class NewPackage(Request):
@@ -91,20 +87,6 @@ class Package(Struct):
 
 class PackageList(Struct):
     items: list[Package]
-
-
-class Execution(Struct):
-    package_id: int
-    period: int
-    period_start: datetime
-    routed_order_id: int | None
-    reason: Annotated[str | None, Meta(description="Why no routed order was placed, as a problem code.")]
-    filled_qty: int
-    filled_notional: str
-    average_price: str | None
-    average_quality: str | None
-    fee: str
-    created_at: datetime
 
 
 class ExecutionPage(Struct):

@@ -25,23 +25,25 @@ from msgspec import Meta, Struct
 
 from api.endpoints import Call, Endpoints
 from api.problems import Problem
-from api.schemas import Limit, Request, Side, Symbol, average_price, whole
+from api.schemas import (
+    INTERVALS,
+    ORIGIN,
+    SYMBOL_PARAM,
+    Candle,
+    Interval,
+    Limit,
+    Request,
+    Side,
+    Time,
+    candle,
+    empty_candle,
+    whole,
+)
 from api.units import from_micro
+from exchange.database.queries import sql
 
 history = Endpoints("market data")
 
-SYMBOL = {"symbol": (Symbol, "unknown_instrument")}
-INTERVALS: dict[str, timedelta] = {
-    "1m": timedelta(minutes=1),
-    "5m": timedelta(minutes=5),
-    "1h": timedelta(hours=1),
-    "1d": timedelta(days=1),
-}
-ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
-"""Bins are whole multiples of their interval from this UTC midnight."""
-
-Interval = Literal["1m", "5m", "1h", "1d"]
-Time = Annotated[datetime, Meta(tz=True, description="RFC 3339 with a time zone, e.g. 2026-11-28T09:30:00Z.")]
 TradeId = Annotated[str, whole(r"[0-9]{1,18}", description="A trade id, exclusive: the next_cursor of the "
                                                            "previous page, or any trade id to page from.")]
 
@@ -75,62 +77,21 @@ class TradePage(Struct):
     next_cursor: str | None
 
 
-class Candle(Struct):
-    start: datetime
-    open: str | None
-    high: str | None
-    low: str | None
-    close: str | None
-    volume: Annotated[int, Meta(description="Lots traded; 0 means no trade in this bin, and the prices are null.")]
-    notional: str
-    vwap: Annotated[str | None, Meta(description="notional / volume, rounded half-even to the micro-yuan.")]
-
-
 class CandleList(Struct):
     symbol: str
     interval: Interval
     items: list[Candle]
 
 
-INSTRUMENT_ID = "SELECT id FROM instrument WHERE symbol = $1"
-TRADES_DESC = """
-SELECT id, price, qty, taker_side, seq, created_at FROM fill
-WHERE instrument_id = $1 AND ($2::bigint IS NULL OR id < $2)
-  AND ($3::timestamptz IS NULL OR created_at >= $3) AND ($4::timestamptz IS NULL OR created_at < $4)
-ORDER BY id DESC
-LIMIT $5
-"""
-TRADES_ASC = """
-SELECT id, price, qty, taker_side, seq, created_at FROM fill
-WHERE instrument_id = $1 AND ($2::bigint IS NULL OR id > $2)
-  AND ($3::timestamptz IS NULL OR created_at >= $3) AND ($4::timestamptz IS NULL OR created_at < $4)
-ORDER BY id
-LIMIT $5
-"""
-CANDLES = """
-SELECT date_bin($2::interval, created_at, $5::timestamptz) AS start,
-       (array_agg(price ORDER BY id))[1] AS open, max(price) AS high, min(price) AS low,
-       (array_agg(price ORDER BY id DESC))[1] AS close, sum(qty)::bigint AS volume,
-       sum(price::numeric * qty) AS notional
-FROM fill
-WHERE instrument_id = $1 AND created_at >= $3 AND created_at < $4
-GROUP BY 1
-ORDER BY 1
-"""
+INSTRUMENT_ID = sql("instrument_id_by_symbol")
+TRADES_DESC = sql("trades_desc")
+TRADES_ASC = sql("trades_asc")
+CANDLES = sql("candles")
 
 
 def floor(moment: datetime, interval: timedelta) -> datetime:
     """The start of the bin of ``interval`` that holds ``moment``."""
     return ORIGIN + (moment - ORIGIN) // interval * interval
-
-
-def empty_candle(start: datetime) -> Candle:
-    return Candle(start, None, None, None, None, 0, "0", None)
-
-
-def candle(start: datetime, open_: int, high: int, low: int, close: int, volume: int, notional: int) -> Candle:
-    return Candle(start, from_micro(open_), from_micro(high), from_micro(low), from_micro(close), volume,
-                  from_micro(notional), average_price(notional, volume))
 
 
 async def instrument_id(call: Call, conn, symbol: str) -> int:
@@ -141,7 +102,7 @@ async def instrument_id(call: Call, conn, symbol: str) -> int:
 
 
 @history.route("GET", "/v1/instruments/{symbol}/trades", summary="Trades", query=TradeQuery, response=TradePage,
-               errors=("unknown_instrument",), params=SYMBOL)
+               errors=("unknown_instrument",), params=SYMBOL_PARAM)
 async def trades(call: Call) -> TradePage:
     """Public trades (fills) of the instrument, newest first unless ``order=asc``; ``cursor`` is a trade id,
     exclusive. ``side`` is the taker's."""
@@ -157,7 +118,7 @@ async def trades(call: Call) -> TradePage:
 
 
 @history.route("GET", "/v1/instruments/{symbol}/candles", summary="Candles", query=CandleQuery, response=CandleList,
-               errors=("unknown_instrument", "out_of_range"), params=SYMBOL)
+               errors=("unknown_instrument", "out_of_range"), params=SYMBOL_PARAM)
 async def candles(call: Call) -> CandleList:
     """OHLC, volume, notional and VWAP per bin of ``interval``, computed from the fills, oldest first. Every bin
     of the range is listed; one without trades has volume 0 and null prices."""

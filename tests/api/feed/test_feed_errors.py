@@ -7,7 +7,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from api.feed import FeedLimits
+from api.feed.limits import FeedLimits
 from tests.support.feed import FeedClient, feed_server, open_market
 
 LIMITS = FeedLimits(max_connections_per_address=6, max_subscriptions=3, max_message_bytes=1024, max_errors=20,

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from api.endpoints import Call, Endpoints, cursor_id, money
 from api.problems import Problem
+from api.routes.reads import with_fills, with_their_fills
 from api.schemas import (
     MAX_AMOUNT,
     MAX_PRICE,
@@ -29,98 +30,22 @@ from api.schemas import (
     OrderPage,
     OrderQuery,
     OrderWithFills,
-    average_price,
+    order_from_row,
+    order_from_view,
 )
 from api.units import from_micro
 from exchange.commands import AmendOrder, CancelAll, Cancelled, CancelOrder, Done, OrderView, PlaceOrder
+from exchange.database.queries import sql
 from matching.types import IOC
 
 orders = Endpoints("orders")
 
 ORDER_ID = {"order_id": (Id, "unknown_order")}
-COLUMNS = """o.id, i.symbol, o.client_order_id, o.side, o.type, o.tif, o.post_only, o.stp, o.price, o.qty, o.budget,
-o.status, o.reason, o.open_qty, o.filled_qty, o.filled_notional, o.fee, o.created_at, o.updated_at"""
-BY_ID = f"""
-SELECT {COLUMNS} FROM book_order o JOIN instrument i ON i.id = o.instrument_id
-WHERE o.id = $1 AND o.account_id = $2
-"""
-BY_IDS = f"""
-SELECT {COLUMNS} FROM book_order o JOIN instrument i ON i.id = o.instrument_id
-WHERE o.id = ANY($1::bigint[]) AND o.account_id = $2
-"""
-BY_CLIENT_ID = f"""
-SELECT {COLUMNS} FROM book_order o JOIN instrument i ON i.id = o.instrument_id
-WHERE o.account_id = $1 AND o.client_order_id = $2
-"""
-LIST = f"""
-SELECT {COLUMNS} FROM book_order o JOIN instrument i ON i.id = o.instrument_id
-WHERE o.account_id = $1 AND ($2::bigint IS NULL OR o.id < $2)
-  AND ($3::text IS NULL OR (o.status = 'open') = ($3 = 'open'))
-  AND ($4::text IS NULL OR i.symbol = $4)
-  AND ($5::text IS NULL OR o.side = $5)
-ORDER BY o.id DESC
-LIMIT $6
-"""
-# By the orders' ids (sql/008_fill_order_index.sql), never by times: a wall clock that steps back would hide fills.
-ORDER_FILLS = """
-SELECT maker_order_id AS order_id, id, price, qty, maker_fee AS fee, 'maker' AS role FROM fill
-WHERE maker_order_id = ANY($2::bigint[]) AND maker_account_id = $1
-UNION ALL
-SELECT taker_order_id, id, price, qty, taker_fee, 'taker' FROM fill
-WHERE taker_order_id = ANY($2::bigint[]) AND taker_account_id = $1
-ORDER BY id
-"""
-FILLS = """
-SELECT mine.*, i.symbol FROM (
-    (SELECT f.id, f.maker_order_id AS order_id, f.instrument_id,
-            CASE WHEN f.taker_side = 'buy' THEN 'sell' ELSE 'buy' END AS side, 'maker' AS role,
-            f.price, f.qty, f.maker_fee AS fee, f.seq, f.created_at
-     FROM fill f
-     WHERE f.maker_account_id = $1
-       AND ($2::timestamptz IS NULL OR f.created_at < $2 OR (f.created_at = $2 AND f.id < $3))
-       AND ($4::text IS NULL OR f.instrument_id = (SELECT id FROM instrument WHERE symbol = $4))
-     ORDER BY f.created_at DESC, f.id DESC
-     LIMIT $5)
-    UNION ALL
-    (SELECT f.id, f.taker_order_id, f.instrument_id, f.taker_side, 'taker',
-            f.price, f.qty, f.taker_fee, f.seq, f.created_at
-     FROM fill f
-     WHERE f.taker_account_id = $1
-       AND ($2::timestamptz IS NULL OR f.created_at < $2 OR (f.created_at = $2 AND f.id < $3))
-       AND ($4::text IS NULL OR f.instrument_id = (SELECT id FROM instrument WHERE symbol = $4))
-     ORDER BY f.created_at DESC, f.id DESC
-     LIMIT $5)
-) AS mine JOIN instrument i ON i.id = mine.instrument_id
-ORDER BY mine.created_at DESC, mine.id DESC
-LIMIT $5
-"""
-
-
-def optional_price(value: int | None) -> str | None:
-    return None if value is None else from_micro(value)
-
-
-def order_from_row(row) -> Order:
-    return Order(
-        row["id"], row["symbol"], row["client_order_id"], row["side"], row["type"], row["tif"], row["post_only"],
-        row["stp"], optional_price(row["price"]), row["qty"], optional_price(row["budget"]), row["status"],
-        row["reason"], row["open_qty"], row["filled_qty"], from_micro(row["filled_notional"]),
-        average_price(row["filled_notional"], row["filled_qty"]), from_micro(row["fee"]), row["created_at"],
-        row["updated_at"],
-    )
-
-
-def order_from_view(view: OrderView) -> Order:
-    return Order(
-        view.id, view.symbol, view.client_order_id, view.side, view.type, view.tif, view.post_only, view.stp,
-        optional_price(view.price), view.qty, optional_price(view.budget), view.status, view.reason, view.open_qty,
-        view.filled_qty, from_micro(view.filled_notional), average_price(view.filled_notional, view.filled_qty),
-        from_micro(view.fee), view.created_at, view.updated_at,
-    )
-
-
-def with_fills(order: Order, fills: list[OrderFill]) -> OrderWithFills:
-    return OrderWithFills(*(getattr(order, name) for name in Order.__struct_fields__), fills)
+BY_ID = sql("order_of_account")
+BY_IDS = sql("orders_by_ids")
+BY_CLIENT_ID = sql("order_by_client_id")
+LIST = sql("orders_page")
+FILLS = sql("fills_page")
 
 
 async def read_order(call: Call, row) -> OrderWithFills:
@@ -129,16 +54,6 @@ async def read_order(call: Call, row) -> OrderWithFills:
         return with_fills(order_from_row(row), [])
     async with call.services.connection() as conn:
         return (await with_their_fills(conn, call.account_id, [row]))[0]
-
-
-async def with_their_fills(conn, account_id: int, rows) -> list[OrderWithFills]:
-    """The committed orders of ``rows`` (of ``account_id``) with all their fills, read in one query."""
-    traded = [row["id"] for row in rows if row["filled_qty"]]
-    fills: dict[int, list[OrderFill]] = {}
-    if traded:
-        for order_id, fill_id, price, qty, fee, role in await conn.fetch(ORDER_FILLS, account_id, traded):
-            fills.setdefault(order_id, []).append(OrderFill(fill_id, from_micro(price), qty, from_micro(fee), role))
-    return [with_fills(order_from_row(row), fills.get(row["id"], [])) for row in rows]
 
 
 async def fetch_order(call: Call, order_id: int) -> OrderWithFills:

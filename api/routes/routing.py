@@ -14,13 +14,14 @@ from msgspec import Meta, Struct
 
 from api.endpoints import Call, Endpoints, cursor_id, money
 from api.problems import Problem
-from api.routes_orders import BY_IDS, optional_price, with_their_fills
+from api.routes.reads import with_their_fills
 from api.schemas import (
     MAX_AMOUNT,
     MAX_PRICE,
     ClientOrderId,
     Decimal,
     Id,
+    Mode,
     OrderWithFills,
     PageQuery,
     Qty,
@@ -28,6 +29,8 @@ from api.schemas import (
     Side,
     Text,
     average_price,
+    average_quality,
+    optional_price,
 )
 from api.units import from_micro
 from exchange import fees, route_planner
@@ -37,25 +40,15 @@ from matching.types import BUY
 
 routing = Endpoints("routed orders")
 
-Mode = Literal["cost", "quality", "balance"]
 ROUTED_ID = {"routed_order_id": (Id, "unknown_routed_order")}
 ERRORS = ("unknown_group", "invalid_route_mode", "limit_or_budget_required", "invalid_route_budget",
           "rest_requires_price", "off_tick_price", "invalid_qty", "too_precise", "invalid_decimal", "out_of_range")
 
-ROUTED_ORDER = """
-SELECT * FROM routed_order WHERE id = $1 AND account_id = $2
-"""
-ROUTED_ORDERS = """
-SELECT * FROM routed_order WHERE account_id = $1 AND ($2::bigint IS NULL OR id < $2)
-ORDER BY id DESC
-LIMIT $3
-"""
-GROUP = """
-SELECT symbol, quality, tick, min_qty, max_qty, maker_fee_bps, taker_fee_bps, status FROM instrument
-WHERE kind = 'compute' AND substitution_group = $1
-ORDER BY symbol
-"""
-TOKENS = "SELECT asset, available FROM balance WHERE account_id = $1 AND asset = ANY($2::text[])"
+ROUTED_ORDER = sql("routed_order_of_account")
+ROUTED_ORDERS = sql("routed_orders_page")
+GROUP = sql("group_instruments")
+TOKENS = sql("token_balances")
+ORDERS_BY_IDS = sql("orders_by_ids")
 DAILY_VOLUME = sql("daily_volume")
 
 
@@ -148,17 +141,6 @@ class RoutedQuote(Struct):
     resting: QuoteRest | None
 
 
-def average_quality(quality_lots: int, qty: int) -> str | None:
-    """``quality_lots / qty`` to two decimals, rounded half-even; None before a fill."""
-    if not qty:
-        return None
-    hundredths, remainder = divmod(quality_lots * 100, qty)
-    if 2 * remainder > qty or (2 * remainder == qty and hundredths % 2):
-        hundredths += 1
-    whole, fraction = divmod(hundredths, 100)
-    return f"{whole}.{fraction:02d}"
-
-
 def command(account_id: int, request: RoutedOrderQuery, client_order_id: str | None = None) -> RouteOrder:
     price = None if request.price is None else money(request.price, "price", MAX_PRICE)
     budget = None if request.budget is None else money(request.budget, "budget", MAX_AMOUNT)
@@ -214,7 +196,7 @@ async def fetch_routed(call: Call, routed_id: int) -> RoutedOrder:
         row = await conn.fetchrow(ROUTED_ORDER, routed_id, call.account_id)
         if row is None:
             raise Problem("unknown_routed_order", field="routed_order_id")
-        rows = await conn.fetch(BY_IDS, row["order_ids"], call.account_id)
+        rows = await conn.fetch(ORDERS_BY_IDS, row["order_ids"], call.account_id)
         by_id = {child.id: child for child in await with_their_fills(conn, call.account_id, rows)}
     children = [by_id[order_id] for order_id in row["order_ids"]]
     found = summary(row)

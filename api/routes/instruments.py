@@ -5,22 +5,20 @@ from api.problems import Problem
 from api.schemas import (
     CASH,
     MAX_PRICE,
+    SYMBOL_PARAM,
     Instrument,
     InstrumentList,
     NewComputeInstrument,
     NewInstrument,
-    Symbol,
 )
 from api.units import from_micro
 from exchange.commands import ListInstrument, SetInstrumentStatus
+from exchange.database.queries import sql
 
 instruments = Endpoints("instruments")
 
-COLUMNS = """symbol, kind, status, tick, min_qty, max_qty, maker_fee_bps, taker_fee_bps, model, substitution_group,
-quality, tokens_per_lot, issuer_id, description, license, grants, supply_cap, created_at"""
-ALL = f"SELECT {COLUMNS} FROM instrument ORDER BY symbol"
-ONE = f"SELECT {COLUMNS} FROM instrument WHERE symbol = $1"
-SYMBOL = {"symbol": (Symbol, "unknown_instrument")}
+ALL = sql("all_instruments")
+ONE = sql("instrument_by_symbol")
 
 
 def instrument(row) -> Instrument:
@@ -46,7 +44,7 @@ async def list_instruments(call: Call) -> InstrumentList:
 
 
 @instruments.route("GET", "/v1/instruments/{symbol}", summary="One instrument", response=Instrument,
-                   errors=("unknown_instrument",), params=SYMBOL)
+                   errors=("unknown_instrument",), params=SYMBOL_PARAM)
 async def get_instrument(call: Call) -> Instrument:
     """One instrument's attributes and status."""
     return await read_instrument(call, call.params["symbol"])
@@ -89,14 +87,14 @@ async def set_status(call: Call, status: str) -> Instrument:
 
 
 @instruments.route("POST", "/v1/instruments/{symbol}/halt", summary="Halt trading", scope="admin",
-                   response=Instrument, errors=("unknown_instrument",), params=SYMBOL)
+                   response=Instrument, errors=("unknown_instrument",), params=SYMBOL_PARAM)
 async def halt(call: Call) -> Instrument:
     """Stop trading: new orders and amendments are refused, cancels still work. Halting twice is harmless."""
     return await set_status(call, "halted")
 
 
 @instruments.route("POST", "/v1/instruments/{symbol}/resume", summary="Resume trading", scope="admin",
-                   response=Instrument, errors=("unknown_instrument",), params=SYMBOL)
+                   response=Instrument, errors=("unknown_instrument",), params=SYMBOL_PARAM)
 async def resume(call: Call) -> Instrument:
     """Trade again after a halt."""
     return await set_status(call, "trading")

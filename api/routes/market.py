@@ -3,34 +3,23 @@
 import time
 
 from api.endpoints import Call, Endpoints
-from api.marketdata import INSTRUMENT_SEQ, LOAD_INSTRUMENTS, MINUTE_US, BookView
+from api.marketdata import LOAD_INSTRUMENTS, MINUTE_US, BookView
 from api.problems import Problem
-from api.schemas import Book, BookQuery, Level, Symbol, Ticker, TickerList
+from api.schemas import SYMBOL_PARAM, Book, BookQuery, Level, Ticker, TickerList, ticker_figures
 from api.units import from_micro
 
 market = Endpoints("market data")
 
-SYMBOL = {"symbol": (Symbol, "unknown_instrument")}
-
-
-def price(value: int | None) -> str | None:
-    return None if value is None else from_micro(value)
-
 
 async def book_view(call: Call, symbol: str) -> BookView:
-    view = call.services.market.books.get(symbol)
+    view = await call.services.market.view_of(call.services.connection, symbol)
     if view is None:
-        # Listed after start-up and never traded: the database says whether it exists, and its seq.
-        async with call.services.connection() as conn:
-            seq = await conn.fetchval(INSTRUMENT_SEQ, symbol)
-        if seq is None:
-            raise Problem("unknown_instrument", field="symbol")
-        view = call.services.market.known(symbol, seq)
+        raise Problem("unknown_instrument", field="symbol")
     return view
 
 
 @market.route("GET", "/v1/instruments/{symbol}/book", summary="Order book", query=BookQuery, response=Book,
-              errors=("unknown_instrument",), params=SYMBOL)
+              errors=("unknown_instrument",), params=SYMBOL_PARAM)
 async def book(call: Call) -> Book:
     """Total lots per price level, best first, as of sequence number ``seq`` (the feed's numbering)."""
     symbol = call.params["symbol"]
@@ -41,7 +30,7 @@ async def book(call: Call) -> Book:
 
 
 @market.route("GET", "/v1/instruments/{symbol}/ticker", summary="Ticker", response=Ticker,
-              errors=("unknown_instrument",), params=SYMBOL)
+              errors=("unknown_instrument",), params=SYMBOL_PARAM)
 async def ticker(call: Call) -> Ticker:
     """Best bid and ask, the last trade, and the trailing 24 hours (by whole minutes)."""
     symbol = call.params["symbol"]
@@ -60,9 +49,4 @@ async def tickers(call: Call) -> TickerList:
 
 
 def ticker_of(symbol: str, view: BookView, minute: int) -> Ticker:
-    bids, asks = view.depth(1)
-    open_, high, low, volume, notional = view.day(minute)
-    change = None if view.last_price is None or open_ is None else from_micro(view.last_price - open_)
-    return Ticker(symbol, view.seq, price(bids[0][0]) if bids else None, price(asks[0][0]) if asks else None,
-                  price(view.last_price), view.last_qty, price(open_), price(high), price(low), change, volume,
-                  from_micro(notional))
+    return Ticker(symbol, view.seq, *ticker_figures(view, *view.best(), minute))

@@ -8,10 +8,11 @@ from api.endpoints import Call, Endpoints
 from api.problems import retry_after
 from api.schemas import Health, ServerTime
 from api.services import READ_ERRORS
+from exchange.database.queries import sql
 
 system = Endpoints("system")
 
-PROBE = "SELECT 1"
+PROBE = sql("ping")
 PROBE_SECONDS = 2.0
 
 

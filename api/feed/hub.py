@@ -1,0 +1,426 @@
+"""The feed's fan-out: every connection and subscription, the books as published, and the tasks that flush and
+beat (``api.feed.protocol`` describes what clients see)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, deque
+from datetime import UTC, datetime
+from typing import Any
+
+from api.feed.connection import Connection, Feed
+from api.feed.ladder import Ladder
+from api.feed.limits import FeedLimits
+from api.feed.protocol import (
+    GOING_AWAY,
+    INTERVAL_MINUTES,
+    CandleUpdate,
+    Heartbeat,
+    IndexHeartbeat,
+    IndexUpdate,
+    PackageUpdate,
+    Snapshot,
+    Ticker,
+    TradeItem,
+    Trades,
+    Update,
+    checksum,
+    encode,
+    frame,
+)
+from api.feed.user import UserChannel, UserJob, merge
+from api.marketdata import MINUTE_US, Batch, MarketData
+from api.schemas import Execution, candle, empty_candle, price_index, ticker_figures
+from api.services import Services
+from api.uvicorn_coupling import wire_frame
+from exchange.indexer import IndexRow
+from matching import events as ev
+
+log = logging.getLogger(__name__)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Hub:
+    """Every connection and subscription, the books as published, and the tasks that flush, beat and read the
+    user channel's rows. ``publish`` is a ``MarketData`` listener."""
+
+    def __init__(self, market: MarketData, limits: FeedLimits | None = None) -> None:
+        self.market = market
+        self.limits = limits or FeedLimits()
+        self.ladders: dict[str, Ladder] = {symbol: Ladder.of(view) for symbol, view in market.books.items()}
+        self.feeds: dict[tuple, Feed] = {}
+        self.connections: set[Connection] = set()
+        self.per_address: Counter[str] = Counter()
+        self.user_feeds: dict[str, dict[int, Feed]] = {}
+        self.last_fill_id = market.last_fill_id
+        """The id of the newest fill published: after a ``resync``, the user channel reads the ones after it."""
+        self.services: Services | None = None
+        self._dirty: list[Feed] = []
+        self._deliveries: deque[tuple[Connection, str | asyncio.Event, bytes | None]] = deque()
+        self._flush_wanted = asyncio.Event()
+        self._last_flush = 0.0
+        self.user = UserChannel(self)
+        self.indices: dict[str, IndexRow] = {}
+        """group -> its newest price index"""
+        self._tasks: list[asyncio.Task] = []
+        self.stats = Counter()
+
+    # Lifecycle
+
+    def start(self, services: Services) -> None:
+        self.services = services
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._flusher(), name="feed-flush"),
+                       loop.create_task(self._heartbeats(), name="feed-heartbeat"),
+                       loop.create_task(self.user.run(), name="feed-user")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for connection in list(self.connections):
+            connection.close(GOING_AWAY, "the server is stopping")
+
+    # Publication: in the sequencer's writer task, right after a commit
+
+    def publish(self, batch: Batch, fill_ids: list[int]) -> None:
+        """Queue the messages of one committed batch of (symbol, book events); ``fill_ids`` names the batch's
+        Trade events in order, as committed."""
+        next_fill = iter(fill_ids).__next__
+        touched: dict[str, bool] = {}
+        for symbol, events in batch:
+            ladder = self.ladders.get(symbol)
+            if ladder is None:
+                ladder = self.ladders[symbol] = Ladder(0)
+            job = None
+            if symbol in self.user_feeds:
+                job = self.user.jobs.get(symbol)
+                if job is None:
+                    job = self.user.jobs[symbol] = UserJob()
+            traded = touched.get(symbol, False)
+            seq = -1
+            ts = 0
+            levels: list[ev.LevelChanged] = []
+            trades: list[tuple[int, ev.Trade]] = []
+            for event in events:
+                if event.seq != seq:
+                    if seq >= 0:
+                        self._emit(symbol, ladder, seq, ts, levels, trades)
+                        levels, trades = [], []
+                    seq, ts = event.seq, event.ts
+                kind = type(event)
+                if kind is ev.LevelChanged:
+                    levels.append(event)
+                elif kind is ev.Trade:
+                    fill_id = next_fill()
+                    trades.append((fill_id, event))
+                    traded = True
+                    if job is not None:
+                        job.order_ids.update((event.maker_order_id, event.taker_order_id))
+                        job.first_fill = job.first_fill or fill_id
+                        job.last_fill = fill_id
+                elif job is not None and kind is not ev.Rejected:
+                    job.order_ids.add(event.order_id)
+            if seq >= 0:
+                self._emit(symbol, ladder, seq, ts, levels, trades)
+                touched[symbol] = traded
+                if job is not None:
+                    job.seq = ladder.seq
+        if fill_ids:
+            self.last_fill_id = fill_ids[-1]
+        for symbol, traded in touched.items():
+            self._after_batch(symbol, self.ladders[symbol], traded)
+        if self.user.jobs:
+            self.user.wake.set()
+        self._flush_wanted.set()
+
+    def resync(self) -> None:
+        """Start again from the market view, which was just read anew from the database (``MarketData.reload``):
+        the sequencer could not tell whether a batch committed, or a publish failed partway.
+
+        Every book's ladder is made again from the view, at the view's seq, as at start-up: each level2
+        subscriber gets a fresh snapshot (the next update's ``prev_seq`` is its seq), each ticker and candles
+        subscriber a fresh message, and trades and heartbeats continue from that seq, so a client whose last
+        trades seq is below it fetches the trades it missed over REST. The user channel sends each subscriber's
+        balances and open orders again, and the fills committed after the last one published.
+        """
+        self.flush()  # what is queued predates the snapshots
+        for symbol, view in self.market.books.items():
+            old = self.ladders.get(symbol)
+            ladder = self.ladders[symbol] = Ladder.of(view)
+            if old is not None:
+                ladder.ts = old.ts
+        for key, feed in self.feeds.items():
+            ladder = self.ladders.get(key[1]) if key[0] in ("level2", "ticker", "candles") else None
+            if ladder is None:
+                continue
+            symbol = key[1]
+            if key[0] == "level2":
+                bids, asks = ladder.levels()
+                self.queue(feed, encode(Snapshot("level2", symbol, ladder.seq, ladder.ts, bids, asks,
+                                                  checksum(bids, asks))))
+            elif key[0] == "ticker":
+                self.queue(feed, self.ticker(symbol, ladder))
+            else:
+                self.queue(feed, self.candle(symbol, ladder, key[2]))
+        missed = (self.last_fill_id + 1, self.market.last_fill_id)
+        self.last_fill_id = max(self.last_fill_id, self.market.last_fill_id)
+        for symbol, accounts in self.user_feeds.items():
+            self.user.initial.extend((symbol, account_id) for account_id in accounts)
+            if missed[0] <= missed[1]:
+                job = self.user.jobs.setdefault(symbol, UserJob())
+                merge(job, UserJob(self.ladders[symbol].seq, set(), *missed))
+        if self.user_feeds:
+            self.user.wake.set()
+        self._flush_wanted.set()
+
+    def _emit(self, symbol: str, ladder: Ladder, seq: int, ts: int, levels: list[ev.LevelChanged],
+              trades: list[tuple[int, ev.Trade]]) -> None:
+        if seq > ladder.seq:
+            ladder.seq = seq
+        ladder.ts = ts
+        feeds = self.feeds
+        if levels:
+            for event in levels:
+                ladder.set_level(event.side, event.price, event.total)
+            feed = feeds.get(("level2", symbol))
+            if feed is not None:
+                price = ladder.price
+                bids = [(price(e.price), e.total) for e in levels if e.side == "buy"]
+                asks = [(price(e.price), e.total) for e in levels if e.side != "buy"]
+                self.queue(feed, encode(Update("level2", symbol, seq, ladder.level2_seq, ts, bids, asks,
+                                                ladder.checksum())))
+            ladder.level2_seq = seq
+        if trades:
+            feed = feeds.get(("trades", symbol))
+            if feed is not None:
+                price = ladder.price
+                items = [TradeItem(fill_id, price(t.price), t.qty, t.taker_side) for fill_id, t in trades]
+                self.queue(feed, encode(Trades("trades", symbol, seq, ladder.trades_seq, ts, items)))
+            ladder.trades_seq = seq
+
+    def _after_batch(self, symbol: str, ladder: Ladder, traded: bool) -> None:
+        top = ladder.best()
+        moved = top != ladder.top
+        ladder.top = top
+        feed = self.feeds.get(("ticker", symbol))
+        if feed is not None and (moved or traded):
+            self.queue(feed, self.ticker(symbol, ladder))
+        if traded:
+            for interval in INTERVAL_MINUTES:
+                feed = self.feeds.get(("candles", symbol, interval))
+                if feed is not None:
+                    self.queue(feed, self.candle(symbol, ladder, interval))
+
+    def publish_index(self, rows: list[IndexRow]) -> None:
+        """Queue newly computed price index rows, oldest first; the ``exchange.indexer.Indexer``'s ``publish``."""
+        for row in rows:
+            group = row.substitution_group
+            newest = self.indices.get(group)
+            if newest is None or row.at > newest.at:
+                self.indices[group] = row
+            feed = self.feeds.get(("index", group))
+            if feed is not None:
+                self.queue(feed, encode(IndexUpdate("index", group, price_index(row))))
+        self._flush_wanted.set()
+
+    def queue(self, feed: Feed, message: str) -> None:
+        """Queue ``message`` on the stream ``feed`` for the next flush."""
+        if not feed.pending:
+            self._dirty.append(feed)
+        feed.pending.append(message)
+
+    def ticker(self, symbol: str, ladder: Ladder) -> str:
+        """The ticker message of ``symbol`` now."""
+        figures = ticker_figures(self.market.books.get(symbol), *ladder.best(), now_us() // MINUTE_US)
+        return encode(Ticker("ticker", symbol, ladder.seq, ladder.ts, *figures))
+
+    def candle(self, symbol: str, ladder: Ladder, interval: str) -> str:
+        """The candle message of ``symbol``'s current bin of ``interval``."""
+        span = INTERVAL_MINUTES[interval]
+        view = self.market.books.get(symbol)
+        minutes = view.minutes if view is not None else ()
+        now = now_us() // MINUTE_US
+        if minutes and minutes[-1][0] > now:
+            now = minutes[-1][0]  # the clock stepped back: the newest bucket is the current one
+        first = now // span * span
+        current = [bucket for bucket in reversed(minutes) if bucket[0] >= first] if minutes else []
+        start = datetime.fromtimestamp(first * 60, UTC)
+        if not current:
+            bar = empty_candle(start)
+        else:
+            current.reverse()
+            bar = candle(start, current[0][1], max(b[2] for b in current), min(b[3] for b in current),
+                         current[-1][4], sum(b[5] for b in current), sum(b[6] for b in current))
+        return encode(CandleUpdate("candles", symbol, interval, ladder.seq, ladder.ts, bar))
+
+    # Flushing
+
+    async def _flusher(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.limits.flush_interval
+        chunk = self.limits.delivery_chunk
+        deliveries = self._deliveries
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            try:
+                if self._dirty:
+                    wait = self._last_flush + interval - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    self._last_flush = loop.time()
+                    self.flush()
+                # A few sends per turn of the loop, so that the sequencer's commits go on meanwhile. What is
+                # published while they go out waits for the next flush: the busier, the fewer and larger the frames.
+                while deliveries:
+                    for _ in range(min(chunk, len(deliveries))):
+                        connection, text, wire = deliveries.popleft()
+                        connection.put(text, wire)
+                    if deliveries:
+                        await asyncio.sleep(0)
+            except Exception:
+                log.exception("flushing the feed failed")
+
+    def flush(self) -> None:
+        """Turn every queued message into frames for its subscribers, in order: one frame per connection, built
+        once per distinct set of streams. The flusher hands them over."""
+        dirty = self._dirty
+        if not dirty:
+            return
+        self._dirty = []
+        parts: dict[Feed, str] = {}
+        targets: dict[Connection, list[Feed]] = {}
+        for feed in dirty:
+            if not feed.pending:
+                continue
+            parts[feed] = ",".join(feed.pending)
+            feed.pending = []
+            for connection in feed.subscribers:
+                found = targets.get(connection)
+                if found is None:
+                    targets[connection] = [feed]
+                else:
+                    found.append(feed)
+        frames: dict[Any, tuple[str, bytes]] = {}
+        deliveries = self._deliveries
+        for connection, feeds in targets.items():
+            key = feeds[0] if len(feeds) == 1 else tuple(feeds)
+            made = frames.get(key)
+            if made is None:
+                text = "[" + ",".join(parts[feed] for feed in feeds) + "]"
+                made = frames[key] = (text, wire_frame(text))
+            deliveries.append((connection, *made))
+        self._flush_wanted.set()
+        self.stats["flushes"] += 1
+        self.stats["frames"] += len(targets)
+
+    def handed(self, connection: Connection) -> asyncio.Event:
+        """An event set once everything queued for ``connection`` so far is handed over to it."""
+        event = asyncio.Event()
+        self._deliveries.append((connection, event, None))
+        self._flush_wanted.set()
+        return event
+
+    def send(self, connection: Connection, *messages: str) -> None:
+        """Queue a frame for one connection, after what is queued for it already."""
+        self._deliveries.append((connection, frame(*messages), None))
+        self._flush_wanted.set()
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.limits.heartbeat_interval)
+            try:
+                self.beat()
+            except Exception:
+                log.exception("sending heartbeats failed")
+
+    def beat(self) -> None:
+        """Send each subscribed instrument's heartbeat, after everything queued before it."""
+        self.flush()
+        ts = now_us()
+        for key, feed in self.feeds.items():
+            if key[0] == "heartbeat" and feed.subscribers:
+                ladder = self.ladders[key[1]]
+                self.queue(feed, encode(Heartbeat(key[1], ladder.seq, ladder.level2_seq, ladder.trades_seq, ts)))
+            elif key[0] == "index_heartbeat" and feed.subscribers:
+                newest = self.indices.get(key[1])
+                self.queue(feed, encode(IndexHeartbeat(key[1], None if newest is None else newest.at, ts)))
+        self.flush()
+        if self.user_feeds:
+            self.user.poll = True
+            self.user.wake.set()
+
+    # Subscriptions
+
+    def subscribe(self, connection: Connection, key: tuple, first: list[str]) -> None:
+        """Add ``connection`` to the stream ``key``; ``first`` (the answer, a snapshot) precedes its messages."""
+        self.flush()  # whatever is queued now predates the snapshot
+        feed = self._feed(key)
+        feed.subscribers.add(connection)
+        connection.feeds[key] = feed
+        self._feed(heartbeat_key(key)).subscribers.add(connection)
+        if key[0] == "user":
+            self.user_feeds.setdefault(key[1], {})[key[2]] = feed
+        self.send(connection, *first)
+
+    def unsubscribe(self, connection: Connection, key: tuple) -> None:
+        feed = connection.feeds.pop(key, None)
+        connection.keys.pop(key, None)
+        if feed is not None:
+            self._leave(feed, connection)
+        beat = heartbeat_key(key)
+        if not any(heartbeat_key(other) == beat for other in connection.feeds):
+            heartbeat = self.feeds.get(beat)
+            if heartbeat is not None:
+                self._leave(heartbeat, connection)
+
+    def drop(self, connection: Connection) -> None:
+        """Forget ``connection`` everywhere."""
+        for key in list(connection.feeds):
+            self.unsubscribe(connection, key)
+        if connection in self.connections:
+            self.connections.discard(connection)
+            self.per_address[connection.address] -= 1
+            if self.per_address[connection.address] <= 0:
+                del self.per_address[connection.address]
+
+    def _feed(self, key: tuple) -> Feed:
+        feed = self.feeds.get(key)
+        if feed is None:
+            feed = self.feeds[key] = Feed(key)
+        return feed
+
+    def _leave(self, feed: Feed, connection: Connection) -> None:
+        feed.subscribers.discard(connection)
+        if not feed.subscribers:
+            del self.feeds[feed.key]
+            feed.pending = []
+            if feed.key[0] == "user":
+                self.user.balances.pop(feed.key, None)
+                users = self.user_feeds.get(feed.key[1], {})
+                users.pop(feed.key[2], None)
+                if not users:
+                    self.user_feeds.pop(feed.key[1], None)
+
+    def package_executed(self, account_id: int, symbols: list[str], execution: Execution) -> None:
+        """Report a committed package execution to the account's user subscriptions on ``symbols``."""
+        for symbol in symbols:
+            feed = self.user_feeds.get(symbol, {}).get(account_id)
+            if feed is not None:
+                ladder = self.ladders.get(symbol)
+                self.queue(feed, encode(PackageUpdate("user", symbol, ladder.seq if ladder else 0, execution)))
+        self._flush_wanted.set()
+
+
+def heartbeat_key(key: tuple) -> tuple:
+    """The heartbeat stream that accounts for stream ``key``: its instrument's, or its group's."""
+    return ("index_heartbeat", key[1]) if key[0] == "index" else ("heartbeat", key[1])

@@ -1,0 +1,29 @@
+"""What one feed connection may do and be owed."""
+
+from dataclasses import dataclass
+
+from api.feed.protocol import MAX_MESSAGE_BYTES
+
+
+@dataclass(frozen=True)
+class FeedLimits:
+    """What one connection may do and be owed; the defaults suit a public server."""
+
+    max_connections_per_address: int = 50
+    max_subscriptions: int = 50
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    """Above the server's frame limit this has no effect: a longer frame closes the connection first."""
+    message_rate: float = 10.0
+    message_burst: float = 30.0
+    max_errors: int = 10
+    max_queue: int = 256
+    """Frames waiting for one connection; a frame holds whatever accumulated during one flush interval."""
+    max_queue_bytes: int = 8 * 1024 * 1024
+    flush_interval: float = 0.05
+    """Seconds between flushes at most. Every flush costs one send per subscriber, which dominates the feed's
+    work: a longer interval costs the server less, and the slowest messages arrive sooner, because sends no
+    longer queue behind each other (``loadtest/README.md`` has the figures)."""
+    delivery_chunk: int = 64
+    """Frames handed over per turn of the event loop."""
+    heartbeat_interval: float = 1.0
+    close_timeout: float = 5.0
