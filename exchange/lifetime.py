@@ -9,23 +9,59 @@ The handler stops the servers, then lets the previous handler run, or dies of SI
 would have without it. A process that ignores SIGTERM (SIG_IGN) is meant to survive it, and then so are
 its servers.
 
-Also here: telling whether a process recorded in an owner file is still the same process, since a pid
-alone may have been reused by an unrelated one.
+Also here: ``EmbeddedServer``, the ways every embedded server is used (blocking, async, as a context
+manager) around its own ``start()`` and ``stop()``; and telling whether a process recorded in an owner
+file is still the same process, since a pid alone may have been reused by an unrelated one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import os
 import signal
 import threading
-from typing import Protocol
+from typing import Protocol, Self
 
 import psutil
 
 
 class Stoppable(Protocol):
     def stop(self) -> None: ...
+
+
+class EmbeddedServer:
+    """``start()`` and ``stop()`` (the subclass's, blocking) also as coroutines and context managers."""
+
+    def start(self) -> str:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    async def start_async(self) -> str:
+        """`start()` without blocking the event loop."""
+        address = await asyncio.to_thread(self.start)
+        install_sigterm_handler()  # from the loop's thread, which is the main thread where signals go
+        return address
+
+    async def stop_async(self) -> None:
+        """`stop()` without blocking the event loop."""
+        await asyncio.to_thread(self.stop)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.start_async()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop_async()
 
 
 _running: list[Stoppable] = []

@@ -36,7 +36,6 @@ Lifetime
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import importlib.metadata
@@ -80,7 +79,7 @@ class _Server:
     monitor_url: str
 
 
-class EmbeddedNats:
+class EmbeddedNats(lifetime.EmbeddedServer):
     """A NATS server with JetStream whose store lives in `home`/nats; see the module docstring.
 
     `start()` returns the URL clients connect to. `port` overrides TOKEX_NATS_PORT for a new server.
@@ -166,30 +165,6 @@ class EmbeddedNats:
             with self._file_lock():
                 self._stop_server(server.pid)
                 self._clear_owner()
-
-    async def start_async(self) -> str:
-        """`start()` without blocking the event loop."""
-        url = await asyncio.to_thread(self.start)
-        lifetime.install_sigterm_handler()
-        return url
-
-    async def stop_async(self) -> None:
-        """`stop()` without blocking the event loop."""
-        await asyncio.to_thread(self.stop)
-
-    def __enter__(self) -> EmbeddedNats:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> EmbeddedNats:
-        await self.start_async()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop_async()
 
     # -- starting ----------------------------------------------------------------------------------
 

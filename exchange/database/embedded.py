@@ -47,7 +47,6 @@ synchronous_commit and full_page_writes on), 128 MB of shared buffers, 100 conne
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import importlib.metadata
@@ -123,7 +122,7 @@ class _Postmaster:
     status: str
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(lifetime.EmbeddedServer):
     """A PostgreSQL server whose data lives in `home`/pgdata; see the module docstring.
 
     `start()` returns an asyncpg DSN for the `tokex` database; `dsn_for(name)` names another one.
@@ -211,30 +210,6 @@ class EmbeddedPostgres:
             with self._file_lock():
                 self._stop_postmaster(pm)
                 self._clear_owner()
-
-    async def start_async(self) -> str:
-        """`start()` without blocking the event loop."""
-        dsn = await asyncio.to_thread(self.start)
-        lifetime.install_sigterm_handler()
-        return dsn
-
-    async def stop_async(self) -> None:
-        """`stop()` without blocking the event loop."""
-        await asyncio.to_thread(self.stop)
-
-    def __enter__(self) -> EmbeddedPostgres:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> EmbeddedPostgres:
-        await self.start_async()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop_async()
 
     # -- starting ----------------------------------------------------------------------------------
 
