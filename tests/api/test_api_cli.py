@@ -62,8 +62,8 @@ def query(dsn: str, sql: str, *args: object) -> list[asyncpg.Record]:
     return asyncio.run(fetch())
 
 
-def test_admin_creates_accounts_keys_cash_instruments_and_issuers(fresh_database_url, cli_env, capsys):
-    db = ["--database-url", fresh_database_url]
+def test_admin_creates_accounts_keys_cash_instruments_and_issuers(migrated_database_url, cli_env, capsys):
+    db = ["--database-url", migrated_database_url]
     admin = tokex(capsys, "admin", *db, "create-admin")
     assert admin["key_id"].startswith("tk_") and len(admin["secret"]) == 64
     again = tokex(capsys, "admin", *db, "create-admin")
@@ -95,21 +95,21 @@ def test_admin_creates_accounts_keys_cash_instruments_and_issuers(fresh_database
     assert main(["admin", *db, "deposit", str(buyer["id"]), "1.0000001"]) == 1
     assert "422 too_precise" in capsys.readouterr().err
 
-    assert query(fresh_database_url, "SELECT available FROM balance WHERE account_id = $1 AND asset = 'CNY'",
+    assert query(migrated_database_url, "SELECT available FROM balance WHERE account_id = $1 AND asset = 'CNY'",
                  buyer["id"])[0]["available"] == 250_000_000
     # Each command's own key is revoked after it: only the keys asked for stay usable.
-    live = {row["id"] for row in query(fresh_database_url, "SELECT id FROM api_key WHERE revoked_at IS NULL")}
+    live = {row["id"] for row in query(migrated_database_url, "SELECT id FROM api_key WHERE revoked_at IS NULL")}
     assert live == {admin["key_id"], again["key_id"], seller["key"]["id"], key["id"]}
     assert main(["check", *db]) == 0
 
 
-def test_admin_refuses_a_database_that_a_server_writes_to(fresh_database_url, cli_env, capsys):
+def test_admin_refuses_a_database_that_a_server_writes_to(migrated_database_url, cli_env, capsys):
     async def attempt() -> None:
         # A running server's sequencer holds the writer lock for as long as it runs.
-        writer = await asyncpg.connect(fresh_database_url)
+        writer = await asyncpg.connect(migrated_database_url)
         try:
             await writer.execute("SELECT pg_advisory_lock($1)", WRITER_LOCK)
-            status = await asyncio.to_thread(main, ["admin", "--database-url", fresh_database_url,
+            status = await asyncio.to_thread(main, ["admin", "--database-url", migrated_database_url,
                                                     "create-account", "x"])
             assert status == 1
         finally:
@@ -118,7 +118,7 @@ def test_admin_refuses_a_database_that_a_server_writes_to(fresh_database_url, cl
     asyncio.run(attempt())
     err = capsys.readouterr().err
     assert "only one writer" in err and "--server" in err
-    assert query(fresh_database_url, "SELECT count(*) FROM account WHERE name = 'x'")[0][0] == 0
+    assert query(migrated_database_url, "SELECT count(*) FROM account WHERE name = 'x'")[0][0] == 0
 
 
 class Tokex:
@@ -261,8 +261,8 @@ async def load_until_stopped(url: str, admin: dict, symbol: str, server: Tokex
 
 
 @pytest.mark.slow  # runs the demo, a server process with its flow, for seconds
-def test_demo_seeds_a_market_that_trades(postgres_admin_url, fresh_database_url, cli_env):
-    argv = ["demo", "--port", "0", "--database-url", fresh_database_url, "--flow-rate", "25", "--seed", "7"]
+def test_demo_seeds_a_market_that_trades(postgres_admin_url, migrated_database_url, cli_env):
+    argv = ["demo", "--port", "0", "--database-url", migrated_database_url, "--flow-rate", "25", "--seed", "7"]
     with running(argv, cli_env) as demo:
         url = demo.wait_for(r"a live market on (http://\S+)").group(1)
         demo.wait_for(r"demo-buyer \(account \d+\)")
@@ -270,7 +270,7 @@ def test_demo_seeds_a_market_that_trades(postgres_admin_url, fresh_database_url,
         demo.wait_for(r"try: curl")
         asyncio.run(watch_the_market(url, key, secret))
         assert demo.stop() == 0, "".join(demo.output)
-    assert main(["check", "--database-url", fresh_database_url]) == 0
+    assert main(["check", "--database-url", migrated_database_url]) == 0
 
 
 async def watch_the_market(url: str, key: str, secret: str) -> None:

@@ -1,7 +1,6 @@
 """Fixtures for the exchange core: a migrated database, a pool on it, and a running sequencer.
 
-    migrated_database_url   function: ``fresh_database_url`` with the repository's migrations applied
-    pool                    function: an asyncpg pool on that database, closed after the test
+    pool                    function: an asyncpg pool on ``migrated_database_url``, closed after the test
     databases               session: ``Databases``, to create (migrated) and drop databases of one's own
     exchange                function: an opened ``Sequencer`` on the pool; stopped after the test, which then
                             fails if ``invariants.problems`` finds anything
@@ -19,7 +18,6 @@ import pytest
 import pytest_asyncio
 
 from exchange import invariants
-from exchange.database.migrations import migrate
 from exchange.sequencer import Sequencer
 from tests.support.databases import create_database, drop_database
 
@@ -32,10 +30,8 @@ class Databases:
         self.admin_url = admin_url
 
     async def create(self, prefix: str = "tokex_test_ex") -> tuple[str, str]:
-        """Create and migrate a new database; return its name and DSN."""
-        name, dsn = await create_database(self.admin_url, prefix)
-        await migrate(dsn)
-        return name, dsn
+        """Create a new migrated database; return its name and DSN."""
+        return await create_database(self.admin_url, prefix)
 
     async def drop(self, name: str) -> None:
         await drop_database(self.admin_url, name)
@@ -44,12 +40,6 @@ class Databases:
 async def assert_invariants(sequencer: Sequencer) -> None:
     async with sequencer.pool.acquire() as conn:
         assert await invariants.problems(conn, sequencer.engine) == []
-
-
-@pytest.fixture
-async def migrated_database_url(fresh_database_url: str) -> str:
-    await migrate(fresh_database_url)
-    return fresh_database_url
 
 
 @pytest.fixture
