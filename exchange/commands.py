@@ -9,6 +9,7 @@ from datetime import datetime
 
 import msgspec
 
+from exchange.records import Package
 from matching.types import CANCEL_NEWEST, GTC
 
 
@@ -243,22 +244,6 @@ class RoutedOrderView(msgspec.Struct, frozen=True):
     children: list[OrderView] = []
 
 
-class PackageView(msgspec.Struct, frozen=True):
-    id: int
-    account_id: int
-    group: str
-    qty: int
-    mode: str
-    period: str
-    max_cost: int
-    price: int | None
-    start_at: datetime
-    status: str
-    next_period: int
-    created_at: datetime
-    updated_at: datetime
-
-
 class ExecutionView(msgspec.Struct, frozen=True):
     """One period of a package, run: the routed order it placed, or why it placed none."""
 
@@ -270,4 +255,4 @@ class ExecutionView(msgspec.Struct, frozen=True):
     routed: RoutedOrderView | None = None
 
 
-Result = Rejection | Done | OrderView | Cancelled | RoutedOrderView | PackageView | ExecutionView
+Result = Rejection | Done | OrderView | Cancelled | RoutedOrderView | Package | ExecutionView

@@ -96,3 +96,24 @@ class Order(msgspec.Struct, gc=False):
     def row(self) -> tuple:
         """The values of ``book_order``'s columns, in the order of this Struct's fields."""
         return msgspec.structs.astuple(self)
+
+
+class Package(msgspec.Struct):
+    """A row of ``package``."""
+
+    id: int
+    account_id: int
+    substitution_group: str
+    qty: int
+    mode: str
+    period: str
+    max_cost: int
+    price: int | None
+    start_at: datetime
+    status: str
+    next_period: int
+    created_at: datetime
+    updated_at: datetime
+
+    def row(self) -> tuple:
+        return msgspec.structs.astuple(self)

@@ -25,12 +25,11 @@ from typing import TYPE_CHECKING
 from exchange import fees
 from exchange.commands import OrderFill, OrderView
 from exchange.ledger import AVAILABLE, CASH, FEES, HELD, Ledger
-from exchange.records import Approval, Instrument, Order
+from exchange.records import Approval, Instrument, Order, Package
 from matching import events as ev
 from matching.types import BUY, BY_REQUEST, SELF_TRADE, SELL
 
 if TYPE_CHECKING:
-    from exchange.packages import Package
     from exchange.routed_orders import RoutedOrder
 
 
@@ -55,7 +54,7 @@ class Effects:
     events: list[tuple[str, list]] = field(default_factory=list)
     """(symbol, book events) per order command, for market data after the commit."""
     routed_orders: "list[RoutedOrder]" = field(default_factory=list)
-    packages: "dict[int, Package]" = field(default_factory=dict)
+    packages: dict[int, Package] = field(default_factory=dict)
     executions: list[tuple] = field(default_factory=list)
     """(package id, period, routed order id, reason, created_at) per package period run."""
     requests: list[tuple[bytes, datetime]] = field(default_factory=list)

@@ -15,8 +15,7 @@ import msgspec
 
 from exchange.database.queries import sql
 from exchange.engine import Engine
-from exchange.packages import Package
-from exchange.records import Account, Approval, Instrument, Order
+from exchange.records import Account, Approval, Instrument, Order, Package
 from exchange.replay import REMEMBER_SECONDS
 from exchange.settlement import Effects, Ids
 from matching.book import OrderBook

@@ -8,8 +8,7 @@ import pytest
 
 from exchange import indexer, store
 from exchange.database.queries import STATEMENTS, QueryError, load, parse, sql
-from exchange.packages import Package
-from exchange.records import Instrument, Order
+from exchange.records import Instrument, Order, Package
 from exchange.routed_orders import RoutedOrder
 
 SCRIPTS = {"writer_settings", "default_planner"}
