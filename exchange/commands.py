@@ -9,7 +9,7 @@ from datetime import datetime
 
 import msgspec
 
-from exchange.records import Package
+from exchange.records import OrderView, Package, RoutedOrder
 from matching.types import CANCEL_NEWEST, GTC
 
 
@@ -181,67 +181,8 @@ class Done(msgspec.Struct, frozen=True):
     id: int | None = None
 
 
-class OrderFill(msgspec.Struct, frozen=True):
-    fill_id: int
-    price: int
-    qty: int
-    fee: int
-    role: str
-
-
-class OrderView(msgspec.Struct, frozen=True):
-    """An order as it stands after the command's batch committed."""
-
-    id: int
-    account_id: int
-    symbol: str
-    client_order_id: str | None
-    side: str
-    type: str
-    tif: str
-    post_only: bool
-    stp: str
-    price: int | None
-    qty: int | None
-    budget: int | None
-    open_qty: int
-    filled_qty: int
-    filled_notional: int
-    fee: int
-    status: str
-    reason: str | None
-    created_at: datetime
-    updated_at: datetime
-    fills: list[OrderFill] = []
-
-
 class Cancelled(msgspec.Struct, frozen=True):
     order_ids: list[int]
-
-
-class RoutedOrderView(msgspec.Struct, frozen=True):
-    """A routed order right after its command: totals over its children, and the children themselves."""
-
-    id: int
-    account_id: int
-    group: str
-    side: str
-    mode: str
-    qty: int
-    price: int | None
-    budget: int | None
-    rest_remainder: bool
-    status: str
-    filled_qty: int
-    filled_notional: int
-    fee: int
-    quality_lots: int
-    """Sum of quality x lots filled: the numerator of the average quality."""
-    remainder: int
-    resting_order_id: int | None
-    package_id: int | None
-    created_at: datetime
-    children: list[OrderView] = []
 
 
 class ExecutionView(msgspec.Struct, frozen=True):
@@ -252,7 +193,7 @@ class ExecutionView(msgspec.Struct, frozen=True):
     routed_order_id: int | None
     reason: str | None
     created_at: datetime
-    routed: RoutedOrderView | None = None
+    routed: RoutedOrder | None = None
 
 
-Result = Rejection | Done | OrderView | Cancelled | RoutedOrderView | Package | ExecutionView
+Result = Rejection | Done | OrderView | Cancelled | RoutedOrder | Package | ExecutionView

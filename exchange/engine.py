@@ -43,8 +43,6 @@ from exchange.commands import (
     Done,
     ListInstrument,
     Mint,
-    OrderFill,
-    OrderView,
     PlaceOrder,
     Redeem,
     Rejection,
@@ -56,7 +54,7 @@ from exchange.commands import (
     Withdraw,
 )
 from exchange.ledger import AVAILABLE, CASH, EXTERNAL, ISSUANCE, REDEMPTION, SYSTEM_ACCOUNTS
-from exchange.records import KINDS, ROLES, STATUSES, Account, Approval, Instrument, Order, Package
+from exchange.records import KINDS, ROLES, STATUSES, Account, Approval, Instrument, Order, OrderFill, OrderView, Package
 from exchange.rejections import WITHDRAWAL_NOT_COVERED, reject
 from exchange.replay import KEEP_ROWS_SECONDS, RecentRequests
 from exchange.settlement import Effects, Ids, Settlement, order_view

@@ -31,12 +31,11 @@ from exchange.commands import (
     CreatePackage,
     ExecutionView,
     Rejection,
-    RoutedOrderView,
     RouteOrder,
     RunPackage,
     SetPackageStatus,
 )
-from exchange.records import Package
+from exchange.records import Package, RoutedOrder
 from matching.types import BUY
 
 if TYPE_CHECKING:
@@ -131,7 +130,7 @@ def run(engine: "Engine", cmd: RunPackage, ts: int, at: datetime) -> ExecutionVi
                        package.price, package.max_cost)
     account = trading_account(engine.accounts, package.account_id)
     if isinstance(account, Rejection):
-        outcome: RoutedOrderView | str = account.code
+        outcome: RoutedOrder | str = account.code
     else:
         outcome = routed_orders.execute(engine, package.account_id, route, package.id, ts, at)
     package.next_period += 1

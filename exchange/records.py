@@ -117,3 +117,75 @@ class Package(msgspec.Struct):
 
     def row(self) -> tuple:
         return msgspec.structs.astuple(self)
+
+
+class OrderFill(msgspec.Struct, frozen=True):
+    fill_id: int
+    price: int
+    qty: int
+    fee: int
+    role: str
+
+
+class OrderView(msgspec.Struct, frozen=True):
+    """An order as it stands after the command's batch committed."""
+
+    id: int
+    account_id: int
+    symbol: str
+    client_order_id: str | None
+    side: str
+    type: str
+    tif: str
+    post_only: bool
+    stp: str
+    price: int | None
+    qty: int | None
+    budget: int | None
+    open_qty: int
+    filled_qty: int
+    filled_notional: int
+    fee: int
+    status: str
+    reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    fills: list[OrderFill] = []
+
+
+class RoutedOrder(msgspec.Struct):
+    """A routed order (a row of ``routed_order``) and, right after its command, its children."""
+
+    id: int
+    account_id: int
+    substitution_group: str
+    side: str
+    mode: str
+    qty: int
+    price: int | None
+    budget: int | None
+    rest_remainder: bool
+    status: str
+    filled_qty: int
+    filled_notional: int
+    fee: int
+    quality_lots: int
+    """Sum of quality x lots filled: the numerator of the average quality."""
+    remainder: int
+    resting_order_id: int | None
+    order_ids: list[int]
+    package_id: int | None
+    created_at: datetime
+    client_order_id: str | None
+    children: list[OrderView] = []
+    """The child orders as the command left them; empty when read back from the database."""
+
+    ROW_FIELDS = (
+        "id", "account_id", "substitution_group", "side", "mode", "qty", "price", "budget", "rest_remainder",
+        "status", "filled_qty", "filled_notional", "fee", "quality_lots", "remainder", "resting_order_id",
+        "order_ids", "package_id", "created_at", "client_order_id",
+    )
+    """The columns of ``routed_order``."""
+
+    def row(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.ROW_FIELDS)

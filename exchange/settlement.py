@@ -20,17 +20,12 @@ account; ``close_pool`` then posts one release for whatever the children left.
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from exchange import fees
-from exchange.commands import OrderFill, OrderView
 from exchange.ledger import AVAILABLE, CASH, FEES, HELD, Ledger
-from exchange.records import Approval, Instrument, Order, Package
+from exchange.records import Approval, Instrument, Order, OrderFill, OrderView, Package, RoutedOrder
 from matching import events as ev
 from matching.types import BUY, BY_REQUEST, SELF_TRADE, SELL
-
-if TYPE_CHECKING:
-    from exchange.routed_orders import RoutedOrder
 
 
 @dataclass
@@ -53,7 +48,7 @@ class Effects:
     balances: list[tuple] = field(default_factory=list)
     events: list[tuple[str, list]] = field(default_factory=list)
     """(symbol, book events) per order command, for market data after the commit."""
-    routed_orders: "list[RoutedOrder]" = field(default_factory=list)
+    routed_orders: list[RoutedOrder] = field(default_factory=list)
     packages: dict[int, Package] = field(default_factory=dict)
     executions: list[tuple] = field(default_factory=list)
     """(package id, period, routed order id, reason, created_at) per package period run."""

@@ -42,12 +42,12 @@ from exchange.commands import (
     Redeem,
     Rejection,
     Result,
-    RoutedOrderView,
     RouteOrder,
     SetInstrumentStatus,
     Withdraw,
 )
 from exchange.ledger import CASH, EXTERNAL, FEES, ISSUANCE, REDEMPTION, SYSTEM_ACCOUNTS
+from exchange.records import RoutedOrder
 from exchange.sequencer import Sequencer
 from matching.types import BUY, FOK, GTC, IOC, SELL, STP_MODES
 from tests.support.engine import engine_state
@@ -261,7 +261,7 @@ class ExchangeMachine(RuleBasedStateMachine):
         price = None if step is None else step * STEP[COMPUTE]
         result = self.submit(RouteOrder(account, "chat-general", side, qty, mode, price,
                                         budget if side == BUY else None, rest))
-        if not isinstance(result, RoutedOrderView):
+        if not isinstance(result, RoutedOrder):
             return multiple()
         assert result.filled_qty + result.remainder == qty
         for child in result.children:
