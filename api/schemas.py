@@ -531,16 +531,12 @@ def optional_price(value: int | None) -> str | None:
 
 
 def order_from_row(row) -> Order:
-    return Order(
-        row["id"], row["symbol"], row["client_order_id"], row["side"], row["type"], row["tif"], row["post_only"],
-        row["stp"], optional_price(row["price"]), row["qty"], optional_price(row["budget"]), row["status"],
-        row["reason"], row["open_qty"], row["filled_qty"], from_micro(row["filled_notional"]),
-        average_price(row["filled_notional"], row["filled_qty"]), from_micro(row["fee"]), row["created_at"],
-        row["updated_at"],
-    )
+    """A row of ``book_order`` with its instrument's symbol (``SELECT o.*, i.symbol``), as the API shows it."""
+    return order_from_view(OrderView(**row))
 
 
 def order_from_view(view: OrderView) -> Order:
+    """An order as the API shows it: the one conversion, for a command's result and a row read back alike."""
     return Order(
         view.id, view.symbol, view.client_order_id, view.side, view.type, view.tif, view.post_only, view.stp,
         optional_price(view.price), view.qty, optional_price(view.budget), view.status, view.reason, view.open_qty,

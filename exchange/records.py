@@ -127,29 +127,12 @@ class OrderFill(msgspec.Struct, frozen=True):
     role: str
 
 
-class OrderView(msgspec.Struct, frozen=True):
-    """An order as it stands after the command's batch committed."""
+class OrderView(Order, frozen=True):
+    """An order as a command left it, for the command's result: a copy of the record (later commands of the batch
+    change the record itself), its instrument's symbol and the command's fills. Read back from the database, the
+    same with no fills."""
 
-    id: int
-    account_id: int
     symbol: str
-    client_order_id: str | None
-    side: str
-    type: str
-    tif: str
-    post_only: bool
-    stp: str
-    price: int | None
-    qty: int | None
-    budget: int | None
-    open_qty: int
-    filled_qty: int
-    filled_notional: int
-    fee: int
-    status: str
-    reason: str | None
-    created_at: datetime
-    updated_at: datetime
     fills: list[OrderFill] = []
 
 

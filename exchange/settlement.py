@@ -21,6 +21,8 @@ account; ``close_pool`` then posts one release for whatever the children left.
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from msgspec.structs import astuple
+
 from exchange import fees
 from exchange.ledger import AVAILABLE, CASH, FEES, HELD, Ledger
 from exchange.records import Approval, Instrument, Order, OrderFill, OrderView, Package, RoutedOrder
@@ -85,13 +87,9 @@ class Pool:
 
 
 def order_view(order: Order, symbol: str, fills: list[OrderFill] | None = None) -> OrderView:
-    """What a client sees of ``order``, with the fills of the command that answers."""
-    return OrderView(
-        order.id, order.account_id, symbol, order.client_order_id, order.side, order.type, order.tif,
-        order.post_only, order.stp, order.price, order.qty, order.budget, order.open_qty, order.filled_qty,
-        order.filled_notional, order.fee, order.status, order.reason, order.created_at, order.updated_at,
-        fills or [],
-    )
+    """``order`` as it stands, with the fills of the command that answers."""
+    # Positional, as in ``Settlement.open``: this runs once per order.
+    return OrderView(*astuple(order), symbol, fills or [])
 
 
 class Settlement:

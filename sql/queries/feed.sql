@@ -1,15 +1,13 @@
 -- The feed's user channel: an account's orders, fills and balances, and its keys (api/feed/).
 
 -- name: user_orders
-SELECT o.account_id, o.id, i.symbol, o.client_order_id, o.side, o.type, o.tif, o.post_only, o.stp, o.price,
-       o.qty, o.budget, o.status, o.reason, o.open_qty, o.filled_qty, o.filled_notional, o.fee, o.created_at, o.updated_at
+SELECT o.*, i.symbol
 FROM book_order o JOIN instrument i ON i.id = o.instrument_id
 WHERE o.id = ANY($1::bigint[]) AND o.account_id = ANY($2::bigint[])
 ORDER BY o.id;
 
 -- name: user_open_orders
-SELECT o.account_id, o.id, i.symbol, o.client_order_id, o.side, o.type, o.tif, o.post_only, o.stp, o.price,
-       o.qty, o.budget, o.status, o.reason, o.open_qty, o.filled_qty, o.filled_notional, o.fee, o.created_at, o.updated_at
+SELECT o.*, i.symbol
 FROM book_order o JOIN instrument i ON i.id = o.instrument_id
 WHERE o.account_id = $1 AND i.symbol = $2 AND o.status = 'open'
 ORDER BY o.id;
