@@ -98,7 +98,7 @@ class Order(msgspec.Struct, gc=False):
         return msgspec.structs.astuple(self)
 
 
-class Package(msgspec.Struct):
+class Package(msgspec.Struct, tag_field="result", tag="package", array_like=True):
     """A row of ``package``."""
 
     id: int
@@ -127,7 +127,7 @@ class OrderFill(msgspec.Struct, frozen=True):
     role: str
 
 
-class OrderView(Order, frozen=True):
+class OrderView(Order, frozen=True, tag_field="result", tag="order", array_like=True):
     """An order as a command left it, for the command's result: a copy of the record (later commands of the batch
     change the record itself), its instrument's symbol and the command's fills. Read back from the database, the
     same with no fills."""
@@ -136,7 +136,7 @@ class OrderView(Order, frozen=True):
     fills: list[OrderFill] = []
 
 
-class RoutedOrder(msgspec.Struct):
+class RoutedOrder(msgspec.Struct, tag_field="result", tag="routed_order", array_like=True):
     """A routed order (a row of ``routed_order``) and, right after its command, its children."""
 
     id: int
