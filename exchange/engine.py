@@ -254,13 +254,9 @@ class Engine:
 
     def _deposit(self, cmd: Deposit, ts: int, at: datetime) -> Result:
         """Credit cash; the answer names the journal entry (as does a repeat of its client request id)."""
-        if cmd.account_id not in self.accounts:
-            return reject("unknown_account")
-        repeat = self._repeat(cmd)
-        if repeat is not None:
-            return repeat
-        if not positive_int(cmd.amount):
-            return reject("invalid_amount")
+        early = self._cash_answer(cmd)
+        if early is not None:
+            return early
         # The external account is minus all cash ever deposited: it bounds every other balance.
         if self.ledger.available(EXTERNAL, CASH) - cmd.amount < -MAX_BIGINT:
             return reject("amount_too_large")
@@ -271,6 +267,18 @@ class Engine:
 
     def _withdraw(self, cmd: Withdraw, ts: int, at: datetime) -> Result:
         """Debit cash; the answer names the journal entry (as does a repeat of its client request id)."""
+        early = self._cash_answer(cmd)
+        if early is not None:
+            return early
+        if self.ledger.available(cmd.account_id, CASH) < cmd.amount:
+            return Rejection("insufficient_funds", WITHDRAWAL_NOT_COVERED)
+        entry_id = self.ledger.post("withdrawal", at, [(cmd.account_id, CASH, AVAILABLE, -cmd.amount),
+                                                       (EXTERNAL, CASH, AVAILABLE, cmd.amount)])
+        self._remember(cmd, entry_id, at)
+        return Done(entry_id)
+
+    def _cash_answer(self, cmd: Deposit | Withdraw) -> Result | None:
+        """The answer of a deposit or withdrawal that moves nothing: a refusal, or the repeat of an earlier request."""
         if cmd.account_id not in self.accounts:
             return reject("unknown_account")
         repeat = self._repeat(cmd)
@@ -278,12 +286,7 @@ class Engine:
             return repeat
         if not positive_int(cmd.amount):
             return reject("invalid_amount")
-        if self.ledger.available(cmd.account_id, CASH) < cmd.amount:
-            return Rejection("insufficient_funds", WITHDRAWAL_NOT_COVERED)
-        entry_id = self.ledger.post("withdrawal", at, [(cmd.account_id, CASH, AVAILABLE, -cmd.amount),
-                                                       (EXTERNAL, CASH, AVAILABLE, cmd.amount)])
-        self._remember(cmd, entry_id, at)
-        return Done(entry_id)
+        return None
 
     def _token_command(self, cmd: Mint | Burn | Redeem) -> tuple[Account, Instrument] | Rejection:
         account = self.accounts.get(cmd.account_id)
