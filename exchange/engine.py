@@ -299,8 +299,9 @@ class Engine:
             return reject("invalid_qty")
         return account, instrument
 
-    def _approved(self, cmd: Mint | Burn) -> tuple[Instrument, Approval] | Rejection:
-        """The instrument and the issuer's approval for it, when the command's account may mint or burn it."""
+    def _approved(self, cmd: Mint | Burn) -> tuple[Instrument, Approval] | Result:
+        """The instrument and the issuer's approval for it, when the command's account may mint or burn it; else
+        the command's answer: a refusal, or the repeat of an earlier request."""
         found = self._token_command(cmd)
         if isinstance(found, Rejection):
             return found
@@ -310,16 +311,16 @@ class Engine:
         approval = self.approvals.get((account.id, instrument.id))
         if approval is None:
             return reject("not_approved")
+        repeat = self._repeat(cmd)
+        if repeat is not None:
+            return repeat
         return instrument, approval
 
     def _mint(self, cmd: Mint, ts: int, at: datetime) -> Result:
         """Mint lots; the answer names the journal entry (as does a repeat of its client request id)."""
         found = self._approved(cmd)
-        if isinstance(found, Rejection):
+        if not isinstance(found, tuple):
             return found
-        repeat = self._repeat(cmd)
-        if repeat is not None:
-            return repeat
         instrument, approval = found
         if approval.issued + cmd.qty > approval.capacity:
             return reject("over_capacity")
@@ -332,11 +333,8 @@ class Engine:
     def _burn(self, cmd: Burn, ts: int, at: datetime) -> Result:
         """Burn lots; the answer names the journal entry (as does a repeat of its client request id)."""
         found = self._approved(cmd)
-        if isinstance(found, Rejection):
+        if not isinstance(found, tuple):
             return found
-        repeat = self._repeat(cmd)
-        if repeat is not None:
-            return repeat
         instrument, approval = found
         if self.ledger.available(cmd.account_id, instrument.symbol) < cmd.qty or approval.issued < cmd.qty:
             return reject("insufficient_tokens")
