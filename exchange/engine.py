@@ -264,13 +264,9 @@ class Engine:
 
     def _deposit(self, cmd: Deposit, ts: int, at: datetime) -> Result:
         """Credit cash; the answer names the journal entry (as does a repeat of its client request id)."""
-        if cmd.account_id not in self.accounts:
-            return reject("unknown_account")
-        repeat = self._repeat(cmd)
-        if repeat is not None:
-            return repeat
-        if not positive_int(cmd.amount):
-            return reject("invalid_amount")
+        early = self._cash_answer(cmd)
+        if early is not None:
+            return early
         # The external account is minus all cash ever deposited: it bounds every other balance.
         if self.ledger.available(EXTERNAL, CASH) - cmd.amount < -MAX_BIGINT:
             return reject("amount_too_large")
@@ -281,6 +277,18 @@ class Engine:
 
     def _withdraw(self, cmd: Withdraw, ts: int, at: datetime) -> Result:
         """Debit cash; the answer names the journal entry (as does a repeat of its client request id)."""
+        early = self._cash_answer(cmd)
+        if early is not None:
+            return early
+        if self.ledger.available(cmd.account_id, CASH) < cmd.amount:
+            return Rejection("insufficient_funds", WITHDRAWAL_NOT_COVERED)
+        entry_id = self.ledger.post("withdrawal", at, [(cmd.account_id, CASH, AVAILABLE, -cmd.amount),
+                                                       (EXTERNAL, CASH, AVAILABLE, cmd.amount)])
+        self._remember(cmd, entry_id, at)
+        return Done(entry_id)
+
+    def _cash_answer(self, cmd: Deposit | Withdraw) -> Result | None:
+        """The answer of a deposit or withdrawal that moves nothing: a refusal, or the repeat of an earlier request."""
         if cmd.account_id not in self.accounts:
             return reject("unknown_account")
         repeat = self._repeat(cmd)
@@ -288,12 +296,7 @@ class Engine:
             return repeat
         if not positive_int(cmd.amount):
             return reject("invalid_amount")
-        if self.ledger.available(cmd.account_id, CASH) < cmd.amount:
-            return Rejection("insufficient_funds", WITHDRAWAL_NOT_COVERED)
-        entry_id = self.ledger.post("withdrawal", at, [(cmd.account_id, CASH, AVAILABLE, -cmd.amount),
-                                                       (EXTERNAL, CASH, AVAILABLE, cmd.amount)])
-        self._remember(cmd, entry_id, at)
-        return Done(entry_id)
+        return None
 
     def _token_command(self, cmd: Mint | Burn | Redeem) -> tuple[Account, Instrument] | Rejection:
         account = self.accounts.get(cmd.account_id)
@@ -306,8 +309,9 @@ class Engine:
             return reject("invalid_qty")
         return account, instrument
 
-    def _approved(self, cmd: Mint | Burn) -> tuple[Instrument, Approval] | Rejection:
-        """The instrument and the issuer's approval for it, when the command's account may mint or burn it."""
+    def _approved(self, cmd: Mint | Burn) -> tuple[Instrument, Approval] | Result:
+        """The instrument and the issuer's approval for it, when the command's account may mint or burn it; else
+        the command's answer: a refusal, or the repeat of an earlier request."""
         found = self._token_command(cmd)
         if isinstance(found, Rejection):
             return found
@@ -317,16 +321,16 @@ class Engine:
         approval = self.approvals.get((account.id, instrument.id))
         if approval is None:
             return reject("not_approved")
+        repeat = self._repeat(cmd)
+        if repeat is not None:
+            return repeat
         return instrument, approval
 
     def _mint(self, cmd: Mint, ts: int, at: datetime) -> Result:
         """Mint lots; the answer names the journal entry (as does a repeat of its client request id)."""
         found = self._approved(cmd)
-        if isinstance(found, Rejection):
+        if not isinstance(found, tuple):
             return found
-        repeat = self._repeat(cmd)
-        if repeat is not None:
-            return repeat
         instrument, approval = found
         if approval.issued + cmd.qty > approval.capacity:
             return reject("over_capacity")
@@ -339,11 +343,8 @@ class Engine:
     def _burn(self, cmd: Burn, ts: int, at: datetime) -> Result:
         """Burn lots; the answer names the journal entry (as does a repeat of its client request id)."""
         found = self._approved(cmd)
-        if isinstance(found, Rejection):
+        if not isinstance(found, tuple):
             return found
-        repeat = self._repeat(cmd)
-        if repeat is not None:
-            return repeat
         instrument, approval = found
         if self.ledger.available(cmd.account_id, instrument.symbol) < cmd.qty or approval.issued < cmd.qty:
             return reject("insufficient_tokens")

@@ -1,4 +1,5 @@
-"""The exchange's in-memory records of accounts, instruments and orders, mirroring their tables."""
+"""The exchange's in-memory records (accounts, instruments, orders, routed orders, packages), mirroring their tables;
+commands answer with them (`exchange.commands.Result`)."""
 
 from datetime import datetime
 

@@ -12,6 +12,7 @@ Everything runs against the real PostgreSQL of the session (see ``tests/conftest
 """
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -37,7 +38,14 @@ class Databases:
         await drop_database(self.admin_url, name)
 
 
-async def assert_invariants(sequencer: Sequencer) -> None:
+@asynccontextmanager
+async def checked_sequencer(pool: asyncpg.Pool) -> AsyncIterator[Sequencer]:
+    """A sequencer opened on ``pool``, stopped at the end, then checked: ``invariants.problems`` must find nothing."""
+    sequencer = await Sequencer.open(pool)
+    try:
+        yield sequencer
+    finally:
+        await sequencer.stop()
     async with sequencer.pool.acquire() as conn:
         assert await invariants.problems(conn, sequencer.engine) == []
 
@@ -50,12 +58,8 @@ async def pool(migrated_database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture
 async def exchange(pool: asyncpg.Pool) -> AsyncIterator[Sequencer]:
-    sequencer = await Sequencer.open(pool)
-    try:
+    async with checked_sequencer(pool) as sequencer:
         yield sequencer
-    finally:
-        await sequencer.stop()
-    await assert_invariants(sequencer)
 
 
 @pytest.fixture(scope="session")
@@ -67,12 +71,7 @@ def databases(postgres_admin_url: str) -> Databases:
 async def module_exchange(databases: Databases) -> AsyncIterator[Sequencer]:
     name, dsn = await databases.create("tokex_test_mod")
     try:
-        async with asyncpg.create_pool(dsn, min_size=1, max_size=4) as created:
-            sequencer = await Sequencer.open(created)
-            try:
-                yield sequencer
-            finally:
-                await sequencer.stop()
-            await assert_invariants(sequencer)
+        async with asyncpg.create_pool(dsn, min_size=1, max_size=4) as created, checked_sequencer(created) as sequencer:
+            yield sequencer
     finally:
         await databases.drop(name)
