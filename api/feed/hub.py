@@ -65,6 +65,8 @@ class Hub:
         self._deliveries: deque[tuple[Connection, str | asyncio.Event, bytes | None]] = deque()
         self._flush_wanted = asyncio.Event()
         self._last_flush = 0.0
+        self._flush_cost = 0.0
+        """Seconds the last flush took to build its frames and hand them over."""
         self.user = UserChannel(self)
         self.indices: dict[str, IndexRow] = {}
         """group -> its newest price index"""
@@ -265,26 +267,37 @@ class Hub:
     # Flushing
 
     async def _flusher(self) -> None:
+        """Flush at once on a quiet server; under load, space flushes by what the last one cost.
+
+        A flush's cost is one send per subscriber, so it is the hub's own time (building the frames and handing
+        them over, not the turns of the loop in between) that sets the pace: after a flush that took ``t``
+        seconds, the next waits until ``t x flush_spacing`` has passed since it began, never more than
+        ``flush_interval``. A lone update thus leaves on the next turn of the loop, and a busy hub sends fewer,
+        larger frames and keeps its share of the loop bounded."""
         loop = asyncio.get_running_loop()
-        interval = self.limits.flush_interval
-        chunk = self.limits.delivery_chunk
+        limits = self.limits
+        chunk = limits.delivery_chunk
         deliveries = self._deliveries
         while True:
             await self._flush_wanted.wait()
             self._flush_wanted.clear()
             try:
                 if self._dirty:
-                    wait = self._last_flush + interval - loop.time()
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                    self._last_flush = loop.time()
+                    wait = self._last_flush + min(limits.flush_interval, self._flush_cost * limits.flush_spacing) \
+                        - loop.time()
+                    # One turn of the loop at least: what the callbacks ready now publish goes in this flush.
+                    await asyncio.sleep(max(wait, 0))
+                    self._last_flush = started = loop.time()
                     self.flush()
+                    self._flush_cost = loop.time() - started
                 # A few sends per turn of the loop, so that the sequencer's commits go on meanwhile. What is
                 # published while they go out waits for the next flush: the busier, the fewer and larger the frames.
                 while deliveries:
+                    started = loop.time()
                     for _ in range(min(chunk, len(deliveries))):
                         connection, text, wire = deliveries.popleft()
                         connection.put(text, wire)
+                    self._flush_cost += loop.time() - started
                     if deliveries:
                         await asyncio.sleep(0)
             except Exception:

@@ -132,9 +132,11 @@ Fan-out
 -------
 ``Hub.publish`` is the market view's listener: it runs in the sequencer's writer task after each commit, keeps
 its own copy of every book's levels (so each update's checksum is that of the book right after its command),
-encodes each message once and queues it on its stream. A flush, at most every ``flush_interval`` seconds, joins
+encodes each message once and queues it on its stream. A flush joins
 each stream's queued messages into one part and makes one frame per connection from the parts of its streams,
-built once per distinct set of streams: subscribers of the same channels get the very same string. The frames
+built once per distinct set of streams: subscribers of the same channels get the very same string. On a quiet
+server a flush follows a publication at the next turn of the loop; under load, flushes are spaced by what the
+last one cost (``flush_spacing`` times its time, ``flush_interval`` at most), so the busier, the fewer. The frames
 are handed over ``delivery_chunk`` at a time per turn of the event loop, so that commits go on meanwhile; what
 is published while they go out waits for the next flush, so a busier hub sends fewer and larger frames. A
 flush's frame is also made once as WebSocket bytes and written as it is to each subscriber's socket while the
