@@ -101,10 +101,13 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
                 async with pool.acquire() as conn:
                     await market_view.load(conn)
                     hub = Hub(market_view, feed_limits)
+                    # Before any await: a market view fed from elsewhere changes meanwhile, and the hub must see it.
+                    market_view.listeners.append(hub.publish)
+                    market_view.reloaded.append(hub.resync)
+                    market_view.account_listeners.append(hub.user.receive)
                     hub.indices = await latest(conn)
-                market_view.listeners.append(hub.publish)
-                market_view.reloaded.append(hub.resync)
-                sequencer = await Sequencer.open(pool, publish=market_view.apply, resync=market_view.reload)
+                sequencer = await Sequencer.open(pool, publish=market_view.apply, resync=market_view.reload,
+                                                 publish_effects=market_view.apply_effects)
                 scheduler = Scheduler(sequencer, listener=reporter(sequencer, hub.package_executed))
                 try:
                     app.state.services = Services(

@@ -97,9 +97,9 @@ user
 ----
 Orders, fills and balances (CNY and the instrument's token) of one's own account on one instrument, the
 objects of ``GET /v1/orders``, ``/v1/fills`` and ``/v1/balances``, as ``{"type": "order"|"fill"|"balance",
-"channel": "user", "symbol": S, "seq": N, "order"|"fill"|"balance": {...}}``. They are read from the committed
-rows after each commit that touched the account's orders (balances also each second, for deposits and
-mints); on subscribing the current balances and open orders come first. A routed order's children are orders
+"channel": "user", "symbol": S, "seq": N, "order"|"fill"|"balance": {...}}``. They come from the engine after
+each commit that changed them (a deposit or a mint included); on subscribing the current balances and open
+orders come first, then every change after them, none twice. A routed order's children are orders
 like any other. Each period a token package of the account runs is reported, on the user channel of every
 instrument of the package's group, as ``{"type": "package_execution", ..., "execution": {...}}``: the object of
 ``GET /v1/packages/{id}/executions``. The subscribe message is signed as a

@@ -10,6 +10,10 @@ Subjects
                             feed's `user` channel.
     tokex.engine.leader     the leading engine's heartbeat: who leads now (host, pid), for standbys and
                             for `GET /v1/health`.
+    tokex.engine.seqs       the leading engine's settled seq of every instrument and its last settled account
+                            message, every second and after a resync (core NATS, not stored): a gateway behind
+                            it for more than a moment missed a message and reloads from PostgreSQL
+                            (`exchange.broker.market_stream` describes the messages).
 
 Symbols in subjects
     A NATS subject is split into tokens at dots, and a symbol may hold one (`GLM-4.5`). In a subject the
@@ -36,6 +40,8 @@ DEFAULT_GROUP = "main"
 MARKET_DATA_STREAM = "TOKEX_MD"
 MARKET_DATA_SUBJECTS = f"{PREFIX}.md.*"
 ENGINE_LEADER = f"{PREFIX}.engine.leader"
+ENGINE_SEQS = f"{PREFIX}.engine.seqs"
+USER_SUBJECTS = f"{PREFIX}.user.*"
 MSG_ID_HEADER = "Nats-Msg-Id"
 
 DUPLICATE_WINDOW = 120.0  # seconds
