@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,3 +303,33 @@ async def test_account_events_arrive_for_a_deposit(pool, nats_server):
         if gateway is not None:
             await gateway.stop()
         await engine.stop()
+
+
+async def test_the_stream_resumes_by_itself_when_nats_restarts(pool, home):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = EmbeddedNats(home, port=port)
+    url = await server.start_async()
+    engine = await start_engine(pool, url)
+    gateway = None
+    try:
+        gateway = await start_gateway(pool, url)
+        market = await open_market_through(engine.sequencer)
+        await flow(engine, market, 40, random.Random(10))
+        await caught_up(engine, gateway)
+
+        await server.stop_async()
+        # Committed while NATS is away: queued by the publisher, sent once it is back.
+        await flow(engine, market, 40, random.Random(11))
+        assert engine.publisher.pending > 0
+        server = EmbeddedNats(home, port=port)
+        assert await server.start_async() == url
+        await flow(engine, market, 40, random.Random(12))
+        await caught_up(engine, gateway, chains=False)
+        await until(lambda: engine.publisher.pending == 0)
+    finally:
+        if gateway is not None:
+            await gateway.stop()
+        await engine.stop()
+        await server.stop_async()
