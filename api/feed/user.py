@@ -43,6 +43,8 @@ LIVE_KEYS = sql("live_api_keys")
 LAST_ENTRY_ID = sql("last_entry_id")
 LAST_FILL_ID = sql("last_fill_id")
 INSTRUMENT_SEQS = sql("instrument_seqs")
+MAX_HELD = 4096
+"""Events held for one subscription while its snapshot is owed; beyond, they are dropped for a later snapshot."""
 
 
 class UserChannel:
@@ -63,6 +65,10 @@ class UserChannel:
         self.balances: dict[tuple, dict[str, tuple[int, int]]] = {}
         """A subscription's assets -> the (available, held) last sent."""
         self.keys_due = False
+        self.reading: tuple | None = None
+        """The subscription whose snapshot is being read."""
+        self.again = False
+        """It is owed another one once read."""
         self.wake = asyncio.Event()
 
     # Subscriptions
@@ -87,6 +93,8 @@ class UserChannel:
         if feed.key not in self.held:
             self.held[feed.key] = []
             self.owed.append(feed)
+        elif feed.key == self.reading:
+            self.again = True  # the snapshot being read may predate why it is owed: read another after it
         self.wake.set()
 
     def owe_all(self) -> None:
@@ -111,6 +119,12 @@ class UserChannel:
                 key = feed.key
                 held = self.held.get(key)
                 if held is not None:
+                    if len(held) >= MAX_HELD:
+                        # A snapshot read from now on holds them all: the one being read is followed by another.
+                        held.clear()
+                        if key == self.reading:
+                            self.again = True
+                        continue
                     held.append(events)
                     continue
                 snapshot = self.since.get(key)
@@ -171,16 +185,26 @@ class UserChannel:
                     if check:
                         await self.check_keys(conn)
                     while owed:
-                        await self.snapshot(conn, owed[0])
+                        feed = owed[0]
+                        self.reading, self.again = feed.key, False
+                        await self.snapshot(conn, feed)
                         owed.pop(0)
+                        self.reading = None
+                        if self.again and self.get(feed.key[1], feed.key[2]) is feed:
+                            self.owe(feed)
             except READ_ERRORS as exc:
+                self.reading = None
                 log.warning("user channel: database unavailable (%s); retrying", type(exc).__name__)
                 self.owed[:0] = owed
                 self.keys_due = self.keys_due or check
                 await asyncio.sleep(1.0)
                 self.wake.set()
             except Exception:
-                log.exception("user channel round failed")
+                self.reading = None
+                log.exception("user channel round failed; retrying")
+                self.owed[:0] = owed
+                await asyncio.sleep(1.0)
+                self.wake.set()
             self.hub.flush_soon()
 
     async def snapshot(self, conn, feed: Feed) -> None:
@@ -188,8 +212,8 @@ class UserChannel:
         held for it that the snapshot does not hold already."""
         key = feed.key
         _, symbol, account_id = key
-        if self.held.get(key) is None:
-            return  # unsubscribed meanwhile
+        if self.get(symbol, account_id) is not feed:
+            return  # unsubscribed meanwhile (and maybe subscribed again: that feed is owed its own snapshot)
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             snapshot = Snapshot(await conn.fetchval(LAST_ENTRY_ID),
                                 {row[1]: row[2] for row in await conn.fetch(INSTRUMENT_SEQS)})
@@ -200,9 +224,9 @@ class UserChannel:
             sent_fill = self.last_fill.get(key)
             fills = [] if sent_fill is None or sent_fill >= last_fill else \
                 await conn.fetch(USER_FILLS, sent_fill + 1, last_fill, symbol, [account_id])
-        held = self.held.pop(key, None)
-        if held is None:
+        if self.get(symbol, account_id) is not feed:
             return  # unsubscribed while the snapshot was read
+        held = self.held.pop(key, [])
         seq = snapshot.seqs.get(symbol, 0)
         for row in fills:
             for role, account, order_id, side, fee in (
