@@ -6,8 +6,9 @@ Subjects
                             instrument today; partitioning instruments across groups adds names here.
     tokex.md.<symbol>       market data, engine -> gateways: what each batch committed, once per
                             instrument, in the instrument's seq order. Stored in the stream TOKEX_MD.
-    tokex.user.<account>    one account's events (orders, fills, balances), engine -> gateways, for the
-                            feed's `user` channel.
+    tokex.user.<account>    one account's events (orders, fills, balances) of each committed batch, engine ->
+                            gateways, for the feed's `user` channel (core NATS, numbered so that a gateway
+                            notices one missing).
     tokex.engine.leader     the leading engine's heartbeat: who leads now (host, pid), for standbys and
                             for `GET /v1/health`.
     tokex.engine.seqs       the leading engine's settled seq of every instrument and its last settled account
