@@ -169,6 +169,8 @@ class MarketFollower:
             log.exception("market follower: settled seqs could not be read")
             return
         self._settled = settled
+        if self._held is not None:
+            return  # the view is being read: it is compared once it is
         now = asyncio.get_running_loop().time()
         books = self.market.books
         behind = self._behind
