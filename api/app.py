@@ -52,6 +52,7 @@ from api.feed.endpoint import endpoint as feed_endpoint
 from api.feed.hub import Hub
 from api.feed.limits import FeedLimits
 from api.keys import KeyStore, load_master_key
+from api.market_follower import MarketFollower
 from api.marketdata import MarketData
 from api.openapi import document, meta
 from api.problems import Problem
@@ -128,14 +129,29 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
             if gateway is not None and gateway.read_database_url:
                 reads = await _pool(stack, gateway.read_database_url, pool_size, command_timeout)
             market_view = MarketData()
-            async with pool.acquire() as conn:
-                await market_view.load(conn)
-                hub = Hub(market_view, feed_limits)
-                hub.indices = await latest(conn)
-            market_view.listeners.append(hub.publish)
-            market_view.reloaded.append(hub.resync)
             if gateway is None:
-                sequencer = await Sequencer.open(pool, publish=market_view.apply, resync=market_view.reload)
+                async with pool.acquire() as conn:
+                    await market_view.load(conn)
+            else:
+                nc = await connect(gateway.nats_url, "gateway")
+                stack.push_async_callback(_bounded, nc.drain(), "closing the NATS connection")
+                # The view follows the engine's stream from a snapshot of the primary: a replica may lag behind
+                # the stream, which would leave a gap nobody notices.
+                follower = MarketFollower(nc, nc.jetstream(), market_view, pool)
+                await follower.start()
+                stack.push_async_callback(follower.stop)
+            async with pool.acquire() as conn:
+                hub = Hub(market_view, feed_limits)
+                # Before any await: a market view fed from elsewhere changes meanwhile, and the hub must see it.
+                market_view.listeners.append(hub.publish)
+                market_view.reloaded.append(hub.resync)
+                market_view.account_listeners.append(hub.user.receive)
+                if gateway is not None:
+                    follower.on_index = hub.publish_index
+                hub.indices = await latest(conn)
+            if gateway is None:
+                sequencer = await Sequencer.open(pool, publish=market_view.apply, resync=market_view.reload,
+                                                 publish_effects=market_view.apply_effects)
                 stack.push_async_callback(_bounded, sequencer.stop(), "stopping the sequencer")
                 scheduler = Scheduler(sequencer, listener=reporter(sequencer, hub.package_executed))
                 itself = Heartbeat(DEFAULT_GROUP, socket.gethostname(), os.getpid(), time.time())
@@ -143,14 +159,9 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
                 def leader() -> Heartbeat | None:
                     return itself  # one process leads itself
             else:
-                nc = await connect(gateway.nats_url, "gateway")
-                stack.push_async_callback(_bounded, nc.drain(), "closing the NATS connection")
                 sequencer = RemoteSequencer(nc, gateway.group)
                 await sequencer.start()
                 stack.push_async_callback(sequencer.stop)
-                # Market data hook: the gateway's market view follows the engine's market-data stream here
-                # (``api.market_follower.MarketFollower(nc, nc.jetstream(), market_view, pool)``, started and
-                # stopped with the app); until it does, the view is the one loaded above.
                 scheduler = None
 
                 def leader() -> Heartbeat | None:

@@ -1,11 +1,5 @@
 -- The feed's user channel: an account's orders, fills and balances, and its keys (api/feed/).
 
--- name: user_orders
-SELECT o.*, i.symbol
-FROM book_order o JOIN instrument i ON i.id = o.instrument_id
-WHERE o.id = ANY($1::bigint[]) AND o.account_id = ANY($2::bigint[])
-ORDER BY o.id;
-
 -- name: user_open_orders
 SELECT o.*, i.symbol
 FROM book_order o JOIN instrument i ON i.id = o.instrument_id
@@ -23,6 +17,10 @@ ORDER BY f.id;
 -- name: user_balances
 SELECT account_id, asset, available, held FROM balance
 WHERE account_id = ANY($1::bigint[]) AND asset = ANY($2::text[]);
+
+-- name: last_entry_id
+-- Where the commits stood when a user snapshot was read: journal entry ids grow in commit order.
+SELECT coalesce(max(id), 0) FROM journal_entry;
 
 -- name: live_api_keys
 SELECT id FROM api_key WHERE id = ANY($1::text[]) AND revoked_at IS NULL;
