@@ -227,6 +227,8 @@ class MarketFollower:
             try:
                 async with self.pool.acquire() as conn:
                     await self.market.reload(conn)
+                    # Counted before the connection goes back (an await): whoever sees the new view sees it counted.
+                    self.reloads += 1
             except Exception:
                 log.exception("market follower: reading the view failed; retrying")
                 self._reload.set()
@@ -234,7 +236,6 @@ class MarketFollower:
                 continue
             finally:
                 self._replay_held()
-            self.reloads += 1
             self._behind.clear()
             self._accounts_behind = None
             settled = self._settled
