@@ -48,6 +48,7 @@ from api.openapi import document, meta
 from api.problems import Problem
 from api.ratelimit import RateLimiter, RateLimits
 from api.routes.accounts import accounts
+from api.routes.datasets import datasets
 from api.routes.fees import fees
 from api.routes.history import history
 from api.routes.indices import indices
@@ -70,7 +71,7 @@ log = logging.getLogger(__name__)
 
 # The router tries routes in this order: the order endpoints, the busiest by far, come first.
 ENDPOINTS: list[Endpoint] = [*orders, *routing, *packages, *instruments, *market, *history, *accounts, *keys,
-                             *tokens, *indices, *fees, *system, *meta]
+                             *tokens, *datasets, *indices, *fees, *system, *meta]
 SHUTDOWN_STEP_SECONDS = 10.0
 STATIC = Path(__file__).parent / "static"
 SWAGGER = Path(__file__).parent / "swagger"

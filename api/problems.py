@@ -125,12 +125,32 @@ CODES: dict[str, Spec] = {
     "package_cancelled": Spec(409, "Package cancelled"),
     "package_not_active": Spec(409, "Package not active"),
     "period_not_due": Spec(409, "Period not due", "period"),
+    # Datasets
+    "not_a_dataset": Spec(422, "Not a dataset", "symbol"),
+    "invalid_terms": Spec(422, "Invalid terms"),
+    "no_terms": Spec(409, "No license terms"),
+    "terms_not_accepted": Spec(422, "Terms not accepted", "terms_version"),
+    "terms_changed": Spec(409, "Terms changed", "terms_version"),
+    "grant_too_large": Spec(422, "Grant too large", "qty"),
+    "unknown_file": Spec(404, "Unknown file"),
+    "no_access": Spec(403, "No access grant"),
+    "file_exists": Spec(409, "File exists", "name"),
+    "too_many_files": Spec(409, "Too many files"),
+    "file_too_large": Spec(413, "File too large"),
+    "checksum_mismatch": Spec(422, "Checksum mismatch", "sha256"),
+    "invalid_link": Spec(403, "Invalid download link"),
+    "link_expired": Spec(410, "Download link expired"),
 }
 
 DETAILS = {
     **MESSAGES,
     "unknown_key": "No such API key in this account.",
     "unknown_routed_order": "No such routed order in this account.",
+    "file_exists": "The dataset already has a file of that name; files never change, upload under a new name.",
+    "too_many_files": "The dataset has as many files as it may have.",
+    "checksum_mismatch": "The body's SHA-256 is not the sha256 the request was signed with; nothing was stored.",
+    "invalid_link": "The download link was altered or is not one of this exchange's; ask for a new link.",
+    "link_expired": "The download link has expired; ask for a new one (GET /v1/dataset-files/{id}/link).",
     "not_found": "No such route; the API is described at /v1/openapi.json.",
     "internal_error": "The server hit an unexpected error; nothing is known to have changed. Try again.",
 }

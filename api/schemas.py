@@ -150,6 +150,14 @@ class TokenQty(Request):
     """Unique per account and kind (mint, burn, redemption)."""
 
 
+class NewRedemption(TokenQty):
+    """Lots to redeem from the key's own account; redeeming dataset tokens accepts their license terms."""
+
+    terms_version: Annotated[int, Meta(ge=1, le=2**31 - 1)] | None = None
+    """Dataset tokens only, and required for them: the version of the terms shown at
+    ``GET /v1/instruments/{symbol}/terms``, which redeeming accepts."""
+
+
 class NewLimitOrder(Request, tag="limit", tag_field="type"):
     """Buy or sell ``qty`` lots at ``price`` or better; what does not trade at once rests (GTC), expires (IOC) or
     makes the whole order do nothing (FOK). A post-only order never takes: it is refused if it would."""

@@ -88,6 +88,30 @@ class Redeem(Command, frozen=True, tag="redeem"):
     qty: int
     client_request_id: str | None = None
     """As ``Deposit.client_request_id``."""
+    terms_version: int | None = None
+    """The version of a dataset's license terms the holder accepts by redeeming (``exchange.datasets``)."""
+
+
+class PublishTerms(Command, frozen=True, tag="publish_terms"):
+    """A new version of a dataset's license terms, by its issuer (``exchange.datasets``)."""
+
+    account_id: int
+    symbol: str
+    permitted_use: tuple[str, ...]
+    redistribution: bool
+    attribution: str | None
+    days_per_token: int | None
+    downloads_per_token: int | None
+    text: str
+
+
+class Download(Command, frozen=True, tag="download"):
+    """Count one download of a dataset's file, of ``bytes`` bytes, against the account's access grants."""
+
+    account_id: int
+    symbol: str
+    file_id: int
+    bytes: int
 
 
 class PlaceOrder(Command, frozen=True, tag="place_order"):

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import ClassVar
 
-from exchange import fees, packages, routed_orders
+from exchange import datasets, fees, packages, routed_orders
 from exchange.checks import MAX_BIGINT, check_order, positive_int, storable, trading_account
 from exchange.commands import (
     AmendOrder,
@@ -41,11 +41,13 @@ from exchange.commands import (
     CreatePackage,
     Deposit,
     Done,
+    Download,
     ListInstrument,
     Mint,
     OrderFill,
     OrderView,
     PlaceOrder,
+    PublishTerms,
     Redeem,
     Rejection,
     Result,
@@ -103,6 +105,7 @@ class Engine:
         """(account, kind, client_request_id) -> what that request made: an entry, redemption or package id."""
         self.requests = RecentRequests()
         self.packages: dict[int, Package] = {}
+        self.datasets = datasets.Datasets()
 
     # Entry point
 
@@ -364,11 +367,16 @@ class Engine:
         account, instrument = found
         if self.ledger.available(account.id, instrument.symbol) < cmd.qty:
             return reject("insufficient_tokens")
+        refusal = datasets.redemption_refusal(self, cmd, instrument, at)
+        if refusal is not None:
+            return reject(refusal)
         redemption_id = self.ids.redemption
         self.ids.redemption += 1
         self.ledger.post("redemption", at, [(account.id, instrument.symbol, AVAILABLE, -cmd.qty),
                                             (REDEMPTION, instrument.symbol, AVAILABLE, cmd.qty)])
         self.effects.redemptions.append((redemption_id, instrument.id, account.id, cmd.qty, at))
+        if instrument.kind == "dataset":
+            datasets.grant(self, redemption_id, account.id, instrument, cmd.qty, at)
         self._remember(cmd, redemption_id, at)
         return Done(redemption_id)
 
@@ -564,6 +572,16 @@ class Engine:
         outcome = packages.run(self, cmd, ts, at)
         return reject(outcome) if isinstance(outcome, str) else outcome
 
+    # Datasets (exchange.datasets)
+
+    def _publish_terms(self, cmd: PublishTerms, ts: int, at: datetime) -> Result:
+        outcome = datasets.publish_terms(self, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
+    def _download(self, cmd: Download, ts: int, at: datetime) -> Result:
+        outcome = datasets.download(self, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
     # Views
 
     def view(self, order_id: int, fills: list[OrderFill] | None = None) -> OrderView | Done:
@@ -591,4 +609,6 @@ class Engine:
         CreatePackage: _create_package,
         SetPackageStatus: _set_package_status,
         RunPackage: _run_package,
+        PublishTerms: _publish_terms,
+        Download: _download,
     }

@@ -5,6 +5,8 @@
 - Every journal entry sums to zero per asset, and so does every asset over all accounts.
 - Every balance equals the sum of its postings.
 - Each routed order's totals are those of its swept children, every one of them committed.
+- Each dataset access grant is what its redemption bought under the terms it accepted, has counted its
+  downloads, and every download lies within its grant; once a dataset has terms, every redemption has a grant.
 - Each instrument's open orders form a valid book (not crossed, consistent), and a live engine's books hold
   exactly those orders in the same priority order.
 
@@ -27,6 +29,9 @@ UNRECONCILED = sql("unreconciled_balances")
 ROUTED_TOTALS = sql("routed_order_mismatches")
 OPEN_ORDERS = sql("open_orders_by_instrument")
 TICKS = sql("instrument_ticks")
+GRANT_MISMATCHES = sql("dataset_grant_mismatches")
+UNGRANTED = sql("dataset_redemptions_without_grant")
+STRAY_DOWNLOADS = sql("dataset_downloads_outside_grants")
 
 
 async def problems(conn: asyncpg.Connection, engine: Engine | None = None) -> list[str]:
@@ -47,6 +52,12 @@ async def problems(conn: asyncpg.Connection, engine: Engine | None = None) -> li
         for routed, filled, children in await conn.fetch(ROUTED_TOTALS):
             found.append(f"routed order {routed} filled {filled} lots but its children {children}, or a child is "
                          "missing")
+        for (grant,) in await conn.fetch(GRANT_MISMATCHES):
+            found.append(f"dataset grant {grant} differs from its redemption and terms, or miscounts its downloads")
+        for (redemption,) in await conn.fetch(UNGRANTED):
+            found.append(f"dataset redemption {redemption} made no access grant")
+        for (download,) in await conn.fetch(STRAY_DOWNLOADS):
+            found.append(f"dataset download {download} lies outside its grant's dataset, file or time")
         ticks = dict(await conn.fetch(TICKS))
         resting: dict[int, list[RestingOrder]] = {instrument: [] for instrument in ticks}
         for instrument, *fields in await conn.fetch(OPEN_ORDERS):

@@ -57,6 +57,18 @@ MESSAGES = {
     "package_cancelled": "The package is cancelled; create a new one.",
     "package_not_active": "The package is paused or cancelled.",
     "period_not_due": "That period is not the package's next one, or has not started yet.",
+    "not_a_dataset": "Only dataset tokens have license terms, files and access grants.",
+    "invalid_terms": "Terms need one or more permitted uses (research, internal, commercial, model_training), "
+                     "days_per_token (1-36600) and/or downloads_per_token (1-1000000), a text of at most 32000 "
+                     "characters and an attribution of at most 500.",
+    "no_terms": "This dataset has no license terms yet; its issuer publishes them first.",
+    "terms_not_accepted": "Redeeming dataset tokens accepts their license terms: send terms_version, the version "
+                          "shown at GET /v1/instruments/{symbol}/terms.",
+    "terms_changed": "The dataset's terms have a newer version than the one accepted; read them at "
+                     "GET /v1/instruments/{symbol}/terms and redeem again.",
+    "grant_too_large": "The access these tokens grant goes beyond what can be recorded; redeem fewer.",
+    "unknown_file": "No such file of this dataset; list them with GET /v1/instruments/{symbol}/files.",
+    "no_access": "No access grant of this account covers this dataset now; redeem its tokens to get one.",
     "replayed_request": "This signed request was already accepted; it runs once. Sign a new one (a new "
                         "timestamp) to do it again, or send a client id to make retries safe.",
 }

@@ -30,6 +30,7 @@ from matching import events as ev
 from matching.types import BUY, BY_REQUEST, SELF_TRADE, SELL
 
 if TYPE_CHECKING:
+    from exchange.datasets import Grant, Terms
     from exchange.packages import Package
     from exchange.routed_orders import RoutedOrder
 
@@ -64,6 +65,12 @@ class Effects:
     """Delete the rows of signed requests older than this: they can no longer be replayed."""
     client_requests: list[tuple] = field(default_factory=list)
     """(account id, kind, client request id, result id, created_at) per command that named itself."""
+    terms: "list[Terms]" = field(default_factory=list)
+    """Dataset terms published."""
+    grants: "dict[int, Grant]" = field(default_factory=dict)
+    """Dataset access grants made or spent from."""
+    downloads: list[tuple] = field(default_factory=list)
+    """(id, grant id, file id, bytes, created_at) per dataset download counted."""
 
 
 @dataclass
@@ -77,6 +84,7 @@ class Ids:
     entry: int = 1
     redemption: int = 1
     package: int = 1
+    download: int = 1
 
 
 @dataclass

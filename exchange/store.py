@@ -2,8 +2,8 @@
 
 A batch's frequent rows (journal entries, postings, orders, fills, balances, sequence numbers) are written by
 one statement, an insert, update or upsert per table fed by arrays (``_Batch``); the rare ones (accounts,
-listings, approvals, redemptions, routed orders, packages, client request ids, halts, and the deletion of
-signed requests too old to be replayed) join it in a transaction when a batch has
+listings, approvals, redemptions, routed orders, packages, dataset terms, grants and downloads, client request
+ids, halts, and the deletion of signed requests too old to be replayed) join it in a transaction when a batch has
 any. Nothing here decides anything; the rows come ready from the engine.
 """
 
@@ -14,6 +14,7 @@ import asyncpg
 import msgspec
 
 from exchange.database.queries import sql
+from exchange.datasets import Grant, Terms
 from exchange.engine import Engine
 from exchange.packages import Package
 from exchange.records import Account, Approval, Instrument, Order
@@ -31,6 +32,9 @@ INSERT_ROUTED_ORDER = sql("insert_routed_order")
 UPSERT_PACKAGE = sql("upsert_package")
 INSERT_EXECUTION = sql("insert_package_execution")
 INSERT_CLIENT_REQUEST = sql("insert_client_request")
+INSERT_TERMS = sql("insert_dataset_terms")
+UPSERT_GRANT = sql("upsert_dataset_grant")
+INSERT_DOWNLOAD = sql("insert_dataset_download")
 FORGET_REQUESTS = sql("forget_signed_requests")
 RECENT_REQUESTS = sql("recent_signed_requests")
 NEXT_IDS = sql("next_ids")
@@ -44,6 +48,8 @@ ORDER_CLIENT_IDS = sql("order_client_ids")
 ROUTED_CLIENT_IDS = sql("routed_order_client_ids")
 CLIENT_REQUESTS = sql("client_requests")
 PACKAGES = sql("packages")
+DATASET_TERMS = sql("current_dataset_terms")
+USABLE_GRANTS = sql("usable_dataset_grants")
 DAILY_VOLUME = sql("daily_volume")
 DEFAULT_PLANNER = sql("default_planner")
 """Undoes the writer connection's planner settings (``sequencer.WRITER_SETTINGS``) for a transaction that reads
@@ -154,7 +160,8 @@ async def write(conn: asyncpg.Connection, batch: Write) -> None:
     effects = batch.effects
     if not (effects.accounts or effects.new_instruments or effects.approvals or effects.redemptions
             or effects.routed_orders or effects.packages or effects.executions or effects.statuses
-            or effects.client_requests or effects.forget_requests_before is not None):
+            or effects.client_requests or effects.terms or effects.grants or effects.downloads
+            or effects.forget_requests_before is not None):
         await conn.execute(BATCH.statement, *batch.arguments)
         return
     async with conn.transaction():
@@ -169,8 +176,15 @@ async def write(conn: asyncpg.Connection, batch: Write) -> None:
                 (a.account_id, a.instrument_id, a.capacity, a.issued, a.approved_at)
                 for a in effects.approvals.values()
             ])
+        if effects.terms:
+            await conn.executemany(INSERT_TERMS, [t.row() for t in effects.terms])
         if effects.redemptions:
             await conn.executemany(INSERT_REDEMPTION, effects.redemptions)
+        if effects.grants:
+            # After the redemptions: a grant's id is its redemption's.
+            await conn.executemany(UPSERT_GRANT, [g.row() for g in effects.grants.values()])
+        if effects.downloads:
+            await conn.executemany(INSERT_DOWNLOAD, effects.downloads)
         if effects.routed_orders:
             await conn.executemany(INSERT_ROUTED_ORDER, [r.row() for r in effects.routed_orders])
         if effects.packages:
@@ -200,6 +214,7 @@ async def load(conn: asyncpg.Connection) -> Engine:
             entry=next_ids["journal_entry"],
             redemption=next_ids["redemption"],
             package=next_ids["package"],
+            download=next_ids["dataset_download"],
         )
         engine = Engine(ids)
         for row in await conn.fetch(TRADER_ACCOUNTS):
@@ -231,6 +246,10 @@ async def load(conn: asyncpg.Connection) -> Engine:
         engine.requests.extend(digest for (digest,) in await conn.fetch(RECENT_REQUESTS, float(REMEMBER_SECONDS)))
         for row in await conn.fetch(PACKAGES):
             engine.packages[row["id"]] = Package(**row)
+        for row in await conn.fetch(DATASET_TERMS):
+            engine.datasets.terms[row["instrument_id"]] = Terms(**row)
+        for row in await conn.fetch(USABLE_GRANTS, datetime.now(UTC)):
+            engine.datasets.add_grant(Grant(**row))
         since = datetime.now(UTC) - timedelta(days=VOLUME_DAYS)
         for account, day, notional in await conn.fetch(DAILY_VOLUME, None, since):
             engine.volume.add(account, day, notional)

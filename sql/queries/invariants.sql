@@ -66,3 +66,39 @@ FROM book_order o WHERE o.status = 'open' ORDER BY o.instrument_id, o.priority;
 
 -- name: instrument_ticks
 SELECT id, tick FROM instrument;
+
+-- name: dataset_grant_mismatches
+-- A grant is what its redemption bought under the terms it accepted: the same account, dataset and instant,
+-- qty x days_per_token days and qty x downloads_per_token downloads; a grant with a download limit has counted
+-- every download made under it.
+WITH counted AS (SELECT grant_id, count(*) AS downloads FROM dataset_download GROUP BY grant_id)
+SELECT g.id
+FROM dataset_grant g
+LEFT JOIN redemption r ON r.id = g.id
+LEFT JOIN dataset_terms t ON t.instrument_id = g.instrument_id AND t.version = g.terms_version
+LEFT JOIN counted c ON c.grant_id = g.id
+WHERE r.id IS NULL OR t.version IS NULL
+   OR r.account_id <> g.account_id OR r.instrument_id <> g.instrument_id OR r.created_at <> g.created_at
+   OR g.expires_at IS DISTINCT FROM r.created_at + make_interval(hours => (r.qty * t.days_per_token * 24)::integer)
+   OR g.downloads IS DISTINCT FROM r.qty * t.downloads_per_token
+   OR g.downloads_used <> CASE WHEN g.downloads IS NULL THEN 0 ELSE coalesce(c.downloads, 0) END
+LIMIT 20;
+
+-- name: dataset_redemptions_without_grant
+-- Once a dataset has terms, every redemption of it accepts them and makes a grant.
+SELECT r.id
+FROM redemption r
+LEFT JOIN dataset_grant g ON g.id = r.id
+WHERE g.id IS NULL
+  AND EXISTS (SELECT FROM dataset_terms t WHERE t.instrument_id = r.instrument_id AND t.created_at <= r.created_at)
+LIMIT 20;
+
+-- name: dataset_downloads_outside_grants
+-- A download is of a file of its grant's dataset, of the whole file, while the grant lasted.
+SELECT d.id
+FROM dataset_download d
+JOIN dataset_grant g ON g.id = d.grant_id
+JOIN dataset_file f ON f.id = d.file_id
+WHERE f.instrument_id <> g.instrument_id OR d.bytes <> f.size
+   OR d.created_at < g.created_at OR d.created_at >= g.expires_at
+LIMIT 20;

@@ -105,6 +105,22 @@ DO UPDATE SET capacity = EXCLUDED.capacity, issued = EXCLUDED.issued, approved_a
 -- name: insert_redemption
 INSERT INTO redemption (id, instrument_id, account_id, qty, created_at) VALUES ($1, $2, $3, $4, $5);
 
+-- name: insert_dataset_terms
+-- The fields of datasets.Terms, in that order.
+INSERT INTO dataset_terms (instrument_id, version, permitted_use, redistribution, attribution, days_per_token,
+                           downloads_per_token, text, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9);
+
+-- name: upsert_dataset_grant
+-- The fields of datasets.Grant, in that order; only the downloads used change.
+INSERT INTO dataset_grant (id, account_id, instrument_id, terms_version, expires_at, downloads, downloads_used,
+                           created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (id) DO UPDATE SET downloads_used = EXCLUDED.downloads_used;
+
+-- name: insert_dataset_download
+INSERT INTO dataset_download (id, grant_id, file_id, bytes, created_at) VALUES ($1, $2, $3, $4, $5);
+
 -- name: insert_routed_order
 -- The fields of RoutedOrder, in that order.
 INSERT INTO routed_order (id, account_id, substitution_group, side, mode, qty, price, budget, rest_remainder,
@@ -144,7 +160,8 @@ SELECT (SELECT coalesce(max(id), 0) + 1 FROM account) AS account,
        (SELECT coalesce(max(id), 0) + 1 FROM fill) AS fill,
        (SELECT coalesce(max(id), 0) + 1 FROM journal_entry) AS journal_entry,
        (SELECT coalesce(max(id), 0) + 1 FROM redemption) AS redemption,
-       (SELECT coalesce(max(id), 0) + 1 FROM package) AS package;
+       (SELECT coalesce(max(id), 0) + 1 FROM package) AS package,
+       (SELECT coalesce(max(id), 0) + 1 FROM dataset_download) AS dataset_download;
 
 -- name: trader_accounts
 SELECT id, name, role, created_at FROM account WHERE role <> 'system';
@@ -190,6 +207,20 @@ SELECT account_id, kind, client_request_id, result_id FROM client_request;
 SELECT id, account_id, substitution_group, qty, mode, period, max_cost, price, start_at, status, next_period,
        created_at, updated_at
 FROM package;
+
+-- name: current_dataset_terms
+-- The fields of datasets.Terms: the newest version of each dataset's terms.
+SELECT DISTINCT ON (instrument_id) instrument_id, version, permitted_use, redistribution, attribution,
+       days_per_token, downloads_per_token, text, created_at
+FROM dataset_terms
+ORDER BY instrument_id, version DESC;
+
+-- name: usable_dataset_grants
+-- The fields of datasets.Grant: the grants a download may still start under at $1.
+SELECT id, account_id, instrument_id, terms_version, expires_at, downloads, downloads_used, created_at
+FROM dataset_grant
+WHERE (expires_at IS NULL OR expires_at > $1) AND (downloads IS NULL OR downloads_used < downloads)
+ORDER BY id;
 
 -- name: daily_volume
 -- Traded notional per account and UTC day (microseconds since the epoch) since $2, as maker and as taker: the
