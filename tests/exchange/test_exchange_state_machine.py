@@ -4,11 +4,14 @@ Each run of the machine gets a database of its own and drives the (async) sequen
 loop, because Hypothesis state machines are synchronous. After every step: ``invariants.problems`` on what
 is committed, no negative balance outside the system accounts, every asset summing to zero over all
 accounts, and a small model of what the system accounts must show (cash deposited less withdrawn, tokens
-minted less burned, tokens redeemed, the fees of the fills). A refused command or a replayed client order id
+minted less burned, tokens redeemed, the fees of the fills, the downloads each account's dataset grants have
+left). A refused command or a replayed client order id
 must leave the engine exactly as it was, and a restart must rebuild it identically.
 """
 
 import asyncio
+import hashlib
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -24,7 +27,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from exchange import invariants, route_planner
+from exchange import dataset_files, invariants, route_planner
 from exchange.commands import (
     AmendOrder,
     ApproveIssuer,
@@ -35,10 +38,12 @@ from exchange.commands import (
     CreateAccount,
     Deposit,
     Done,
+    Download,
     ListInstrument,
     Mint,
     OrderView,
     PlaceOrder,
+    PublishTerms,
     Redeem,
     Rejection,
     Result,
@@ -61,6 +66,8 @@ STEP = {COMPUTE: 100, DATASET: 1}
 """Micro-yuan per price step: small prices, so fees have fractions of a micro-yuan and rounding shows."""
 COMPUTE_CAPACITY, SUPPLY_CAP = 400, 200
 START_CASH = 2_000_000
+DOWNLOADS_PER_TOKEN = 2
+FILE = b"steel plant QC images"
 
 accounts = st.sampled_from((ISSUER, ALICE, BOB, ADMIN, NOBODY))
 traders = st.sampled_from(TRADERS)
@@ -97,6 +104,9 @@ class ExchangeMachine(RuleBasedStateMachine):
         self.deposited = len(TRADERS) * START_CASH
         self.minted = {COMPUTE: 100, DATASET: 60}
         self.redeemed = dict.fromkeys(SYMBOLS, 0)
+        self.terms_version = 1
+        self.downloads_left = dict.fromkeys(TRADERS, 0)
+        self.file_id = 0
         self.commands_since_restart = 0
         self.run(self.setup())
 
@@ -131,9 +141,18 @@ class ExchangeMachine(RuleBasedStateMachine):
             commands.append(PlaceOrder(ISSUER, symbol, SELL, price=104 * STEP[symbol], qty=10))
             commands.append(PlaceOrder(ALICE, symbol, SELL, price=106 * STEP[symbol], qty=5))
             commands.append(PlaceOrder(BOB, symbol, BUY, price=96 * STEP[symbol], qty=10))
+        commands.append(self.terms())
         results = await asyncio.gather(*(self.exchange.submit(command) for command in commands))
         for command, result in zip(commands, results, strict=True):
             assert not isinstance(result, Rejection), (command, result)
+        async with self.pool.acquire() as conn:
+            stored = await dataset_files.store(conn, self.exchange.engine.instruments[DATASET].id, "images.tar",
+                                               _once(FILE), hashlib.sha256(FILE).digest(), len(FILE), datetime.now(UTC))
+        self.file_id = stored.id
+
+    @staticmethod
+    def terms() -> PublishTerms:
+        return PublishTerms(ISSUER, DATASET, ("research",), False, None, None, DOWNLOADS_PER_TOKEN, "Research only.")
 
     def teardown(self) -> None:
         try:
@@ -181,8 +200,37 @@ class ExchangeMachine(RuleBasedStateMachine):
         elif action == "burn":
             if isinstance(self.submit(Burn(account, symbol, qty)), Done):
                 self.minted[symbol] -= qty
-        elif isinstance(self.submit(Redeem(account, symbol, qty)), Done):
-            self.redeemed[symbol] += qty
+        else:
+            version = self.terms_version if symbol == DATASET else None
+            if isinstance(self.submit(Redeem(account, symbol, qty, terms_version=version)), Done):
+                self.redeemed[symbol] += qty
+                if symbol == DATASET:
+                    self.downloads_left[account] += qty * DOWNLOADS_PER_TOKEN
+
+    # Datasets
+
+    @rule(stale=st.booleans())
+    def publish_terms_then_redeem(self, stale: bool) -> None:
+        """A new version of the terms; a redemption that accepts the one before is refused."""
+        assert self.submit(self.terms()) == Done(self.terms_version + 1)
+        self.terms_version += 1
+        if stale:
+            result = self.submit(Redeem(ALICE, DATASET, 1, terms_version=self.terms_version - 1))
+            assert result.code in {"terms_changed", "insufficient_tokens"}, result
+
+    @rule(account=traders, qty=st.integers(0, 2), downloads=st.integers(1, 3))
+    def redeem_then_download(self, account: int, qty: int, downloads: int) -> None:
+        """Redeem a few dataset tokens (or none), then download: each download spends one the grants hold."""
+        if qty and isinstance(self.submit(Redeem(account, DATASET, qty, terms_version=self.terms_version)), Done):
+            self.redeemed[DATASET] += qty
+            self.downloads_left[account] += qty * DOWNLOADS_PER_TOKEN
+        for _ in range(downloads):
+            result = self.submit(Download(account, DATASET, self.file_id, len(FILE)))
+            if self.downloads_left[account]:
+                assert isinstance(result, Done), result
+                self.downloads_left[account] -= 1
+            else:
+                assert result.code == "no_access", result
 
     # Orders
 
@@ -353,6 +401,10 @@ class ExchangeMachine(RuleBasedStateMachine):
             assert engine.ledger.available(REDEMPTION, symbol) == self.redeemed[symbol]
             assert engine.instruments[symbol].issued == self.minted[symbol]
         assert self.minted[COMPUTE] <= COMPUTE_CAPACITY and self.minted[DATASET] <= SUPPLY_CAP
+
+
+async def _once(data: bytes):
+    yield data
 
 
 # A fuzzer: 40 runs of 40 random commands, each committed to PostgreSQL; the engine alone is tested in memory by
