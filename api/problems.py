@@ -125,12 +125,23 @@ CODES: dict[str, Spec] = {
     "package_cancelled": Spec(409, "Package cancelled"),
     "package_not_active": Spec(409, "Package not active"),
     "period_not_due": Spec(409, "Period not due", "period"),
+    # Delivery
+    "not_compute": Spec(422, "Not a compute instrument", "symbol"),
+    "invalid_provider": Spec(422, "Invalid provider"),
+    "unknown_model": Spec(404, "Unknown model", "model"),
+    "invalid_tokens": Spec(422, "Invalid tokens", "tokens"),
+    "no_provider": Spec(409, "No provider"),
+    "quota_exceeded": Spec(409, "Quota exceeded"),
+    "unknown_reservation": Spec(404, "Unknown reservation"),
+    "invalid_attempts": Spec(422, "Invalid attempts", "attempts"),
+    "unknown_provider": Spec(404, "Unknown provider"),
 }
 
 DETAILS = {
     **MESSAGES,
     "unknown_key": "No such API key in this account.",
     "unknown_routed_order": "No such routed order in this account.",
+    "unknown_provider": "No such provider of this account.",
     "not_found": "No such route; the API is described at /v1/openapi.json.",
     "internal_error": "The server hit an unexpected error; nothing is known to have changed. Try again.",
 }

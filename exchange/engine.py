@@ -27,7 +27,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import ClassVar
 
-from exchange import fees, packages, routed_orders
+from exchange import delivery, fees, packages, routed_orders
 from exchange.checks import MAX_BIGINT, check_order, positive_int, storable, trading_account
 from exchange.commands import (
     AmendOrder,
@@ -41,22 +41,27 @@ from exchange.commands import (
     CreatePackage,
     Deposit,
     Done,
+    ExpireReservations,
     ListInstrument,
     Mint,
     OrderFill,
     OrderView,
     PlaceOrder,
     Redeem,
+    RegisterProvider,
     Rejection,
+    Reserve,
     Result,
     RouteOrder,
     RunPackage,
     SetInstrumentStatus,
     SetPackageStatus,
+    Settle,
     Withdraw,
 )
 from exchange.ledger import AVAILABLE, CASH, EXTERNAL, ISSUANCE, REDEMPTION, SYSTEM_ACCOUNTS
 from exchange.packages import Package
+from exchange.quotas import Quotas
 from exchange.records import KINDS, ROLES, STATUSES, Account, Approval, Instrument, Order
 from exchange.rejections import WITHDRAWAL_NOT_COVERED, reject
 from exchange.replay import KEEP_ROWS_SECONDS, RecentRequests
@@ -103,6 +108,8 @@ class Engine:
         """(account, kind, client_request_id) -> what that request made: an entry, redemption or package id."""
         self.requests = RecentRequests()
         self.packages: dict[int, Package] = {}
+        self.quotas = Quotas(self.settlement)
+        self.delivery = delivery.Delivery()
 
     # Entry point
 
@@ -246,7 +253,7 @@ class Engine:
         approval = self.approvals.get(key)
         if approval is None:
             approval = self.approvals[key] = Approval(account.id, instrument.id, cmd.capacity, 0, at)
-        elif cmd.capacity < approval.issued:
+        elif cmd.capacity < delivery.outstanding(self, approval):
             return reject("capacity_below_issued")
         approval.capacity = cmd.capacity
         approval.approved_at = at
@@ -321,7 +328,7 @@ class Engine:
         if repeat is not None:
             return repeat
         instrument, approval = found
-        if approval.issued + cmd.qty > approval.capacity:
+        if delivery.outstanding(self, approval) + cmd.qty > approval.capacity:
             return reject("over_capacity")
         if instrument.supply_cap is not None and instrument.issued + cmd.qty > instrument.supply_cap:
             return reject("over_supply_cap")
@@ -364,11 +371,15 @@ class Engine:
         account, instrument = found
         if self.ledger.available(account.id, instrument.symbol) < cmd.qty:
             return reject("insufficient_tokens")
+        refusal = delivery.redemption_refusal(instrument, cmd.qty)
+        if refusal is not None:
+            return reject(refusal)
         redemption_id = self.ids.redemption
         self.ids.redemption += 1
         self.ledger.post("redemption", at, [(account.id, instrument.symbol, AVAILABLE, -cmd.qty),
                                             (REDEMPTION, instrument.symbol, AVAILABLE, cmd.qty)])
         self.effects.redemptions.append((redemption_id, instrument.id, account.id, cmd.qty, at))
+        delivery.redeemed(self, account.id, instrument, cmd.qty, at)
         self._remember(cmd, redemption_id, at)
         return Done(redemption_id)
 
@@ -564,6 +575,23 @@ class Engine:
         outcome = packages.run(self, cmd, ts, at)
         return reject(outcome) if isinstance(outcome, str) else outcome
 
+    # Delivery: providers, reservations and settlements of inference calls (exchange.delivery)
+
+    def _register_provider(self, cmd: RegisterProvider, ts: int, at: datetime) -> Result:
+        outcome = delivery.register(self, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
+    def _reserve(self, cmd: Reserve, ts: int, at: datetime) -> Result:
+        outcome = delivery.reserve(self, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
+    def _settle(self, cmd: Settle, ts: int, at: datetime) -> Result:
+        outcome = delivery.settle(self, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
+    def _expire_reservations(self, cmd: ExpireReservations, ts: int, at: datetime) -> Result:
+        return delivery.expire(self, cmd, at)
+
     # Views
 
     def view(self, order_id: int, fills: list[OrderFill] | None = None) -> OrderView | Done:
@@ -591,4 +619,8 @@ class Engine:
         CreatePackage: _create_package,
         SetPackageStatus: _set_package_status,
         RunPackage: _run_package,
+        RegisterProvider: _register_provider,
+        Reserve: _reserve,
+        Settle: _settle,
+        ExpireReservations: _expire_reservations,
     }

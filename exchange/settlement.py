@@ -30,7 +30,9 @@ from matching import events as ev
 from matching.types import BUY, BY_REQUEST, SELF_TRADE, SELL
 
 if TYPE_CHECKING:
+    from exchange.delivery import Provider
     from exchange.packages import Package
+    from exchange.quotas import Quota, Reservation
     from exchange.routed_orders import RoutedOrder
 
 
@@ -64,6 +66,11 @@ class Effects:
     """Delete the rows of signed requests older than this: they can no longer be replayed."""
     client_requests: list[tuple] = field(default_factory=list)
     """(account id, kind, client request id, result id, created_at) per command that named itself."""
+    providers: "dict[int, Provider]" = field(default_factory=dict)
+    quotas: "dict[tuple[int, int, str], Quota]" = field(default_factory=dict)
+    reservations: "dict[int, Reservation]" = field(default_factory=dict)
+    usages: list[tuple] = field(default_factory=list)
+    """The rows of ``usage``: one per attempt of an inference call on a provider (``exchange.delivery``)."""
 
 
 @dataclass
@@ -77,6 +84,9 @@ class Ids:
     entry: int = 1
     redemption: int = 1
     package: int = 1
+    provider: int = 1
+    reservation: int = 1
+    usage: int = 1
 
 
 @dataclass

@@ -120,6 +120,10 @@ def engine_state(engine: Engine) -> dict:
         "open by account": {a: set(ids) for a, ids in engine.open_by_account.items() if ids},
         "approvals": {key: (a.capacity, a.issued) for key, a in engine.approvals.items()},
         "client orders": dict(engine.client_orders),
+        "quotas": {key: msgspec.structs.astuple(q) for key, q in engine.quotas.rows.items()},
+        "reservations": {i: msgspec.structs.astuple(r) for i, r in engine.quotas.open.items()},
+        "providers": {i: msgspec.structs.astuple(p) for i, p in engine.delivery.providers.items()},
+        "windows": {i: list(window) for i, window in engine.delivery.windows.items()},
     }
 
 
