@@ -135,6 +135,8 @@ CODES: dict[str, Spec] = {
     "unknown_reservation": Spec(404, "Unknown reservation"),
     "invalid_attempts": Spec(422, "Invalid attempts", "attempts"),
     "unknown_provider": Spec(404, "Unknown provider"),
+    "invalid_api_key": Spec(401, "Invalid API key"),
+    "upstream_failed": Spec(502, "Providers failed"),
 }
 
 DETAILS = {
@@ -142,6 +144,8 @@ DETAILS = {
     "unknown_key": "No such API key in this account.",
     "unknown_routed_order": "No such routed order in this account.",
     "unknown_provider": "No such provider of this account.",
+    "invalid_api_key": "The bearer token is not <key id>.<secret> of a live inference key.",
+    "upstream_failed": "No provider of the instrument answered; nothing was charged. Try again.",
     "not_found": "No such route; the API is described at /v1/openapi.json.",
     "internal_error": "The server hit an unexpected error; nothing is known to have changed. Try again.",
 }

@@ -67,3 +67,10 @@ CREATE TABLE usage (
 );
 CREATE INDEX usage_provider ON usage (provider_id, id);
 CREATE INDEX usage_account ON usage (account_id, id);
+
+-- An inference key: its secret travels as a bearer token on every call (api/keys.py), so it holds the
+-- `inference` scope alone, and no other key may hold it.
+ALTER TABLE api_key DROP CONSTRAINT api_key_scopes_check;
+ALTER TABLE api_key ADD CONSTRAINT api_key_scopes_check
+    CHECK (cardinality(scopes) > 0 AND scopes <@ ARRAY['read', 'trade', 'issue', 'admin', 'inference']
+           AND (scopes = ARRAY['inference'] OR NOT 'inference' = ANY (scopes)));

@@ -51,13 +51,14 @@ FROM reservation WHERE status = 'open';
 
 -- name: provider_windows
 -- The last $1 attempts of every provider, oldest first: the windows of the measured figures.
-SELECT provider_id, status = 'ok' AS ok, ttft_us, completion_tokens, latency_us
-FROM (
-    SELECT u.*, row_number() OVER (PARTITION BY provider_id ORDER BY id DESC) AS newest
-    FROM usage u
-) AS recent
-WHERE newest <= $1
-ORDER BY provider_id, id;
+SELECT p.id AS provider_id, w.ok, w.ttft_us, w.completion_tokens, w.latency_us
+FROM provider p
+CROSS JOIN LATERAL (
+    SELECT u.id, u.status = 'ok' AS ok, u.ttft_us, u.completion_tokens, u.latency_us
+    FROM usage u WHERE u.provider_id = p.id
+    ORDER BY u.id DESC LIMIT $1
+) AS w
+ORDER BY p.id, w.id;
 
 -- name: account_quotas
 -- An account's quotas with what is left, by instrument and source (GET /v1/quotas).
@@ -87,11 +88,11 @@ ORDER BY u.id DESC
 LIMIT $3;
 
 -- name: provider_redemptions
--- The redemptions of the instrument a provider serves, newest first, before the cursor $2: the lots it may be
+-- The redemptions of the instrument provider $1 serves, newest first, before the cursor $2: the lots it may be
 -- asked to deliver (GET /v1/providers/{id}/redemptions). Buyers are not named.
 SELECT r.id, i.symbol, r.qty, r.created_at
 FROM redemption r JOIN instrument i ON i.id = r.instrument_id
-WHERE r.instrument_id = $1 AND ($2::bigint IS NULL OR r.id < $2)
+WHERE r.instrument_id = (SELECT instrument_id FROM provider WHERE id = $1) AND ($2::bigint IS NULL OR r.id < $2)
 ORDER BY r.id DESC
 LIMIT $3;
 
@@ -100,3 +101,7 @@ LIMIT $3;
 SELECT p.id, a.name AS provider, i.symbol, i.quality, p.delivered
 FROM provider p JOIN instrument i ON i.id = p.instrument_id JOIN account a ON a.id = p.account_id
 ORDER BY i.symbol, p.id;
+
+-- name: compute_models
+-- What the inference gateway lists as models: every compute instrument (GET /inference/v1/models).
+SELECT symbol, substitution_group FROM instrument WHERE kind = 'compute' ORDER BY symbol;
