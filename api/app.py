@@ -8,7 +8,8 @@ Start-up opens the database (``exchange.database.Database``: the server at ``dat
 in ``home``; migrated), an asyncpg pool, the committed market view, the API key store and the sequencer, whose
 ``publish`` feeds the market view and whose ``resync`` reads the view anew after a reload; then it starts the
 package scheduler (``exchange.scheduler``), which reports executions to the feed, and the price index's minute job
-(``exchange.indexer``), which hands each new value to the feed. They are handed to handlers as
+(``exchange.indexer``), which hands each new value to the feed, and the inference gateway (``api.inference``) with
+its sweep of reservations whose calls never settled. They are handed to handlers as
 ``app.state.services`` (``api.services``). Shutdown stops the minute job, the scheduler and the feed, then the
 sequencer (it finishes the commands already queued), closes the pool and stops the database, each step bounded in
 time so a lost database cannot hang it.
@@ -16,7 +17,8 @@ time so a lost database cannot hang it.
 Every route is declared in a module of ``api.routes`` (``api.endpoints``); ``ENDPOINTS`` lists them all, and the
 OpenAPI document is generated from the same list. Besides them: the market-data WebSocket ``/v1/ws``
 (``api.feed.hub``, whose hub listens to the market view and runs while the app does) and the market-watch page at
-``/`` with its files under ``/static/``; the interactive API page at ``/docs`` (``api/swagger``); Prometheus
+``/`` with its files under ``/static/``; the OpenAI-compatible inference gateway at ``/inference/v1``
+(``api.inference.gateway``); the interactive API page at ``/docs`` (``api/swagger``); Prometheus
 metrics at ``/metrics`` (``api.metrics``).
 """
 
@@ -42,6 +44,7 @@ from api.endpoints import Endpoint, routes
 from api.feed.endpoint import endpoint as feed_endpoint
 from api.feed.hub import Hub
 from api.feed.limits import FeedLimits
+from api.inference import gateway
 from api.keys import KeyStore, load_master_key
 from api.marketdata import MarketData
 from api.openapi import document, meta
@@ -57,6 +60,7 @@ from api.routes.keys import keys
 from api.routes.market import market
 from api.routes.orders import orders
 from api.routes.packages import packages, reporter
+from api.routes.providers import providers
 from api.routes.routing import routing
 from api.routes.system import system
 from api.routes.tokens import tokens
@@ -71,7 +75,7 @@ log = logging.getLogger(__name__)
 
 # The router tries routes in this order: the order endpoints, the busiest by far, come first.
 ENDPOINTS: list[Endpoint] = [*orders, *routing, *packages, *instruments, *market, *history, *accounts, *keys,
-                             *tokens, *datasets, *indices, *fees, *system, *meta]
+                             *tokens, *datasets, *providers, *indices, *fees, *system, *meta]
 SHUTDOWN_STEP_SECONDS = 10.0
 STATIC = Path(__file__).parent / "static"
 SWAGGER = Path(__file__).parent / "swagger"
@@ -124,12 +128,17 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
                     scheduler.start()
                     app.state.indexer = Indexer(pool, publish=hub.publish_index)
                     indexing = asyncio.get_running_loop().create_task(app.state.indexer.run(), name="price-index")
+                    app.state.gateway = gateway.Gateway(app.state.services)
+                    sweeping = asyncio.get_running_loop().create_task(app.state.gateway.sweep(),
+                                                                      name="reservation-sweep")
                     try:
                         yield
                     finally:
-                        indexing.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await indexing
+                        for task in (indexing, sweeping):
+                            task.cancel()
+                            with contextlib.suppress(asyncio.CancelledError):
+                                await task
+                        await app.state.gateway.close()
                         await scheduler.stop()
                         await hub.stop()
                 finally:
@@ -141,7 +150,7 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
             await database.stop()
 
     app = Starlette(
-        routes=[*routes(ENDPOINTS), WebSocketRoute("/v1/ws", feed_endpoint), Route("/", market_watch),
+        routes=[*routes(ENDPOINTS), *gateway.ROUTES, WebSocketRoute("/v1/ws", feed_endpoint), Route("/", market_watch),
                 Mount("/static", StaticFiles(directory=STATIC), name="static"),
                 Route("/docs", api_docs), Mount("/docs/assets", StaticFiles(directory=SWAGGER), name="docs"),
                 Route("/metrics", metrics.endpoint)],

@@ -287,6 +287,24 @@ class Client:
     async def redemptions(self, **query: Any) -> dict:
         return await self.call("GET", "/v1/redemptions", params=query)
 
+    # Delivery: providers (issuers) and quotas (buyers)
+
+    async def register_provider(self, symbol: str, base_url: str, model: str, api_key: str = "") -> dict:
+        return await self.call("POST", "/v1/providers", json={"symbol": symbol, "base_url": base_url, "model": model,
+                                                              "api_key": api_key})
+
+    async def providers(self) -> list[dict]:
+        return (await self.call("GET", "/v1/providers"))["items"]
+
+    async def deliveries(self, provider_id: int, **query: Any) -> dict:
+        return await self.call("GET", f"/v1/providers/{provider_id}/deliveries", params=query)
+
+    async def provider_stats(self) -> dict:
+        return await self.call("GET", "/v1/providers/stats")
+
+    async def quotas(self) -> list[dict]:
+        return (await self.call("GET", "/v1/quotas"))["items"]
+
     # Admin
 
     async def create_account(self, name: str, role: str) -> dict:

@@ -140,6 +140,18 @@ CODES: dict[str, Spec] = {
     "checksum_mismatch": Spec(422, "Checksum mismatch", "sha256"),
     "invalid_link": Spec(403, "Invalid download link"),
     "link_expired": Spec(410, "Download link expired"),
+    # Delivery
+    "not_compute": Spec(422, "Not a compute instrument", "symbol"),
+    "invalid_provider": Spec(422, "Invalid provider"),
+    "unknown_model": Spec(404, "Unknown model", "model"),
+    "invalid_tokens": Spec(422, "Invalid tokens", "tokens"),
+    "no_provider": Spec(409, "No provider"),
+    "quota_exceeded": Spec(409, "Quota exceeded"),
+    "unknown_reservation": Spec(404, "Unknown reservation"),
+    "invalid_attempts": Spec(422, "Invalid attempts", "attempts"),
+    "unknown_provider": Spec(404, "Unknown provider"),
+    "invalid_api_key": Spec(401, "Invalid API key"),
+    "upstream_failed": Spec(502, "Providers failed"),
 }
 
 DETAILS = {
@@ -151,6 +163,9 @@ DETAILS = {
     "checksum_mismatch": "The body's SHA-256 is not the sha256 the request was signed with; nothing was stored.",
     "invalid_link": "The download link was altered or is not one of this exchange's; ask for a new link.",
     "link_expired": "The download link has expired; ask for a new one (GET /v1/dataset-files/{id}/link).",
+    "unknown_provider": "No such provider of this account.",
+    "invalid_api_key": "The bearer token is not <key id>.<secret> of a live inference key.",
+    "upstream_failed": "No provider of the instrument answered; nothing was charged. Try again.",
     "not_found": "No such route; the API is described at /v1/openapi.json.",
     "internal_error": "The server hit an unexpected error; nothing is known to have changed. Try again.",
 }

@@ -66,7 +66,7 @@ Cursor = Annotated[str, whole(r"[0-9]{1,19}(-[0-9]{1,19})?",
 Asset = Annotated[str, whole(r"[A-Z0-9][A-Z0-9._-]{0,31}", description="CNY or an instrument symbol.")]
 
 Role = Literal["admin", "issuer", "trader"]
-Scope = Literal["read", "trade", "issue", "admin"]
+Scope = Literal["read", "trade", "issue", "admin", "inference"]
 Side = Literal["buy", "sell"]
 OrderType = Literal["limit", "market"]
 TimeInForce = Literal["GTC", "IOC", "FOK"]

@@ -191,6 +191,52 @@ class RunPackage(Command, frozen=True, tag="run_package"):
     period: int
 
 
+class RegisterProvider(Command, frozen=True, tag="register_provider"):
+    """An issuer's OpenAI-compatible upstream for a compute instrument it is approved for; again to change it
+    (``exchange.delivery``)."""
+
+    account_id: int
+    symbol: str
+    base_url: str
+    model: str
+    credential: bytes
+    """Already encrypted: the engine keeps it and hands it back to the gateway, never reads it."""
+
+
+class Reserve(Command, frozen=True, tag="reserve"):
+    """Hold an inference call's worst case, ``tokens``, from the account's quota on ``model``: an instrument
+    symbol, or a substitution group whose instrument ``mode`` picks (``exchange.delivery``)."""
+
+    account_id: int
+    model: str
+    tokens: int
+    mode: str | None = None
+
+
+class Attempt(msgspec.Struct, frozen=True):
+    """One try of a call on one provider, as the gateway measured it."""
+
+    provider_id: int
+    status: str
+    """``ok`` (the provider answered; its usage is charged) or ``failed`` (nothing charged)."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_us: int = 0
+    """Microseconds to the first token (to the whole answer, when not streamed)."""
+    latency_us: int = 0
+
+
+class Settle(Command, frozen=True, tag="settle"):
+    """Charge an open reservation what its call delivered, and record every attempt as a usage row."""
+
+    reservation_id: int
+    attempts: list[Attempt]
+
+
+class ExpireReservations(Command, frozen=True, tag="expire_reservations"):
+    """Free every open reservation past its deadline (its call never settled) and lapse expired quotas."""
+
+
 class Rejection(msgspec.Struct, frozen=True):
     """The command changed nothing, because of ``code``."""
 
@@ -294,4 +340,42 @@ class ExecutionView(msgspec.Struct, frozen=True):
     routed: RoutedOrderView | None = None
 
 
-Result = Rejection | Done | OrderView | Cancelled | RoutedOrderView | PackageView | ExecutionView
+class ProviderView(msgspec.Struct, frozen=True):
+    """A provider as its issuer sees it; never its credential."""
+
+    id: int
+    account_id: int
+    symbol: str
+    base_url: str
+    model: str
+    delivered: int
+    """Tokens delivered."""
+    obligation: int
+    """Tokens minted (lots x tokens per lot, minted less burned) less tokens delivered."""
+    created_at: datetime
+    updated_at: datetime
+
+
+class Upstream(msgspec.Struct, frozen=True):
+    """Where to forward a call: one provider, with its credential as stored (encrypted)."""
+
+    provider_id: int
+    base_url: str
+    model: str
+    credential: bytes
+
+
+class ReservationView(msgspec.Struct, frozen=True):
+    """A reservation just made, and the instrument's providers in the order to try them."""
+
+    id: int
+    account_id: int
+    symbol: str
+    source: str
+    tokens: int
+    deadline_at: datetime
+    providers: list[Upstream]
+
+
+Result = (Rejection | Done | OrderView | Cancelled | RoutedOrderView | PackageView | ExecutionView
+          | ProviderView | ReservationView)

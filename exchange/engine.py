@@ -27,7 +27,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import ClassVar
 
-from exchange import datasets, fees, packages, routed_orders
+from exchange import datasets, delivery, fees, packages, routed_orders
 from exchange.checks import MAX_BIGINT, check_order, positive_int, storable, trading_account
 from exchange.commands import (
     AmendOrder,
@@ -42,6 +42,7 @@ from exchange.commands import (
     Deposit,
     Done,
     Download,
+    ExpireReservations,
     ListInstrument,
     Mint,
     OrderFill,
@@ -49,16 +50,20 @@ from exchange.commands import (
     PlaceOrder,
     PublishTerms,
     Redeem,
+    RegisterProvider,
     Rejection,
+    Reserve,
     Result,
     RouteOrder,
     RunPackage,
     SetInstrumentStatus,
     SetPackageStatus,
+    Settle,
     Withdraw,
 )
 from exchange.ledger import AVAILABLE, CASH, EXTERNAL, ISSUANCE, REDEMPTION, SYSTEM_ACCOUNTS
 from exchange.packages import Package
+from exchange.quotas import Quotas
 from exchange.records import KINDS, ROLES, STATUSES, Account, Approval, Instrument, Order
 from exchange.rejections import WITHDRAWAL_NOT_COVERED, reject
 from exchange.replay import KEEP_ROWS_SECONDS, RecentRequests
@@ -106,6 +111,8 @@ class Engine:
         self.requests = RecentRequests()
         self.packages: dict[int, Package] = {}
         self.datasets = datasets.Datasets()
+        self.quotas = Quotas(self.settlement)
+        self.delivery = delivery.Delivery()
 
     # Entry point
 
@@ -249,7 +256,7 @@ class Engine:
         approval = self.approvals.get(key)
         if approval is None:
             approval = self.approvals[key] = Approval(account.id, instrument.id, cmd.capacity, 0, at)
-        elif cmd.capacity < approval.issued:
+        elif cmd.capacity < delivery.outstanding(self, approval):
             return reject("capacity_below_issued")
         approval.capacity = cmd.capacity
         approval.approved_at = at
@@ -324,7 +331,7 @@ class Engine:
         if repeat is not None:
             return repeat
         instrument, approval = found
-        if approval.issued + cmd.qty > approval.capacity:
+        if delivery.outstanding(self, approval) + cmd.qty > approval.capacity:
             return reject("over_capacity")
         if instrument.supply_cap is not None and instrument.issued + cmd.qty > instrument.supply_cap:
             return reject("over_supply_cap")
@@ -367,7 +374,8 @@ class Engine:
         account, instrument = found
         if self.ledger.available(account.id, instrument.symbol) < cmd.qty:
             return reject("insufficient_tokens")
-        refusal = datasets.redemption_refusal(self, cmd, instrument, at)
+        refusal = (delivery.redemption_refusal(instrument, cmd.qty)
+                   or datasets.redemption_refusal(self, cmd, instrument, at))
         if refusal is not None:
             return reject(refusal)
         redemption_id = self.ids.redemption
@@ -377,6 +385,7 @@ class Engine:
         self.effects.redemptions.append((redemption_id, instrument.id, account.id, cmd.qty, at))
         if instrument.kind == "dataset":
             datasets.grant(self, redemption_id, account.id, instrument, cmd.qty, at)
+        delivery.redeemed(self, account.id, instrument, cmd.qty, at)
         self._remember(cmd, redemption_id, at)
         return Done(redemption_id)
 
@@ -582,6 +591,23 @@ class Engine:
         outcome = datasets.download(self, cmd, at)
         return reject(outcome) if isinstance(outcome, str) else outcome
 
+    # Delivery: providers, reservations and settlements of inference calls (exchange.delivery)
+
+    def _register_provider(self, cmd: RegisterProvider, ts: int, at: datetime) -> Result:
+        outcome = delivery.register(self, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
+    def _reserve(self, cmd: Reserve, ts: int, at: datetime) -> Result:
+        outcome = delivery.reserve(self, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
+    def _settle(self, cmd: Settle, ts: int, at: datetime) -> Result:
+        outcome = delivery.settle(self, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
+    def _expire_reservations(self, cmd: ExpireReservations, ts: int, at: datetime) -> Result:
+        return delivery.expire(self, cmd, at)
+
     # Views
 
     def view(self, order_id: int, fills: list[OrderFill] | None = None) -> OrderView | Done:
@@ -611,4 +637,8 @@ class Engine:
         RunPackage: _run_package,
         PublishTerms: _publish_terms,
         Download: _download,
+        RegisterProvider: _register_provider,
+        Reserve: _reserve,
+        Settle: _settle,
+        ExpireReservations: _expire_reservations,
     }

@@ -7,6 +7,10 @@
 - Each routed order's totals are those of its swept children, every one of them committed.
 - Each dataset access grant is what its redemption bought under the terms it accepted, has counted its
   downloads, and every download lies within its grant; once a dataset has terms, every redemption has a grant.
+- Quotas: none below zero; each quota's reserved tokens are its open reservations, its used tokens what its
+  settled reservations charged, and a ``redemption`` quota holds exactly the account's redeemed lots x tokens per
+  lot. Obligations: each provider's delivered tokens, and each reservation's charge, equal their usage rows, so
+  obligation = minted x tokens per lot - delivered.
 - Each instrument's open orders form a valid book (not crossed, consistent), and a live engine's books hold
   exactly those orders in the same priority order.
 
@@ -32,6 +36,8 @@ TICKS = sql("instrument_ticks")
 GRANT_MISMATCHES = sql("dataset_grant_mismatches")
 UNGRANTED = sql("dataset_redemptions_without_grant")
 STRAY_DOWNLOADS = sql("dataset_downloads_outside_grants")
+QUOTAS = sql("quota_mismatches")
+OBLIGATIONS = sql("obligation_mismatches")
 
 
 async def problems(conn: asyncpg.Connection, engine: Engine | None = None) -> list[str]:
@@ -58,6 +64,13 @@ async def problems(conn: asyncpg.Connection, engine: Engine | None = None) -> li
             found.append(f"dataset redemption {redemption} made no access grant")
         for (download,) in await conn.fetch(STRAY_DOWNLOADS):
             found.append(f"dataset download {download} lies outside its grant's dataset, file or time")
+        for account, instrument, source, granted, reserved, used, lapsed, held, charged, redeemed in await conn.fetch(
+                QUOTAS):
+            found.append(f"quota of account {account} on instrument {instrument} from {source}: granted {granted}, "
+                         f"reserved {reserved}, used {used}, lapsed {lapsed}; open reservations hold {held}, settled "
+                         f"ones charged {charged}, redeemed tokens {redeemed}")
+        for what, row_id, recorded, counted in await conn.fetch(OBLIGATIONS):
+            found.append(f"{what} {row_id} records {recorded} tokens delivered but its usage rows {counted}")
         ticks = dict(await conn.fetch(TICKS))
         resting: dict[int, list[RestingOrder]] = {instrument: [] for instrument in ticks}
         for instrument, *fields in await conn.fetch(OPEN_ORDERS):

@@ -69,6 +69,19 @@ MESSAGES = {
     "grant_too_large": "The access these tokens grant goes beyond what can be recorded; redeem fewer.",
     "unknown_file": "No such file of this dataset; list them with GET /v1/instruments/{symbol}/files.",
     "no_access": "No access grant of this account covers this dataset now; redeem its tokens to get one.",
+    "not_compute": "Only compute instruments have providers and quotas of tokens.",
+    "invalid_provider": "The base URL must start with http:// or https:// and be at most 512 characters, the model "
+                        "name 1 to 128 characters, and the credential at most 1 KiB.",
+    "unknown_model": "No compute instrument or substitution group by that name; list them with GET /v1/instruments "
+                     "or GET /inference/v1/models.",
+    "invalid_tokens": "The tokens to reserve must be a positive whole number.",
+    "no_provider": "No provider serves this instrument yet; try another model.",
+    "quota_exceeded": "Your quota does not cover this call's worst case (its prompt plus max_tokens): redeem more "
+                      "lots of the instrument (POST /v1/redemptions) or lower max_tokens. GET /v1/quotas shows what "
+                      "is left.",
+    "unknown_reservation": "No such open reservation: it settled, or expired past its deadline.",
+    "invalid_attempts": "A settlement lists 1 to 8 attempts on providers of the reservation's instrument, at most "
+                        "one of them ok, with whole non-negative counts.",
     "replayed_request": "This signed request was already accepted; it runs once. Sign a new one (a new "
                         "timestamp) to do it again, or send a client id to make retries safe.",
 }

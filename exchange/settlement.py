@@ -31,7 +31,9 @@ from matching.types import BUY, BY_REQUEST, SELF_TRADE, SELL
 
 if TYPE_CHECKING:
     from exchange.datasets import Grant, Terms
+    from exchange.delivery import Provider
     from exchange.packages import Package
+    from exchange.quotas import Quota, Reservation
     from exchange.routed_orders import RoutedOrder
 
 
@@ -71,6 +73,11 @@ class Effects:
     """Dataset access grants made or spent from."""
     downloads: list[tuple] = field(default_factory=list)
     """(id, grant id, file id, bytes, created_at) per dataset download counted."""
+    providers: "dict[int, Provider]" = field(default_factory=dict)
+    quotas: "dict[tuple[int, int, str], Quota]" = field(default_factory=dict)
+    reservations: "dict[int, Reservation]" = field(default_factory=dict)
+    usages: list[tuple] = field(default_factory=list)
+    """The rows of ``usage``: one per attempt of an inference call on a provider (``exchange.delivery``)."""
 
 
 @dataclass
@@ -85,6 +92,9 @@ class Ids:
     redemption: int = 1
     package: int = 1
     download: int = 1
+    provider: int = 1
+    reservation: int = 1
+    usage: int = 1
 
 
 @dataclass

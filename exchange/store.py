@@ -13,10 +13,12 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import msgspec
 
+from exchange import delivery
 from exchange.database.queries import sql
 from exchange.datasets import Grant, Terms
 from exchange.engine import Engine
 from exchange.packages import Package
+from exchange.quotas import Quota, Reservation
 from exchange.records import Account, Approval, Instrument, Order
 from exchange.replay import REMEMBER_SECONDS
 from exchange.settlement import Effects, Ids
@@ -51,6 +53,15 @@ PACKAGES = sql("packages")
 DATASET_TERMS = sql("current_dataset_terms")
 USABLE_GRANTS = sql("usable_dataset_grants")
 DAILY_VOLUME = sql("daily_volume")
+UPSERT_PROVIDER = sql("upsert_provider")
+UPSERT_QUOTA = sql("upsert_quota")
+UPSERT_RESERVATION = sql("upsert_reservation")
+INSERT_USAGE = sql("insert_usage")
+DELIVERY_NEXT_IDS = sql("delivery_next_ids")
+PROVIDERS = sql("providers")
+QUOTAS = sql("quotas")
+OPEN_RESERVATIONS = sql("open_reservations")
+PROVIDER_WINDOWS = sql("provider_windows")
 DEFAULT_PLANNER = sql("default_planner")
 """Undoes the writer connection's planner settings (``sequencer.WRITER_SETTINGS``) for a transaction that reads
 whole tables."""
@@ -160,8 +171,9 @@ async def write(conn: asyncpg.Connection, batch: Write) -> None:
     effects = batch.effects
     if not (effects.accounts or effects.new_instruments or effects.approvals or effects.redemptions
             or effects.routed_orders or effects.packages or effects.executions or effects.statuses
-            or effects.client_requests or effects.terms or effects.grants or effects.downloads
-            or effects.forget_requests_before is not None):
+            or effects.client_requests or effects.forget_requests_before is not None or effects.providers
+            or effects.quotas or effects.reservations or effects.usages or effects.terms or effects.grants
+            or effects.downloads):
         await conn.execute(BATCH.statement, *batch.arguments)
         return
     async with conn.transaction():
@@ -197,6 +209,14 @@ async def write(conn: asyncpg.Connection, batch: Write) -> None:
             await conn.executemany(INSERT_CLIENT_REQUEST, effects.client_requests)
         if effects.forget_requests_before is not None:
             await conn.execute(FORGET_REQUESTS, effects.forget_requests_before)
+        if effects.providers:
+            await conn.executemany(UPSERT_PROVIDER, [p.row() for p in effects.providers.values()])
+        if effects.quotas:
+            await conn.executemany(UPSERT_QUOTA, [q.row() for q in effects.quotas.values()])
+        if effects.reservations:
+            await conn.executemany(UPSERT_RESERVATION, [r.row() for r in effects.reservations.values()])
+        if effects.usages:
+            await conn.executemany(INSERT_USAGE, effects.usages)
         await conn.execute(BATCH.statement, *batch.arguments)
 
 
@@ -250,10 +270,27 @@ async def load(conn: asyncpg.Connection) -> Engine:
             engine.datasets.terms[row["instrument_id"]] = Terms(**row)
         for row in await conn.fetch(USABLE_GRANTS, datetime.now(UTC)):
             engine.datasets.add_grant(Grant(**row))
+        await load_delivery(conn, engine)
         since = datetime.now(UTC) - timedelta(days=VOLUME_DAYS)
         for account, day, notional in await conn.fetch(DAILY_VOLUME, None, since):
             engine.volume.add(account, day, notional)
     return engine
+
+
+async def load_delivery(conn: asyncpg.Connection, engine: Engine) -> None:
+    """Providers with their windows of attempts, quotas and open reservations (``exchange.delivery``)."""
+    next_ids = await conn.fetchrow(DELIVERY_NEXT_IDS)
+    engine.ids.provider, engine.ids.reservation, engine.ids.usage = (
+        next_ids["provider"], next_ids["reservation"], next_ids["usage"])
+    for row in await conn.fetch(PROVIDERS):
+        engine.delivery.add(delivery.Provider(**row))
+    for provider_id, *sample in await conn.fetch(PROVIDER_WINDOWS, delivery.WINDOW_CALLS):
+        engine.delivery.windows[provider_id].append(delivery.Sample(*sample))
+    for row in await conn.fetch(QUOTAS):
+        engine.quotas.restore(Quota(**row))
+    for row in await conn.fetch(OPEN_RESERVATIONS):
+        reservation = Reservation(**row)
+        engine.quotas.open[reservation.id] = reservation
 
 
 async def order_row(conn: asyncpg.Connection, order_id: int) -> Order | None:

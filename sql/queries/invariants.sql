@@ -102,3 +102,53 @@ JOIN dataset_file f ON f.id = d.file_id
 WHERE f.instrument_id <> g.instrument_id OR d.bytes <> f.size
    OR d.created_at < g.created_at OR d.created_at >= g.expires_at
 LIMIT 20;
+
+-- name: quota_mismatches
+-- Each quota against what it must add up to: no part below zero; reserved = its open reservations; used = the
+-- tokens its settled reservations charged; a redemption quota granted = the account's redeemed lots x tokens per
+-- lot of the instrument.
+WITH open_held AS (
+    SELECT account_id, instrument_id, source, sum(tokens) AS tokens
+    FROM reservation WHERE status = 'open' GROUP BY 1, 2, 3
+), charged AS (
+    SELECT account_id, instrument_id, source, sum(used) AS tokens
+    FROM reservation WHERE status <> 'open' GROUP BY 1, 2, 3
+), redeemed AS (
+    SELECT r.account_id, r.instrument_id, 'redemption' AS source, sum(r.qty) * i.tokens_per_lot AS tokens
+    FROM redemption r JOIN instrument i ON i.id = r.instrument_id
+    WHERE i.kind = 'compute'
+    GROUP BY r.account_id, r.instrument_id, i.tokens_per_lot
+)
+SELECT q.account_id, q.instrument_id, q.source,
+       q.granted, q.reserved, q.used, q.lapsed,
+       coalesce(h.tokens, 0) AS open_reserved, coalesce(c.tokens, 0) AS charged, d.tokens AS redeemed
+FROM quota q
+LEFT JOIN open_held h USING (account_id, instrument_id, source)
+LEFT JOIN charged c USING (account_id, instrument_id, source)
+LEFT JOIN redeemed d USING (account_id, instrument_id, source)
+WHERE q.granted - q.reserved - q.used - q.lapsed < 0
+   OR q.reserved <> coalesce(h.tokens, 0)
+   OR q.used <> coalesce(c.tokens, 0)
+   OR (q.source = 'redemption' AND q.granted <> coalesce(d.tokens, 0))
+UNION ALL
+-- compute redeemed with no quota to show for it
+SELECT d.account_id, d.instrument_id, d.source, 0, 0, 0, 0, 0, 0, d.tokens
+FROM redeemed d
+WHERE NOT EXISTS (SELECT 1 FROM quota q WHERE (q.account_id, q.instrument_id, q.source)
+                                            = (d.account_id, d.instrument_id, d.source))
+LIMIT 20;
+
+-- name: obligation_mismatches
+-- Each provider's delivered tokens against its usage rows, and each settled reservation's charge against the
+-- usage rows of its call: obligation = minted x tokens per lot - delivered holds only if both add up.
+SELECT 'provider' AS what, p.id, p.delivered AS recorded,
+       coalesce(sum(u.prompt_tokens + u.completion_tokens), 0) AS counted
+FROM provider p LEFT JOIN usage u ON u.provider_id = p.id
+GROUP BY p.id
+HAVING p.delivered <> coalesce(sum(u.prompt_tokens + u.completion_tokens), 0)
+UNION ALL
+SELECT 'reservation', r.id, r.used, coalesce(sum(u.prompt_tokens + u.completion_tokens), 0)
+FROM reservation r LEFT JOIN usage u ON u.reservation_id = r.id
+GROUP BY r.id
+HAVING r.used <> coalesce(sum(u.prompt_tokens + u.completion_tokens), 0)
+LIMIT 20;

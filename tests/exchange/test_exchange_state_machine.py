@@ -5,8 +5,9 @@ loop, because Hypothesis state machines are synchronous. After every step: ``inv
 is committed, no negative balance outside the system accounts, every asset summing to zero over all
 accounts, and a small model of what the system accounts must show (cash deposited less withdrawn, tokens
 minted less burned, tokens redeemed, the fees of the fills, the downloads each account's dataset grants have
-left). A refused command or a replayed client order id
-must leave the engine exactly as it was, and a restart must rebuild it identically.
+left) and of delivery (quotas granted for the lots redeemed, the tokens charged for inference calls delivered by
+the provider, which frees its capacity). A refused command or a replayed client order id must leave the engine
+exactly as it was, and a restart must rebuild it identically.
 """
 
 import asyncio
@@ -31,6 +32,7 @@ from exchange import dataset_files, invariants, route_planner
 from exchange.commands import (
     AmendOrder,
     ApproveIssuer,
+    Attempt,
     Burn,
     CancelAll,
     CancelOrder,
@@ -45,11 +47,15 @@ from exchange.commands import (
     PlaceOrder,
     PublishTerms,
     Redeem,
+    RegisterProvider,
     Rejection,
+    ReservationView,
+    Reserve,
     Result,
     RoutedOrderView,
     RouteOrder,
     SetInstrumentStatus,
+    Settle,
     Withdraw,
 )
 from exchange.ledger import CASH, EXTERNAL, FEES, ISSUANCE, REDEMPTION, SYSTEM_ACCOUNTS
@@ -65,6 +71,7 @@ SYMBOLS = (COMPUTE, DATASET)
 STEP = {COMPUTE: 100, DATASET: 1}
 """Micro-yuan per price step: small prices, so fees have fractions of a micro-yuan and rounding shows."""
 COMPUTE_CAPACITY, SUPPLY_CAP = 400, 200
+TOKENS_PER_LOT = 1_000_000
 START_CASH = 2_000_000
 DOWNLOADS_PER_TOKEN = 2
 FILE = b"steel plant QC images"
@@ -107,6 +114,8 @@ class ExchangeMachine(RuleBasedStateMachine):
         self.terms_version = 1
         self.downloads_left = dict.fromkeys(TRADERS, 0)
         self.file_id = 0
+        self.delivered = 0
+        """Tokens charged for inference calls (exchange.delivery), all delivered by the one provider."""
         self.commands_since_restart = 0
         self.run(self.setup())
 
@@ -132,6 +141,7 @@ class ExchangeMachine(RuleBasedStateMachine):
             ApproveIssuer(ISSUER, DATASET, 10 * SUPPLY_CAP),
             Mint(ISSUER, COMPUTE, self.minted[COMPUTE]),
             Mint(ISSUER, DATASET, self.minted[DATASET]),
+            RegisterProvider(ISSUER, COMPUTE, "http://127.0.0.1:9/v1", "deepseek-v3", b"sealed"),
             *(Deposit(account, START_CASH) for account in TRADERS),
         ]
         for symbol in SYMBOLS:
@@ -231,6 +241,27 @@ class ExchangeMachine(RuleBasedStateMachine):
                 self.downloads_left[account] -= 1
             else:
                 assert result.code == "no_access", result
+
+    # Delivery: an inference call reserves from the quota redeemed lots grant, then settles (or stays open)
+
+    @rule(account=order_accounts, tokens=st.integers(1, 3 * TOKENS_PER_LOT),
+          outcome=st.sampled_from(("ok", "ok", "failed", "open")), prompt=st.integers(0, 2 * TOKENS_PER_LOT),
+          completion=st.integers(0, 2 * TOKENS_PER_LOT))
+    def call(self, account: int, tokens: int, outcome: str, prompt: int, completion: int) -> None:
+        engine = self.exchange.engine
+        instrument = engine.instruments[COMPUTE]
+        free = engine.quotas.largest(account, instrument.id, datetime.now(UTC))  # redemptions never expire
+        held = self.submit(Reserve(account, COMPUTE, tokens))
+        if not isinstance(held, ReservationView):
+            assert held.code in {"quota_exceeded", "not_permitted", "unknown_account"}, held
+            assert held.code != "quota_exceeded" or free < tokens
+            return
+        assert held.tokens == tokens and [p.provider_id for p in held.providers] == [1]
+        if outcome == "open":
+            return
+        self.submit(Settle(held.id, [Attempt(1, outcome, prompt, completion, 10, 20)]))
+        if outcome == "ok":
+            self.delivered += min(tokens, prompt + completion)
 
     # Orders
 
@@ -400,7 +431,12 @@ class ExchangeMachine(RuleBasedStateMachine):
             assert engine.ledger.available(ISSUANCE, symbol) == -self.minted[symbol]
             assert engine.ledger.available(REDEMPTION, symbol) == self.redeemed[symbol]
             assert engine.instruments[symbol].issued == self.minted[symbol]
-        assert self.minted[COMPUTE] <= COMPUTE_CAPACITY and self.minted[DATASET] <= SUPPLY_CAP
+        assert self.minted[COMPUTE] - self.delivered // TOKENS_PER_LOT <= COMPUTE_CAPACITY
+        assert self.minted[DATASET] <= SUPPLY_CAP
+        quotas = engine.quotas.rows.values()
+        assert sum(q.granted for q in quotas) == self.redeemed[COMPUTE] * TOKENS_PER_LOT
+        assert sum(q.used for q in quotas) == engine.delivery.providers[1].delivered == self.delivered
+        assert all(q.free >= 0 for q in quotas)
 
 
 async def _once(data: bytes):
