@@ -140,6 +140,11 @@ CODES: dict[str, Spec] = {
     "checksum_mismatch": Spec(422, "Checksum mismatch", "sha256"),
     "invalid_link": Spec(403, "Invalid download link"),
     "link_expired": Spec(410, "Download link expired"),
+    # Subscriptions
+    "invalid_offer": Spec(422, "Invalid subscription offer"),
+    "unknown_offer": Spec(404, "Unknown subscription offer", "offer_id"),
+    "offer_withdrawn": Spec(409, "Offer withdrawn", "offer_id"),
+    "unknown_subscription": Spec(404, "Unknown subscription", "subscription_id"),
     # Delivery
     "not_compute": Spec(422, "Not a compute instrument", "symbol"),
     "invalid_provider": Spec(422, "Invalid provider"),

@@ -114,6 +114,45 @@ class Download(Command, frozen=True, tag="download"):
     bytes: int
 
 
+class PublishSubscriptionOffer(Command, frozen=True, tag="publish_subscription_offer"):
+    """A seller's subscription offer: ``tokens_per_period`` tokens of a compute instrument every ``period`` for
+    ``price`` micro-yuan a period (``exchange.subscriptions``)."""
+
+    account_id: int
+    symbol: str
+    tokens_per_period: int
+    period: str
+    price: int
+
+
+class WithdrawSubscriptionOffer(Command, frozen=True, tag="withdraw_subscription_offer"):
+    account_id: int
+    offer_id: int
+
+
+class Subscribe(Command, frozen=True, tag="subscribe"):
+    """Subscribe to an offer: its first period is paid and granted at once."""
+
+    account_id: int
+    offer_id: int
+    client_request_id: str | None = None
+    """As ``Deposit.client_request_id``."""
+
+
+class CancelSubscription(Command, frozen=True, tag="cancel_subscription"):
+    """End a subscription at the end of the period under way."""
+
+    account_id: int
+    subscription_id: int
+
+
+class RenewSubscription(Command, frozen=True, tag="renew_subscription"):
+    """Run period number ``period`` of a subscription (0 began when it was made), once."""
+
+    subscription_id: int
+    period: int
+
+
 class PlaceOrder(Command, frozen=True, tag="place_order"):
     account_id: int
     symbol: str

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import ClassVar
 
-from exchange import datasets, delivery, fees, packages, routed_orders
+from exchange import datasets, delivery, fees, packages, routed_orders, subscriptions
 from exchange.checks import MAX_BIGINT, check_order, positive_int, storable, trading_account
 from exchange.commands import (
     AmendOrder,
@@ -36,6 +36,7 @@ from exchange.commands import (
     CancelAll,
     Cancelled,
     CancelOrder,
+    CancelSubscription,
     Command,
     CreateAccount,
     CreatePackage,
@@ -48,10 +49,12 @@ from exchange.commands import (
     OrderFill,
     OrderView,
     PlaceOrder,
+    PublishSubscriptionOffer,
     PublishTerms,
     Redeem,
     RegisterProvider,
     Rejection,
+    RenewSubscription,
     Reserve,
     Result,
     RouteOrder,
@@ -59,7 +62,9 @@ from exchange.commands import (
     SetInstrumentStatus,
     SetPackageStatus,
     Settle,
+    Subscribe,
     Withdraw,
+    WithdrawSubscriptionOffer,
 )
 from exchange.ledger import AVAILABLE, CASH, EXTERNAL, ISSUANCE, REDEMPTION, SYSTEM_ACCOUNTS
 from exchange.packages import Package
@@ -72,9 +77,9 @@ from matching import events as ev
 from matching.book import OrderBook
 from matching.types import BUY, IOC, SELL
 
-ClientRequest = Deposit | Withdraw | Mint | Burn | Redeem | CreatePackage
+ClientRequest = Deposit | Withdraw | Mint | Burn | Redeem | CreatePackage | Subscribe
 CLIENT_REQUEST_KINDS: dict[type, str] = {Deposit: "deposit", Withdraw: "withdrawal", Mint: "mint", Burn: "burn",
-                                         Redeem: "redemption", CreatePackage: "package"}
+                                         Redeem: "redemption", CreatePackage: "package", Subscribe: "subscription"}
 """The kinds a ``client_request_id`` is unique within, per account (the account whose balance moves)."""
 
 
@@ -111,6 +116,7 @@ class Engine:
         self.requests = RecentRequests()
         self.packages: dict[int, Package] = {}
         self.datasets = datasets.Datasets()
+        self.subscriptions = subscriptions.Subscriptions()
         self.quotas = Quotas(self.settlement)
         self.delivery = delivery.Delivery()
 
@@ -608,6 +614,36 @@ class Engine:
     def _expire_reservations(self, cmd: ExpireReservations, ts: int, at: datetime) -> Result:
         return delivery.expire(self, cmd, at)
 
+    # Subscriptions (exchange.subscriptions)
+
+    def _publish_subscription_offer(self, cmd: PublishSubscriptionOffer, ts: int, at: datetime) -> Result:
+        outcome = subscriptions.publish(self, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
+    def _withdraw_subscription_offer(self, cmd: WithdrawSubscriptionOffer, ts: int, at: datetime) -> Result:
+        outcome = subscriptions.withdraw(self, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
+    def _subscribe(self, cmd: Subscribe, ts: int, at: datetime) -> Result:
+        if cmd.account_id not in self.accounts:
+            return reject("unknown_account")
+        repeat = self._repeat(cmd)
+        if repeat is not None:
+            return repeat
+        outcome = subscriptions.subscribe(self, cmd, at)
+        if isinstance(outcome, str):
+            return reject(outcome)
+        self._remember(cmd, outcome.id, at)
+        return outcome
+
+    def _cancel_subscription(self, cmd: CancelSubscription, ts: int, at: datetime) -> Result:
+        outcome = subscriptions.cancel(self, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
+    def _renew_subscription(self, cmd: RenewSubscription, ts: int, at: datetime) -> Result:
+        outcome = subscriptions.renew(self, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
     # Views
 
     def view(self, order_id: int, fills: list[OrderFill] | None = None) -> OrderView | Done:
@@ -637,6 +673,11 @@ class Engine:
         RunPackage: _run_package,
         PublishTerms: _publish_terms,
         Download: _download,
+        PublishSubscriptionOffer: _publish_subscription_offer,
+        WithdrawSubscriptionOffer: _withdraw_subscription_offer,
+        Subscribe: _subscribe,
+        CancelSubscription: _cancel_subscription,
+        RenewSubscription: _renew_subscription,
         RegisterProvider: _register_provider,
         Reserve: _reserve,
         Settle: _settle,

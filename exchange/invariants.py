@@ -11,6 +11,8 @@
   settled reservations charged, and a ``redemption`` quota holds exactly the account's redeemed lots x tokens per
   lot. Obligations: each provider's delivered tokens, and each reservation's charge, equal their usage rows, so
   obligation = minted x tokens per lot - delivered.
+- Each subscription ran every period before its next one, paid the seller and the exchange what each paid period
+  took from the buyer, and its quota holds exactly the tokens of its paid periods.
 - Each instrument's open orders form a valid book (not crossed, consistent), and a live engine's books hold
   exactly those orders in the same priority order.
 
@@ -36,6 +38,7 @@ TICKS = sql("instrument_ticks")
 GRANT_MISMATCHES = sql("dataset_grant_mismatches")
 UNGRANTED = sql("dataset_redemptions_without_grant")
 STRAY_DOWNLOADS = sql("dataset_downloads_outside_grants")
+SUBSCRIPTIONS = sql("subscription_mismatches")
 QUOTAS = sql("quota_mismatches")
 OBLIGATIONS = sql("obligation_mismatches")
 
@@ -64,6 +67,10 @@ async def problems(conn: asyncpg.Connection, engine: Engine | None = None) -> li
             found.append(f"dataset redemption {redemption} made no access grant")
         for (download,) in await conn.fetch(STRAY_DOWNLOADS):
             found.append(f"dataset download {download} lies outside its grant's dataset, file or time")
+        for subscription, period in await conn.fetch(SUBSCRIPTIONS):
+            found.append(f"subscription {subscription}: " + (
+                "its periods run or its quota's tokens differ from next_period and the periods paid" if period is None
+                else f"period {period}'s payment did not move price, fee and proceeds as recorded"))
         for account, instrument, source, granted, reserved, used, lapsed, held, charged, redeemed in await conn.fetch(
                 QUOTAS):
             found.append(f"quota of account {account} on instrument {instrument} from {source}: granted {granted}, "

@@ -82,6 +82,11 @@ MESSAGES = {
     "unknown_reservation": "No such open reservation: it settled, or expired past its deadline.",
     "invalid_attempts": "A settlement lists 1 to 8 attempts on providers of the reservation's instrument, at most "
                         "one of them ok, with whole non-negative counts.",
+    "invalid_offer": "A subscription offer needs 1 to 10^15 tokens a period, a period of 'day', 'week' or 'month', "
+                     "and a price of 1 micro-yuan to one billion CNY.",
+    "unknown_offer": "No such subscription offer; list them with GET /v1/subscription-offers.",
+    "offer_withdrawn": "The seller has withdrawn this offer; it takes no new subscribers.",
+    "unknown_subscription": "No such subscription in this account.",
     "replayed_request": "This signed request was already accepted; it runs once. Sign a new one (a new "
                         "timestamp) to do it again, or send a client id to make retries safe.",
 }

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from exchange.packages import Package
     from exchange.quotas import Quota, Reservation
     from exchange.routed_orders import RoutedOrder
+    from exchange.subscriptions import Offer, Subscription
 
 
 @dataclass
@@ -73,6 +74,10 @@ class Effects:
     """Dataset access grants made or spent from."""
     downloads: list[tuple] = field(default_factory=list)
     """(id, grant id, file id, bytes, created_at) per dataset download counted."""
+    offers: "dict[int, Offer]" = field(default_factory=dict)
+    subscriptions: "dict[int, Subscription]" = field(default_factory=dict)
+    subscription_periods: list[tuple] = field(default_factory=list)
+    """(subscription id, period, journal entry id, price, fee, tokens, reason, created_at) per period run."""
     providers: "dict[int, Provider]" = field(default_factory=dict)
     quotas: "dict[tuple[int, int, str], Quota]" = field(default_factory=dict)
     reservations: "dict[int, Reservation]" = field(default_factory=dict)
@@ -92,6 +97,8 @@ class Ids:
     redemption: int = 1
     package: int = 1
     download: int = 1
+    offer: int = 1
+    subscription: int = 1
     provider: int = 1
     reservation: int = 1
     usage: int = 1

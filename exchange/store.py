@@ -2,9 +2,9 @@
 
 A batch's frequent rows (journal entries, postings, orders, fills, balances, sequence numbers) are written by
 one statement, an insert, update or upsert per table fed by arrays (``_Batch``); the rare ones (accounts,
-listings, approvals, redemptions, routed orders, packages, dataset terms, grants and downloads, client request
-ids, halts, and the deletion of signed requests too old to be replayed) join it in a transaction when a batch has
-any. Nothing here decides anything; the rows come ready from the engine.
+listings, approvals, redemptions, routed orders, packages, dataset terms, grants and downloads, subscriptions,
+client request ids, halts, and the deletion of signed requests too old to be replayed) join it in a transaction
+when a batch has any. Nothing here decides anything; the rows come ready from the engine.
 """
 
 from collections.abc import Sequence
@@ -22,6 +22,7 @@ from exchange.quotas import Quota, Reservation
 from exchange.records import Account, Approval, Instrument, Order
 from exchange.replay import REMEMBER_SECONDS
 from exchange.settlement import Effects, Ids
+from exchange.subscriptions import Offer, Subscription
 from matching.book import OrderBook
 from matching.level import RestingOrder
 
@@ -37,6 +38,9 @@ INSERT_CLIENT_REQUEST = sql("insert_client_request")
 INSERT_TERMS = sql("insert_dataset_terms")
 UPSERT_GRANT = sql("upsert_dataset_grant")
 INSERT_DOWNLOAD = sql("insert_dataset_download")
+UPSERT_OFFER = sql("upsert_subscription_offer")
+UPSERT_SUBSCRIPTION = sql("upsert_subscription")
+INSERT_SUBSCRIPTION_PERIOD = sql("insert_subscription_period")
 FORGET_REQUESTS = sql("forget_signed_requests")
 RECENT_REQUESTS = sql("recent_signed_requests")
 NEXT_IDS = sql("next_ids")
@@ -52,6 +56,8 @@ CLIENT_REQUESTS = sql("client_requests")
 PACKAGES = sql("packages")
 DATASET_TERMS = sql("current_dataset_terms")
 USABLE_GRANTS = sql("usable_dataset_grants")
+OFFERS = sql("subscription_offers")
+SUBSCRIPTIONS = sql("running_subscriptions")
 DAILY_VOLUME = sql("daily_volume")
 UPSERT_PROVIDER = sql("upsert_provider")
 UPSERT_QUOTA = sql("upsert_quota")
@@ -173,7 +179,7 @@ async def write(conn: asyncpg.Connection, batch: Write) -> None:
             or effects.routed_orders or effects.packages or effects.executions or effects.statuses
             or effects.client_requests or effects.forget_requests_before is not None or effects.providers
             or effects.quotas or effects.reservations or effects.usages or effects.terms or effects.grants
-            or effects.downloads):
+            or effects.downloads or effects.offers or effects.subscriptions or effects.subscription_periods):
         await conn.execute(BATCH.statement, *batch.arguments)
         return
     async with conn.transaction():
@@ -197,6 +203,13 @@ async def write(conn: asyncpg.Connection, batch: Write) -> None:
             await conn.executemany(UPSERT_GRANT, [g.row() for g in effects.grants.values()])
         if effects.downloads:
             await conn.executemany(INSERT_DOWNLOAD, effects.downloads)
+        if effects.offers:
+            await conn.executemany(UPSERT_OFFER, [o.row() for o in effects.offers.values()])
+        if effects.subscriptions:
+            await conn.executemany(UPSERT_SUBSCRIPTION, [s.row() for s in effects.subscriptions.values()])
+        if effects.subscription_periods:
+            # Unique by (subscription, period): a period committed twice fails its batch rather than run twice.
+            await conn.executemany(INSERT_SUBSCRIPTION_PERIOD, effects.subscription_periods)
         if effects.routed_orders:
             await conn.executemany(INSERT_ROUTED_ORDER, [r.row() for r in effects.routed_orders])
         if effects.packages:
@@ -235,6 +248,8 @@ async def load(conn: asyncpg.Connection) -> Engine:
             redemption=next_ids["redemption"],
             package=next_ids["package"],
             download=next_ids["dataset_download"],
+            offer=next_ids["subscription_offer"],
+            subscription=next_ids["subscription"],
         )
         engine = Engine(ids)
         for row in await conn.fetch(TRADER_ACCOUNTS):
@@ -270,6 +285,10 @@ async def load(conn: asyncpg.Connection) -> Engine:
             engine.datasets.terms[row["instrument_id"]] = Terms(**row)
         for row in await conn.fetch(USABLE_GRANTS, datetime.now(UTC)):
             engine.datasets.add_grant(Grant(**row))
+        for row in await conn.fetch(OFFERS):
+            engine.subscriptions.offers[row["id"]] = Offer(**row)
+        for row in await conn.fetch(SUBSCRIPTIONS):
+            engine.subscriptions.subscriptions[row["id"]] = Subscription(**row)
         await load_delivery(conn, engine)
         since = datetime.now(UTC) - timedelta(days=VOLUME_DAYS)
         for account, day, notional in await conn.fetch(DAILY_VOLUME, None, since):

@@ -152,3 +152,35 @@ FROM reservation r LEFT JOIN usage u ON u.reservation_id = r.id
 GROUP BY r.id
 HAVING r.used <> coalesce(sum(u.prompt_tokens + u.completion_tokens), 0)
 LIMIT 20;
+
+-- name: subscription_mismatches
+-- Each subscription has a row for every period before next_period, and its quota was granted exactly the tokens
+-- of its paid periods; each paid period's journal entry took the price from the buyer and gave the seller the
+-- price less the fee, and the exchange the fee.
+WITH periods AS (
+    SELECT subscription_id, count(*) AS runs, coalesce(sum(tokens), 0) AS tokens
+    FROM subscription_period GROUP BY subscription_id
+), payments AS (
+    SELECT sp.subscription_id, sp.period, sp.price, sp.fee, s.account_id AS buyer, o.account_id AS seller,
+           coalesce(sum(p.amount) FILTER (WHERE p.account_id = s.account_id), 0) AS buyer_moved,
+           coalesce(sum(p.amount) FILTER (WHERE p.account_id = o.account_id), 0) AS seller_moved,
+           coalesce(sum(p.amount) FILTER (WHERE p.account_id = 4), 0) AS fee_moved
+    FROM subscription_period sp
+    JOIN subscription s ON s.id = sp.subscription_id
+    JOIN subscription_offer o ON o.id = s.offer_id
+    LEFT JOIN posting p ON p.entry_id = sp.entry_id AND p.asset = 'CNY'
+    WHERE sp.entry_id IS NOT NULL
+    GROUP BY sp.subscription_id, sp.period, sp.price, sp.fee, s.account_id, o.account_id
+)
+SELECT s.id, NULL::integer AS period
+FROM subscription s
+JOIN subscription_offer o ON o.id = s.offer_id
+LEFT JOIN periods r ON r.subscription_id = s.id
+LEFT JOIN quota q ON q.account_id = s.account_id AND q.instrument_id = o.instrument_id
+                 AND q.source = 'subscription:' || s.id
+WHERE coalesce(r.runs, 0) <> s.next_period OR coalesce(q.granted, 0) <> coalesce(r.tokens, 0)
+UNION ALL
+SELECT subscription_id, period
+FROM payments
+WHERE buyer_moved <> -price OR seller_moved <> price - fee OR fee_moved <> fee
+LIMIT 20;

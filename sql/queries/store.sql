@@ -121,6 +121,24 @@ ON CONFLICT (id) DO UPDATE SET downloads_used = EXCLUDED.downloads_used;
 -- name: insert_dataset_download
 INSERT INTO dataset_download (id, grant_id, file_id, bytes, created_at) VALUES ($1, $2, $3, $4, $5);
 
+-- name: upsert_subscription_offer
+-- The fields of subscriptions.Offer, in that order; only the status changes.
+INSERT INTO subscription_offer (id, account_id, instrument_id, tokens_per_period, period, price, status, created_at,
+                                updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, updated_at = EXCLUDED.updated_at;
+
+-- name: upsert_subscription
+-- The fields of subscriptions.Subscription, in that order.
+INSERT INTO subscription (id, account_id, offer_id, start_at, status, next_period, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (id)
+DO UPDATE SET status = EXCLUDED.status, next_period = EXCLUDED.next_period, updated_at = EXCLUDED.updated_at;
+
+-- name: insert_subscription_period
+INSERT INTO subscription_period (subscription_id, period, entry_id, price, fee, tokens, reason, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
+
 -- name: insert_routed_order
 -- The fields of RoutedOrder, in that order.
 INSERT INTO routed_order (id, account_id, substitution_group, side, mode, qty, price, budget, rest_remainder,
@@ -161,7 +179,9 @@ SELECT (SELECT coalesce(max(id), 0) + 1 FROM account) AS account,
        (SELECT coalesce(max(id), 0) + 1 FROM journal_entry) AS journal_entry,
        (SELECT coalesce(max(id), 0) + 1 FROM redemption) AS redemption,
        (SELECT coalesce(max(id), 0) + 1 FROM package) AS package,
-       (SELECT coalesce(max(id), 0) + 1 FROM dataset_download) AS dataset_download;
+       (SELECT coalesce(max(id), 0) + 1 FROM dataset_download) AS dataset_download,
+       (SELECT coalesce(max(id), 0) + 1 FROM subscription_offer) AS subscription_offer,
+       (SELECT coalesce(max(id), 0) + 1 FROM subscription) AS subscription;
 
 -- name: trader_accounts
 SELECT id, name, role, created_at FROM account WHERE role <> 'system';
@@ -221,6 +241,16 @@ SELECT id, account_id, instrument_id, terms_version, expires_at, downloads, down
 FROM dataset_grant
 WHERE (expires_at IS NULL OR expires_at > $1) AND (downloads IS NULL OR downloads_used < downloads)
 ORDER BY id;
+
+-- name: subscription_offers
+-- The fields of subscriptions.Offer.
+SELECT id, account_id, instrument_id, tokens_per_period, period, price, status, created_at, updated_at
+FROM subscription_offer;
+
+-- name: running_subscriptions
+-- The fields of subscriptions.Subscription, of those not ended.
+SELECT id, account_id, offer_id, start_at, status, next_period, created_at, updated_at
+FROM subscription WHERE status <> 'ended';
 
 -- name: daily_volume
 -- Traded notional per account and UTC day (microseconds since the epoch) since $2, as maker and as taker: the
