@@ -62,6 +62,7 @@ from api.routes.orders import orders
 from api.routes.packages import packages, reporter
 from api.routes.providers import providers
 from api.routes.routing import routing
+from api.routes.subscriptions import subscriptions
 from api.routes.system import system
 from api.routes.tokens import tokens
 from api.services import Services
@@ -75,7 +76,7 @@ log = logging.getLogger(__name__)
 
 # The router tries routes in this order: the order endpoints, the busiest by far, come first.
 ENDPOINTS: list[Endpoint] = [*orders, *routing, *packages, *instruments, *market, *history, *accounts, *keys,
-                             *tokens, *datasets, *providers, *indices, *fees, *system, *meta]
+                             *tokens, *datasets, *subscriptions, *providers, *indices, *fees, *system, *meta]
 SHUTDOWN_STEP_SECONDS = 10.0
 STATIC = Path(__file__).parent / "static"
 SWAGGER = Path(__file__).parent / "swagger"

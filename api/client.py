@@ -284,6 +284,34 @@ class Client:
     async def download_link(self, file_id: int, expires_in: int | None = None) -> dict:
         return await self.call("GET", f"/v1/dataset-files/{file_id}/link", params={"expires_in": expires_in})
 
+    # Subscriptions
+
+    async def publish_subscription_offer(self, symbol: str, tokens_per_period: int, period: str, price: str) -> dict:
+        body = {"symbol": symbol, "tokens_per_period": tokens_per_period, "period": period, "price": price}
+        return await self.call("POST", "/v1/subscription-offers", json=body)
+
+    async def subscription_offers(self, symbol: str | None = None) -> list[dict]:
+        return (await self.call("GET", "/v1/subscription-offers", params={"symbol": symbol}))["items"]
+
+    async def withdraw_subscription_offer(self, offer_id: int) -> dict:
+        return await self.call("POST", f"/v1/subscription-offers/{offer_id}/withdraw")
+
+    async def subscribe(self, offer_id: int, client_request_id: str | None = None) -> dict:
+        body = _params({"offer_id": offer_id, "client_request_id": client_request_id})
+        return await self.call("POST", "/v1/subscriptions", json=body)
+
+    async def subscriptions(self) -> list[dict]:
+        return (await self.call("GET", "/v1/subscriptions"))["items"]
+
+    async def subscription(self, subscription_id: int) -> dict:
+        return await self.call("GET", f"/v1/subscriptions/{subscription_id}")
+
+    async def cancel_subscription(self, subscription_id: int) -> dict:
+        return await self.call("POST", f"/v1/subscriptions/{subscription_id}/cancel")
+
+    async def subscription_periods(self, subscription_id: int, **query: Any) -> dict:
+        return await self.call("GET", f"/v1/subscriptions/{subscription_id}/periods", params=query)
+
     async def redemptions(self, **query: Any) -> dict:
         return await self.call("GET", "/v1/redemptions", params=query)
 
