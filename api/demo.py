@@ -10,7 +10,8 @@ Three compute blocks of one substitution group (``chat-general``), 1 lot = 1M to
 where telecom token packages put them (400,000 tokens for 1 CNY is 2.50 per 1M; 10M tokens for 9.90 CNY a
 month is 0.99 per 1M): DEEPSEEK-V3 around 2.20, GLM-4.5 around 1.80, XINGCHEN around 1.10. Two dataset
 tokens, each issued by its data owner: DS-STEEL-QC (steel surface inspection records) and DS-MACHINE-MAINT
-(machine-tool maintenance records), one token = 1,000 records.
+(machine-tool maintenance records), one token = 1,000 records; their owners publish structured terms (one
+redeemed token: 30 days and 10 downloads) and a sample file.
 
 Accounts: three compute sellers and two dataset issuers who mint and offer, three buyers who bid, take and
 redeem what they bought (they consume the tokens). ``demo-seller`` and ``demo-buyer`` are left to the person
@@ -177,6 +178,9 @@ class Demo:
                 await admin.client.create_instrument(**listing)
             for name in market.sellers:
                 await self.mint(name, market.symbol, SELLER_MINT if market.listing["kind"] == "compute" else 5_000)
+        for market in self.markets:
+            if market.listing["kind"] == "dataset":
+                await self.publish_dataset(market)
         for symbol in compute_symbols:
             await self.mint(DEMO_SELLER, symbol, 1_000)
         for name in BUYERS:
@@ -184,6 +188,15 @@ class Demo:
         await admin.client.deposit(self.accounts[DEMO_BUYER].id, "10000")
         for market in self.markets:
             await self.ladder(market)
+
+    async def publish_dataset(self, market: Market) -> None:
+        """The dataset's license as structured terms, and a sample of its records as its first file."""
+        issuer = self.accounts[market.sellers[0]].client
+        await issuer.publish_terms(market.symbol, permitted_use=["model_training", "internal"], redistribution=False,
+                                   attribution=f"{market.sellers[0]}, {market.symbol}", days_per_token=30,
+                                   downloads_per_token=10, text=market.listing["license"])
+        rows = "\n".join(f"{n},{self.rng.randrange(1_000_000)},{self.rng.choice('ABCD')}" for n in range(1_000))
+        await issuer.upload_file(market.symbol, "sample.csv", f"record,reading,grade\n{rows}\n".encode())
 
     async def account(self, name: str, role: str) -> Account:
         """The account ``name`` (created if missing) with a new demo key; its older demo keys are revoked."""
@@ -265,7 +278,7 @@ class Demo:
             else:
                 await self.take(rng.choice(market.sellers), market.symbol, "sell", max(1, rng.randint(low, high) // 4))
         else:
-            await self.redeem(rng.choice(BUYERS), market.symbol)
+            await self.redeem(rng.choice(BUYERS), market)
 
     async def place(self, name: str, symbol: str, side: str, price: int, qty: int) -> None:
         account = self.accounts[name]
@@ -296,11 +309,15 @@ class Demo:
         if order["fills"]:
             self.counts["orders that traded"] += 1
 
-    async def redeem(self, name: str, symbol: str) -> None:
+    async def redeem(self, name: str, market: Market) -> None:
         account = self.accounts[name]
+        symbol = market.symbol
         held = int((await account.client.balances()).get(symbol, {}).get("available", "0"))
         if held > 1:
-            await account.client.redeem(symbol, max(1, held // 3))
+            # Redeeming dataset tokens accepts their terms: the flow reads the version it accepts.
+            dataset = market.listing["kind"] == "dataset"
+            version = (await account.client.terms(symbol))["version"] if dataset else None
+            await account.client.redeem(symbol, max(1, held // 3), terms_version=version)
             self.counts["redemptions"] += 1
 
     async def close(self) -> None:

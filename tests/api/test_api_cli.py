@@ -281,6 +281,9 @@ async def watch_the_market(url: str, key: str, secret: str) -> None:
             book = await public.book(symbol)
             assert book["bids"] and book["asks"], book
             assert (await public.ticker(symbol))["last_price"] is not None
+        for symbol in ("DS-MACHINE-MAINT", "DS-STEEL-QC"):
+            assert (await public.terms(symbol))["downloads_per_token"] == 10
+            assert [f["name"] for f in await public.dataset_files(symbol)] == ["sample.csv"]
         deepseek = await public.instrument("DEEPSEEK-V3")
         assert deepseek["substitution_group"] == "chat-general" and deepseek["tokens_per_lot"] == 1_000_000
         best_ask = float((await public.ticker("DEEPSEEK-V3"))["best_ask"])
