@@ -6,13 +6,14 @@ is committed, no negative balance outside the system accounts, every asset summi
 accounts, and a small model of what the system accounts must show (cash deposited less withdrawn, tokens
 minted less burned, tokens redeemed, the fees of the fills, the downloads each account's dataset grants have
 left) and of delivery (quotas granted for the lots redeemed, the tokens charged for inference calls delivered by
-the provider, which frees its capacity). A refused command or a replayed client order id must leave the engine
-exactly as it was, and a restart must rebuild it identically.
+the provider, which frees its capacity) and of subscriptions (each period paid or not, as the buyer's cash, the
+subscription's status and the engine's clock say, moved forward days at a time). A refused command or a replayed
+client order id must leave the engine exactly as it was, and a restart must rebuild it identically.
 """
 
 import asyncio
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -28,7 +29,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from exchange import dataset_files, invariants, route_planner
+from exchange import dataset_files, fees, invariants, route_planner, subscriptions
 from exchange.commands import (
     AmendOrder,
     ApproveIssuer,
@@ -36,6 +37,7 @@ from exchange.commands import (
     Burn,
     CancelAll,
     CancelOrder,
+    CancelSubscription,
     Command,
     CreateAccount,
     Deposit,
@@ -45,10 +47,12 @@ from exchange.commands import (
     Mint,
     OrderView,
     PlaceOrder,
+    PublishSubscriptionOffer,
     PublishTerms,
     Redeem,
     RegisterProvider,
     Rejection,
+    RenewSubscription,
     ReservationView,
     Reserve,
     Result,
@@ -56,10 +60,12 @@ from exchange.commands import (
     RouteOrder,
     SetInstrumentStatus,
     Settle,
+    Subscribe,
     Withdraw,
 )
 from exchange.ledger import CASH, EXTERNAL, FEES, ISSUANCE, REDEMPTION, SYSTEM_ACCOUNTS
-from exchange.sequencer import Sequencer
+from exchange.packages import period_start
+from exchange.sequencer import EPOCH, Sequencer, wall_clock
 from matching.types import BUY, FOK, GTC, IOC, SELL, STP_MODES
 from tests.support.engine import engine_state
 
@@ -74,6 +80,9 @@ COMPUTE_CAPACITY, SUPPLY_CAP = 400, 200
 TOKENS_PER_LOT = 1_000_000
 START_CASH = 2_000_000
 DOWNLOADS_PER_TOKEN = 2
+OFFER, SUBSCRIPTION_TOKENS, SUBSCRIPTION_PRICE = 1, 40_000, 150_000
+"""The issuer's daily subscription offer on COMPUTE (the setup publishes it first, so its id is 1)."""
+DAY_US = 86_400 * 1_000_000
 FILE = b"steel plant QC images"
 
 accounts = st.sampled_from((ISSUER, ALICE, BOB, ADMIN, NOBODY))
@@ -106,7 +115,9 @@ class ExchangeMachine(RuleBasedStateMachine):
         self.exchange: Sequencer | None = None
         self.database, dsn = self.run(self.databases.create("tokex_test_sm"))
         self.pool = self.run(self.open_pool(dsn))
-        self.exchange = self.run(Sequencer.open(self.pool))
+        self.ahead = 0
+        """Microseconds the engine's clock runs ahead of the wall clock: days pass in a step."""
+        self.exchange = self.run(Sequencer.open(self.pool, clock=self.clock))
         # The model: what the system accounts must show.
         self.deposited = len(TRADERS) * START_CASH
         self.minted = {COMPUTE: 100, DATASET: 60}
@@ -115,9 +126,18 @@ class ExchangeMachine(RuleBasedStateMachine):
         self.downloads_left = dict.fromkeys(TRADERS, 0)
         self.file_id = 0
         self.delivered = 0
+        self.subscription_ids: list[int] = []
+        self.subscription_fees = 0
+        self.subscription_tokens = 0
         """Tokens charged for inference calls (exchange.delivery), all delivered by the one provider."""
         self.commands_since_restart = 0
         self.run(self.setup())
+
+    def clock(self) -> int:
+        return wall_clock() + self.ahead
+
+    def now(self) -> datetime:
+        return EPOCH + timedelta(microseconds=self.clock())
 
     def run(self, coroutine):
         return self.loop.run_until_complete(coroutine)
@@ -142,6 +162,7 @@ class ExchangeMachine(RuleBasedStateMachine):
             Mint(ISSUER, COMPUTE, self.minted[COMPUTE]),
             Mint(ISSUER, DATASET, self.minted[DATASET]),
             RegisterProvider(ISSUER, COMPUTE, "http://127.0.0.1:9/v1", "deepseek-v3", b"sealed"),
+            PublishSubscriptionOffer(ISSUER, COMPUTE, SUBSCRIPTION_TOKENS, "day", SUBSCRIPTION_PRICE),
             *(Deposit(account, START_CASH) for account in TRADERS),
         ]
         for symbol in SYMBOLS:
@@ -250,7 +271,7 @@ class ExchangeMachine(RuleBasedStateMachine):
     def call(self, account: int, tokens: int, outcome: str, prompt: int, completion: int) -> None:
         engine = self.exchange.engine
         instrument = engine.instruments[COMPUTE]
-        free = engine.quotas.largest(account, instrument.id, datetime.now(UTC))  # redemptions never expire
+        free = engine.quotas.largest(account, instrument.id, self.now())
         held = self.submit(Reserve(account, COMPUTE, tokens))
         if not isinstance(held, ReservationView):
             assert held.code in {"quota_exceeded", "not_permitted", "unknown_account"}, held
@@ -262,6 +283,56 @@ class ExchangeMachine(RuleBasedStateMachine):
         self.submit(Settle(held.id, [Attempt(1, outcome, prompt, completion, 10, 20)]))
         if outcome == "ok":
             self.delivered += min(tokens, prompt + completion)
+
+    # Subscriptions: the issuer's daily offer; days pass and each due period is paid, or not, and lapses
+
+    def paid(self) -> None:
+        self.subscription_fees += fees.fee_on(SUBSCRIPTION_PRICE, fees.rate_ppm(20, 100))
+        self.subscription_tokens += SUBSCRIPTION_TOKENS
+
+    @rule(account=st.sampled_from((ISSUER, ALICE, BOB, NOBODY)))
+    def subscribe(self, account: int) -> None:
+        cash = self.exchange.engine.ledger.available(account, CASH)
+        result = self.submit(Subscribe(account, OFFER))
+        if isinstance(result, Done):
+            assert cash >= SUBSCRIPTION_PRICE
+            self.subscription_ids.append(result.id)
+            self.paid()
+        else:
+            assert result.code in {"not_permitted", "unknown_account"} or (
+                result.code == "insufficient_funds" and cash < SUBSCRIPTION_PRICE), result
+
+    @precondition(lambda self: self.subscription_ids)
+    @rule(pick=st.integers(0, 100), account=traders)
+    def cancel_subscription(self, pick: int, account: int) -> None:
+        subscription_id = self.subscription_ids[pick % len(self.subscription_ids)]
+        running = self.exchange.engine.subscriptions.subscriptions.get(subscription_id)
+        result = self.submit(CancelSubscription(account, subscription_id))
+        if running is not None and running.account_id == account:
+            assert result == Done(subscription_id) and running.status == "cancelling"
+        else:
+            assert result.code == "unknown_subscription", result
+
+    @precondition(lambda self: self.subscription_ids)
+    @rule(days=st.integers(1, 2))
+    def days_pass(self, days: int) -> None:
+        """Move the engine's clock ``days`` on and renew what is due, as the period scheduler does."""
+        self.ahead += days * DAY_US
+        engine = self.exchange.engine
+        for period, subscription_id in subscriptions.due(engine, self.now()):
+            subscription = engine.subscriptions.subscriptions[subscription_id]
+            cash = engine.ledger.available(subscription.account_id, CASH)
+            status = subscription.status
+            ends = period_start(subscription.start_at, "day", period + 1)
+            assert self.submit(RenewSubscription(subscription_id, period)) == Done(period)
+            paid = cash - engine.ledger.available(subscription.account_id, CASH)
+            if status == "cancelling":
+                assert paid == 0 and subscription_id not in engine.subscriptions.subscriptions
+            elif paid:
+                assert paid == SUBSCRIPTION_PRICE and ends > self.now()
+                self.paid()
+            else:
+                assert cash < SUBSCRIPTION_PRICE or ends <= self.now()
 
     # Orders
 
@@ -402,7 +473,7 @@ class ExchangeMachine(RuleBasedStateMachine):
         before = engine_state(self.exchange.engine)
         self.run(self.exchange.stop())
         self.exchange = None
-        self.exchange = self.run(Sequencer.open(self.pool))
+        self.exchange = self.run(Sequencer.open(self.pool, clock=self.clock))
         self.commands_since_restart = 0
         assert engine_state(self.exchange.engine) == before
 
@@ -426,7 +497,7 @@ class ExchangeMachine(RuleBasedStateMachine):
             totals[asset] = totals.get(asset, 0) + available + held
         assert all(total == 0 for total in totals.values()), totals
         assert engine.ledger.available(EXTERNAL, CASH) == -self.deposited
-        assert engine.ledger.available(FEES, CASH) == fees
+        assert engine.ledger.available(FEES, CASH) == fees + self.subscription_fees
         for symbol in SYMBOLS:
             assert engine.ledger.available(ISSUANCE, symbol) == -self.minted[symbol]
             assert engine.ledger.available(REDEMPTION, symbol) == self.redeemed[symbol]
@@ -434,7 +505,7 @@ class ExchangeMachine(RuleBasedStateMachine):
         assert self.minted[COMPUTE] - self.delivered // TOKENS_PER_LOT <= COMPUTE_CAPACITY
         assert self.minted[DATASET] <= SUPPLY_CAP
         quotas = engine.quotas.rows.values()
-        assert sum(q.granted for q in quotas) == self.redeemed[COMPUTE] * TOKENS_PER_LOT
+        assert sum(q.granted for q in quotas) == self.redeemed[COMPUTE] * TOKENS_PER_LOT + self.subscription_tokens
         assert sum(q.used for q in quotas) == engine.delivery.providers[1].delivered == self.delivered
         assert all(q.free >= 0 for q in quotas)
 
