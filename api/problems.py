@@ -15,7 +15,8 @@ Statuses
 - 401: no signature, a bad one, an unknown or revoked key, or a timestamp outside the window.
 - 403: the key lacks the scope, or the account's role does not allow the action.
 - 404: no such route, or no such thing *for this account* (another account's order is "unknown_order").
-- 405, 413, 415: method, body size (over 64 KiB) and media type.
+- 405, 413, 415: method, body size (over 64 KiB; a dataset file over its cap, ``file_too_large``) and media type.
+- 410: a dataset download link past its expiry (``link_expired``).
 - 409: the request is valid, but the exchange's current state refuses it (funds, tokens, a halted
   instrument, a taken name, capacity): the same request, signed again, may succeed later.
   ``replayed_request`` is the exception: these exact signed bytes were accepted before, and never run twice.
