@@ -335,7 +335,7 @@ def settle(engine: "Engine", cmd: Settle, at: datetime) -> Done | str:
             provider = delivery.providers[attempt.provider_id]
             provider.delivered += charged
             provider.updated_at = at
-            engine.effects.providers[provider.id] = provider
+            engine.effects.deliveries[provider.id] = provider
         delivery.windows[attempt.provider_id].append(
             Sample(attempt.status == "ok", attempt.ttft_us, completion, attempt.latency_us))
         engine.effects.usages.append((

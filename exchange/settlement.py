@@ -67,6 +67,9 @@ class Effects:
     client_requests: list[tuple] = field(default_factory=list)
     """(account id, kind, client request id, result id, created_at) per command that named itself."""
     providers: "dict[int, Provider]" = field(default_factory=dict)
+    """Providers registered or changed."""
+    deliveries: "dict[int, Provider]" = field(default_factory=dict)
+    """Providers whose delivered tokens changed."""
     quotas: "dict[tuple[int, int, str], Quota]" = field(default_factory=dict)
     reservations: "dict[int, Reservation]" = field(default_factory=dict)
     usages: list[tuple] = field(default_factory=list)

@@ -79,6 +79,16 @@ async def quota(buyer: Client, symbol: str) -> dict:
     return found
 
 
+async def settled(buyer: Client, symbol: str) -> dict:
+    """The quota once no call holds any of it: a call's settlement commits just after its answer."""
+    for _ in range(200):
+        found = await quota(buyer, symbol)
+        if found["reserved"] == 0:
+            return found
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"a call on {symbol} is still unsettled: {found}")
+
+
 async def check(live: Live) -> None:
     conn = await asyncpg.connect(live.dsn)
     try:
@@ -111,7 +121,7 @@ async def test_a_call_reserves_its_worst_case_and_is_charged_what_was_delivered(
     assert during["reserved"] == worst and during["remaining"] == TOKENS_PER_LOT - worst
     assert answer.choices[0].message.content == "sim-slow says: hello there hello there hello there hello there"
     assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (HELLO_PROMPT, 10)
-    after = await quota(served.buyer, served.symbol)
+    after = await settled(served.buyer, served.symbol)
     assert (after["reserved"], after["used"], after["remaining"]) == (0, HELLO_PROMPT + 10,
                                                                       TOKENS_PER_LOT - HELLO_PROMPT - 10)
     (provider,) = await served.issuer.providers()
@@ -132,7 +142,7 @@ async def test_a_streamed_call_relays_the_same_reply_and_settles_before_it_ends(
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content == "sim-a says: hello there hello there hello"
     assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (HELLO_PROMPT, 7)
-    after = await quota(served.buyer, served.symbol)
+    after = await settled(served.buyer, served.symbol)
     assert (after["reserved"], after["used"]) == (0, 2 * (HELLO_PROMPT + 7))
     await check(live)
 
@@ -151,7 +161,7 @@ async def test_a_provider_failing_mid_call_is_replaced_by_another(live: Live, ad
         text = ("".join(c.choices[0].delta.content or "" for c in created if c.choices) if stream
                 else created.choices[0].message.content)
     assert text == "sound says: hello there hello"
-    assert (await quota(buyer, symbol))["used"] == HELLO_PROMPT + 5
+    assert (await settled(buyer, symbol))["used"] == HELLO_PROMPT + 5
     (tried,) = (await failing.deliveries(first["id"]))["items"]
     (answered,) = (await second.deliveries(backup["id"]))["items"]
     assert (tried["status"], tried["prompt_tokens"] + tried["completion_tokens"]) == ("failed", 0)
@@ -227,6 +237,7 @@ async def test_the_credential_is_stored_sealed_and_providers_are_measured(live: 
         await conn.close()
     assert b"upstream-secret" not in sealed and len(sealed) > len("upstream-secret")
     sdk(live, served.token).chat.completions.create(model=served.symbol, messages=HELLO, max_tokens=4)
+    await settled(served.buyer, served.symbol)
     stats = await served.buyer.provider_stats()
     (mine,) = [p for p in stats["providers"] if p["id"] == served.provider_id]
     assert (mine["attempts"], mine["success_rate"], mine["symbol"]) == (1, 1.0, served.symbol)
