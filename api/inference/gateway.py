@@ -42,7 +42,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import msgspec
@@ -58,7 +58,16 @@ from api.problems import Problem, from_rejection
 from api.services import READ_ERRORS, Services
 from api.strictjson import Malformed, check
 from exchange import route_planner
-from exchange.commands import Attempt, ExpireReservations, Rejection, ReservationView, Reserve, Settle, Upstream
+from exchange.commands import (
+    Attempt,
+    ExpireReservations,
+    Rejection,
+    ReservationView,
+    Reserve,
+    Settle,
+    SettlementView,
+    Upstream,
+)
 from exchange.database.queries import sql
 from exchange.sequencer import Unavailable
 
@@ -143,8 +152,11 @@ class Gateway:
     """The gateway's routes, its one HTTP client for every provider, and the providers' health."""
 
     def __init__(self, services: Services, client: httpx.AsyncClient | None = None,
-                 attempt_seconds: float = ATTEMPT_SECONDS) -> None:
+                 attempt_seconds: float = ATTEMPT_SECONDS,
+                 on_settled: Callable[[SettlementView], None] | None = None) -> None:
         self.services = services
+        self.on_settled = on_settled
+        """Called with each committed settlement (the providers' ``user`` channel hears of it)."""
         self.client = client or httpx.AsyncClient(limits=httpx.Limits(max_connections=1000,
                                                                       max_keepalive_connections=200))
         self.attempt_seconds = attempt_seconds
@@ -339,6 +351,8 @@ class Gateway:
             return
         if isinstance(result, Rejection):
             log.error("reservation %s not settled: %s", held.id, result.code)
+        elif self.on_settled is not None and isinstance(result, SettlementView):
+            self.on_settled(result)
 
 
 async def read_body(request: Request) -> bytes:

@@ -15,6 +15,7 @@ from api.inference.simulated import TOKENS_PER_MESSAGE as SIMULATED_PER_MESSAGE
 from api.keys import bearer_token
 from exchange import invariants
 from tests.support.api_server import Live, unique
+from tests.support.feed import FeedClient, signed_user
 from tests.support.providers import simulated_provider
 
 TOKENS_PER_LOT = 10_000
@@ -28,6 +29,7 @@ class Served:
     symbol: str
     group: str
     issuer: Client
+    issuer_id: int
     provider_id: int
     buyer: Client
     buyer_id: int
@@ -60,11 +62,11 @@ async def serve_buyer(admin: Client, new_account, symbol: str, issuer: Client, l
 @pytest.fixture
 async def served(live: Live, admin: Client, new_account):
     group = unique("grp")
-    symbol, _, issuer = await compute(admin, new_account, group)
+    symbol, account, issuer = await compute(admin, new_account, group)
     with simulated_provider("sim-a", api_key="upstream-secret") as url:
         provider = await issuer.register_provider(symbol, url, "sim-a", "upstream-secret")
         buyer, buyer_id, token = await serve_buyer(admin, new_account, symbol, issuer, 1)
-        yield Served(symbol, group, issuer, provider["id"], buyer, buyer_id, token)
+        yield Served(symbol, group, issuer, account["id"], provider["id"], buyer, buyer_id, token)
 
 
 def sdk(live: Live, token: str, sent: list[httpx.Request] | None = None, **options) -> openai.OpenAI:
@@ -255,3 +257,19 @@ async def test_a_provider_is_registered_by_an_approved_issuer_only(live: Live, a
     with pytest.raises(ApiError) as refused:
         await served.issuer.register_provider(served.symbol, "ftp://example/v1", "m")
     assert refused.value.status == 422
+
+
+async def test_the_provider_hears_of_each_delivery_on_its_user_channel(live: Live, admin: Client,
+                                                                        served: Served) -> None:
+    key = await admin.create_key(served.issuer_id, ["read"])
+    feed = await FeedClient.open(live)
+    nonce = await feed.challenge()
+    await feed.subscribe("user", served.symbol, **signed_user(served.symbol, key["id"], key["secret"], nonce))
+    await feed.until(lambda m: m["type"] == "subscribed")
+    sdk(live, served.token).chat.completions.create(model=served.symbol, messages=HELLO, max_tokens=3)
+    message, _ = await feed.until(lambda m: m["type"] == "delivery")
+    delivery = message["delivery"]
+    assert (message["symbol"], delivery["provider_id"], delivery["status"]) == (served.symbol, served.provider_id, "ok")
+    assert (delivery["prompt_tokens"], delivery["completion_tokens"]) == (HELLO_PROMPT, 3)
+    assert delivery["obligation"] == 1_000 * TOKENS_PER_LOT - delivery["delivered"]
+    await feed.close()
