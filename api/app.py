@@ -61,6 +61,7 @@ from api.routes.market import market
 from api.routes.orders import orders
 from api.routes.packages import packages, reporter
 from api.routes.providers import providers
+from api.routes.providers import reporter as delivery_reporter
 from api.routes.routing import routing
 from api.routes.subscriptions import subscriptions
 from api.routes.system import system
@@ -129,7 +130,8 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
                     scheduler.start()
                     app.state.indexer = Indexer(pool, publish=hub.publish_index)
                     indexing = asyncio.get_running_loop().create_task(app.state.indexer.run(), name="price-index")
-                    app.state.gateway = gateway.Gateway(app.state.services)
+                    app.state.gateway = gateway.Gateway(app.state.services,
+                                                        on_settled=delivery_reporter(hub.delivered))
                     sweeping = asyncio.get_running_loop().create_task(app.state.gateway.sweep(),
                                                                       name="reservation-sweep")
                     try:

@@ -309,6 +309,28 @@ class IssuerApproval(Struct):
     approved_at: datetime
 
 
+class Delivery(Struct):
+    """One attempt of an inference call on a provider: what it delivered and how it went."""
+
+    id: int
+    reservation_id: int
+    symbol: str
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms: float
+    latency_ms: float
+    status: Literal["ok", "failed"]
+    created_at: datetime
+
+
+class DeliveryEvent(Delivery):
+    """A delivery as the provider's ``user`` channel reports it, with the provider's totals after it."""
+
+    provider_id: int
+    delivered: Annotated[int, Meta(description="Tokens the provider delivered, this one included.")]
+    obligation: Annotated[int, Meta(description="Tokens minted less tokens delivered, after this one.")]
+
+
 class Redemption(Struct):
     id: int
     symbol: str

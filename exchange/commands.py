@@ -416,5 +416,30 @@ class ReservationView(msgspec.Struct, frozen=True):
     providers: list[Upstream]
 
 
+class Delivered(msgspec.Struct, frozen=True):
+    """One attempt of a call as settled: a usage row, and its provider's totals after it."""
+
+    usage_id: int
+    provider_id: int
+    provider_account_id: int
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_us: int
+    latency_us: int
+    status: str
+    delivered: int
+    """The provider's delivered tokens, this attempt included."""
+    obligation: int
+    """The provider's obligation after this attempt."""
+
+
+class SettlementView(msgspec.Struct, frozen=True):
+    reservation_id: int
+    symbol: str
+    charged: int
+    attempts: list[Delivered]
+    created_at: datetime
+
+
 Result = (Rejection | Done | OrderView | Cancelled | RoutedOrderView | PackageView | ExecutionView
-          | ProviderView | ReservationView)
+          | ProviderView | ReservationView | SettlementView)

@@ -60,6 +60,7 @@ from exchange import route_planner
 from exchange.checks import MAX_BIGINT, positive_int, storable, trading_account
 from exchange.commands import (
     Attempt,
+    Delivered,
     Done,
     ExpireReservations,
     ProviderView,
@@ -68,6 +69,7 @@ from exchange.commands import (
     ReservationView,
     Reserve,
     Settle,
+    SettlementView,
     Upstream,
 )
 from exchange.quotas import REDEMPTION_SOURCE
@@ -315,7 +317,7 @@ def allocate(engine: "Engine", instrument: Instrument, seed: int) -> list[Provid
     return [providers[first], *rest]
 
 
-def settle(engine: "Engine", cmd: Settle, at: datetime) -> Done | str:
+def settle(engine: "Engine", cmd: Settle, at: datetime) -> SettlementView | str:
     """Charge an open reservation what its call delivered; record each attempt."""
     reservation = engine.quotas.open.get(cmd.reservation_id) if type(cmd.reservation_id) is int else None
     if reservation is None:
@@ -327,22 +329,27 @@ def settle(engine: "Engine", cmd: Settle, at: datetime) -> Done | str:
     reported = 0 if answered is None else answered.prompt_tokens + answered.completion_tokens
     charged = engine.quotas.settle(reservation, reported, at)
     delivery = engine.delivery
+    settled: list[Delivered] = []
     for attempt in attempts:
         prompt = completion = 0
+        provider = delivery.providers[attempt.provider_id]
         if attempt is answered:
             prompt = min(attempt.prompt_tokens, charged)
             completion = charged - prompt
-            provider = delivery.providers[attempt.provider_id]
             provider.delivered += charged
             provider.updated_at = at
-            engine.effects.providers[provider.id] = provider
+            engine.effects.deliveries[provider.id] = provider
         delivery.windows[attempt.provider_id].append(
             Sample(attempt.status == "ok", attempt.ttft_us, completion, attempt.latency_us))
         engine.effects.usages.append((
             engine.ids.usage, reservation.id, reservation.account_id, attempt.provider_id, reservation.instrument_id,
             prompt, completion, attempt.ttft_us, attempt.latency_us, attempt.status, at))
+        settled.append(Delivered(engine.ids.usage, provider.id, provider.account_id, prompt, completion,
+                                 attempt.ttft_us, attempt.latency_us, attempt.status, provider.delivered,
+                                 obligation(engine, provider)))
         engine.ids.usage += 1
-    return Done(reservation.id)
+    symbol = engine.instruments_by_id[reservation.instrument_id].symbol
+    return SettlementView(reservation.id, symbol, charged, settled, at)
 
 
 def _valid_attempts(engine: "Engine", attempts: list[Attempt], instrument_id: int) -> bool:

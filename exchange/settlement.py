@@ -79,6 +79,9 @@ class Effects:
     subscription_periods: list[tuple] = field(default_factory=list)
     """(subscription id, period, journal entry id, price, fee, tokens, reason, created_at) per period run."""
     providers: "dict[int, Provider]" = field(default_factory=dict)
+    """Providers registered or changed."""
+    deliveries: "dict[int, Provider]" = field(default_factory=dict)
+    """Providers whose delivered tokens changed."""
     quotas: "dict[tuple[int, int, str], Quota]" = field(default_factory=dict)
     reservations: "dict[int, Reservation]" = field(default_factory=dict)
     usages: list[tuple] = field(default_factory=list)

@@ -1,10 +1,11 @@
 """PostgreSQL persistence: commit one batch of effects, and load the whole engine back.
 
-A batch's frequent rows (journal entries, postings, orders, fills, balances, sequence numbers) are written by
+A batch's frequent rows (journal entries, postings, orders, fills, balances, sequence numbers, and delivery's
+quotas, reservations, usage and providers' delivered tokens) are written by
 one statement, an insert, update or upsert per table fed by arrays (``_Batch``); the rare ones (accounts,
-listings, approvals, redemptions, routed orders, packages, dataset terms, grants and downloads, subscriptions,
-client request ids, halts, and the deletion of signed requests too old to be replayed) join it in a transaction
-when a batch has any. Nothing here decides anything; the rows come ready from the engine.
+listings, approvals, redemptions, routed orders, packages, client request ids, halts, providers registered,
+dataset terms, grants and downloads, subscriptions, and the deletion of signed requests too old to be replayed)
+join it in a transaction when a batch has any. Nothing here decides anything; the rows come ready from the engine.
 """
 
 from collections.abc import Sequence
@@ -60,9 +61,6 @@ OFFERS = sql("subscription_offers")
 SUBSCRIPTIONS = sql("running_subscriptions")
 DAILY_VOLUME = sql("daily_volume")
 UPSERT_PROVIDER = sql("upsert_provider")
-UPSERT_QUOTA = sql("upsert_quota")
-UPSERT_RESERVATION = sql("upsert_reservation")
-INSERT_USAGE = sql("insert_usage")
 DELIVERY_NEXT_IDS = sql("delivery_next_ids")
 PROVIDERS = sql("providers")
 QUOTAS = sql("quotas")
@@ -101,6 +99,10 @@ class _Batch:
         ("balance", 5, ()),
         ("instrument_seq", 2, ()),
         ("signed_request", 2, (1,)),
+        ("quota", 9, (8,)),
+        ("reservation", 10, ()),
+        ("usage", 11, (10,)),
+        ("provider", 3, (2,)),
     )
     """In the statement's order, each CTE's table, the columns of its rows, and the positions of those that hold
     the batch's instant (the statement takes them from ``$1``); every other column is one array parameter."""
@@ -124,6 +126,10 @@ class _Batch:
             effects.balances,
             [(i.id, i.seq) for i in effects.instruments.values()],
             [(digest.hex(), at) for digest, at in effects.requests],
+            [q.row() for q in effects.quotas.values()],
+            [r.row() for r in effects.reservations.values()],
+            effects.usages,
+            [(p.id, p.delivered, p.updated_at) for p in effects.deliveries.values()],
         )
         instants: set[datetime] = set()
         literals: list[object] = []
@@ -178,8 +184,8 @@ async def write(conn: asyncpg.Connection, batch: Write) -> None:
     if not (effects.accounts or effects.new_instruments or effects.approvals or effects.redemptions
             or effects.routed_orders or effects.packages or effects.executions or effects.statuses
             or effects.client_requests or effects.forget_requests_before is not None or effects.providers
-            or effects.quotas or effects.reservations or effects.usages or effects.terms or effects.grants
-            or effects.downloads or effects.offers or effects.subscriptions or effects.subscription_periods):
+            or effects.terms or effects.grants or effects.downloads or effects.offers or effects.subscriptions
+            or effects.subscription_periods):
         await conn.execute(BATCH.statement, *batch.arguments)
         return
     async with conn.transaction():
@@ -224,12 +230,6 @@ async def write(conn: asyncpg.Connection, batch: Write) -> None:
             await conn.execute(FORGET_REQUESTS, effects.forget_requests_before)
         if effects.providers:
             await conn.executemany(UPSERT_PROVIDER, [p.row() for p in effects.providers.values()])
-        if effects.quotas:
-            await conn.executemany(UPSERT_QUOTA, [q.row() for q in effects.quotas.values()])
-        if effects.reservations:
-            await conn.executemany(UPSERT_RESERVATION, [r.row() for r in effects.reservations.values()])
-        if effects.usages:
-            await conn.executemany(INSERT_USAGE, effects.usages)
         await conn.execute(BATCH.statement, *batch.arguments)
 
 

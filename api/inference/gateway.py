@@ -20,14 +20,17 @@ A call
    next, as long as nothing of its answer reached the caller: a stream is committed to a provider once its first
    event arrives.
 5. **Settle.** ``Settle`` charges what the answering provider reported (at most the reservation), credits it to
-   that provider, and records every attempt as a usage row, before the answer (or the stream's ``[DONE]``) goes
-   out. The answer carries ``tokex-reservation``, the id its usage rows are under.
+   that provider, and records every attempt as a usage row. It is submitted as the answer goes out, not waited
+   for: the reservation's commit is the only one a call waits on (``GET /v1/quotas`` shows the charge a few
+   milliseconds later). The answer carries ``tokex-reservation``, the id its usage rows are under.
 
-When the caller leaves a stream before its end, the settlement is submitted without waiting for anyone: the
-provider's reported usage if it came, else one completion token per content chunk relayed. A provider whose
+When the caller leaves a stream before its end, the settlement charges the provider's reported usage if it came,
+else one completion token per content chunk relayed. A provider whose
 stream breaks after its first event is a failed attempt and charges nothing; the caller gets an ``error`` event
 and the stream ends. If a settlement cannot be committed (the database is down), the reservation stays open until
-its deadline and is then freed whole (``ExpireReservations``, submitted every ``SWEEP_SECONDS`` by ``sweep``).
+its deadline and is then freed whole (``ExpireReservations``, submitted every ``SWEEP_SECONDS`` by ``sweep``); so
+is the reservation of a call answered just before the server died, its settlement not yet committed: the buyer is
+never charged for a call whose outcome was not recorded.
 
 Errors are OpenAI-shaped, ``{"error": {"message", "type", "param", "code"}}``, with tokex's stable codes and
 statuses (``api.problems``), and ``x-should-retry: false`` unless waiting helps (429, 502, 503), so the
@@ -39,7 +42,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import msgspec
@@ -55,7 +58,16 @@ from api.problems import Problem, from_rejection
 from api.services import READ_ERRORS, Services
 from api.strictjson import Malformed, check
 from exchange import route_planner
-from exchange.commands import Attempt, ExpireReservations, Rejection, ReservationView, Reserve, Settle, Upstream
+from exchange.commands import (
+    Attempt,
+    ExpireReservations,
+    Rejection,
+    ReservationView,
+    Reserve,
+    Settle,
+    SettlementView,
+    Upstream,
+)
 from exchange.database.queries import sql
 from exchange.sequencer import Unavailable
 
@@ -140,8 +152,11 @@ class Gateway:
     """The gateway's routes, its one HTTP client for every provider, and the providers' health."""
 
     def __init__(self, services: Services, client: httpx.AsyncClient | None = None,
-                 attempt_seconds: float = ATTEMPT_SECONDS) -> None:
+                 attempt_seconds: float = ATTEMPT_SECONDS,
+                 on_settled: Callable[[SettlementView], None] | None = None) -> None:
         self.services = services
+        self.on_settled = on_settled
+        """Called with each committed settlement (the providers' ``user`` channel hears of it)."""
         self.client = client or httpx.AsyncClient(limits=httpx.Limits(max_connections=1000,
                                                                       max_keepalive_connections=200))
         self.attempt_seconds = attempt_seconds
@@ -244,9 +259,9 @@ class Gateway:
             attempts.append(attempt)
             self.health.record(attempt)
             if answer is not None:
-                await self.settle(held, attempts)
+                self.later(self.settle(held, attempts))
                 return Response(answer.body, answer.status, headers=headers, media_type=JSON)
-        await self.settle(held, attempts)
+        self.later(self.settle(held, attempts))
         raise Problem("upstream_failed")
 
     async def stream(self, call: Call, held: ReservationView, headers: dict[str, str]) -> Response:
@@ -261,14 +276,14 @@ class Gateway:
             attempts.append(attempt)
             self.health.record(attempt)
             if isinstance(opened, upstreams.Answer):
-                await self.settle(held, attempts)
+                self.later(self.settle(held, attempts))
                 return Response(opened.body, opened.status, headers=headers, media_type=JSON)
-        await self.settle(held, attempts)
+        self.later(self.settle(held, attempts))
         raise Problem("upstream_failed")
 
     async def relay(self, held: ReservationView, attempts: list[Attempt], stream: upstreams.Stream
                     ) -> AsyncIterator[bytes]:
-        """Hand the provider's events on as they come; settle before the last, ``[DONE]``."""
+        """Hand the provider's events on as they come, then settle."""
         usage: tuple[int, int] | None = None
         chunks = 0
         outcome = "left"
@@ -298,7 +313,7 @@ class Gateway:
             # The caller left: the generator is being closed or cancelled, and may not wait any more.
             self.later(self.finish(held, attempts, stream, usage, chunks, "left"))
             raise
-        await self.finish(held, attempts, stream, usage, chunks, outcome)
+        self.later(self.finish(held, attempts, stream, usage, chunks, outcome))
         if outcome == "done":
             yield b"data: [DONE]\n\n"
         elif outcome != "ended" or usage is None:
@@ -336,6 +351,8 @@ class Gateway:
             return
         if isinstance(result, Rejection):
             log.error("reservation %s not settled: %s", held.id, result.code)
+        elif self.on_settled is not None and isinstance(result, SettlementView):
+            self.on_settled(result)
 
 
 async def read_body(request: Request) -> bytes:

@@ -9,27 +9,6 @@ ON CONFLICT (id)
 DO UPDATE SET base_url = EXCLUDED.base_url, model = EXCLUDED.model, credential = EXCLUDED.credential,
               delivered = EXCLUDED.delivered, updated_at = EXCLUDED.updated_at;
 
--- name: upsert_quota
--- The fields of exchange.quotas.Quota, in that order.
-INSERT INTO quota (account_id, instrument_id, source, granted, reserved, used, lapsed, expires_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-ON CONFLICT (account_id, instrument_id, source)
-DO UPDATE SET granted = EXCLUDED.granted, reserved = EXCLUDED.reserved, used = EXCLUDED.used,
-              lapsed = EXCLUDED.lapsed, expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at;
-
--- name: upsert_reservation
--- The fields of exchange.quotas.Reservation, in that order.
-INSERT INTO reservation (id, account_id, instrument_id, source, tokens, status, used, deadline_at, created_at,
-                         closed_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-ON CONFLICT (id)
-DO UPDATE SET status = EXCLUDED.status, used = EXCLUDED.used, closed_at = EXCLUDED.closed_at;
-
--- name: insert_usage
-INSERT INTO usage (id, reservation_id, account_id, provider_id, instrument_id, prompt_tokens, completion_tokens,
-                   ttft_us, latency_us, status, created_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11);
-
 -- name: delivery_next_ids
 SELECT (SELECT coalesce(max(id), 0) + 1 FROM provider) AS provider,
        (SELECT coalesce(max(id), 0) + 1 FROM reservation) AS reservation,

@@ -80,6 +80,44 @@ signed_requests AS (
     -- bytea travels as hex text: its array literal then needs no backslash escapes.
     INSERT INTO signed_request (digest, created_at)
     SELECT decode(unnest($67::text::text[]), 'hex') AS digest, $1::timestamptz AS created_at
+),
+quotas AS (
+    -- Delivery (exchange/delivery.py, exchange/quotas.py): quotas granted, reserved and settled, every call's
+    -- reservation and usage, and the tokens each provider delivered.
+    INSERT INTO quota (account_id, instrument_id, source, granted, reserved, used, lapsed, expires_at, updated_at)
+    SELECT unnest($68::text::bigint[]) AS account_id, unnest($69::text::integer[]) AS instrument_id,
+           unnest($70::text::text[]) AS source, unnest($71::text::bigint[]) AS granted,
+           unnest($72::text::bigint[]) AS reserved, unnest($73::text::bigint[]) AS used,
+           unnest($74::text::bigint[]) AS lapsed, unnest($75::text::timestamptz[]) AS expires_at,
+           $1::timestamptz AS updated_at
+    ON CONFLICT (account_id, instrument_id, source)
+    DO UPDATE SET granted = EXCLUDED.granted, reserved = EXCLUDED.reserved, used = EXCLUDED.used,
+                  lapsed = EXCLUDED.lapsed, expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at
+),
+reservations AS (
+    INSERT INTO reservation (id, account_id, instrument_id, source, tokens, status, used, deadline_at, created_at,
+                             closed_at)
+    SELECT unnest($76::text::bigint[]) AS id, unnest($77::text::bigint[]) AS account_id,
+           unnest($78::text::integer[]) AS instrument_id, unnest($79::text::text[]) AS source,
+           unnest($80::text::bigint[]) AS tokens, unnest($81::text::text[]) AS status,
+           unnest($82::text::bigint[]) AS used, unnest($83::text::timestamptz[]) AS deadline_at,
+           unnest($84::text::timestamptz[]) AS created_at, unnest($85::text::timestamptz[]) AS closed_at
+    ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, used = EXCLUDED.used, closed_at = EXCLUDED.closed_at
+),
+usages AS (
+    INSERT INTO usage (id, reservation_id, account_id, provider_id, instrument_id, prompt_tokens,
+                       completion_tokens, ttft_us, latency_us, status, created_at)
+    SELECT unnest($86::text::bigint[]) AS id, unnest($87::text::bigint[]) AS reservation_id,
+           unnest($88::text::bigint[]) AS account_id, unnest($89::text::bigint[]) AS provider_id,
+           unnest($90::text::integer[]) AS instrument_id, unnest($91::text::bigint[]) AS prompt_tokens,
+           unnest($92::text::bigint[]) AS completion_tokens, unnest($93::text::bigint[]) AS ttft_us,
+           unnest($94::text::bigint[]) AS latency_us, unnest($95::text::text[]) AS status,
+           $1::timestamptz AS created_at
+),
+deliveries AS (
+    UPDATE provider AS t SET delivered = d.delivered, updated_at = $1::timestamptz
+    FROM (SELECT unnest($96::text::bigint[]) AS id, unnest($97::text::bigint[]) AS delivered) AS d
+    WHERE t.id = d.id
 )
 SELECT 1;
 

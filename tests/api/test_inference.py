@@ -15,6 +15,7 @@ from api.inference.simulated import TOKENS_PER_MESSAGE as SIMULATED_PER_MESSAGE
 from api.keys import bearer_token
 from exchange import invariants
 from tests.support.api_server import Live, unique
+from tests.support.feed import FeedClient, signed_user
 from tests.support.providers import simulated_provider
 
 TOKENS_PER_LOT = 10_000
@@ -28,6 +29,7 @@ class Served:
     symbol: str
     group: str
     issuer: Client
+    issuer_id: int
     provider_id: int
     buyer: Client
     buyer_id: int
@@ -60,11 +62,11 @@ async def serve_buyer(admin: Client, new_account, symbol: str, issuer: Client, l
 @pytest.fixture
 async def served(live: Live, admin: Client, new_account):
     group = unique("grp")
-    symbol, _, issuer = await compute(admin, new_account, group)
+    symbol, account, issuer = await compute(admin, new_account, group)
     with simulated_provider("sim-a", api_key="upstream-secret") as url:
         provider = await issuer.register_provider(symbol, url, "sim-a", "upstream-secret")
         buyer, buyer_id, token = await serve_buyer(admin, new_account, symbol, issuer, 1)
-        yield Served(symbol, group, issuer, provider["id"], buyer, buyer_id, token)
+        yield Served(symbol, group, issuer, account["id"], provider["id"], buyer, buyer_id, token)
 
 
 def sdk(live: Live, token: str, sent: list[httpx.Request] | None = None, **options) -> openai.OpenAI:
@@ -77,6 +79,16 @@ def sdk(live: Live, token: str, sent: list[httpx.Request] | None = None, **optio
 async def quota(buyer: Client, symbol: str) -> dict:
     (found,) = [q for q in await buyer.quotas() if q["symbol"] == symbol]
     return found
+
+
+async def settled(buyer: Client, symbol: str) -> dict:
+    """The quota once no call holds any of it: a call's settlement commits just after its answer."""
+    for _ in range(200):
+        found = await quota(buyer, symbol)
+        if found["reserved"] == 0:
+            return found
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"a call on {symbol} is still unsettled: {found}")
 
 
 async def check(live: Live) -> None:
@@ -111,7 +123,7 @@ async def test_a_call_reserves_its_worst_case_and_is_charged_what_was_delivered(
     assert during["reserved"] == worst and during["remaining"] == TOKENS_PER_LOT - worst
     assert answer.choices[0].message.content == "sim-slow says: hello there hello there hello there hello there"
     assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (HELLO_PROMPT, 10)
-    after = await quota(served.buyer, served.symbol)
+    after = await settled(served.buyer, served.symbol)
     assert (after["reserved"], after["used"], after["remaining"]) == (0, HELLO_PROMPT + 10,
                                                                       TOKENS_PER_LOT - HELLO_PROMPT - 10)
     (provider,) = await served.issuer.providers()
@@ -132,7 +144,7 @@ async def test_a_streamed_call_relays_the_same_reply_and_settles_before_it_ends(
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content == "sim-a says: hello there hello there hello"
     assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (HELLO_PROMPT, 7)
-    after = await quota(served.buyer, served.symbol)
+    after = await settled(served.buyer, served.symbol)
     assert (after["reserved"], after["used"]) == (0, 2 * (HELLO_PROMPT + 7))
     await check(live)
 
@@ -151,7 +163,7 @@ async def test_a_provider_failing_mid_call_is_replaced_by_another(live: Live, ad
         text = ("".join(c.choices[0].delta.content or "" for c in created if c.choices) if stream
                 else created.choices[0].message.content)
     assert text == "sound says: hello there hello"
-    assert (await quota(buyer, symbol))["used"] == HELLO_PROMPT + 5
+    assert (await settled(buyer, symbol))["used"] == HELLO_PROMPT + 5
     (tried,) = (await failing.deliveries(first["id"]))["items"]
     (answered,) = (await second.deliveries(backup["id"]))["items"]
     assert (tried["status"], tried["prompt_tokens"] + tried["completion_tokens"]) == ("failed", 0)
@@ -227,6 +239,7 @@ async def test_the_credential_is_stored_sealed_and_providers_are_measured(live: 
         await conn.close()
     assert b"upstream-secret" not in sealed and len(sealed) > len("upstream-secret")
     sdk(live, served.token).chat.completions.create(model=served.symbol, messages=HELLO, max_tokens=4)
+    await settled(served.buyer, served.symbol)
     stats = await served.buyer.provider_stats()
     (mine,) = [p for p in stats["providers"] if p["id"] == served.provider_id]
     assert (mine["attempts"], mine["success_rate"], mine["symbol"]) == (1, 1.0, served.symbol)
@@ -244,3 +257,19 @@ async def test_a_provider_is_registered_by_an_approved_issuer_only(live: Live, a
     with pytest.raises(ApiError) as refused:
         await served.issuer.register_provider(served.symbol, "ftp://example/v1", "m")
     assert refused.value.status == 422
+
+
+async def test_the_provider_hears_of_each_delivery_on_its_user_channel(live: Live, admin: Client,
+                                                                        served: Served) -> None:
+    key = await admin.create_key(served.issuer_id, ["read"])
+    feed = await FeedClient.open(live)
+    nonce = await feed.challenge()
+    await feed.subscribe("user", served.symbol, **signed_user(served.symbol, key["id"], key["secret"], nonce))
+    await feed.until(lambda m: m["type"] == "subscribed")
+    sdk(live, served.token).chat.completions.create(model=served.symbol, messages=HELLO, max_tokens=3)
+    message, _ = await feed.until(lambda m: m["type"] == "delivery")
+    delivery = message["delivery"]
+    assert (message["symbol"], delivery["provider_id"], delivery["status"]) == (served.symbol, served.provider_id, "ok")
+    assert (delivery["prompt_tokens"], delivery["completion_tokens"]) == (HELLO_PROMPT, 3)
+    assert delivery["obligation"] == 1_000 * TOKENS_PER_LOT - delivery["delivered"]
+    await feed.close()

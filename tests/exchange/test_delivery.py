@@ -101,8 +101,11 @@ def test_a_call_reserves_its_worst_case_and_settles_what_was_delivered(desk: Des
     desk.assert_refused(Settle(held.id, [Attempt(serving.id + 1, "ok")]), "invalid_attempts")
     desk.assert_refused(Settle(held.id, []), "invalid_attempts")
     desk.assert_refused(Settle(held.id, [Attempt(serving.id, "ok", -1)]), "invalid_attempts")
-    assert desk.ok(Settle(held.id, [Attempt(serving.id, "failed", latency_us=900),
-                                    Attempt(serving.id, "ok", 120, 380, 2_000, 9_000)])) == Done(held.id)
+    settled = desk.ok(Settle(held.id, [Attempt(serving.id, "failed", latency_us=900),
+                                       Attempt(serving.id, "ok", 120, 380, 2_000, 9_000)]))
+    assert (settled.reservation_id, settled.symbol, settled.charged) == (held.id, COMPUTE, 500)
+    assert [(a.status, a.prompt_tokens, a.completion_tokens, a.delivered, a.obligation) for a in settled.attempts] == [
+        ("failed", 0, 0, 0, 5_000 * LOT), ("ok", 120, 380, 500, 5_000 * LOT - 500)]
     assert (quota.reserved, quota.used, quota.free) == (0, 500, LOT - 500)
     assert [row[5:10] for row in desk.effects.usages] == [(0, 0, 0, 900, "failed"), (120, 380, 2_000, 9_000, "ok")]
     answered = desk.engine.delivery.providers[serving.id]
