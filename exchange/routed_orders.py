@@ -23,7 +23,7 @@ child, and its lots stay in the remainder.
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from exchange import fees, route_planner
+from exchange import delivery, fees, route_planner
 from exchange.commands import RouteOrder
 from exchange.records import Instrument, OrderView, RoutedOrder
 from matching import events as ev
@@ -50,7 +50,9 @@ def venues(engine: "Engine", group: str, side: str, account_id: int, percent: in
         assert instrument.book is not None and instrument.quality is not None
         bids, asks = instrument.book.depth(route_planner.DEPTH_LEVELS)
         found.append(route_planner.Venue(
-            instrument.symbol, instrument.quality, instrument.tick, instrument.min_qty, instrument.max_qty,
+            # The measured quality: what its providers deliver (exchange.delivery), the listed one until measured.
+            instrument.symbol, delivery.quality(engine, instrument), instrument.tick, instrument.min_qty,
+            instrument.max_qty,
             fees.rate_ppm(instrument.maker_fee_bps, percent), fees.rate_ppm(instrument.taker_fee_bps, percent),
             asks if side == BUY else bids,
             None if side == BUY else engine.settlement.ledger.available(account_id, instrument.symbol),

@@ -20,6 +20,7 @@ account; ``close_pool`` then posts one release for whatever the children left.
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from msgspec.structs import astuple
 
@@ -28,6 +29,12 @@ from exchange.ledger import AVAILABLE, CASH, FEES, HELD, Ledger
 from exchange.records import Approval, Instrument, Order, OrderFill, OrderView, Package, RoutedOrder
 from matching import events as ev
 from matching.types import BUY, BY_REQUEST, SELF_TRADE, SELL
+
+if TYPE_CHECKING:
+    from exchange.datasets import Grant, Terms
+    from exchange.delivery import Provider
+    from exchange.quotas import Quota, Reservation
+    from exchange.subscriptions import Offer, Subscription
 
 
 @dataclass
@@ -61,6 +68,24 @@ class Effects:
     """Delete the rows of signed requests older than this: they can no longer be replayed."""
     client_requests: list[tuple] = field(default_factory=list)
     """(account id, kind, client request id, result id, created_at) per command that named itself."""
+    terms: "list[Terms]" = field(default_factory=list)
+    """Dataset terms published."""
+    grants: "dict[int, Grant]" = field(default_factory=dict)
+    """Dataset access grants made or spent from."""
+    downloads: list[tuple] = field(default_factory=list)
+    """(id, grant id, file id, bytes, created_at) per dataset download counted."""
+    offers: "dict[int, Offer]" = field(default_factory=dict)
+    subscriptions: "dict[int, Subscription]" = field(default_factory=dict)
+    subscription_periods: list[tuple] = field(default_factory=list)
+    """(subscription id, period, journal entry id, price, fee, tokens, reason, created_at) per period run."""
+    providers: "dict[int, Provider]" = field(default_factory=dict)
+    """Providers registered or changed."""
+    deliveries: "dict[int, Provider]" = field(default_factory=dict)
+    """Providers whose delivered tokens changed."""
+    quotas: "dict[tuple[int, int, str], Quota]" = field(default_factory=dict)
+    reservations: "dict[int, Reservation]" = field(default_factory=dict)
+    usages: list[tuple] = field(default_factory=list)
+    """The rows of ``usage``: one per attempt of an inference call on a provider (``exchange.delivery``)."""
 
 
 @dataclass
@@ -74,6 +99,12 @@ class Ids:
     entry: int = 1
     redemption: int = 1
     package: int = 1
+    download: int = 1
+    offer: int = 1
+    subscription: int = 1
+    provider: int = 1
+    reservation: int = 1
+    usage: int = 1
 
 
 @dataclass

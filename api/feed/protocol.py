@@ -102,7 +102,9 @@ each commit that changed them (a deposit or a mint included); on subscribing the
 orders come first, then every change after them, none twice. A routed order's children are orders
 like any other. Each period a token package of the account runs is reported, on the user channel of every
 instrument of the package's group, as ``{"type": "package_execution", ..., "execution": {...}}``: the object of
-``GET /v1/packages/{id}/executions``. The subscribe message is signed as a
+``GET /v1/packages/{id}/executions``. A provider's account gets each attempt of an inference call on it as
+``{"type": "delivery", ..., "delivery": {...}}`` (a row of ``GET /v1/providers/{id}/deliveries`` with the
+provider's delivered tokens and obligation after it). The subscribe message is signed as a
 REST request is (``api.signing``), with a key holding the ``read`` scope, for this connection only: first ask
 for the connection's challenge, a random nonce the server made for it, then sign it as the request's body:
 
@@ -158,7 +160,7 @@ from datetime import datetime
 
 import msgspec
 
-from api.schemas import Balance, Candle, Execution, Fill, Order, PriceIndex
+from api.schemas import Balance, Candle, DeliveryEvent, Execution, Fill, Order, PriceIndex
 from api.strictjson import Malformed, check
 
 CHANNELS = ("ticker", "level2", "trades", "candles", "user", "index")
@@ -357,6 +359,13 @@ class PackageUpdate(Message, tag="package_execution"):
     symbol: str
     seq: int
     execution: Execution
+
+
+class DeliveryUpdate(Message, tag="delivery"):
+    channel: str
+    symbol: str
+    seq: int
+    delivery: DeliveryEvent
 
 
 _encode = msgspec.json.Encoder().encode

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
@@ -281,6 +282,9 @@ async def watch_the_market(url: str, key: str, secret: str) -> None:
             book = await public.book(symbol)
             assert book["bids"] and book["asks"], book
             assert (await public.ticker(symbol))["last_price"] is not None
+        for symbol in ("DS-MACHINE-MAINT", "DS-STEEL-QC"):
+            assert (await public.terms(symbol))["downloads_per_token"] == 10
+            assert [f["name"] for f in await public.dataset_files(symbol)] == ["sample.csv"]
         deepseek = await public.instrument("DEEPSEEK-V3")
         assert deepseek["substitution_group"] == "chat-general" and deepseek["tokens_per_lot"] == 1_000_000
         best_ask = float((await public.ticker("DEEPSEEK-V3"))["best_ask"])
@@ -295,6 +299,10 @@ async def watch_the_market(url: str, key: str, secret: str) -> None:
             assert time.monotonic() < deadline, "no trade in 20 s of simulated flow"
             await asyncio.sleep(0.5)  # public reads are rate-limited per address
 
-        assert (await buyer.balances())["CNY"]["available"] == "10000"
+        [subscription] = await buyer.subscriptions()
+        assert (subscription["symbol"], subscription["period"], subscription["quota"]["granted"]) == \
+            ("DEEPSEEK-V3", "month", 10_000_000)
+        # 10,000 CNY, less the lots bought to redeem and the subscription's first month
+        assert Decimal((await buyer.balances())["CNY"]["available"]) <= 10_000 - Decimal("9.90")
         bid = await buyer.place_order("GLM-4.5", "buy", price="1.20", qty=10)
         assert bid["status"] == "open"
