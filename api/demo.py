@@ -282,7 +282,7 @@ class Demo:
             offer = await self.accounts[DEMO_SELLER].client.publish_subscription_offer(
                 symbol, DEMO_SUBSCRIPTION_TOKENS, "month", DEMO_SUBSCRIPTION_PRICE)
             await buyer.client.subscribe(offer["id"])
-        key, secret = await self.services.keys.create(buyer.id, ["inference"], KEY_LABEL)
+        key, secret = await self.keys.create(buyer.id, ["inference"], KEY_LABEL)
         self.inference_token = bearer_token(key.id, secret)
 
     async def publish_dataset(self, market: Market) -> None:
