@@ -157,8 +157,9 @@ class Gateway:
         self.services = services
         self.on_settled = on_settled
         """Called with each committed settlement (the providers' ``user`` channel hears of it)."""
-        self.client = client or httpx.AsyncClient(limits=httpx.Limits(max_connections=1000,
-                                                                      max_keepalive_connections=200))
+        # Few connections kept: httpx looks through every pooled connection for each request.
+        self.client = client or httpx.AsyncClient(limits=httpx.Limits(max_connections=256,
+                                                                      max_keepalive_connections=32))
         self.attempt_seconds = attempt_seconds
         self.health = upstreams.Health()
         self.pending: set[asyncio.Task] = set()
