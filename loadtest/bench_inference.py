@@ -114,8 +114,10 @@ async def load(url: str, path: str, token: str | None, body: bytes, args: argpar
                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
     loop = asyncio.get_running_loop()
     idle: asyncio.Queue[Connection] = asyncio.Queue()
+    opened: list[Connection] = []
     for _ in range(args.connections):
         _, connection = await loop.create_connection(Connection, host, int(port))
+        opened.append(connection)
         idle.put_nowait(connection)
     begin = time.perf_counter()
     measure_from = begin + args.warmup
@@ -161,7 +163,7 @@ async def load(url: str, path: str, token: str | None, body: bytes, args: argpar
             task.cancel()
         if late:
             calls.errors["unanswered"] = len(late)
-    for connection in list(idle._queue):
+    for connection in opened:
         assert connection.transport is not None
         connection.transport.close()
     return calls
