@@ -34,6 +34,13 @@ CREATE TABLE quota (
     CHECK (granted - reserved - used - lapsed >= 0)
 );
 
+-- Compute lots redeemed before quotas existed grant theirs now, as every redemption does from here on.
+INSERT INTO quota (account_id, instrument_id, source, granted, reserved, used, lapsed, expires_at, updated_at)
+SELECT r.account_id, r.instrument_id, 'redemption', sum(r.qty) * i.tokens_per_lot, 0, 0, 0, NULL, now()
+FROM redemption r JOIN instrument i ON i.id = r.instrument_id
+WHERE i.kind = 'compute'
+GROUP BY r.account_id, r.instrument_id, i.tokens_per_lot;
+
 -- One call's worst case, held from one quota until the call settles, or until deadline_at passes (then it is
 -- released whole: a gateway that crashed mid-call never charges the buyer).
 CREATE TABLE reservation (
