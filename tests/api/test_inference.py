@@ -291,3 +291,26 @@ async def test_a_caller_leaving_a_stream_is_charged_what_was_relayed(live: Live,
     (delivery,) = (await served.issuer.deliveries(served.provider_id))["items"]
     assert delivery["status"] == "ok" and delivery["prompt_tokens"] + delivery["completion_tokens"] == after["used"]
     await check(live)
+
+
+async def test_bad_calls_get_clear_errors_and_hold_nothing(live: Live, served: Served) -> None:
+    headers = {"authorization": f"Bearer {served.token}", "content-type": "application/json"}
+    cases = [
+        (b"{not json", 400, "malformed_body"),
+        (b'{"model": "X", "model": "Y", "messages": []}', 400, "malformed_body"),
+        (b"[]", 400, "malformed_body"),
+        (b'{"messages": [{"role": "user", "content": "hi"}]}', 422, "invalid_field"),
+        (b'{"model": "%s", "messages": []}' % served.symbol.encode(), 422, "invalid_field"),
+        (b'{"model": "%s", "messages": [{"role": "user"}], "max_tokens": 0}' % served.symbol.encode(), 422,
+         "invalid_field"),
+        (b'{"model": "%s", "messages": [{"role": "user"}], "stream": "yes"}' % served.symbol.encode(), 422,
+         "invalid_field"),
+        (b'{"model": "x", "messages": ["' + b"a" * (1024 * 1024) + b'"]}', 413, "body_too_large"),
+    ]
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        for body, status, code in cases:
+            answer = await client.post("/inference/v1/chat/completions", content=body, headers=headers)
+            assert (answer.status_code, answer.json()["error"]["code"]) == (status, code), body[:80]
+            assert answer.headers["x-should-retry"] == "false"
+    unchanged = await quota(served.buyer, served.symbol)
+    assert (unchanged["reserved"], unchanged["used"]) == (0, 0)
