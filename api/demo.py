@@ -407,8 +407,9 @@ class Demo:
         ]
         described = {
             DEMO_SELLER: "seller: an issuer, minted 1,000 lots of each compute block at the first start",
-            DEMO_BUYER: f"buyer: a trader, funded with 10,000 CNY and holding a quota of {DEMO_REDEEMED}M "
-                        f"{self.markets[0].symbol} tokens (redeemed lots) at the first start",
+            DEMO_BUYER: f"buyer: a trader, funded with 10,000 CNY at the first start, of which it bought "
+                        f"{DEMO_REDEEMED} {self.markets[0].symbol} lots and redeemed them: a quota of "
+                        f"{DEMO_REDEEMED}M tokens",
             ADMIN: f"admin: accounts, keys, cash, instruments ({tokex_command()} admin --server {self.url} ...)",
         }
         for name, text in described.items():

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
@@ -295,6 +296,12 @@ async def watch_the_market(url: str, key: str, secret: str) -> None:
             assert time.monotonic() < deadline, "no trade in 20 s of simulated flow"
             await asyncio.sleep(0.5)  # public reads are rate-limited per address
 
-        assert (await buyer.balances())["CNY"]["available"] == "10000"
+        # Funded with 10,000 CNY, less the 10 DEEPSEEK-V3 lots it bought to redeem for its quota of tokens.
+        (bought,) = {fill["order_id"] for fill in (await buyer.fills())["items"]}
+        order = await buyer.order(bought)
+        spent = Decimal(order["filled_notional"]) + Decimal(order["fee"])
+        assert (order["symbol"], order["filled_qty"]) == ("DEEPSEEK-V3", 10)
+        assert Decimal((await buyer.balances())["CNY"]["available"]) == 10_000 - spent
+        assert [(q["symbol"], q["remaining"]) for q in await buyer.quotas()] == [("DEEPSEEK-V3", 10_000_000)]
         bid = await buyer.place_order("GLM-4.5", "buy", price="1.20", qty=10)
         assert bid["status"] == "open"
