@@ -333,6 +333,9 @@ class Client:
     async def quotas(self) -> list[dict]:
         return (await self.call("GET", "/v1/quotas"))["items"]
 
+    async def usage(self, **query: Any) -> dict:
+        return await self.call("GET", "/v1/usage", params=query)
+
     # Admin
 
     async def create_account(self, name: str, role: str) -> dict:

@@ -3,7 +3,7 @@
 Model
 -----
 A quota is one row per (account, instrument, source). ``source`` names where the tokens came from:
-``redemption`` (lots redeemed, ``exchange.delivery``), ``package:<id>`` (a seller's package offer), or any other
+``redemption`` (lots redeemed, ``exchange.delivery``), ``subscription:<id>`` (a period of a seller's subscription offer), or any other
 short name a granting module chooses. A quota may expire (``expires_at``): from then on what is free of it is
 lapsed, and so is whatever a reservation on it gives back later.
 

@@ -4,15 +4,19 @@ Each run starts ``tokex serve --no-rate-limit`` in a subprocess on a new embedde
 ``--database-url``) and a simulated provider (``api.inference.simulated``, no delay) in another, then sets up over
 the API a compute instrument, an issuer serving it from the provider, and a buyer who bought and redeemed 1,000
 lots (a quota of a billion tokens) with an inference key. Calls (not streamed, one short message, ``max_tokens``
-16) start at ``--rate`` a second, open loop (a slow answer does not delay the next call), over up to
-``--connections`` keep-alive connections, for ``--warmup`` seconds and then ``--duration`` measured seconds.
+16) start at ``--rate`` a second, open loop (a slow answer does not delay the next call), on ``--connections``
+keep-alive connections (a call waits for a free one), for ``--warmup`` seconds and then ``--duration`` measured
+seconds.
 
-Counted over the measured window: calls answered per second; each call's latency from sending the request to
-reading the whole answer (p50, p99); and **the time tokex adds**: that latency less the provider's own time as the
-gateway measured it around its request to the provider (the ``latency_ms`` of the call's usage row, read back from
-``GET /v1/providers/{id}/deliveries`` by the reservation id each answer carries). What tokex adds includes
-authenticating the bearer token, the reservation's durable commit, forwarding, and the settlement's commit, which
-the answer waits for. The load generator shares the machine's cores with both servers.
+Counted over the measured window: calls answered per second and each call's latency from sending the request to
+reading the whole answer (p50, p99). Then the same calls go to the provider alone, at the same rate, for as long:
+**the time tokex adds** is the difference of the two latencies at p50 and at p99, so the provider's own time (and
+the network to it) is left out. What tokex adds includes authenticating the bearer token, the reservation's
+durable commit and forwarding; the settlement commits just after the answer (``api.inference.gateway``).
+
+CPU per call is shown per process: the server, PostgreSQL (when embedded), the provider and this load generator,
+which shares the machine's cores with them and so writes its requests by hand on plain connections
+(``loadtest.connection``), cheaper than an HTTP library.
 
 Usage: ``python -m loadtest.bench_inference [--rate 500] [--duration 10] [--warmup 2] [--connections 64]
 [--database-url URL]``
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import socket
 import statistics
 import subprocess
@@ -34,9 +39,11 @@ import psutil
 
 from api.client import Client
 from api.keys import bearer_token
+from loadtest.connection import Connection
 from loadtest.server import Server, cpu_seconds
 
 TOKENS_PER_LOT = 1_000_000
+LATE_SECONDS = 30.0
 LOTS = 1_000
 BODY = b'{"model":"BENCH-V3","messages":[{"role":"user","content":"hello from the bench"}],"max_tokens":16}'
 
@@ -44,8 +51,15 @@ BODY = b'{"model":"BENCH-V3","messages":[{"role":"user","content":"hello from th
 @dataclass
 class Calls:
     started: int = 0
-    latency: dict[int, float] = field(default_factory=dict)
-    """Reservation id -> seconds from sending to the whole answer, for calls started in the measured window."""
+    latency: list[float] = field(default_factory=list)
+    """Seconds from sending to the whole answer, of the calls started in the measured window."""
+    window: tuple[float, float] = (0.0, 0.0)
+    """From the first measured call's start to the last measured call's answer (perf_counter seconds)."""
+
+    @property
+    def rate(self) -> float:
+        """Measured calls answered per second, over the time it took to answer them."""
+        return len(self.latency) / max(self.window[1] - self.window[0], 1e-9)
     errors: dict[str, int] = field(default_factory=dict)
 
 
@@ -69,8 +83,8 @@ def start_provider(port: int) -> subprocess.Popen:
     raise RuntimeError("the simulated provider did not start")
 
 
-async def set_up(url: str, admin: dict, provider_url: str) -> tuple[str, Client, int]:
-    """The instrument, the serving issuer and the buyer's quota: (bearer token, issuer client, provider id)."""
+async def set_up(url: str, admin: dict, provider_url: str) -> tuple[str, Client]:
+    """The instrument, the serving issuer and the buyer's quota: (bearer token, issuer client)."""
     async with Client(url, admin["key_id"], admin["secret"]) as boss:
         await boss.create_instrument(kind="compute", symbol="BENCH-V3", tick="0.01", model="bench",
                                      substitution_group="bench", quality=90, tokens_per_lot=TOKENS_PER_LOT)
@@ -83,74 +97,88 @@ async def set_up(url: str, admin: dict, provider_url: str) -> tuple[str, Client,
         inference_key = await boss.create_key(buyer_account["id"], ["inference"])
     issuer = Client(url, issuer_key["id"], issuer_key["secret"])
     await issuer.mint("BENCH-V3", LOTS)
-    provider = await issuer.register_provider("BENCH-V3", provider_url, "bench-fast")
+    await issuer.register_provider("BENCH-V3", provider_url, "bench-fast")
     await issuer.place_order("BENCH-V3", "sell", price="1.00", qty=LOTS)
     async with Client(url, buyer_key["id"], buyer_key["secret"]) as buyer:
         await buyer.place_order("BENCH-V3", "buy", price="1.00", qty=LOTS)
         await buyer.redeem("BENCH-V3", LOTS)
-    return bearer_token(inference_key["id"], inference_key["secret"]), issuer, provider["id"]
+    return bearer_token(inference_key["id"], inference_key["secret"]), issuer
 
 
-async def load(url: str, token: str, args: argparse.Namespace) -> tuple[Calls, float]:
-    """Start calls at ``args.rate`` a second; return what was measured and the measured window's length."""
+async def load(url: str, path: str, token: str | None, body: bytes, args: argparse.Namespace) -> Calls:
+    """Start calls to ``url`` + ``path`` at ``args.rate`` a second; return what was measured."""
     calls = Calls()
-    headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
-    limits = httpx.Limits(max_connections=args.connections, max_keepalive_connections=args.connections)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        begin = time.perf_counter()
-        measure_from = begin + args.warmup
-        end = measure_from + args.duration
-        running: set[asyncio.Task] = set()
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    authorization = "" if token is None else f"Authorization: Bearer {token}\r\n"
+    request = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{authorization}Content-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    loop = asyncio.get_running_loop()
+    idle: asyncio.Queue[Connection] = asyncio.Queue()
+    opened: list[Connection] = []
+    for _ in range(args.connections):
+        _, connection = await loop.create_connection(Connection, host, int(port))
+        opened.append(connection)
+        idle.put_nowait(connection)
+    begin = time.perf_counter()
+    measure_from = begin + args.warmup
+    end = measure_from + args.duration
+    calls.window = (measure_from, measure_from)
+    running: set[asyncio.Task] = set()
 
-        async def one(measured: bool) -> None:
-            sent = time.perf_counter()
-            try:
-                response = await client.post("/inference/v1/chat/completions", content=BODY, headers=headers)
-            except httpx.HTTPError as exc:
-                calls.errors[type(exc).__name__] = calls.errors.get(type(exc).__name__, 0) + 1
-                return
-            took = time.perf_counter() - sent
-            if response.status_code != 200:
-                code = f"{response.status_code} {response.json().get('error', {}).get('code')}"
-                calls.errors[code] = calls.errors.get(code, 0) + 1
-            elif measured:
-                calls.latency[int(response.headers["tokex-reservation"])] = took
+    async def one(measured: bool) -> None:
+        connection = await idle.get()
+        sent = time.perf_counter()
+        try:
+            status, body = await connection.send(request)
+        except ConnectionError:
+            calls.errors["connection lost"] = calls.errors.get("connection lost", 0) + 1
+            return
+        took = time.perf_counter() - sent
+        idle.put_nowait(connection)
+        if status != 200:
+            code = f"{status} {json.loads(body).get('error', {}).get('code')}"
+            calls.errors[code] = calls.errors.get(code, 0) + 1
+        elif measured:
+            calls.latency.append(took)
+            calls.window = (calls.window[0], max(calls.window[1], sent + took))
 
-        n = 0
-        while True:
-            due = begin + n / args.rate
-            if due >= end:
-                break
-            now = time.perf_counter()
-            if due > now:
-                await asyncio.sleep(due - now)
-            measured = due >= measure_from
-            calls.started += measured
-            task = asyncio.create_task(one(measured))
-            running.add(task)
-            task.add_done_callback(running.discard)
-            n += 1
-        await asyncio.gather(*running)
-    return calls, args.duration
-
-
-async def provider_times(issuer: Client, provider_id: int, wanted: set[int]) -> dict[int, float]:
-    """Reservation id -> the provider's own seconds (its ok attempt's latency as the gateway measured it)."""
-    found: dict[int, float] = {}
-    cursor = None
+    n = 0
     while True:
-        page = await issuer.deliveries(provider_id, limit=500, **({"cursor": cursor} if cursor else {}))
-        for item in page["items"]:
-            if item["status"] == "ok" and item["reservation_id"] in wanted:
-                found[item["reservation_id"]] = item["latency_ms"] / 1000
-        cursor = page["next_cursor"]
-        if cursor is None or len(found) == len(wanted):
-            return found
+        due = begin + n / args.rate
+        if due >= end:
+            break
+        now = time.perf_counter()
+        if due > now:
+            await asyncio.sleep(due - now)
+        measured = due >= measure_from
+        calls.started += measured
+        task = asyncio.create_task(one(measured))
+        running.add(task)
+        task.add_done_callback(running.discard)
+        n += 1
+    if running:
+        # Calls still unanswered this long after the last one started are given up, and counted as such.
+        _, late = await asyncio.wait(running, timeout=LATE_SECONDS)
+        for task in late:
+            task.cancel()
+        if late:
+            calls.errors["unanswered"] = len(late)
+    for connection in opened:
+        assert connection.transport is not None
+        connection.transport.close()
+    return calls
 
 
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def figures(name: str, calls: Calls, args: argparse.Namespace) -> None:
+    totals = calls.latency
+    print(f"  {name}: {calls.rate:,.0f} calls/s answered ({len(totals)} of {calls.started} started)"
+          + (f", p50 {statistics.median(totals) * 1000:.2f} ms, p99 {percentile(totals, 0.99) * 1000:.2f} ms"
+             if totals else "") + (f"; errors {calls.errors}" if calls.errors else ""))
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -160,40 +188,33 @@ async def main(args: argparse.Namespace) -> None:
     try:
         admin = await asyncio.to_thread(server.tokex, "admin", "create-admin", "--name", "bench-admin")
         url = await asyncio.to_thread(server.start)
-        token, issuer, provider_id = await set_up(url, admin, f"http://127.0.0.1:{port}/v1")
+        token, issuer = await set_up(url, admin, f"http://127.0.0.1:{port}/v1")
+        await issuer.aclose()
         assert server.process is not None
         processes = {"server": [psutil.Process(server.process.pid)], "postgres": server.postgres(),
                      "provider": [psutil.Process(provider.pid)], "load generator": [psutil.Process()]}
-        if args.database_url:
-            processes.pop("postgres")
         cpu_before = cpu_seconds(processes)
-        calls, seconds = await load(url, token, args)
+        through = await load(url, "/inference/v1/chat/completions", token, BODY, args)
         cpu = cpu_seconds(processes) - cpu_before
-        own = await provider_times(issuer, provider_id, set(calls.latency))
-        await issuer.aclose()
+        direct = await load(f"http://127.0.0.1:{port}", "/v1/chat/completions", None,
+                            BODY.replace(b"BENCH-V3", b"bench-fast"), args)
     finally:
         provider.terminate()
         provider.wait(10)
         status = await asyncio.to_thread(server.stop)
         if status != 0:
             print(f"the server exited with status {status}:\n" + "".join(server.output[-20:]))
-    totals = list(calls.latency.values())
-    added = [calls.latency[r] - own[r] for r in calls.latency if r in own]
-    print(f"inference gateway: {args.rate:g} calls/s offered for {args.duration:g} s over up to {args.connections} "
-          f"connections, a fast simulated provider")
-    print(f"  answered: {len(totals) / seconds:,.0f} calls/s ({len(totals)} of {calls.started} started)")
-    if totals:
-        print(f"  latency: p50 {statistics.median(totals) * 1000:.2f} ms, p99 {percentile(totals, 0.99) * 1000:.2f} ms")
-    if added:
-        print(f"  tokex adds: p50 {statistics.median(added) * 1000:.2f} ms, "
-              f"p99 {percentile(added, 0.99) * 1000:.2f} ms, max {max(added) * 1000:.2f} ms "
-              "(latency less the provider's own time)")
-    if calls.errors:
-        print(f"  errors: {calls.errors}")
-    if calls.started:
-        print("  CPU per call (warm-up included): " + ", ".join(
-            f"{name} {used / calls.started * (args.duration / (args.duration + args.warmup)) * 1e6:,.0f} us"
-            for name, used in cpu.items()))
+    print(f"inference calls, {args.rate:g}/s offered for {args.duration:g} s on {args.connections} connections, "
+          "to a fast simulated provider")
+    figures("through tokex", through, args)
+    figures("the provider alone", direct, args)
+    if through.latency and direct.latency:
+        added = [percentile(through.latency, q) - percentile(direct.latency, q) for q in (0.5, 0.99)]
+        print(f"  tokex adds: p50 {added[0] * 1000:.2f} ms, p99 {added[1] * 1000:.2f} ms")
+    if through.started:
+        print("  CPU per call through tokex (warm-up included): " + ", ".join(
+            f"{name} {used / (through.started * (args.duration + args.warmup) / args.duration) * 1e6:,.0f} us"
+            for name, used in cpu.items() if used))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

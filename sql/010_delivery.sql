@@ -18,7 +18,7 @@ CREATE TABLE provider (
     FOREIGN KEY (account_id, instrument_id) REFERENCES issuer_approval (account_id, instrument_id)
 );
 
--- Tokens an account may consume on an instrument, per source ('redemption', 'package:<id>', ...). What is left
+-- Tokens an account may consume on an instrument, per source ('redemption', 'subscription:<id>', ...). What is left
 -- is granted - reserved - used - lapsed, never below zero.
 CREATE TABLE quota (
     account_id     bigint NOT NULL REFERENCES account (id),
@@ -33,6 +33,13 @@ CREATE TABLE quota (
     PRIMARY KEY (account_id, instrument_id, source),
     CHECK (granted - reserved - used - lapsed >= 0)
 );
+
+-- Compute lots redeemed before quotas existed grant theirs now, as every redemption does from here on.
+INSERT INTO quota (account_id, instrument_id, source, granted, reserved, used, lapsed, expires_at, updated_at)
+SELECT r.account_id, r.instrument_id, 'redemption', sum(r.qty) * i.tokens_per_lot, 0, 0, 0, NULL, now()
+FROM redemption r JOIN instrument i ON i.id = r.instrument_id
+WHERE i.kind = 'compute'
+GROUP BY r.account_id, r.instrument_id, i.tokens_per_lot;
 
 -- One call's worst case, held from one quota until the call settles, or until deadline_at passes (then it is
 -- released whole: a gateway that crashed mid-call never charges the buyer).

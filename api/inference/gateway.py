@@ -98,9 +98,9 @@ class Call(msgspec.Struct):
     model: str
     mode: str | None
     stream: bool
-    max_tokens: int
     worst_case: int
     body: dict
+    """What to forward, less the provider's model name."""
 
 
 def openai_error(problem: Problem, extra: dict[str, str] | None = None) -> Response:
@@ -137,7 +137,10 @@ def parse(raw: bytes) -> Call:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise Problem("invalid_field", "stream must be true or false.", field="stream")
-    max_tokens = body.pop("max_completion_tokens", None) or body.get("max_tokens") or DEFAULT_MAX_TOKENS
+    given = body.pop("max_completion_tokens", None)
+    max_tokens = body.get("max_tokens") if given is None else given
+    if max_tokens is None:
+        max_tokens = DEFAULT_MAX_TOKENS
     if type(max_tokens) is not int or not 0 < max_tokens <= MAX_MAX_TOKENS:
         raise Problem("invalid_field", f"max_tokens must be a whole number from 1 to {MAX_MAX_TOKENS}.",
                       field="max_tokens")
@@ -145,7 +148,7 @@ def parse(raw: bytes) -> Call:
     if stream:
         body["stream_options"] = {"include_usage": True}
     worst_case = len(raw) + TOKENS_PER_MESSAGE * len(messages) + max_tokens
-    return Call(name, mode or None, stream, max_tokens, worst_case, body)
+    return Call(name, mode or None, stream, worst_case, body)
 
 
 class Gateway:
@@ -157,12 +160,13 @@ class Gateway:
         self.services = services
         self.on_settled = on_settled
         """Called with each committed settlement (the providers' ``user`` channel hears of it)."""
-        self.client = client or httpx.AsyncClient(limits=httpx.Limits(max_connections=1000,
-                                                                      max_keepalive_connections=200))
+        # Few connections kept: httpx looks through every pooled connection for each request.
+        self.client = client or httpx.AsyncClient(limits=httpx.Limits(max_connections=256,
+                                                                      max_keepalive_connections=32))
         self.attempt_seconds = attempt_seconds
         self.health = upstreams.Health()
         self.pending: set[asyncio.Task] = set()
-        """Settlements of streams their callers left, running on their own."""
+        """Settlements under way: a call's answer does not wait for its settlement (see A call)."""
 
     async def close(self) -> None:
         if self.pending:

@@ -6,12 +6,13 @@ A provider registers its upstream with ``POST /v1/providers``; the credential is
 issuer's providers with what each delivered and still owes; the deliveries (one row per attempt of a call) and
 the redemptions of the instrument are pages of their own. ``GET /v1/providers/stats`` is public: each provider's
 success rate, time to first token and tokens per second over its last calls, and each instrument's measured
-quality, the figure ``quality`` routing uses. ``GET /v1/quotas`` lists what is left of an account's quotas.
+quality, the figure ``quality`` routing uses. ``GET /v1/quotas`` lists what is left of an account's quotas, and
+``GET /v1/usage`` its calls.
 """
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
@@ -35,6 +36,7 @@ PROVIDERS = sql("account_providers")
 DELIVERIES = sql("provider_deliveries")
 REDEMPTIONS = sql("provider_redemptions")
 STATS = sql("provider_stats")
+USAGE = sql("account_usage")
 WINDOWS = sql("provider_windows")
 
 
@@ -62,6 +64,26 @@ class Provider(Struct):
 
 class ProviderList(Struct):
     items: list[Provider]
+
+
+class Usage(Struct):
+    """One attempt of one of this account's inference calls."""
+
+    id: int
+    reservation_id: Annotated[int, Meta(description="The tokex-reservation header of the call's answer.")]
+    symbol: str
+    provider_id: int
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms: float
+    latency_ms: float
+    status: Literal["ok", "failed"]
+    created_at: datetime
+
+
+class UsagePage(Struct):
+    items: list[Usage]
+    next_cursor: str | None
 
 
 class DeliveryPage(Struct):
@@ -96,7 +118,7 @@ class Stats(Struct):
 
 class Quota(Struct):
     symbol: str
-    source: Annotated[str, Meta(description="Where the tokens came from: redemption, package:<id>, ...")]
+    source: Annotated[str, Meta(description="Where the tokens came from: redemption, subscription:<id>")]
     granted: int
     reserved: Annotated[int, Meta(description="Held by calls under way.")]
     used: int
@@ -221,3 +243,18 @@ async def quotas(call: Call) -> QuotaList:
     async with call.services.connection() as conn:
         rows = await conn.fetch(QUOTAS, call.account_id)
     return QuotaList([Quota(**row) for row in rows])
+
+
+@providers.route("GET", "/v1/usage", summary="Own inference calls", scope=("read", "inference"), query=PageQuery,
+                 response=UsagePage, errors=("invalid_cursor",))
+async def usage(call: Call) -> UsagePage:
+    """This account's inference calls, newest first: one row per attempt on a provider, with the tokens charged
+    (failed attempts charge none). An inference key may read it too."""
+    query = call.query
+    before = None if query.cursor is None else cursor_id(query.cursor)
+    async with call.services.connection() as conn:
+        rows = await conn.fetch(USAGE, call.account_id, before, query.limit + 1)
+    items = [Usage(r["id"], r["reservation_id"], r["symbol"], r["provider_id"], r["prompt_tokens"],
+                   r["completion_tokens"], r["ttft_us"] / 1000, r["latency_us"] / 1000, r["status"], r["created_at"])
+             for r in rows[: query.limit]]
+    return UsagePage(items, str(items[-1].id) if len(rows) > query.limit else None)

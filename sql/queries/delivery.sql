@@ -84,3 +84,12 @@ ORDER BY i.symbol, p.id;
 -- name: compute_models
 -- What the inference gateway lists as models: every compute instrument (GET /inference/v1/models).
 SELECT symbol, substitution_group FROM instrument WHERE kind = 'compute' ORDER BY symbol;
+
+-- name: account_usage
+-- An account's inference calls, one row per attempt, newest first, before the cursor $2 (GET /v1/usage).
+SELECT u.id, u.reservation_id, i.symbol, u.provider_id, u.prompt_tokens, u.completion_tokens, u.ttft_us,
+       u.latency_us, u.status, u.created_at
+FROM usage u JOIN instrument i ON i.id = u.instrument_id
+WHERE u.account_id = $1 AND ($2::bigint IS NULL OR u.id < $2)
+ORDER BY u.id DESC
+LIMIT $3;

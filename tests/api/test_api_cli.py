@@ -304,5 +304,7 @@ async def watch_the_market(url: str, key: str, secret: str) -> None:
             ("DEEPSEEK-V3", "month", 10_000_000)
         # 10,000 CNY, less the lots bought to redeem and the subscription's first month
         assert Decimal((await buyer.balances())["CNY"]["available"]) <= 10_000 - Decimal("9.90")
+        assert ("DEEPSEEK-V3", "redemption", 10_000_000) in \
+            [(q["symbol"], q["source"], q["remaining"]) for q in await buyer.quotas()]
         bid = await buyer.place_order("GLM-4.5", "buy", price="1.20", qty=10)
         assert bid["status"] == "open"

@@ -133,6 +133,8 @@ async def test_a_call_reserves_its_worst_case_and_is_charged_what_was_delivered(
     (delivery,) = (await served.issuer.deliveries(provider["id"]))["items"]
     assert (delivery["status"], delivery["prompt_tokens"], delivery["completion_tokens"]) == ("ok", HELLO_PROMPT, 10)
     assert delivery["latency_ms"] >= 400
+    (used,) = (await served.buyer.usage())["items"]
+    assert (used["id"], used["provider_id"], used["completion_tokens"]) == (delivery["id"], provider["id"], 10)
     await client.close()
     await check(live)
 
@@ -273,3 +275,42 @@ async def test_the_provider_hears_of_each_delivery_on_its_user_channel(live: Liv
     assert (delivery["prompt_tokens"], delivery["completion_tokens"]) == (HELLO_PROMPT, 3)
     assert delivery["obligation"] == 1_000 * TOKENS_PER_LOT - delivery["delivered"]
     await feed.close()
+
+
+async def test_a_caller_leaving_a_stream_is_charged_what_was_relayed(live: Live, served: Served) -> None:
+    body = {"model": served.symbol, "messages": HELLO, "max_tokens": 60, "stream": True}
+    async with httpx.AsyncClient(base_url=live.url) as client, client.stream(
+            "POST", "/inference/v1/chat/completions", json=body,
+            headers={"authorization": f"Bearer {served.token}"}) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if line.startswith("data:"):
+                break  # leave after the first event
+    after = await settled(served.buyer, served.symbol)
+    assert 0 < after["used"] <= HELLO_PROMPT + 60
+    (delivery,) = (await served.issuer.deliveries(served.provider_id))["items"]
+    assert delivery["status"] == "ok" and delivery["prompt_tokens"] + delivery["completion_tokens"] == after["used"]
+    await check(live)
+
+
+async def test_bad_calls_get_clear_errors_and_hold_nothing(live: Live, served: Served) -> None:
+    headers = {"authorization": f"Bearer {served.token}", "content-type": "application/json"}
+    cases = [
+        (b"{not json", 400, "malformed_body"),
+        (b'{"model": "X", "model": "Y", "messages": []}', 400, "malformed_body"),
+        (b"[]", 400, "malformed_body"),
+        (b'{"messages": [{"role": "user", "content": "hi"}]}', 422, "invalid_field"),
+        (b'{"model": "%s", "messages": []}' % served.symbol.encode(), 422, "invalid_field"),
+        (b'{"model": "%s", "messages": [{"role": "user"}], "max_tokens": 0}' % served.symbol.encode(), 422,
+         "invalid_field"),
+        (b'{"model": "%s", "messages": [{"role": "user"}], "stream": "yes"}' % served.symbol.encode(), 422,
+         "invalid_field"),
+        (b'{"model": "x", "messages": ["' + b"a" * (1024 * 1024) + b'"]}', 413, "body_too_large"),
+    ]
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        for body, status, code in cases:
+            answer = await client.post("/inference/v1/chat/completions", content=body, headers=headers)
+            assert (answer.status_code, answer.json()["error"]["code"]) == (status, code), body[:80]
+            assert answer.headers["x-should-retry"] == "false"
+    unchanged = await quota(served.buyer, served.symbol)
+    assert (unchanged["reserved"], unchanged["used"]) == (0, 0)

@@ -25,6 +25,8 @@ from exchange.commands import (
     RegisterProvider,
     ReservationView,
     Reserve,
+    RoutedOrderView,
+    RouteOrder,
     Settle,
 )
 from exchange.quotas import REDEMPTION_SOURCE
@@ -198,3 +200,27 @@ def test_a_group_call_picks_its_instrument_by_mode(desk: Desk, market: Market) -
     before = engine_state(engine)
     desk.assert_refused(Reserve(market.bob, "chat-general", 2 * LOT, "cost"), "quota_exceeded")
     assert engine_state(engine) == before
+
+
+def test_routed_orders_in_quality_mode_rank_books_by_measured_quality(desk: Desk, market: Market) -> None:
+    desk.ok(ListInstrument("STEADY", "compute", tick=TICK, model="steady", substitution_group="chat-general",
+                           quality=80, tokens_per_lot=LOT))
+    desk.ok(ApproveIssuer(market.issuer, "STEADY", 1_000))
+    desk.ok(Mint(market.issuer, "STEADY", 100))
+    for symbol in (COMPUTE, "STEADY"):
+        desk.ok(PlaceOrder(market.issuer, symbol, "sell", price=200 * TICK, qty=10))
+
+    def first_leg() -> str:
+        routed = desk.ok(RouteOrder(market.alice, "chat-general", "buy", 1, "quality", price=200 * TICK))
+        assert isinstance(routed, RoutedOrderView)
+        return routed.children[0].symbol
+
+    assert first_leg() == COMPUTE  # listed 90 against 80
+    serving = provider(desk, market.issuer)
+    desk.ok(Redeem(market.bob, COMPUTE, 1))
+    for _ in range(4):  # one answer in two: measured 45
+        for status in ("ok", "failed"):
+            held = desk.ok(Reserve(market.bob, COMPUTE, 10))
+            desk.ok(Settle(held.id, [Attempt(serving.id, status, 1, 1, 1_000, 2_000)]))
+    assert delivery.quality(desk.engine, desk.engine.instruments[COMPUTE]) == 45
+    assert first_leg() == "STEADY"
