@@ -197,7 +197,8 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
             app.state.inference = inference.Gateway(app.state.services, on_settled=delivery_reporter(hub.delivered))
             stack.push_async_callback(app.state.inference.close)
             if scheduler is not None:
-                sweeping = asyncio.get_running_loop().create_task(app.state.inference.sweep(), name="reservation-sweep")
+                sweeping = asyncio.get_running_loop().create_task(app.state.inference.sweep(),
+                                                                  name="reservation-sweep")
                 stack.push_async_callback(_cancel, sweeping)
             yield
 
