@@ -4,8 +4,9 @@ Model
 -----
 A quota is one row per (account, instrument, source). ``source`` names where the tokens came from:
 ``redemption`` (lots redeemed, ``exchange.delivery``), ``subscription:<id>`` (the periods of a seller's
-subscription offer, ``exchange.subscriptions``), or any other short name a granting module chooses. A quota may expire (``expires_at``): from then on what is free of it is
-lapsed, and so is whatever a reservation on it gives back later.
+subscription offer, ``exchange.subscriptions``), or any other short name a granting module chooses. A quota may
+expire (``expires_at``): from then on what is free of it is lapsed, and so is whatever a reservation on it gives
+back later.
 
     free = granted - reserved - used - lapsed        (never below zero)
 
