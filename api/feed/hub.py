@@ -408,7 +408,7 @@ class Hub:
 
     def delivered(self, account_id: int, symbol: str, delivery: DeliveryEvent) -> None:
         """Report a settled attempt of an inference call to the provider's user subscription on ``symbol``."""
-        feed = self.user_feeds.get(symbol, {}).get(account_id)
+        feed = self.user.get(symbol, account_id)
         if feed is not None:
             ladder = self.ladders.get(symbol)
             self.queue(feed, encode(DeliveryUpdate("user", symbol, ladder.seq if ladder else 0, delivery)))
