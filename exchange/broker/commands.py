@@ -2,12 +2,17 @@
 
 Envelope
 --------
-A request on ``tokex.cmd.<group>`` is an ``Envelope``, msgpack, as an array: the ``Command`` (tagged by its
-``command`` field, ``exchange.commands``), the digest of the signed request that carries it (``exchange.replay``;
-16 bytes), and ``retry``, set only when a gateway sends the same envelope again because it lost the answer. The
-reply is the command's ``Result`` in its tagged form (``exchange.commands.encode_result``), or ``Refused`` (the
-engine takes no commands now: nothing was applied) or ``Invalid`` (the envelope could not be read: a gateway
-of another version).
+A request on ``tokex.cmd.<group>`` is a msgpack array of ``Envelope``s, each itself an array: the ``Command``
+(tagged by its ``command`` field, ``exchange.commands``), the digest of the signed request that carries it
+(``exchange.replay``; 16 bytes), and ``retry``, set only when a gateway sends the same envelope again because it
+lost the answer. The reply is an array as long, in the same order: each command's ``Result`` in its tagged form
+(``exchange.commands.encode_result``), or ``Refused`` (the engine takes no commands now: nothing of that command
+was applied) or ``Invalid`` (the request could not be read: a gateway of another version).
+
+A gateway sends in one request the commands its routes submitted in the same turn of its event loop (at most
+``GROUP_LIMIT``), so that under load NATS's cost per message, on both sides, is shared by many commands; alone, a
+command travels alone. The engine answers a request once all its commands have committed, which is normally one
+batch.
 
 Every command carries a request id: a gateway gives one (random) to a command that no signed request carries.
 That is what makes a retry safe: the engine remembers each request id with its result, so a retry of a command
@@ -19,14 +24,15 @@ Engine side
 ``CommandServer`` subscribes to the group's subject only while its sequencer takes commands: not before this
 engine leads (it holds the writer lock, ``api.roles.engine``), and not while its sequencer is down or rebuilding, so
 that a half-dead leader never answers. Each command goes to ``Sequencer.enqueue``; the answers of a committed batch
-are published together by one task, after the commit, rather than by a task per command.
+are published together by one task, after the commit, rather than by a task per request.
 
 Gateway side
 ------------
 ``RemoteSequencer`` has the interface the routes use of ``exchange.sequencer.Sequencer`` (``submit``, ``down``,
 ``refused``, ``queue_depth``): a route does not know which one it talks to. No responder, no answer in time, or a
-refusal: it sends again, as a retry, with a growing pause, until ``deadline`` (longer than a failover takes), then
-raises ``Unavailable``, which the API answers with 503 and Retry-After. It never reports a success it did not get.
+refusal: it sends the commands again, as retries, with a growing pause, until ``deadline`` (longer than a failover
+takes), then raises ``Unavailable``, which the API answers with 503 and Retry-After. It never reports a success it
+did not get. One task per request sent, none per command.
 It also follows the leader's heartbeat on ``tokex.engine.leader`` (``Heartbeat``), for ``GET /v1/health``.
 """
 
@@ -38,6 +44,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Union
 
 import msgspec
@@ -48,7 +55,7 @@ from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBuffer
 from nats.errors import TimeoutError as NatsTimeout
 
 from exchange.broker.subjects import DEFAULT_GROUP, ENGINE_LEADER, command_subject
-from exchange.commands import Command, Result, encode_result
+from exchange.commands import Command, Result
 from exchange.sequencer import Sequencer, Unavailable
 
 log = logging.getLogger(__name__)
@@ -68,10 +75,12 @@ HEARTBEAT_STALE = 3.0
 WATCH_SECONDS = 0.05
 """How often an engine checks whether its sequencer takes commands, to subscribe or unsubscribe."""
 REQUEST_ID_BYTES = 16
+GROUP_LIMIT = 256
+"""The most commands a gateway sends in one request (a few tens of kilobytes, far below NATS's payload limit)."""
 
 
 class Envelope(msgspec.Struct, frozen=True, array_like=True):
-    command: AnyCommand  # type: ignore[valid-type]
+    command: AnyCommand
     request: bytes | None = None
     """The digest of the signed request carrying the command, or a request id the gateway made."""
     retry: bool = False
@@ -102,22 +111,18 @@ class Heartbeat(msgspec.Struct, frozen=True):
 
 Reply = Union[Result, Refused, Invalid]  # noqa: UP007
 
-_ENVELOPE_ENCODER = msgspec.msgpack.Encoder()
-_ENVELOPE_DECODER = msgspec.msgpack.Decoder(Envelope)
-_REPLY_DECODER = msgspec.msgpack.Decoder(Reply)
+_ENCODER = msgspec.msgpack.Encoder()
+_ENVELOPES_DECODER = msgspec.msgpack.Decoder(list[Envelope])
+_REPLIES_DECODER = msgspec.msgpack.Decoder(list[Reply])
 _HEARTBEAT_DECODER = msgspec.json.Decoder(Heartbeat)
 
 
-def encode_envelope(envelope: Envelope) -> bytes:
-    return _ENVELOPE_ENCODER.encode(envelope)
+def encode_request(envelopes: list[Envelope]) -> bytes:
+    return _ENCODER.encode(envelopes)
 
 
-def decode_envelope(data: bytes) -> Envelope:
-    return _ENVELOPE_DECODER.decode(data)
-
-
-def decode_reply(data: bytes) -> Result | Refused | Invalid:
-    return _REPLY_DECODER.decode(data)
+def decode_replies(data: bytes) -> list[Result | Refused | Invalid]:
+    return _REPLIES_DECODER.decode(data)
 
 
 def heartbeat_of(data: bytes) -> Heartbeat:
@@ -179,6 +184,9 @@ class CommandServer:
         if up and self._subscription is None:
             # A queue group: should two engines ever both subscribe, each command still goes to one.
             self._subscription = await self.nc.subscribe(self.subject, queue=self.group, cb=self._on_command)
+            # Once the server has the subscription, and before the heartbeat says this engine leads.
+            with contextlib.suppress(NatsTimeout, ConnectionClosedError):
+                await self.nc.flush()
             log.info("taking commands on %s", self.subject)
         elif not up and self._subscription is not None:
             log.warning("not taking commands on %s: %s", self.subject, self.sequencer.down or "stopping")
@@ -194,34 +202,27 @@ class CommandServer:
             await (subscription.drain() if drain else subscription.unsubscribe())
 
     async def _on_command(self, msg: Msg) -> None:
-        self.received += 1
-        reply = msg.reply
         try:
-            envelope = _ENVELOPE_DECODER.decode(msg.data)
+            envelopes = _ENVELOPES_DECODER.decode(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self._answer(reply, _ENVELOPE_ENCODER.encode(Invalid(f"unreadable command envelope: {exc}")))
+            self._answer(msg.reply, _ENCODER.encode([Invalid(f"unreadable command request: {exc}")]))
             return
-        try:
-            future = self.sequencer.enqueue(envelope.command, envelope.request, envelope.retry)
-        except Unavailable as exc:
-            self._answer(reply, _ENVELOPE_ENCODER.encode(Refused(str(exc), exc.retry_after)))
-            return
-        future.add_done_callback(lambda done: self._committed(reply, done))
-
-    def _committed(self, reply: str, future: asyncio.Future) -> None:
-        exc = future.exception()
-        if exc is None:
-            self._answer(reply, encode_result(future.result()))
-        elif isinstance(exc, Unavailable):
-            self._answer(reply, _ENVELOPE_ENCODER.encode(Refused(str(exc), exc.retry_after)))
-        else:
-            log.error("a command failed in the sequencer", exc_info=exc)
-            self._answer(reply, _ENVELOPE_ENCODER.encode(Refused("the engine hit an internal error")))
+        self.received += len(envelopes)
+        request = _Request(self, msg.reply, len(envelopes))
+        enqueue = self.sequencer.enqueue
+        for position, envelope in enumerate(envelopes):
+            try:
+                future = enqueue(envelope.command, envelope.request, envelope.retry)
+            except Unavailable as exc:
+                request.settle(position, Refused(str(exc), exc.retry_after))
+                continue
+            future.add_done_callback(request.callback(position))
 
     def _answer(self, reply: str, data: bytes) -> None:
         if reply:
             self._answers.append((reply, data))
             self._answered.set()
+
 
     async def _reply(self) -> None:
         """Publish answers as they come: a committed batch's answers all go out in one turn."""
@@ -237,9 +238,41 @@ class CommandServer:
             try:
                 await publish(reply, data)
             except (ConnectionClosedError, OutboundBufferLimitError):
-                # The gateway gets no answer and sends the command again, as a retry: the answer is kept.
+                # These gateways get no answer; they send their commands again, as retries, and the engine answers
+                # each with the original result it keeps with the request (``exchange.replay``).
                 log.warning("NATS is unreachable; %d answer(s) left to the gateways' retries", len(answers))
                 return
+
+
+class _Request:
+    """The commands of one request, answered together once each has its reply."""
+
+    __slots__ = ("left", "replies", "reply", "server")
+
+    def __init__(self, server: CommandServer, reply: str, commands: int) -> None:
+        self.server = server
+        self.reply = reply
+        self.replies: list[Result | Refused | None] = [None] * commands
+        self.left = commands
+
+    def callback(self, position: int) -> Callable[[asyncio.Future], None]:
+        return lambda future: self.settle(position, _reply_of(future))
+
+    def settle(self, position: int, reply: Result | Refused) -> None:
+        self.replies[position] = reply
+        self.left -= 1
+        if self.left == 0:
+            self.server._answer(self.reply, _ENCODER.encode(self.replies))
+
+
+def _reply_of(future: asyncio.Future) -> Result | Refused:
+    exc = future.exception()
+    if exc is None:
+        return future.result()
+    if isinstance(exc, Unavailable):
+        return Refused(str(exc), exc.retry_after)
+    log.error("a command failed in the sequencer", exc_info=exc)
+    return Refused("the engine hit an internal error")
 
 
 class LeaderHeartbeat:
@@ -286,6 +319,9 @@ class RemoteSequencer:
         """Commands sent and not answered yet."""
         self.on_commit = None
         """For ``api.metrics``: an engine's committed batches are counted by the engine, not here."""
+        self._outbox: list[tuple[Envelope, asyncio.Future]] = []
+        """Commands submitted in this turn of the loop, sent together at its end."""
+        self._sending: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         """Follow the leader's heartbeat."""
@@ -328,40 +364,70 @@ class RemoteSequencer:
 
         Raise ``Unavailable`` when no engine answered within ``deadline`` seconds: then the command was either
         never applied, or applied once and its answer is what a retry of the same request returns."""
-        if request is None:
-            request = os.urandom(REQUEST_ID_BYTES)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._outbox.append((Envelope(command, request or os.urandom(REQUEST_ID_BYTES)), future))
+        if len(self._outbox) == 1:
+            loop.call_soon(self._send_outbox)
+        self.queue_depth += 1
+        try:
+            return await future
+        finally:
+            self.queue_depth -= 1
+
+    def _send_outbox(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        for start in range(0, len(outbox), GROUP_LIMIT):
+            task = asyncio.get_running_loop().create_task(self._send(outbox[start:start + GROUP_LIMIT]))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, pending: list[tuple[Envelope, asyncio.Future]]) -> None:
+        """Send the commands until each has its answer, or the deadline has passed."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.deadline
         pause = FIRST_PAUSE
-        payload = _ENVELOPE_ENCODER.encode(Envelope(command, request))
-        retry = False
-        self.queue_depth += 1
-        try:
-            while True:
-                left = give_up - loop.time()
-                try:
-                    msg = await self.nc.request(self.subject, payload, timeout=max(0.01, min(ATTEMPT_TIMEOUT, left)))
-                except NoRespondersError:
-                    why = "no engine takes commands"
-                except NatsTimeout:
-                    why = "the engine did not answer in time"
-                except (ConnectionClosedError, OutboundBufferLimitError):
-                    why = "the message broker is unreachable"
-                else:
-                    reply = _REPLY_DECODER.decode(msg.data)
-                    if type(reply) is Invalid:
-                        raise RuntimeError(f"the engine could not read a command: {reply.message}")
-                    if type(reply) is not Refused:
-                        return reply
-                    why = reply.reason
-                if loop.time() + pause >= give_up:
-                    self.refused += 1
-                    raise Unavailable(f"no engine could take the command within {self.deadline:.0f} s ({why})",
-                                      retry_after=1.0)
-                if not retry:
-                    retry = True
-                    payload = _ENVELOPE_ENCODER.encode(Envelope(command, request, retry=True))
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, LONGEST_PAUSE)
-        finally:
-            self.queue_depth -= 1
+        while True:
+            left = give_up - loop.time()
+            why = ""
+            try:
+                msg = await self.nc.request(self.subject, _ENCODER.encode([envelope for envelope, _ in pending]),
+                                            timeout=max(0.01, min(ATTEMPT_TIMEOUT, left)))
+                replies = _REPLIES_DECODER.decode(msg.data)
+            except NoRespondersError:
+                why = "no engine takes commands"
+            except NatsTimeout:
+                why = "the engine did not answer in time"
+            except (ConnectionClosedError, OutboundBufferLimitError):
+                why = "the message broker is unreachable"
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                replies = [Invalid(f"an unreadable answer: {exc}")]
+            if not why:
+                if len(replies) != len(pending):
+                    problem = replies[0].message if replies and type(replies[0]) is Invalid else "a short answer"
+                    _fail(pending, RuntimeError(f"the engine could not read the commands: {problem}"))
+                    return
+                refused = []
+                for (envelope, future), reply in zip(pending, replies, strict=True):
+                    if type(reply) is Refused:
+                        refused.append((envelope, future))
+                        why = reply.reason
+                    elif not future.done():
+                        future.set_result(reply)
+                if not refused:
+                    return
+                pending = refused
+            if loop.time() + pause >= give_up:
+                self.refused += len(pending)
+                _fail(pending, Unavailable(f"no engine could take the command within {self.deadline:.0f} s "
+                                           f"({why})", retry_after=1.0))
+                return
+            pending = [(msgspec.structs.replace(envelope, retry=True), future) for envelope, future in pending]
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, LONGEST_PAUSE)
+
+
+def _fail(pending: list[tuple[Envelope, asyncio.Future]], exc: Exception) -> None:
+    for _, future in pending:
+        if not future.done():
+            future.set_exception(exc)

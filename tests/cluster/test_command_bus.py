@@ -4,19 +4,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import asyncpg
 import pytest
 
 from exchange import invariants
-from exchange.broker.commands import CommandServer, Envelope, RemoteSequencer, decode_reply, encode_envelope
+from exchange.broker.commands import CommandServer, Envelope, RemoteSequencer, decode_replies, encode_request
 from exchange.broker.connection import connect
 from exchange.broker.subjects import command_subject
 from exchange.commands import OrderView, PlaceOrder
 from exchange.rejections import reject
 from exchange.sequencer import Sequencer, Unavailable
-from tests.support.engine import ASK, COMPUTE, open_market_through
+from tests.support.engine import ASK, COMPUTE, TICK, open_market_through
 
 GROUP = "bus-test"
 
@@ -33,6 +34,11 @@ async def test_a_command_through_nats_commits_and_a_retry_gets_the_original(nats
         order = PlaceOrder(market.issuer, COMPUTE, "sell", price=ASK, qty=3)
         placed = await remote.submit(order, os.urandom(16))
         assert type(placed) is OrderView and placed.status == "open"
+        # Commands submitted together travel together, and each gets its own answer.
+        together = await asyncio.gather(*(remote.submit(PlaceOrder(market.issuer, COMPUTE, "sell", price=ASK + n * TICK,
+                                                                   qty=1)) for n in range(1, 41)))
+        assert [view.price for view in together] == [ASK + n * TICK for n in range(1, 41)]
+        assert len({view.id for view in together}) == 40
 
         request = os.urandom(16)
         first = await ask(gateway_nc, Envelope(order, request))
@@ -50,7 +56,7 @@ async def test_a_command_through_nats_commits_and_a_retry_gets_the_original(nats
         async with pool.acquire() as conn:
             orders = await conn.fetchval("SELECT count(*) FROM book_order WHERE account_id = $1", market.issuer)
             assert await invariants.problems(conn, sequencer.engine) == []
-        assert orders == 2  # ``placed`` and ``first``, once each
+        assert orders == 42  # ``placed``, the 40 together and ``first``, once each
     finally:
         await server.stop()
         await sequencer.stop()
@@ -73,5 +79,6 @@ async def test_without_an_engine_a_command_is_unavailable_after_the_deadline(nat
 
 
 async def ask(nc, envelope: Envelope):
-    msg = await nc.request(command_subject(GROUP), encode_envelope(envelope), timeout=5)
-    return decode_reply(msg.data)
+    msg = await nc.request(command_subject(GROUP), encode_request([envelope]), timeout=5)
+    (reply,) = decode_replies(msg.data)
+    return reply
