@@ -13,9 +13,10 @@ import pytest
 from api.client import ApiError, Client
 from api.ratelimit import RateLimits
 from api.signing import KEY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WINDOW_SECONDS, signature
+from exchange.broker.commands import DEADLINE as RETRY_DEADLINE_SECONDS
 from exchange.commands import OrderView, PlaceOrder, decode_result
 from exchange.rejections import reject
-from exchange.replay import REMEMBER_SECONDS, RecentRequests
+from exchange.replay import REMEMBER_SECONDS, RESULT_SECONDS, RecentRequests
 from tests.support.api_server import Live, live_server
 from tests.support.engine import AT, BID, COMPUTE, TS, Desk, open_market
 from tests.support.feed import FeedClient, signed_user, ws_url
@@ -142,10 +143,20 @@ async def test_the_guard_remembers_longer_than_a_request_can_be_sent_again():
     recent.add(b"a", 0, b"A")
     recent.add(b"b", REMEMBER_SECONDS * 1_000_000 - 1, b"B")
     recent.add(b"c", REMEMBER_SECONDS * 1_000_000, b"C")  # a new generation: "a" and "b" are still remembered
-    assert b"a" in recent and b"b" in recent and recent.result(b"a") == b"A"
+    assert b"a" in recent and b"b" in recent
     recent.add(b"d", 2 * REMEMBER_SECONDS * 1_000_000, b"D")
     assert b"a" not in recent and b"c" in recent and b"d" in recent
     assert recent.result(b"a") is None and recent.result(b"c") == b"C"
+
+
+async def test_results_are_kept_longer_than_a_gateway_retries_and_not_as_long_as_digests():
+    assert RESULT_SECONDS > RETRY_DEADLINE_SECONDS
+    recent = RecentRequests()
+    recent.add(b"a", 0, b"A")
+    recent.add(b"b", RESULT_SECONDS * 1_000_000, b"B")
+    assert recent.result(b"a") == b"A" and recent.result(b"b") == b"B"
+    recent.add(b"c", 2 * RESULT_SECONDS * 1_000_000, b"C")
+    assert recent.result(b"a") is None and b"a" in recent  # refused as a replay still, but no longer answered
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
