@@ -57,6 +57,8 @@ class Hub:
         self.feeds: dict[tuple, Feed] = {}
         self.connections: set[Connection] = set()
         self.per_address: Counter[str] = Counter()
+        self.per_address_elsewhere: Counter[str] = Counter()
+        """Connections per address open on the other gateways, kept by ``api.shared_limits``; empty in one process."""
         self.user_feeds: dict[str, dict[int, Feed]] = {}
         self.last_fill_id = market.last_fill_id
         """The id of the newest fill published: after a ``resync``, the user channel reads the ones after it."""

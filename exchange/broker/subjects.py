@@ -10,6 +10,8 @@ Subjects
                             feed's `user` channel.
     tokex.engine.leader     the leading engine's heartbeat: who leads now (host, pid), for standbys and
                             for `GET /v1/health`.
+    tokex.limits            gateway -> gateways, every 0.1 s: what each let through per rate-limited key and
+                            address, and its feed connections per address, so limits hold across gateways.
 
 Symbols in subjects
     A NATS subject is split into tokens at dots, and a symbol may hold one (`GLM-4.5`). In a subject the
@@ -36,6 +38,7 @@ DEFAULT_GROUP = "main"
 MARKET_DATA_STREAM = "TOKEX_MD"
 MARKET_DATA_SUBJECTS = f"{PREFIX}.md.*"
 ENGINE_LEADER = f"{PREFIX}.engine.leader"
+LIMITS = f"{PREFIX}.limits"
 MSG_ID_HEADER = "Nats-Msg-Id"
 
 DUPLICATE_WINDOW = 120.0  # seconds
