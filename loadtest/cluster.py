@@ -2,8 +2,8 @@
 PostgreSQL that the caller owns (so that a drill can stop and start either), its roles found by their pid files,
 and the leading engine by ``GET /v1/health``.
 
-    nats = EmbeddedNats(home, port=free_port())          # or any NATS_URL
-    cluster = Cluster(dsn, nats.start(), gateways=2, standby=True)
+    backing = await Backing().start()        # an embedded PostgreSQL and NATS of its own
+    cluster = Cluster(backing.dsn, backing.nats_url, gateways=2, standby=True)
     url = cluster.start()
     cluster.pids()      # {"engine": [...], "gateway": [...]} from $TOKEX_HOME/run/<role>-<n>.pid
     cluster.leader()    # the pid of the engine that leads now
@@ -25,9 +25,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from exchange.broker.embedded import EmbeddedNats
+from exchange.database.embedded import EmbeddedPostgres
 
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
@@ -50,6 +54,40 @@ def postgres_pids(pgdata_parent: Path | str) -> list[int]:
     return found
 
 
+@dataclass
+class Backing:
+    """An embedded PostgreSQL and an embedded NATS of the benchmark's own, in one temporary folder."""
+
+    home: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="tokex-bench-cluster-")))
+    postgres: EmbeddedPostgres | None = None
+    nats: EmbeddedNats | None = None
+    dsn: str = ""
+    nats_url: str = ""
+
+    async def start(self, nats: bool = True) -> Backing:
+        # The embedded server's user must be able to enter the folder when we run as root.
+        self.home.chmod(0o755)
+        self.postgres = EmbeddedPostgres(self.home)
+        self.dsn = await self.postgres.start_async()
+        if nats:
+            self.nats = EmbeddedNats(self.home, port=free_port())
+            self.nats_url = await self.nats.start_async()
+        return self
+
+    async def stop(self) -> None:
+        if self.nats is not None:
+            await self.nats.stop_async()
+        if self.postgres is not None:
+            await self.postgres.stop_async()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def cpu_processes(self) -> dict[str, list[psutil.Process]]:
+        found = {"postgres": [psutil.Process(pid) for pid in postgres_pids(self.home)]}
+        if self.nats is not None and self.nats.pid is not None:
+            found["nats"] = [psutil.Process(self.nats.pid)]
+        return found
+
+
 class Cluster:
     """``tokex cluster --gateways N [--standby]`` in a subprocess, in a TOKEX_HOME of its own, on the given
     PostgreSQL and NATS; rate limits off, as in the other benchmarks."""
@@ -66,7 +104,13 @@ class Cluster:
         self.env = {**os.environ, **(env or {}), "TOKEX_HOME": str(self.home), "DATABASE_URL": database_url,
                     "NATS_URL": nats_url, "TOKEX_MASTER_KEY": secrets.token_hex(32), "TOKEX_NO_RATE_LIMIT": "1"}
         self.process: subprocess.Popen | None = None
+        self.added: list[subprocess.Popen] = []
+        """Roles started beside the supervisor's (``start_role``)."""
+        self.port = 0
         self.url = ""
+        """Where the gateways answer (one port they share)."""
+        self.urls: list[str] = []
+        """Every address a gateway answers on: ``url`` here, one per gateway where they do not share one."""
         self.output: list[str] = []
 
     def tokex(self, *argv: str) -> dict:
@@ -79,16 +123,15 @@ class Cluster:
 
     def start(self, port: int = 0) -> str:
         """Start the cluster (on ``port``, else a free one) and wait until a gateway answers with a leader."""
-        port = port or free_port(self.host)
+        port = self.port = port or free_port(self.host)
         command = [*self.prefix, sys.executable, "-m", "api.cli", "cluster", "--gateways", str(self.gateways),
                    "--host", self.host, "--port", str(port)]
         if self.standby:
             command.append("--standby")
         self.output.clear()
-        self.process = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, start_new_session=True)
-        threading.Thread(target=self._drain, daemon=True).start()
+        self.process = self._spawn(command)
         self.url = f"http://{self.host}:{port}"
+        self.urls = [self.url]
         deadline = time.monotonic() + START_TIMEOUT
         while self.leader() is None or len(self.pids().get("gateway", [])) < self.gateways:
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -96,9 +139,29 @@ class Cluster:
             time.sleep(0.1)
         return self.url
 
-    def _drain(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        for line in self.process.stdout:
+    def start_role(self, role: str) -> int:
+        """Start one more ``tokex engine`` (a standby, until it takes the lead) or ``tokex gateway`` (on the
+        cluster's port) beside the supervisor's ones; it is stopped with the cluster. Its pid."""
+        command = [*self.prefix, sys.executable, "-m", "api.cli", role]
+        if role == "gateway":
+            command += ["--host", self.host, "--port", str(self.port)]
+        process = self._spawn(command)
+        self.added.append(process)
+        return process.pid
+
+    def _spawn(self, command: list[str]) -> subprocess.Popen:
+        process = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, start_new_session=True)
+        self._follow(process)
+        return process
+
+    def _follow(self, process: subprocess.Popen) -> None:
+        """Keep what ``process`` prints in ``output`` (a reader thread, so that its pipe never fills)."""
+        threading.Thread(target=self._drain, args=(process,), daemon=True).start()
+
+    def _drain(self, process: subprocess.Popen) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
             self.output.append(line)
 
     def pids(self) -> dict[str, list[int]]:
@@ -138,16 +201,21 @@ class Cluster:
             time.sleep(0.05)
 
     def stop(self) -> int:
-        """SIGTERM the supervisor (it stops the roles in order); its exit status. Removes the TOKEX_HOME."""
+        """SIGTERM the roles started beside it, then the supervisor (it stops its roles in order); the supervisor's
+        exit status. Removes the TOKEX_HOME; calling it again does nothing."""
         status = 0
-        if self.process is not None:
-            self.process.send_signal(signal.SIGTERM)
+        for process in [*self.added, *([self.process] if self.process is not None else [])]:
+            process.send_signal(signal.SIGTERM)
             try:
-                status = self.process.wait(STOP_TIMEOUT)
+                status = process.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                status = self.process.wait()
+                    os.killpg(process.pid, signal.SIGKILL)
+                status = process.wait()
+            if process is not self.process:
+                status = 0
+        self.added.clear()
+        self.process = None
         for pids in self.pids().values():
             for pid in pids:
                 # A role the supervisor failed to stop; a pid file outliving its process names no one of ours.
