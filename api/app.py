@@ -13,6 +13,11 @@ package scheduler (``exchange.scheduler``), which reports executions to the feed
 sequencer (it finishes the commands already queued), closes the pool and stops the database, each step bounded in
 time so a lost database cannot hang it.
 
+As a gateway of a cluster (``create_app(gateway=Gateway(...))``, run by ``tokex gateway``) the app has no sequencer,
+scheduler or minute job: commands go to the leading engine over NATS through a ``RemoteSequencer``, which the
+routes use as they would the sequencer; reads may go to a pool of their own (a replica); the gateway serves the REST
+API, the feed, or both.
+
 Every route is declared in a module of ``api.routes`` (``api.endpoints``); ``ENDPOINTS`` lists them all, and the
 OpenAPI document is generated from the same list. Besides them: the market-data WebSocket ``/v1/ws``
 (``api.feed.hub``, whose hub listens to the market view and runs while the app does) and the market-watch page at
@@ -23,8 +28,12 @@ metrics at ``/metrics`` (``api.metrics``).
 import asyncio
 import contextlib
 import logging
+import os
+import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -61,6 +70,9 @@ from api.routes.system import system
 from api.routes.tokens import tokens
 from api.services import Services
 from api.uvicorn_coupling import KeepServerSend
+from exchange.broker.commands import Heartbeat, RemoteSequencer
+from exchange.broker.connection import connect
+from exchange.broker.subjects import DEFAULT_GROUP
 from exchange.database import Database
 from exchange.indexer import Indexer, latest
 from exchange.scheduler import Scheduler
@@ -82,66 +94,96 @@ DOCS_HEADERS = {"Content-Security-Policy": "default-src 'self'; connect-src 'sel
                 "Cache-Control": "no-cache"}
 
 
+@dataclass(frozen=True)
+class Gateway:
+    """The app as one gateway of a cluster (``api.roles.gateway``) rather than the whole exchange in one process.
+
+    Commands go to the leading engine of ``group`` over NATS (``exchange.broker.commands.RemoteSequencer``); no
+    sequencer, package scheduler or index job runs here. Reads go to ``read_database_url`` (a replica) when given,
+    else to the primary. ``rest`` and ``feed`` choose what the gateway serves: the REST API, the WebSocket feed."""
+
+    nats_url: str
+    group: str = DEFAULT_GROUP
+    read_database_url: str | None = None
+    rest: bool = True
+    feed: bool = True
+
+
 def create_app(database_url: str | None = None, *, home: Path | str | None = None, master_key: bytes | None = None,
                rate_limits: RateLimits | None = None, pool_size: int = 10, command_timeout: float = 10.0,
-               feed_limits: FeedLimits | None = None) -> Starlette:
+               feed_limits: FeedLimits | None = None, gateway: Gateway | None = None) -> Starlette:
     """The API app. ``database_url`` None runs the embedded PostgreSQL in ``home`` (default TOKEX_HOME);
-    ``master_key`` None loads it (``api.keys.load_master_key``) from TOKEX_MASTER_KEY or ``home``."""
+    ``master_key`` None loads it (``api.keys.load_master_key``) from TOKEX_MASTER_KEY or ``home``. ``gateway`` None
+    is the exchange in one process; a ``Gateway`` makes the app one gateway of a cluster."""
     limits = rate_limits or RateLimits()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        database = Database(database_url, home=home)
-        await database.start()
-        try:
-            pool = await asyncpg.create_pool(database.dsn, min_size=1, max_size=pool_size,
-                                             command_timeout=command_timeout)
-            try:
-                market_view = MarketData()
-                async with pool.acquire() as conn:
-                    await market_view.load(conn)
-                    hub = Hub(market_view, feed_limits)
-                    hub.indices = await latest(conn)
-                market_view.listeners.append(hub.publish)
-                market_view.reloaded.append(hub.resync)
+        async with contextlib.AsyncExitStack() as stack:
+            database = Database(database_url, home=home)
+            await database.start()
+            stack.push_async_callback(database.stop)
+            pool = await _pool(stack, database.dsn, pool_size, command_timeout)
+            reads = pool
+            if gateway is not None and gateway.read_database_url:
+                reads = await _pool(stack, gateway.read_database_url, pool_size, command_timeout)
+            market_view = MarketData()
+            async with pool.acquire() as conn:
+                await market_view.load(conn)
+                hub = Hub(market_view, feed_limits)
+                hub.indices = await latest(conn)
+            market_view.listeners.append(hub.publish)
+            market_view.reloaded.append(hub.resync)
+            if gateway is None:
                 sequencer = await Sequencer.open(pool, publish=market_view.apply, resync=market_view.reload)
+                stack.push_async_callback(_bounded, sequencer.stop(), "stopping the sequencer")
                 scheduler = Scheduler(sequencer, listener=reporter(sequencer, hub.package_executed))
-                try:
-                    app.state.services = Services(
-                        pool=pool,
-                        sequencer=sequencer,
-                        market=market_view,
-                        keys=KeyStore(pool, master_key or load_master_key(home)),
-                        key_limiter=RateLimiter(limits.per_key_rate, limits.per_key_burst, name="key"),
-                        address_limiter=RateLimiter(limits.per_address_rate, limits.per_address_burst,
-                                                    name="address"),
-                        scheduler=scheduler,
-                    )
-                    app.state.feed = hub
-                    app.state.metrics.watch(app.state.services, hub)
-                    hub.start(app.state.services)
-                    scheduler.start()
-                    app.state.indexer = Indexer(pool, publish=hub.publish_index)
-                    indexing = asyncio.get_running_loop().create_task(app.state.indexer.run(), name="price-index")
-                    try:
-                        yield
-                    finally:
-                        indexing.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await indexing
-                        await scheduler.stop()
-                        await hub.stop()
-                finally:
-                    await _bounded(sequencer.stop(), "stopping the sequencer")
-            finally:
-                if not await _bounded(pool.close(), "closing the database pool"):
-                    pool.terminate()
-        finally:
-            await database.stop()
+                itself = Heartbeat(DEFAULT_GROUP, socket.gethostname(), os.getpid(), time.time())
 
+                def leader() -> Heartbeat | None:
+                    return itself  # one process leads itself
+            else:
+                nc = await connect(gateway.nats_url, "gateway")
+                stack.push_async_callback(_bounded, nc.drain(), "closing the NATS connection")
+                sequencer = RemoteSequencer(nc, gateway.group)
+                await sequencer.start()
+                stack.push_async_callback(sequencer.stop)
+                # Market data hook: the gateway's market view follows the engine's market-data stream here
+                # (``api.market_follower.MarketFollower(nc, nc.jetstream(), market_view, pool)``, started and
+                # stopped with the app); until it does, the view is the one loaded above.
+                scheduler = None
+
+                def leader() -> Heartbeat | None:
+                    return sequencer.leading
+            app.state.services = Services(
+                pool=pool,
+                reads=reads,
+                sequencer=sequencer,
+                market=market_view,
+                keys=KeyStore(pool, master_key or load_master_key(home)),
+                key_limiter=RateLimiter(limits.per_key_rate, limits.per_key_burst, name="key"),
+                address_limiter=RateLimiter(limits.per_address_rate, limits.per_address_burst, name="address"),
+                scheduler=scheduler,
+                leader=leader,
+            )
+            app.state.feed = hub
+            app.state.metrics.watch(app.state.services, hub)
+            hub.start(app.state.services)
+            stack.push_async_callback(hub.stop)
+            if scheduler is not None:
+                scheduler.start()
+                stack.push_async_callback(scheduler.stop)
+                app.state.indexer = Indexer(pool, publish=hub.publish_index)
+                indexing = asyncio.get_running_loop().create_task(app.state.indexer.run(), name="price-index")
+                stack.push_async_callback(_cancel, indexing)
+            yield
+
+    serves_rest = gateway is None or gateway.rest
+    serves_feed = gateway is None or gateway.feed
     app = Starlette(
-        routes=[*routes(ENDPOINTS), WebSocketRoute("/v1/ws", feed_endpoint), Route("/", market_watch),
-                Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        routes=[*(routes(ENDPOINTS) if serves_rest else routes([*system, *meta])),
+                *([WebSocketRoute("/v1/ws", feed_endpoint)] if serves_feed else []),
+                Route("/", market_watch), Mount("/static", StaticFiles(directory=STATIC), name="static"),
                 Route("/docs", api_docs), Mount("/docs/assets", StaticFiles(directory=SWAGGER), name="docs"),
                 Route("/metrics", metrics.endpoint)],
         lifespan=lifespan,
@@ -163,6 +205,23 @@ async def market_watch(request: Request) -> Response:
 async def api_docs(request: Request) -> Response:
     """The interactive API page (Swagger UI, served from ``api/swagger``) over ``/v1/openapi.json``."""
     return FileResponse(SWAGGER / "index.html", headers=DOCS_HEADERS)
+
+
+async def _pool(stack: contextlib.AsyncExitStack, dsn: str, size: int, command_timeout: float) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size, command_timeout=command_timeout)
+
+    async def close() -> None:
+        if not await _bounded(pool.close(), "closing the database pool"):
+            pool.terminate()
+
+    stack.push_async_callback(close)
+    return pool
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _bounded(step, what: str) -> bool:

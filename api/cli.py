@@ -4,6 +4,10 @@
     tokex demo [--host H] [--port P] [--database-url URL]    serve a seeded demo market with a gentle order flow
     tokex admin COMMAND ...                                  accounts, keys, cash, instruments, issuers
     tokex check [--database-url URL]                         verify the ledger and order-book invariants
+    tokex engine [--group G]                                 an engine of a cluster: leads, or stands by
+    tokex gateway [--rest] [--feed] [--host H] [--port P]    a gateway of a cluster: the API and/or the feed
+    tokex cluster [--gateways N] [--standby]                 NATS, PostgreSQL, engines and gateways on this machine
+    tokex demo --gateways N [--standby]                      the demo on such a cluster
 
 Without ``--database-url`` (or DATABASE_URL) the embedded PostgreSQL runs in TOKEX_HOME (default ./var);
 TOKEX_HOST and TOKEX_PORT set where to listen (default 127.0.0.1:8000).
@@ -33,15 +37,21 @@ import msgspec
 
 from api import demo as market
 from api import server
-from api.app import create_app
+from api.app import Gateway, create_app
 from api.bootstrap import create_admin
 from api.client import ApiError, Client
+from api.roles import cluster as cluster_role
+from api.roles import engine as engine_role
+from api.roles import gateway as gateway_role
 from api.server import NO_LIMITS, Settings, WriterBusy, open_database
 from exchange import config, invariants
+from exchange.broker.connection import nats_url_async
+from exchange.broker.subjects import DEFAULT_GROUP
 from exchange.database import Database
 from exchange.database.embedded import EmbeddedPostgresError
 from exchange.database.queries import sql
 
+READ_DATABASE_ENV = "TOKEX_READ_DATABASE_URL"
 KEY_ENV = "TOKEX_KEY"
 SECRET_ENV = "TOKEX_SECRET"
 DEFAULT_SCOPES = {"admin": "read,admin", "issuer": "read,trade,issue", "trader": "read,trade"}
@@ -79,6 +89,38 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--flow-rate", type=float, default=3.0,
                       help="simulated actions per second (default 3; 0 seeds the market and leaves it still)")
     demo.add_argument("--seed", type=int, default=None, help="random seed of the simulated flow")
+    demo.add_argument("--gateways", type=int, default=0, metavar="N",
+                      help="run the demo on a cluster of N gateways and an engine on this machine (default 0: one "
+                           "process)")
+    demo.add_argument("--standby", action="store_true", help="with --gateways: also a standby engine")
+
+    cluster_options = argparse.ArgumentParser(add_help=False)
+    cluster_options.add_argument("--group", default=DEFAULT_GROUP, help=f"the engine group (default {DEFAULT_GROUP})")
+
+    engine = commands.add_parser("engine", parents=[database, cluster_options],
+                                 help="run an engine of a cluster: it leads once it holds the database's writer "
+                                      "lock, and stands by until then")
+    engine.add_argument("--demo-url", metavar="URL",
+                        help="once leading, seed the demo market and run its flow through the gateways at URL")
+    engine.add_argument("--flow-rate", type=float, default=3.0, help="with --demo-url: simulated actions per second")
+    engine.add_argument("--seed", type=int, default=None, help="with --demo-url: random seed of the flow")
+
+    gateway = commands.add_parser("gateway", parents=[database, listen, cluster_options],
+                                  help="run a gateway of a cluster: the REST API and/or the WebSocket feed")
+    gateway.add_argument("--rest", action="store_true", help="serve the REST API (default: both, unless --feed)")
+    gateway.add_argument("--feed", action="store_true", help="serve the WebSocket feed (default: both, unless "
+                                                            "--rest)")
+    gateway.add_argument("--read-database-url", metavar="URL", default=os.environ.get(READ_DATABASE_ENV) or None,
+                         help=f"a read replica for reads that may lag a little (default: {READ_DATABASE_ENV}, else "
+                              "the primary)")
+    gateway.add_argument("--no-rate-limit", action="store_true", help="turn the rate limits off (for benchmarks)")
+
+    cluster = commands.add_parser("cluster", parents=[database, listen, cluster_options],
+                                  help="run NATS, PostgreSQL, an engine (and a standby) and N gateways on this "
+                                       "machine")
+    cluster.add_argument("--gateways", type=int, default=2, metavar="N", help="gateways sharing the port (default 2)")
+    cluster.add_argument("--standby", action="store_true", help="also a standby engine")
+    cluster.add_argument("--no-rate-limit", action="store_true", help="turn the rate limits off (for benchmarks)")
 
     admin = commands.add_parser("admin", parents=[database], help="accounts, keys, cash, instruments, issuers",
                                 description="Administer the exchange. Prints the API's JSON answer.")
@@ -261,7 +303,7 @@ def serve_settings(options: argparse.Namespace, no_rate_limit: bool = False) -> 
 
 async def serve(options: argparse.Namespace) -> int:
 
-    no_limit = options.no_rate_limit or os.environ.get("TOKEX_NO_RATE_LIMIT", "") not in ("", "0")
+    no_limit = no_rate_limit(options)
     settings = serve_settings(options, no_limit)
 
     async def started(running: server.Server, url: str) -> None:
@@ -281,10 +323,62 @@ async def serve(options: argparse.Namespace) -> int:
 
 async def demo(options: argparse.Namespace) -> int:
 
+    if options.gateways > 0:
+        return await cluster(options, demo_flow=True)
     settings = serve_settings(options)
     status = await server.serve(settings, market.starter(options.flow_rate, options.seed))
     print("tokex demo: stopped", flush=True)
     return status
+
+
+# -- cluster roles ---------------------------------------------------------------------------------------------
+
+
+async def engine(options: argparse.Namespace) -> int:
+    flow = None if options.demo_url is None else engine_role.DemoFlow(options.demo_url, options.flow_rate, options.seed)
+    return await engine_role.run(engine_role.EngineSettings(database_url=database_url(options), group=options.group,
+                                                 demo=flow))
+
+
+async def gateway(options: argparse.Namespace) -> int:
+    both = options.rest == options.feed  # neither flag, or both
+    layout = Gateway(await nats_url_async(), options.group, options.read_database_url,
+                     rest=both or options.rest, feed=both or options.feed)
+    settings = serve_settings(options, no_rate_limit(options))
+
+    async def started(running: server.Server, url: str) -> None:
+        print(f"tokex gateway: serving on {url} ({'REST' if layout.rest else ''}"
+              f"{' and ' if layout.rest and layout.feed else ''}{'feed' if layout.feed else ''}); SIGTERM or Ctrl-C "
+              "stops it", flush=True)
+
+    status = await gateway_role.run(settings, layout, started)
+    print("tokex gateway: stopped", flush=True)
+    return status
+
+
+async def cluster(options: argparse.Namespace, demo_flow: bool = False) -> int:
+    gateway_options = ["--no-rate-limit"] if not demo_flow and no_rate_limit(options) else []
+    if options.access_log:
+        gateway_options.append("--access-log")
+    if options.forwarded_allow_ips:
+        gateway_options += ["--forwarded-allow-ips", options.forwarded_allow_ips]
+    port = options.port or cluster_role.free_port(options.host)
+    engine_options = []
+    if demo_flow:
+        host = options.host if ":" not in options.host else f"[{options.host}]"
+        engine_options = ["--demo-url", f"http://{host}:{port}", "--flow-rate", str(options.flow_rate)]
+        if options.seed is not None:
+            engine_options += ["--seed", str(options.seed)]
+    status = await cluster_role.run(cluster_role.ClusterSettings(
+        host=options.host, port=port, gateways=options.gateways, standby=options.standby,
+        database_url=database_url(options), group=getattr(options, "group", DEFAULT_GROUP),
+        gateway_options=gateway_options, engine_options=engine_options))
+    print("tokex cluster: stopped", flush=True)
+    return status
+
+
+def no_rate_limit(options: argparse.Namespace) -> bool:
+    return options.no_rate_limit or os.environ.get("TOKEX_NO_RATE_LIMIT", "") not in ("", "0")
 
 
 def database_url(options: argparse.Namespace) -> str | None:
@@ -326,11 +420,12 @@ def main(argv: list[str] | None = None) -> int:
         return run(lambda: check(database_url(options)))
     if options.command == "admin":
         return run(lambda: admin(options))
-    if options.command in ("serve", "demo"):
+    if options.command in ("serve", "demo", "engine", "gateway", "cluster"):
         logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
         # One line per request of the demo's own clients would drown the rest.
         logging.getLogger("httpx").setLevel(logging.WARNING)
-        return run(lambda: serve(options) if options.command == "serve" else demo(options))
+        command = {"serve": serve, "demo": demo, "engine": engine, "gateway": gateway, "cluster": cluster}
+        return run(lambda: command[options.command](options))
     parser.print_help(sys.stderr)
     return 2
 

@@ -43,16 +43,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 import matching.book
 from api.client import ApiError, Client
 from api.keys import KeyStore
 from api.server import Server
-from api.services import Services
 from api.units import from_micro, to_micro
+from exchange.broker.commands import RemoteSequencer
 from exchange.commands import CreateAccount, Done
 from exchange.database.queries import sql
+from exchange.sequencer import Sequencer
 
 ACCOUNT_BY_NAME = sql("account_by_name")
 
@@ -134,8 +136,12 @@ class Account:
 class Demo:
     """The seeded market and its flow, on a running server."""
 
-    def __init__(self, services: Services, url: str, rate: float, rng: random.Random) -> None:
-        self.services = services
+    def __init__(self, pool: asyncpg.Pool, sequencer: Sequencer | RemoteSequencer, keys: KeyStore, url: str,
+                 rate: float, rng: random.Random) -> None:
+        self.pool = pool
+        self.sequencer = sequencer
+        """Creates the admin account, the one thing not done through the API."""
+        self.keys = keys
         self.url = url
         self.rate = rate
         self.rng = rng
@@ -187,17 +193,16 @@ class Demo:
 
     async def account(self, name: str, role: str) -> Account:
         """The account ``name`` (created if missing) with a new demo key; its older demo keys are revoked."""
-        services = self.services
-        async with services.connection() as conn:
+        async with self.pool.acquire() as conn:
             account_id = await conn.fetchval(ACCOUNT_BY_NAME, name)
         if account_id is None:
             if role == "admin":
-                done = await services.sequencer.submit(CreateAccount(name, role))
+                done = await self.sequencer.submit(CreateAccount(name, role))
                 assert isinstance(done, Done) and done.id is not None, done
                 account_id = done.id
             else:
                 account_id = (await self.accounts[ADMIN].client.create_account(name, role))["id"]
-        keys: KeyStore = services.keys
+        keys = self.keys
         for row in await keys.list(account_id):
             if row.label == KEY_LABEL and row.revoked_at is None:
                 await keys.revoke(row.id)
@@ -356,7 +361,8 @@ def starter(rate: float = 3.0, seed: int | None = None) -> Callable[[Server, str
     """The ``on_started`` hook of ``api.server.serve`` that seeds the demo and runs its flow beside the server."""
 
     async def start(server: Server, url: str) -> None:
-        demo = Demo(server.config.app.state.services, url, rate, random.Random(seed))
+        services = server.config.app.state.services
+        demo = Demo(services.pool, services.sequencer, services.keys, url, rate, random.Random(seed))
         try:
             await demo.seed()
         except BaseException:

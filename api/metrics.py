@@ -60,7 +60,7 @@ class Metrics(Collector):
         self.batch_commands.observe(len(batch))
         self.commit_seconds.observe(seconds)
         commands = self.commands
-        for (command, _, _), result in zip(batch, results, strict=True):
+        for (command, _, _, _), result in zip(batch, results, strict=True):
             commands[command.__struct_config__.tag, result.code if type(result) is Rejection else "ok"] += 1
 
     def collect(self) -> Iterator[Metric]:

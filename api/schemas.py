@@ -435,14 +435,25 @@ class ServerTime(Struct):
     iso: Annotated[str, Meta(description="The same instant in ISO 8601, UTC.", examples=["2026-12-01T09:00:00.123Z"])]
 
 
+class Leader(Struct):
+    """The engine that takes the commands now."""
+
+    host: str
+    pid: int
+    since: Annotated[str, Meta(description="When it became the leader, ISO 8601 UTC.")]
+
+
 class Health(Struct):
-    """The server answers (live) and can take commands and read its database (ready)."""
+    """The server answers (live) and can take commands and read its database (ready), and which engine leads."""
 
     live: bool
     ready: bool
     database: Literal["ok"]
     sequencer: Literal["ok"]
     version: str
+    leader: Annotated[Leader, Meta(description="The engine that takes commands: this process itself when it "
+                                               "runs the whole exchange; on a gateway, the engine whose heartbeat "
+                                               "it last heard.")]
 
 
 CASH = "CNY"

@@ -3,6 +3,9 @@
 Every state-changing request is one of these commands, processed in order by the sequencer. The answer is a
 value: the command's result, or a ``Rejection`` with a stable code and a message a person can act on.
 Programmer errors (a command of an unknown type) raise instead.
+
+Results are tagged (``result`` is the tag field, each struct's fields follow in order), so that a result encoded by
+``encode_result`` decodes back to the struct it was, wherever it went meanwhile.
 """
 
 from datetime import datetime
@@ -167,14 +170,14 @@ class RunPackage(Command, frozen=True, tag="run_package"):
     period: int
 
 
-class Rejection(msgspec.Struct, frozen=True):
+class Rejection(msgspec.Struct, frozen=True, tag_field="result", tag="rejection", array_like=True):
     """The command changed nothing, because of ``code``."""
 
     code: str
     message: str
 
 
-class Done(msgspec.Struct, frozen=True):
+class Done(msgspec.Struct, frozen=True, tag_field="result", tag="done", array_like=True):
     """The command took effect; ``id`` names what it created or changed, when there is one."""
 
     id: int | None = None
@@ -188,7 +191,7 @@ class OrderFill(msgspec.Struct, frozen=True):
     role: str
 
 
-class OrderView(msgspec.Struct, frozen=True):
+class OrderView(msgspec.Struct, frozen=True, tag_field="result", tag="order", array_like=True):
     """An order as it stands after the command's batch committed."""
 
     id: int
@@ -214,11 +217,11 @@ class OrderView(msgspec.Struct, frozen=True):
     fills: list[OrderFill] = []
 
 
-class Cancelled(msgspec.Struct, frozen=True):
+class Cancelled(msgspec.Struct, frozen=True, tag_field="result", tag="cancelled", array_like=True):
     order_ids: list[int]
 
 
-class RoutedOrderView(msgspec.Struct, frozen=True):
+class RoutedOrderView(msgspec.Struct, frozen=True, tag_field="result", tag="routed_order", array_like=True):
     """A routed order right after its command: totals over its children, and the children themselves."""
 
     id: int
@@ -243,7 +246,7 @@ class RoutedOrderView(msgspec.Struct, frozen=True):
     children: list[OrderView] = []
 
 
-class PackageView(msgspec.Struct, frozen=True):
+class PackageView(msgspec.Struct, frozen=True, tag_field="result", tag="package", array_like=True):
     id: int
     account_id: int
     group: str
@@ -259,7 +262,7 @@ class PackageView(msgspec.Struct, frozen=True):
     updated_at: datetime
 
 
-class ExecutionView(msgspec.Struct, frozen=True):
+class ExecutionView(msgspec.Struct, frozen=True, tag_field="result", tag="execution", array_like=True):
     """One period of a package, run: the routed order it placed, or why it placed none."""
 
     package_id: int
@@ -271,3 +274,18 @@ class ExecutionView(msgspec.Struct, frozen=True):
 
 
 Result = Rejection | Done | OrderView | Cancelled | RoutedOrderView | PackageView | ExecutionView
+
+# A result travels (to a gateway) and is stored (with its signed request, ``exchange.replay``) as msgpack: each
+# kind carries its tag first, then its fields in order, so the union decodes back to the same struct.
+_RESULT_ENCODER = msgspec.msgpack.Encoder()
+_RESULT_DECODER = msgspec.msgpack.Decoder(Result)
+
+
+def encode_result(result: Result) -> bytes:
+    """The tagged msgpack form of ``result``."""
+    return _RESULT_ENCODER.encode(result)
+
+
+def decode_result(data: bytes) -> Result:
+    """The result ``encode_result`` made ``data`` from."""
+    return _RESULT_DECODER.decode(data)

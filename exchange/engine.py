@@ -54,6 +54,8 @@ from exchange.commands import (
     SetInstrumentStatus,
     SetPackageStatus,
     Withdraw,
+    decode_result,
+    encode_result,
 )
 from exchange.ledger import AVAILABLE, CASH, EXTERNAL, ISSUANCE, REDEMPTION, SYSTEM_ACCOUNTS
 from exchange.packages import Package
@@ -106,25 +108,33 @@ class Engine:
 
     # Entry point
 
-    def apply(self, command: Command, ts: int, at: datetime, request: bytes | None = None) -> Result:
+    def apply(self, command: Command, ts: int, at: datetime, request: bytes | None = None,
+              retry: bool = False) -> Result:
         """Apply ``command`` at time ``ts`` (microseconds) / ``at``; return its result.
 
         ``request`` is the digest of the signed request that carries the command (``exchange.replay``): a
         request applied before is refused with ``replayed_request``, unless its client id names what it did
         the first time, which is then the answer. Every request applied counts, refused ones too: a refused
-        withdrawal sent again after a deposit must not run then."""
+        withdrawal sent again after a deposit must not run then. A ``retry`` (a gateway sending the command again
+        because it lost the answer) of a request applied before gets that request's original result."""
         handler = self._handlers.get(type(command))
         if handler is None:
             raise TypeError(f"no handler for {type(command).__name__}")
-        if request is not None:
-            if request in self.requests:
-                if self._original(command) is None:
-                    return reject("replayed_request")
-            else:
-                if self.requests.add(request, ts):
-                    self.effects.forget_requests_before = at - timedelta(seconds=KEEP_ROWS_SECONDS)
-                self.effects.requests.append((request, at))
-        return handler(self, command, ts, at)
+        if request is None:
+            return handler(self, command, ts, at)
+        if request in self.requests:
+            original = self.requests.result(request) if retry else None
+            if original is not None:
+                return decode_result(original)
+            if self._original(command) is None:
+                return reject("replayed_request")
+            return handler(self, command, ts, at)
+        result = handler(self, command, ts, at)
+        encoded = encode_result(result)
+        if self.requests.add(request, ts, encoded):
+            self.effects.forget_requests_before = at - timedelta(seconds=KEEP_ROWS_SECONDS)
+        self.effects.requests.append((request, at, encoded))
+        return result
 
     def _original(self, command: Command) -> int | None:
         """What the client id of ``command`` already names, if it carries one that does."""

@@ -8,7 +8,13 @@ for gateways whose clocks differ a little.
 The truth is the ``signed_request`` table: each accepted request's digest is committed in the same batch as the
 command's effects, so it survives a restart, and a reloaded engine reads it back. In memory, two generations of
 digests are kept, each ``REMEMBER_SECONDS`` long: a digest is found for at least ``REMEMBER_SECONDS`` and at most
-twice that, with no per-digest timestamps to keep and one set lookup per command.
+twice that, with no per-digest timestamps to keep and one dict lookup per command.
+
+Each digest keeps the encoded result of its request (``exchange.commands.encode_result``), in memory and in its
+row. A gateway that lost the answer to a command (its engine died, or did not answer in time) sends it again
+marked as a retry; the engine answers a retry whose digest it knows with the original result instead of refusing
+it, so a command that committed before a failover is answered as it was, and never runs twice. The same bytes sent
+again by a client are no retry and are refused as before.
 """
 
 from __future__ import annotations
@@ -30,13 +36,14 @@ def digest(signature: str) -> bytes:
 
 
 class RecentRequests:
-    """Digests of accepted requests, in memory; ``add`` as they are accepted, ``in`` to refuse a replay."""
+    """Digests of accepted requests and their results, in memory; ``add`` as they are accepted, ``in`` to refuse a
+    replay, ``result`` to answer a retry."""
 
     __slots__ = ("_current", "_previous", "_started")
 
     def __init__(self) -> None:
-        self._current: set[bytes] = set()
-        self._previous: set[bytes] = set()
+        self._current: dict[bytes, bytes | None] = {}
+        self._previous: dict[bytes, bytes | None] = {}
         self._started: int | None = None
         """When the current generation began (microseconds since the epoch)."""
 
@@ -46,18 +53,24 @@ class RecentRequests:
     def __len__(self) -> int:
         return len(self._current) + len(self._previous)
 
-    def extend(self, requests: Iterable[bytes]) -> None:
-        """Remember requests accepted before a restart (the recent rows of ``signed_request``)."""
+    def result(self, request: bytes) -> bytes | None:
+        """The encoded result of ``request``; None if it is not remembered, or was stored without one."""
+        found = self._current.get(request)
+        return found if found is not None else self._previous.get(request)
+
+    def extend(self, requests: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """Remember requests accepted before a restart, with their results (the recent rows of ``signed_request``)."""
         self._current.update(requests)
 
-    def add(self, request: bytes, ts: int) -> bool:
-        """Remember ``request``, accepted at ``ts``; True when a generation was just dropped (old rows may go)."""
+    def add(self, request: bytes, ts: int, result: bytes) -> bool:
+        """Remember ``request``, accepted at ``ts``, and its encoded result; True when a generation was just dropped
+        (old rows may go)."""
         rotated = False
         if self._started is None:
             self._started = ts
         elif ts - self._started >= _GENERATION_US:
-            self._previous, self._current = self._current, set()
+            self._previous, self._current = self._current, {}
             self._started = ts
             rotated = True
-        self._current.add(request)
+        self._current[request] = result
         return rotated

@@ -83,9 +83,9 @@ Publisher = Callable[[list[tuple[str, list]], list[int]], None]
 """Called with a committed batch's (symbol, book events) and the ids of its fills, one per Trade event, in order."""
 Resync = Callable[[asyncpg.Connection], Awaitable[None]]
 """Rebuilds the market data consumers from the database, while nothing commits."""
-Batch = list[tuple[Command, bytes | None, asyncio.Future]]
-"""Commands with the digests of the signed requests that carry them (``exchange.replay``), and the futures their
-callers wait on."""
+Batch = list[tuple[Command, bytes | None, bool, asyncio.Future]]
+"""Commands with the digests of the signed requests that carry them (``exchange.replay``), whether each is a
+gateway's retry (``Engine.apply``), and the futures their callers wait on."""
 
 
 class Sequencer:
@@ -168,6 +168,14 @@ class Sequencer:
 
         ``request``, the digest of the signed request carrying the command, is committed with its effects; the
         same digest again is refused (``Engine.apply``)."""
+        return await self.enqueue(command, request)
+
+    def enqueue(self, command: Command, request: bytes | None = None, retry: bool = False) -> asyncio.Future:
+        """Queue ``command``; the future returned gets its result once committed, or ``Unavailable``.
+
+        ``submit`` for callers that answer from a callback (``exchange.broker.commands``) rather than a task per
+        command. ``retry`` marks a gateway sending a command again: if its request was applied before, the future
+        gets the original result (``Engine.apply``). Raise ``Unavailable`` at once when commands are refused."""
         if self.down is not None:
             self.refused += 1
             raise Unavailable(self.down)
@@ -175,9 +183,9 @@ class Sequencer:
             self.refused += 1
             raise Unavailable("the exchange is shutting down")
         future = asyncio.get_running_loop().create_future()
-        self._queue.append((command, request, future))
+        self._queue.append((command, request, retry, future))
         self._wake.set()
-        return await future
+        return future
 
     async def _run(self) -> None:
         """Apply queued commands batch by batch and hand each applied batch to the writer, in order."""
@@ -232,7 +240,7 @@ class Sequencer:
         at = EPOCH + timedelta(microseconds=now)
         try:
             apply = self.engine.apply
-            results = [apply(command, now, at, request) for command, request, _ in batch]
+            results = [apply(command, now, at, request, retry) for command, request, retry, _ in batch]
             return results, store.Write(self.engine.take_effects())
         except Exception:
             log.exception("applying a batch failed; rebuilding from the database")
@@ -261,7 +269,7 @@ class Sequencer:
             # the answered callers resume, whose answers are scheduled after it. Once a publish has failed, the
             # resync that follows this commit covers this batch too.
             asyncio.get_running_loop().call_soon(self._publish, write.effects)
-        for (_, _, future), result in zip(batch, results, strict=True):
+        for (_, _, _, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
         if self.on_commit is not None:
@@ -295,7 +303,7 @@ class Sequencer:
 
     def _refuse(self, batch: Batch, reason: str) -> None:
         self.refused += len(batch)
-        for _, _, future in batch:
+        for _, _, _, future in batch:
             if not future.done():
                 future.set_exception(Unavailable(reason))
 

@@ -58,8 +58,9 @@ class Effects:
     packages: "dict[int, Package]" = field(default_factory=dict)
     executions: list[tuple] = field(default_factory=list)
     """(package id, period, routed order id, reason, created_at) per package period run."""
-    requests: list[tuple[bytes, datetime]] = field(default_factory=list)
-    """(digest, created_at) of the signed requests applied (``exchange.replay``), committed with their effects."""
+    requests: list[tuple[bytes, datetime, bytes]] = field(default_factory=list)
+    """(digest, created_at, encoded result) of the signed requests applied (``exchange.replay``), committed with
+    their effects."""
     forget_requests_before: datetime | None = None
     """Delete the rows of signed requests older than this: they can no longer be replayed."""
     client_requests: list[tuple] = field(default_factory=list)

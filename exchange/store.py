@@ -77,7 +77,7 @@ class _Batch:
         ("fill", 13, (12,)),
         ("balance", 5, ()),
         ("instrument_seq", 2, ()),
-        ("signed_request", 2, (1,)),
+        ("signed_request", 3, (1,)),
     )
     """In the statement's order, each CTE's table, the columns of its rows, and the positions of those that hold
     the batch's instant (the statement takes them from ``$1``); every other column is one array parameter."""
@@ -100,7 +100,7 @@ class _Batch:
             effects.fills,
             effects.balances,
             [(i.id, i.seq) for i in effects.instruments.values()],
-            [(digest.hex(), at) for digest, at in effects.requests],
+            [(digest.hex(), at, result.hex()) for digest, at, result in effects.requests],
         )
         instants: set[datetime] = set()
         literals: list[object] = []
@@ -228,7 +228,8 @@ async def load(conn: asyncpg.Connection) -> Engine:
             engine.routed_client_orders[(account, client_order_id)] = routed_id
         for account, kind, client_request_id, result_id in await conn.fetch(CLIENT_REQUESTS):
             engine.client_requests[(account, kind, client_request_id)] = result_id
-        engine.requests.extend(digest for (digest,) in await conn.fetch(RECENT_REQUESTS, float(REMEMBER_SECONDS)))
+        engine.requests.extend(
+            (digest, result) for digest, result in await conn.fetch(RECENT_REQUESTS, float(REMEMBER_SECONDS)))
         for row in await conn.fetch(PACKAGES):
             engine.packages[row["id"]] = Package(**row)
         since = datetime.now(UTC) - timedelta(days=VOLUME_DAYS)

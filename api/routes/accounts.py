@@ -52,7 +52,7 @@ async def me(call: Call) -> Account:
 @accounts.route("GET", "/v1/balances", summary="Own balances", scope="read", response=BalanceList)
 async def balances(call: Call) -> BalanceList:
     """Available and held amounts per asset: CNY in yuan, tokens in lots. Held is what open orders reserve."""
-    async with call.services.connection() as conn:
+    async with call.services.read_connection() as conn:
         rows = await conn.fetch(BALANCES, call.account_id)
     return BalanceList([Balance(asset, asset_amount(asset, available), asset_amount(asset, held))
                         for asset, available, held in rows])
@@ -64,7 +64,7 @@ async def ledger(call: Call) -> LedgerPage:
     """Journal entries that moved this account's balances, newest first, with this account's postings."""
     query = call.query
     before = None if query.cursor is None else cursor_id(query.cursor)
-    async with call.services.connection() as conn:
+    async with call.services.read_connection() as conn:
         rows = await conn.fetch(LEDGER, call.account_id, before, query.asset, query.limit + 1)
     items = [
         LedgerEntry(row["id"], row["kind"], row["order_id"], row["fill_id"], row["created_at"], [

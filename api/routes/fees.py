@@ -77,7 +77,7 @@ async def account_fees(call: Call) -> AccountFees:
     """The key's account: its fee tier, trailing 30-day volume, and the volume the next tier needs."""
     now = time.time_ns() // 1000
     since = datetime.fromtimestamp((now // DAY_US - WINDOW_DAYS + 1) * DAY_US // 1_000_000, UTC)
-    async with call.services.connection() as conn:
+    async with call.services.read_connection() as conn:
         days = await conn.fetch(DAILY_VOLUME, call.account_id, since)
     tracker = VolumeTracker()
     for _, day, notional in days:
@@ -98,7 +98,7 @@ async def account_fees(call: Call) -> AccountFees:
 async def instrument_fees(call: Call) -> InstrumentFees:
     """The instrument's maker and taker rates in each fee tier."""
     symbol = call.params["symbol"]
-    async with call.services.connection() as conn:
+    async with call.services.read_connection() as conn:
         row = await conn.fetchrow(INSTRUMENT_RATES, symbol)
     if row is None:
         raise Problem("unknown_instrument", field="symbol")

@@ -108,7 +108,7 @@ async def trades(call: Call) -> TradePage:
     exclusive. ``side`` is the taker's."""
     query: TradeQuery = call.query
     cursor = None if query.cursor is None else int(query.cursor)
-    async with call.services.connection() as conn:
+    async with call.services.read_connection() as conn:
         found = await instrument_id(call, conn, call.params["symbol"])
         rows = await conn.fetch(TRADES_ASC if query.order == "asc" else TRADES_DESC, found, cursor, query.start,
                                 query.end, query.limit + 1)
@@ -139,7 +139,7 @@ async def candles(call: Call) -> CandleList:
     except OverflowError:
         raise Problem("out_of_range", "The range reaches past the dates the server can represent.",
                       field="start" if query.start is not None else "end") from None
-    async with call.services.connection() as conn:
+    async with call.services.read_connection() as conn:
         found = await instrument_id(call, conn, call.params["symbol"])
         rows = await conn.fetch(CANDLES, found, interval, first, stop, ORIGIN)
     traded = {row["start"]: candle(row["start"], row["open"], row["high"], row["low"], row["close"], row["volume"],

@@ -64,7 +64,7 @@ HISTORY_ASC = sql("index_history_asc")
 @indices.route("GET", "/v1/indices", summary="Token price indices", response=PriceIndexList)
 async def list_indices(call: Call) -> PriceIndexList:
     """The newest value of each substitution group's token price index, by group, with its stale flag."""
-    async with call.services.connection() as conn:
+    async with call.services.read_connection() as conn:
         records = await conn.fetch(LATEST)
     return PriceIndexList([price_index(row_of(record)) for record in records])
 
@@ -90,7 +90,7 @@ async def index_history(call: Call) -> IndexHistory:
         else:
             low = last + interval if low is None else max(low, last + interval)
     group = call.params["group"]
-    async with call.services.connection() as conn:
+    async with call.services.read_connection() as conn:
         if not await conn.fetchval(GROUP_LISTED, group):
             raise Problem("unknown_group", field="group")
         records = await conn.fetch(HISTORY_ASC if query.order == "asc" else HISTORY_DESC, group, interval, ORIGIN,

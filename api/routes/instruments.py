@@ -38,7 +38,7 @@ async def read_instrument(call: Call, symbol: str) -> Instrument:
 @instruments.route("GET", "/v1/instruments", summary="List instruments", response=InstrumentList)
 async def list_instruments(call: Call) -> InstrumentList:
     """Every instrument, trading or halted, by symbol."""
-    async with call.services.connection() as conn:
+    async with call.services.read_connection() as conn:
         rows = await conn.fetch(ALL)
     return InstrumentList([instrument(row) for row in rows])
 

@@ -40,7 +40,7 @@ async def ticker(call: Call) -> Ticker:
 @market.route("GET", "/v1/tickers", summary="Every ticker", response=TickerList)
 async def tickers(call: Call) -> TickerList:
     """The ticker of every instrument, trading or halted, by symbol: one call instead of one per instrument."""
-    async with call.services.connection() as conn:
+    async with call.services.read_connection() as conn:
         rows = await conn.fetch(LOAD_INSTRUMENTS)
     minute = time.time_ns() // 1000 // MINUTE_US
     market_view = call.services.market

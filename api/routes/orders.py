@@ -105,7 +105,7 @@ async def list_orders(call: Call) -> OrderPage:
     query: OrderQuery = call.query
     before = None if query.cursor is None else cursor_id(query.cursor)
     status = None if query.status == "all" else query.status
-    async with call.services.connection() as conn:
+    async with call.services.read_connection() as conn:
         rows = await conn.fetch(LIST, call.account_id, before, status, query.symbol, query.side, query.limit + 1)
     items = [order_from_row(row) for row in rows[: query.limit]]
     return OrderPage(items, str(items[-1].id) if len(rows) > query.limit else None)
@@ -171,7 +171,7 @@ async def list_fills(call: Call) -> FillPage:
     """This account's fills, newest first, each with this account's side, role and fee."""
     query: FillQuery = call.query
     after, before_id = (None, None) if query.cursor is None else fill_cursor(query.cursor)
-    async with call.services.connection() as conn:
+    async with call.services.read_connection() as conn:
         rows = await conn.fetch(FILLS, call.account_id, after, before_id, query.symbol, query.limit + 1)
     items = [
         Fill(row["id"], row["order_id"], row["symbol"], row["side"], row["role"], from_micro(row["price"]),

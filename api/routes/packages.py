@@ -149,14 +149,14 @@ async def create_package(call: Call) -> Package:
     if isinstance(result, Done):  # a repeated client_request_id
         return await fetch_package(call, result.id)
     assert isinstance(result, PackageView)
-    call.services.scheduler.wake()
+    call.services.wake_scheduler()
     return package_from(result)
 
 
 @packages.route("GET", "/v1/packages", summary="List own packages", scope="read", response=PackageList)
 async def list_packages(call: Call) -> PackageList:
     """Every package of the account, newest first, cancelled ones included."""
-    async with call.services.connection() as conn:
+    async with call.services.read_connection() as conn:
         rows = await conn.fetch(PACKAGES, call.account_id)
     return PackageList([package_from(plans.Package(**row)) for row in rows])
 
@@ -171,7 +171,7 @@ async def get_package(call: Call) -> Package:
 async def change(call: Call, status: str) -> Package:
     result = await call.submit(SetPackageStatus(call.account_id, call.params["package_id"], status))
     assert isinstance(result, PackageView)
-    call.services.scheduler.wake()
+    call.services.wake_scheduler()
     return package_from(result)
 
 
@@ -202,7 +202,7 @@ async def cancel_package(call: Call) -> Package:
 async def list_executions(call: Call) -> ExecutionPage:
     """The periods run, newest first, with what each bought."""
     package_id = call.params["package_id"]
-    async with call.services.connection() as conn:
+    async with call.services.read_connection() as conn:
         row = await conn.fetchrow(PACKAGE, package_id, call.account_id)
         if row is None:
             raise Problem("unknown_package", field="package_id")

@@ -173,7 +173,7 @@ async def get_routed_order(call: Call) -> RoutedOrder:
 async def list_routed_orders(call: Call) -> RoutedOrderPage:
     """Own routed orders, newest first, with their child order ids (``GET /v1/routed-orders/{id}`` has the rest)."""
     before = None if call.query.cursor is None else cursor_id(call.query.cursor)
-    async with call.services.connection() as conn:
+    async with call.services.read_connection() as conn:
         rows = await conn.fetch(ROUTED_ORDERS, call.account_id, before, call.query.limit + 1)
     items = [summary(row) for row in rows[: call.query.limit]]
     return RoutedOrderPage(items, str(items[-1].id) if len(rows) > call.query.limit else None)

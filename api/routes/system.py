@@ -6,7 +6,7 @@ from importlib.metadata import version
 
 from api.endpoints import Call, Endpoints
 from api.problems import retry_after
-from api.schemas import Health, ServerTime
+from api.schemas import Health, Leader, ServerTime
 from api.services import READ_ERRORS
 from exchange.database.queries import sql
 
@@ -28,14 +28,21 @@ async def server_time(call: Call) -> ServerTime:
 async def health(call: Call) -> Health:
     """200 when the server can take commands and read its database; else a 503 saying which part is not ready.
 
-    Any answer at all means the process is live."""
+    Any answer at all means the process is live. ``leader`` names the engine that takes commands: the process
+    itself in one process; on a gateway, the engine whose heartbeat it heard last (none for a few seconds: 503)."""
     reason = call.services.sequencer.down
+    leader = call.services.leader()
+    if reason is None and leader is None:
+        reason = "no engine leads"
     if reason is not None:
         raise retry_after("unavailable", 1, f"Not ready: {reason}.")
+    assert leader is not None
     try:
         async with call.services.connection() as conn:
             await conn.fetchval(PROBE, timeout=PROBE_SECONDS)
     except READ_ERRORS as exc:
         detail = f"Not ready: the database does not answer ({type(exc).__name__})."
         raise retry_after("unavailable", 1, detail) from None
-    return Health(live=True, ready=True, database="ok", sequencer="ok", version=version("tokex"))
+    since = datetime.fromtimestamp(leader.since, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return Health(live=True, ready=True, database="ok", sequencer="ok", version=version("tokex"),
+                  leader=Leader(leader.host, leader.pid, since))

@@ -71,7 +71,7 @@ async def redemptions(call: Call) -> RedemptionPage:
     """This account's redemptions, newest first."""
     query = call.query
     before = None if query.cursor is None else cursor_id(query.cursor)
-    async with call.services.connection() as conn:
+    async with call.services.read_connection() as conn:
         rows = await conn.fetch(REDEMPTIONS, call.account_id, before, query.limit + 1)
     items = [Redemption(**row) for row in rows[: query.limit]]
     return RedemptionPage(items, str(items[-1].id) if len(rows) > query.limit else None)

@@ -78,8 +78,9 @@ sequence_numbers AS (
 ),
 signed_requests AS (
     -- bytea travels as hex text: its array literal then needs no backslash escapes.
-    INSERT INTO signed_request (digest, created_at)
-    SELECT decode(unnest($67::text::text[]), 'hex') AS digest, $1::timestamptz AS created_at
+    INSERT INTO signed_request (digest, created_at, result)
+    SELECT decode(unnest($67::text::text[]), 'hex') AS digest, $1::timestamptz AS created_at,
+           decode(unnest($68::text::text[]), 'hex') AS result
 )
 SELECT 1;
 
@@ -132,8 +133,9 @@ INSERT INTO client_request (account_id, kind, client_request_id, result_id, crea
 DELETE FROM signed_request WHERE created_at < $1;
 
 -- name: recent_signed_requests
--- The digests of the signed requests of the last $1 seconds: those may still be replayed.
-SELECT digest FROM signed_request WHERE created_at > now() - make_interval(secs => $1);
+-- The digests of the signed requests of the last $1 seconds, with their results: those may still be replayed, or
+-- retried by a gateway that lost the answer.
+SELECT digest, result FROM signed_request WHERE created_at > now() - make_interval(secs => $1);
 
 -- name: next_ids
 -- The next id of each numbered table.

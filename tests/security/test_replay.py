@@ -136,12 +136,13 @@ ENDPOINTS = ("deposit", "withdrawal", "mint", "burn", "redemption", "order", "ke
 async def test_the_guard_remembers_longer_than_a_request_can_be_sent_again():
     assert REMEMBER_SECONDS > 2 * WINDOW_SECONDS
     recent = RecentRequests()
-    recent.add(b"a", 0)
-    recent.add(b"b", REMEMBER_SECONDS * 1_000_000 - 1)
-    recent.add(b"c", REMEMBER_SECONDS * 1_000_000)  # a new generation: "a" and "b" are still remembered
-    assert b"a" in recent and b"b" in recent
-    recent.add(b"d", 2 * REMEMBER_SECONDS * 1_000_000)
+    recent.add(b"a", 0, b"A")
+    recent.add(b"b", REMEMBER_SECONDS * 1_000_000 - 1, b"B")
+    recent.add(b"c", REMEMBER_SECONDS * 1_000_000, b"C")  # a new generation: "a" and "b" are still remembered
+    assert b"a" in recent and b"b" in recent and recent.result(b"a") == b"A"
+    recent.add(b"d", 2 * REMEMBER_SECONDS * 1_000_000, b"D")
     assert b"a" not in recent and b"c" in recent and b"d" in recent
+    assert recent.result(b"a") is None and recent.result(b"c") == b"C"
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)

@@ -1,0 +1,36 @@
+"""Fixtures for the multi-process layout: a real NATS server with JetStream, on a free port.
+
+    nats_server   module: an embedded nats-server (``exchange.broker.embedded``) in a TOKEX_HOME of its own,
+                  stopped after the module; yields its URL
+    pool          function: an asyncpg pool on a fresh migrated database (as in ``tests/exchange``)
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+
+from exchange.broker.embedded import EmbeddedNats
+from exchange.database.migrations import migrate
+from tests.support.databases import reachable_temp_home
+
+
+@pytest.fixture(scope="module")
+def nats_server() -> Iterator[str]:
+    home = reachable_temp_home("tokex-nats-")
+    server = EmbeddedNats(home, port=0)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+async def pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    await migrate(fresh_database_url)
+    async with asyncpg.create_pool(fresh_database_url, min_size=1, max_size=4) as created:
+        yield created

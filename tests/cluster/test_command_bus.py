@@ -1,0 +1,77 @@
+"""The command bus against a real nats-server and PostgreSQL: a gateway's ``RemoteSequencer`` reaches an engine's
+``CommandServer`` and its sequencer; a retry gets the original result, also from a restarted engine; no engine is
+503 material (``Unavailable``), never a success."""
+
+from __future__ import annotations
+
+import os
+
+import asyncpg
+import pytest
+
+from exchange.broker.commands import CommandServer, Envelope, RemoteSequencer, decode_reply, encode_envelope
+from exchange.broker.connection import connect
+from exchange.broker.subjects import command_subject
+from exchange.commands import OrderView, PlaceOrder
+from exchange.rejections import reject
+from exchange.sequencer import Sequencer, Unavailable
+from tests.exchange.conftest import assert_invariants
+from tests.support.engine import ASK, COMPUTE, open_market_through
+
+GROUP = "bus-test"
+
+
+async def test_a_command_through_nats_commits_and_a_retry_gets_the_original(nats_server: str, pool: asyncpg.Pool):
+    engine_nc = await connect(nats_server, "engine")
+    gateway_nc = await connect(nats_server, "gateway")
+    sequencer = await Sequencer.open(pool)
+    server = CommandServer(engine_nc, sequencer, GROUP)
+    await server.start()
+    try:
+        market = await open_market_through(sequencer)
+        remote = RemoteSequencer(gateway_nc, GROUP)
+        order = PlaceOrder(market.issuer, COMPUTE, "sell", price=ASK, qty=3)
+        placed = await remote.submit(order, os.urandom(16))
+        assert type(placed) is OrderView and placed.status == "open"
+
+        request = os.urandom(16)
+        first = await ask(gateway_nc, Envelope(order, request))
+        assert type(first) is OrderView
+        assert await ask(gateway_nc, Envelope(order, request)) == reject("replayed_request")
+        assert await ask(gateway_nc, Envelope(order, request, retry=True)) == first
+
+        # A new leader (here: the same database, reloaded) answers the retry from the committed row.
+        await server.stop()
+        await sequencer.stop()
+        sequencer = await Sequencer.open(pool)
+        server = CommandServer(engine_nc, sequencer, GROUP)
+        await server.start()
+        assert await ask(gateway_nc, Envelope(order, request, retry=True)) == first
+        async with pool.acquire() as conn:
+            orders = await conn.fetchval("SELECT count(*) FROM book_order WHERE account_id = $1", market.issuer)
+        assert orders == 2  # ``placed`` and ``first``, once each
+        await assert_invariants(sequencer)
+    finally:
+        await server.stop()
+        await sequencer.stop()
+        await engine_nc.close()
+        await gateway_nc.close()
+
+
+async def test_without_an_engine_a_command_is_unavailable_after_the_deadline(nats_server: str):
+    nc = await connect(nats_server, "gateway")
+    try:
+        remote = RemoteSequencer(nc, "nobody-leads", deadline=0.6)
+        await remote.start()
+        assert remote.down is not None
+        with pytest.raises(Unavailable):
+            await remote.submit(PlaceOrder(1, COMPUTE, "buy", price=ASK, qty=1))
+        assert remote.refused == 1 and remote.queue_depth == 0
+        await remote.stop()
+    finally:
+        await nc.close()
+
+
+async def ask(nc, envelope: Envelope):
+    msg = await nc.request(command_subject(GROUP), encode_envelope(envelope), timeout=5)
+    return decode_reply(msg.data)
