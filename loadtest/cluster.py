@@ -125,7 +125,7 @@ class Cluster:
         """Start the cluster (on ``port``, else a free one) and wait until a gateway answers with a leader."""
         port = self.port = port or free_port(self.host)
         command = [*self.prefix, sys.executable, "-m", "api.cli", "cluster", "--gateways", str(self.gateways),
-                   "--host", self.host, "--port", str(port)]
+                   "--host", self.host, "--port", str(port), "--no-rate-limit"]
         if self.standby:
             command.append("--standby")
         self.output.clear()
@@ -144,7 +144,7 @@ class Cluster:
         cluster's port) beside the supervisor's ones; it is stopped with the cluster. Its pid."""
         command = [*self.prefix, sys.executable, "-m", "api.cli", role]
         if role == "gateway":
-            command += ["--host", self.host, "--port", str(self.port)]
+            command += ["--host", self.host, "--port", str(self.port), "--no-rate-limit"]
         process = self._spawn(command)
         self.added.append(process)
         return process.pid

@@ -207,7 +207,7 @@ class Hosts(Cluster):
         home.mkdir(mode=0o755, exist_ok=True)
         command = [*inside(part), sys.executable, "-m", "api.cli", role]
         if role == "gateway":
-            command += ["--host", address(part), "--port", str(HTTP_PORT)]
+            command += ["--host", address(part), "--port", str(HTTP_PORT), "--no-rate-limit"]
         env = {**self.env, "TOKEX_HOME": str(home)}
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    start_new_session=True)
