@@ -44,8 +44,8 @@ from typing import Any
 
 import asyncpg
 import psutil
-from exchange.broker.commands import RemoteSequencer
 
+from exchange.broker.commands import RemoteSequencer
 from exchange.broker.connection import connect
 from exchange.commands import CancelOrder, OrderView, PlaceOrder
 from exchange.database.migrations import migrate
@@ -325,7 +325,7 @@ async def feed_cluster(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(*flows, return_exceptions=True)
         # Let the last messages and a heartbeat arrive: a heartbeat ahead of a chain is a gap too.
         await asyncio.sleep(1.5)
-        spread = {pid: len(psutil.Process(pid).connections(kind="tcp")) for pid in cluster.pids()["gateway"]}
+        spread = {pid: len(psutil.Process(pid).net_connections(kind="tcp")) for pid in cluster.pids()["gateway"]}
         for watcher in watchers:
             watcher.stop()
         ordered = sorted(latencies)

@@ -11,11 +11,13 @@ throughout, and a prober places 1-lot bids far below the market, one signed requ
 applied can be counted exactly. The drills come one after the other in a random order, each after a random few
 seconds of load:
 
-- leader: SIGKILL the engine that leads (``GET /v1/health``); figures: the kill to the next order acknowledged
-  (a command committed by the new leader), and the kill to the standby leading. The supervisor restarts nothing,
+- leader: SIGKILL the engine that leads (``GET /v1/health``); figures: the kill to the next committed command (the
+  first prober order sent after the kill and answered 201), and the kill to the standby leading as the gateways
+  see it (its heartbeat). The supervisor restarts nothing,
   so the drill starts a new standby (``tokex engine``) after each kill.
-- gateway: SIGKILL a gateway; its watchers reconnect to the shared port, land on another gateway and resync
-  (a gap is always detected by the watchers' chains and checksums, never silent); a new gateway is started.
+- gateway: SIGKILL the gateway holding the most connections; its watchers reconnect to the shared port, land on
+  another gateway and resync (a gap is always detected by the watchers' chains and checksums, never silent); a new
+  gateway is started.
 - nats: stop the NATS server (SIGTERM), leave it down ``--nats-down-seconds``, start it again on its port; nothing
   is restarted by hand: engines and gateways reconnect by themselves.
 
@@ -37,11 +39,12 @@ import signal
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil
 
 from api.client import Client
 from loadtest import durability
@@ -57,6 +60,7 @@ TARGET_MAX_S = 5.0
 ANSWER_TIMEOUT = 30.0
 PROBE_PRICE = TICK
 """The prober's bids, 0.01 CNY: no persona sells that low, so they rest and never trade."""
+PROBE_PAUSE = 0.02
 PROBER_ORDERS = "SELECT count(*) FROM book_order WHERE account_id = $1"
 
 
@@ -88,7 +92,8 @@ class Prober:
     errors: int = 0
     sent: int = 0
     stopping: bool = False
-    outcomes: list[str] = field(default_factory=list)
+    last_acked: tuple[float, float] = (0.0, 0.0)
+    """(sent, answered) of the latest request answered 201, monotonic seconds."""
 
     async def run(self) -> None:
         host, port = self.url.removeprefix("http://").rsplit(":", 1)
@@ -100,6 +105,7 @@ class Prober:
                 if connection is None:
                     _, connection = await loop.create_connection(Connection, host, int(port))
                 self.sent += 1
+                sent = time.monotonic()
                 status, body = await asyncio.wait_for(connection.send(trader.order("buy", PROBE_PRICE, 1)),
                                                       ANSWER_TIMEOUT)
             except (OSError, ConnectionError, TimeoutError):
@@ -111,10 +117,11 @@ class Prober:
                 continue
             if status == 201 and PLACED.decode(body).status == "open":
                 self.acked += 1
+                self.last_acked = sent, time.monotonic()
             else:
                 self.errors += 1
                 await asyncio.sleep(0.1)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(PROBE_PAUSE)
         if connection is not None and connection.transport is not None:
             connection.transport.close()
 
@@ -127,18 +134,20 @@ class Drills:
         self.backing = backing
         self.cluster = cluster
         self.load: Load | None = None
+        self.prober: Prober | None = None
         self.rng = random.Random(options.seed)
         self.done: list[dict[str, Any]] = []
 
-    async def first_ack_after(self, moment: float, timeout: float = 60.0) -> float:
-        assert self.load is not None
-        recorder = self.load.recorder
+    async def first_commit_after(self, moment: float, timeout: float = 60.0) -> float:
+        """When the prober was first answered 201 for a request it sent after ``moment``: a command committed after
+        it (an answer to a request sent before could be for a command committed before)."""
+        assert self.prober is not None
         deadline = time.monotonic() + timeout
-        while recorder.last_ack <= moment:
+        while self.prober.last_acked[0] <= moment:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no order was acknowledged within {timeout:g} s")
             await asyncio.sleep(0.005)
-        return recorder.last_ack
+        return self.prober.last_acked[1]
 
     async def all_watching(self, timeout: float = 60.0) -> float | None:
         """When every watcher is connected and subscribed to level2 and trades again; None if not in time."""
@@ -165,7 +174,7 @@ class Drills:
         errors = self.errors()
         fault = time.monotonic()
         os.kill(dead, signal.SIGKILL)
-        acked = await self.first_ack_after(fault)
+        acked = await self.first_commit_after(fault)
         await asyncio.to_thread(self.cluster.new_leader, dead)
         leading = time.monotonic()
         await asyncio.to_thread(self.cluster.start_role, "engine")
@@ -175,12 +184,13 @@ class Drills:
 
     async def gateway(self) -> dict[str, Any]:
         assert self.load is not None
-        victim = self.cluster.pids()["gateway"][0]
+        # The gateway that holds the most connections (the watchers' among them), so that some have to move.
+        victim = max(self.cluster.pids()["gateway"], key=connections)
         feed = self.load.feed
         errors, gaps, bad, resyncs = self.errors(), feed.gaps, feed.bad, feed.resyncs
         fault = time.monotonic()
         os.kill(victim, signal.SIGKILL)
-        acked = await self.first_ack_after(fault)
+        acked = await self.first_commit_after(fault)
         watching = await self.all_watching()
         await asyncio.to_thread(self.cluster.start_role, "gateway")
         return {"drill": "gateway", "kill_to_commit_s": round(acked - fault, 3),
@@ -196,7 +206,7 @@ class Drills:
         await asyncio.sleep(self.options.nats_down_seconds)
         await self.backing.nats.start_async()
         back = time.monotonic()
-        acked = await self.first_ack_after(back)
+        acked = await self.first_commit_after(back)
         watching = await self.all_watching()
         return {"drill": "nats", "down_s": round(back - fault, 3), "back_to_commit_s": round(acked - back, 3),
                 "watchers_back_s": round(watching - fault, 3) if watching else None,
@@ -212,6 +222,12 @@ class Drills:
             print(f"  {outcome}", flush=True)
             self.done.append(outcome)
         await asyncio.sleep(self.options.spacing / 2)
+
+
+def connections(pid: int) -> int:
+    with contextlib.suppress(psutil.Error):
+        return len(psutil.Process(pid).net_connections(kind="tcp"))
+    return 0
 
 
 async def make_prober(url: str, admin: tuple[str, str], symbol: str) -> Prober:
@@ -239,7 +255,7 @@ async def chaos_cluster(options: ClusterChaosOptions, backing: Backing | None = 
                                warmup=2.0, rate=options.rate, instruments=1, database_url=backing.dsn,
                                seed=options.seed)
         accounts = await set_up(url, admin, load_options)
-        prober = await make_prober(cluster.urls[-1], admin, accounts.symbols[0])
+        prober = drills.prober = await make_prober(cluster.urls[-1], admin, accounts.symbols[0])
         probing = asyncio.create_task(prober.run())
         load = drills.load = Load(url, accounts, load_options)
         seconds = await load.run(0, drills.drills())

@@ -174,17 +174,17 @@ class Cluster:
                     found.setdefault(path.stem.rsplit("-", 1)[0], []).append(pid)
         return found
 
-    def health(self) -> dict | None:
-        """``GET /v1/health`` from whichever gateway answers; None when none does."""
+    def health(self, url: str | None = None) -> dict | None:
+        """``GET /v1/health`` from whichever gateway answers at ``url`` (default ``self.url``); None when none does."""
         try:
-            with urllib.request.urlopen(self.url + "/v1/health", timeout=2) as answer:
+            with urllib.request.urlopen((url or self.url) + "/v1/health", timeout=2) as answer:
                 return json.loads(answer.read())
         except (OSError, ValueError, urllib.error.URLError):
             return None
 
-    def leader(self) -> int | None:
-        """The pid of the engine that leads now, as the gateways last heard it; None when none is known."""
-        health = self.health() or {}
+    def leader(self, url: str | None = None) -> int | None:
+        """The pid of the engine that leads now, as the gateways (at ``url``) last heard it; None when none is known."""
+        health = self.health(url) or {}
         leader = health.get("leader") or {}
         pid = leader.get("pid") if isinstance(leader, dict) else None
         return pid if isinstance(pid, int) and psutil.pid_exists(pid) else None

@@ -180,17 +180,16 @@ class Hosts(Cluster):
 
     def start(self, port: int = 0) -> str:
         self.port = HTTP_PORT
-        self.url = f"http://{address('gateway-a')}:{HTTP_PORT}"
-        self.urls = [self.url, f"http://{address('gateway-b')}:{HTTP_PORT}"]
-        self._start_in("engine-a")
+        self.urls = [f"http://{address(part)}:{HTTP_PORT}" for part in ("gateway-a", "gateway-b")]
+        self.url = self.urls[0]
+        for part in ("engine-a", "gateway-a", "engine-b", "gateway-b"):
+            self._start_in(part)
         deadline = time.monotonic() + START_TIMEOUT
-        self._start_in("gateway-a")
-        while self.leader() is None:
+        # Both gateways answer, and name the first engine as the leader.
+        while not all(self.leader(url) for url in self.urls):
             if time.monotonic() > deadline:
-                raise RuntimeError("the engine did not lead in time:\n" + "".join(self.output[-40:]))
+                raise RuntimeError("the engines and gateways did not start in time:\n" + "".join(self.output[-40:]))
             time.sleep(0.1)
-        self._start_in("engine-b")
-        self._start_in("gateway-b")
         return self.url
 
     def start_role(self, role: str) -> int:
