@@ -6,7 +6,7 @@ Start, in this order: the embedded NATS (unless NATS_URL), the embedded PostgreS
 (``tokex engine``), which leads once it has loaded, then with ``standby`` a second engine, which waits for the
 writer lock, and ``gateways`` gateways (``tokex gateway``) sharing one HTTP port. Each child gets NATS_URL and
 DATABASE_URL of what the supervisor started, and its pid is written to ``$TOKEX_HOME/run/<role>-<n>.pid``
-(``engine-1``, ``engine-2``, ``gateway-1``...). Children run in process groups of their own, so a Ctrl-C at the
+(``engine-1``, ``engine-2``, ``gateway-1``...). Children run in sessions of their own, so a Ctrl-C at the
 terminal reaches the supervisor only, which then stops them in order.
 
 Nothing is restarted behind anyone's back: when a child exits, the supervisor logs which one, with its status, and
@@ -124,7 +124,7 @@ def free_port(host: str) -> int:
 async def start(children: list[Child], run_dir: Path, env: dict[str, str], role: str, number: int,
                 arguments: list[str]) -> Child:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "api.cli", *arguments, env=env, stdin=asyncio.subprocess.DEVNULL, process_group=0)
+        sys.executable, "-m", "api.cli", *arguments, env=env, stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
     child = Child(role, number, process, run_dir / f"{role}-{number}.pid")
     child.pid_file.write_text(f"{process.pid}\n")
     children.append(child)
