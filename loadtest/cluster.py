@@ -34,6 +34,8 @@ from exchange.broker.embedded import EmbeddedNats
 from exchange.database.embedded import EmbeddedPostgres
 
 START_TIMEOUT = 120.0
+READY = {"engine": ("standby: waiting for the writer lock", "taking commands"), "gateway": ("serving on",)}
+"""What a role prints once it stands by, leads or serves."""
 STOP_TIMEOUT = 60.0
 
 
@@ -112,6 +114,9 @@ class Cluster:
         self.urls: list[str] = []
         """Every address a gateway answers on: ``url`` here, one per gateway where they do not share one."""
         self.output: list[str] = []
+        """What every process printed, in the order read."""
+        self.lines: dict[int, list[str]] = {}
+        """pid -> what that process printed"""
 
     def tokex(self, *argv: str) -> dict:
         """Run ``tokex ARGV`` with the cluster's settings; its JSON output."""
@@ -141,13 +146,24 @@ class Cluster:
 
     def start_role(self, role: str) -> int:
         """Start one more ``tokex engine`` (a standby, until it takes the lead) or ``tokex gateway`` (on the
-        cluster's port) beside the supervisor's ones; it is stopped with the cluster. Its pid."""
+        cluster's port) beside the supervisor's ones, and wait until it stands by or serves; it is stopped with the
+        cluster. Its pid."""
         command = [*self.prefix, sys.executable, "-m", "api.cli", role]
         if role == "gateway":
             command += ["--host", self.host, "--port", str(self.port), "--no-rate-limit"]
         process = self._spawn(command)
         self.added.append(process)
+        self.wait_ready(process.pid, role)
         return process.pid
+
+    def wait_ready(self, pid: int, role: str, timeout: float = START_TIMEOUT) -> None:
+        """Wait until the engine ``pid`` stands by (or leads) or the gateway ``pid`` serves, by what it prints."""
+        signs = READY[role]
+        deadline = time.monotonic() + timeout
+        while not any(sign in line for line in self.lines.get(pid, []) for sign in signs):
+            if not psutil.pid_exists(pid) or time.monotonic() > deadline:
+                raise RuntimeError(f"the {role} {pid} did not get ready:\n" + "".join(self.lines.get(pid, [])[-20:]))
+            time.sleep(0.05)
 
     def _spawn(self, command: list[str]) -> subprocess.Popen:
         process = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -161,8 +177,10 @@ class Cluster:
 
     def _drain(self, process: subprocess.Popen) -> None:
         assert process.stdout is not None
+        own = self.lines.setdefault(process.pid, [])
         for line in process.stdout:
             self.output.append(line)
+            own.append(line)
 
     def pids(self) -> dict[str, list[int]]:
         """Each role's live processes, from the pid files ``$TOKEX_HOME/run/<role>-<n>.pid``."""

@@ -183,7 +183,7 @@ class Hosts(Cluster):
         self.urls = [f"http://{address(part)}:{HTTP_PORT}" for part in ("gateway-a", "gateway-b")]
         self.url = self.urls[0]
         for part in ("engine-a", "gateway-a", "engine-b", "gateway-b"):
-            self._start_in(part)
+            self._start_in(part, wait=False)
         deadline = time.monotonic() + START_TIMEOUT
         # Both gateways answer, and name the first engine as the leader.
         while not all(self.leader(url) for url in self.urls):
@@ -197,10 +197,10 @@ class Hosts(Cluster):
         for part in (f"{role}-a", f"{role}-b"):
             running = self.roles.get(part)
             if running is None or running.poll() is not None:
-                return self._start_in(part)
+                return self._start_in(part, wait=True)
         raise RuntimeError(f"both {role} namespaces are busy")
 
-    def _start_in(self, part: str) -> int:
+    def _start_in(self, part: str, wait: bool) -> int:
         role = part.rsplit("-", 1)[0]
         home = self.home / part
         home.mkdir(mode=0o755, exist_ok=True)
@@ -213,6 +213,8 @@ class Hosts(Cluster):
         self._follow(process)
         self.roles[part] = process
         self.added.append(process)
+        if wait:
+            self.wait_ready(process.pid, role)
         return process.pid
 
     def pids(self) -> dict[str, list[int]]:
