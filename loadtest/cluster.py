@@ -108,6 +108,8 @@ class Cluster:
         self.process: subprocess.Popen | None = None
         self.added: list[subprocess.Popen] = []
         """Roles started beside the supervisor's (``start_role``)."""
+        self.added_roles: dict[int, str] = {}
+        """pid -> role of those"""
         self.port = 0
         self.url = ""
         """Where the gateways answer (one port they share)."""
@@ -153,6 +155,7 @@ class Cluster:
             command += ["--host", self.host, "--port", str(self.port), "--no-rate-limit"]
         process = self._spawn(command)
         self.added.append(process)
+        self.added_roles[process.pid] = role
         self.wait_ready(process.pid, role)
         return process.pid
 
@@ -183,13 +186,17 @@ class Cluster:
             own.append(line)
 
     def pids(self) -> dict[str, list[int]]:
-        """Each role's live processes, from the pid files ``$TOKEX_HOME/run/<role>-<n>.pid``."""
+        """Each role's live processes: the supervisor's from its pid files ``$TOKEX_HOME/run/<role>-<n>.pid``, and
+        those of ``start_role``."""
         found: dict[str, list[int]] = {}
         for path in sorted((self.home / "run").glob("*.pid")):
             with contextlib.suppress(OSError, ValueError):
                 pid = int(path.read_text().split()[0])
                 if psutil.pid_exists(pid):
                     found.setdefault(path.stem.rsplit("-", 1)[0], []).append(pid)
+        for process in self.added:
+            if process.poll() is None:
+                found.setdefault(self.added_roles[process.pid], []).append(process.pid)
         return found
 
     def health(self, url: str | None = None) -> dict | None:
