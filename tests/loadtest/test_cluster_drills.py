@@ -20,11 +20,11 @@ def test_the_capacity_table_adds_gateways_until_the_engine_is_full():
 
 @pytest.mark.slow
 async def test_the_cluster_keeps_every_acknowledged_order_through_leader_gateway_and_nats_faults():
-    options = ClusterChaosOptions(kills=2, gateway_kills=1, nats_restarts=1, spacing=1.5, sellers=2, buyers=3,
+    options = ClusterChaosOptions(kills=1, gateway_kills=1, nats_restarts=1, spacing=1.5, sellers=2, buyers=3,
                                   watchers=4, rate=100.0)
     result = await chaos_cluster(options)
     assert passed(result), table(result)
-    assert [d["drill"] for d in result["drills"]].count("leader") == 2
+    assert sorted(d["drill"] for d in result["drills"]) == ["gateway", "leader", "nats"]
     assert result["probes"]["acknowledged"] > 0
     assert result["cluster_exit"] == 0
 
