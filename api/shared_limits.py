@@ -98,6 +98,7 @@ class SharedLimits:
         self.peers: dict[str, tuple[float, dict[str, int]]] = {}
         """gateway -> (when last heard, its connections per address)"""
         self.received = 0
+        """Messages of other gateways charged here."""
         self.refused = 0
         """Messages that could not be read (not a ``Usage``, or beyond ``MAX_PEERS``)."""
         self._sent: Counter[str] = Counter()
@@ -124,8 +125,7 @@ class SharedLimits:
             self._subscription = None
         for limiter in self.limiters.values():
             limiter.usage = None
-        for address, count in self._all_elsewhere().items():
-            self._adjust(address, -count)
+        self.elsewhere.clear()  # only this object fills it
         self.peers.clear()
 
     async def _run(self) -> None:
@@ -210,12 +210,6 @@ class SharedLimits:
                 del self.peers[gateway]
                 for address, count in connections.items():
                     self._adjust(address, -count)
-
-    def _all_elsewhere(self) -> Counter[str]:
-        total: Counter[str] = Counter()
-        for _, connections in self.peers.values():
-            total.update(connections)
-        return total
 
     def _adjust(self, address: str, change: int) -> None:
         count = self.elsewhere[address] + change
