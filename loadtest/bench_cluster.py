@@ -244,8 +244,10 @@ async def engine_via_nats(backing: Backing, args: argparse.Namespace) -> dict[st
     dsn, accounts = await new_market(backing, args.submitters)
     home = Path(tempfile.mkdtemp(prefix="tokex-bench-engine-"))
     env = {"TOKEX_HOME": str(home), "DATABASE_URL": dsn, "NATS_URL": backing.nats_url}
-    engine = subprocess.Popen([sys.executable, "-m", "api.cli", "engine"], env={**os.environ, **env},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = home / "engine.log"
+    with log.open("wb") as output:
+        engine = subprocess.Popen([sys.executable, "-m", "api.cli", "engine"], env={**os.environ, **env},
+                                  stdout=output, stderr=subprocess.STDOUT)
     nc = await connect(backing.nats_url, "bench")
     try:
         remote = RemoteSequencer(nc)
@@ -257,8 +259,7 @@ async def engine_via_nats(backing: Backing, args: argparse.Namespace) -> dict[st
                 break
             except Unavailable:
                 if engine.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("tokex engine did not start: " + (engine.stderr.read() if engine.stderr
-                                                                         else "")) from None
+                    raise RuntimeError("tokex engine did not start:\n" + log.read_text()[-4000:]) from None
         process = psutil.Process(engine.pid)
 
         def cpu() -> float:
