@@ -71,7 +71,7 @@ REQUEST_ID_BYTES = 16
 
 
 class Envelope(msgspec.Struct, frozen=True, array_like=True):
-    command: AnyCommand  # type: ignore[valid-type]
+    command: AnyCommand
     request: bytes | None = None
     """The digest of the signed request carrying the command, or a request id the gateway made."""
     retry: bool = False
@@ -237,7 +237,8 @@ class CommandServer:
             try:
                 await publish(reply, data)
             except (ConnectionClosedError, OutboundBufferLimitError):
-                # The gateway gets no answer and sends the command again, as a retry: the answer is kept.
+                # These gateways get no answer; they send their commands again, as retries, and the engine answers
+                # each with the original result it keeps with the request (``exchange.replay``).
                 log.warning("NATS is unreachable; %d answer(s) left to the gateways' retries", len(answers))
                 return
 

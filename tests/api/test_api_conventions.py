@@ -1,6 +1,7 @@
 """What trading tools and operators expect of an exchange: its clock, every ticker at once, health, the API page
 and Prometheus metrics, on the real server."""
 
+import os
 import re
 import time
 from datetime import datetime
@@ -41,6 +42,7 @@ async def test_health_says_live_and_ready(live: Live):
         health = await anonymous.call("GET", "/v1/health")
     assert health["live"] and health["ready"]
     assert (health["database"], health["sequencer"]) == ("ok", "ok")
+    assert health["leader"]["pid"] == os.getpid()  # one process leads itself
 
 
 async def test_health_is_a_503_while_the_exchange_cannot_take_commands(live: Live):

@@ -3,7 +3,8 @@
 One drill, in order: orders through the gateways sharing one port; a SIGKILL of the leading engine under a flow of
 orders, after which the standby leads and every acknowledged order is there exactly once; a SIGKILL of a gateway,
 after which the other serves alone; then no engine at all, which is a 503 with Retry-After, never a success; and a
-SIGTERM that stops what is left with status 0. ``tokex check``'s invariants hold at the end.
+SIGTERM that stops what is left with status 0. ``tokex check``'s invariants hold at the end. Then (slow) a leader
+stopped by SIGTERM under a flow of orders: it answers what it took and the standby takes the rest.
 """
 
 from __future__ import annotations
@@ -72,8 +73,9 @@ def cluster(fresh_database_url: str) -> Iterator[Cluster]:
          "--no-rate-limit"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True)
     try:
-        url = _serving_url(process)
-        yield Cluster(process, home, url, dsn, admin)
+        output: list[str] = []
+        url = _serving_url(process, output)
+        yield Cluster(process, home, url, dsn, admin, output)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -94,9 +96,8 @@ async def _first_admin(dsn: str, master_key: bytes) -> tuple[str, str]:
     return key_id, secret
 
 
-def _serving_url(process: subprocess.Popen) -> str:
+def _serving_url(process: subprocess.Popen, lines: list[str]) -> str:
     deadline = time.monotonic() + START_SECONDS
-    lines = []
     while time.monotonic() < deadline:
         line = process.stdout.readline()
         if not line:
@@ -104,14 +105,10 @@ def _serving_url(process: subprocess.Popen) -> str:
         lines.append(line)
         found = re.search(r"tokex cluster: serving on (http://\S+)", line)
         if found:
-            _drain(process)
+            # Keep reading, so that no process of the cluster blocks on a full pipe.
+            threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()
             return found.group(1)
     raise AssertionError("the cluster did not start:\n" + "".join(lines[-40:]))
-
-
-def _drain(process: subprocess.Popen) -> None:
-    """Keep reading the supervisor's output, so that its children never block on a full pipe."""
-    threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
 
 
 def _kill_children(home: Path) -> None:
@@ -220,3 +217,39 @@ async def test_failover_and_a_lost_gateway_lose_nothing_and_apply_nothing_twice(
     assert not list((cluster.home / "run").glob("*.pid"))
     async with asyncpg.create_pool(cluster.dsn, min_size=1, max_size=2) as pool, pool.acquire() as conn:
         assert await invariants.problems(conn) == []
+
+
+@pytest.mark.slow
+async def test_a_leader_stopped_by_sigterm_answers_what_it_took_and_hands_over(cluster: Cluster):
+    await _until_healthy(cluster.url)
+    issuer, traders = await _market(cluster)
+    acknowledged: list[int] = []
+    stop = asyncio.Event()
+
+    async def flow(client: Client, name: str) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            order = await client.place_order(SYMBOL, "buy", price="1.00", qty=1, client_order_id=f"{name}-{n}")
+            acknowledged.append(order["id"])
+
+    workers = [asyncio.create_task(flow(trader, f"t{n}")) for n, trader in enumerate(traders)]
+    await asyncio.sleep(1.0)
+    leader = cluster.pid("engine-1")
+    os.kill(leader, signal.SIGTERM)
+    await _until_healthy(cluster.url, leader_not=leader)
+    before = len(acknowledged)
+    while len(acknowledged) < before + 20:
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.gather(*workers)  # no 503 (it would raise): every command was answered
+    deadline = time.monotonic() + 15
+    while not any(f"engine-1 (pid {leader}) exited with status 0" in line for line in cluster.output):
+        assert time.monotonic() < deadline, "".join(cluster.output[-30:])
+        await asyncio.sleep(0.1)
+    async with asyncpg.create_pool(cluster.dsn, min_size=1, max_size=2) as pool, pool.acquire() as conn:
+        rows = await conn.fetch("SELECT id FROM book_order WHERE client_order_id IS NOT NULL")
+        assert sorted(row["id"] for row in rows) == sorted(acknowledged)
+        assert await invariants.problems(conn) == []
+    for client in (issuer, *traders):
+        await client.aclose()

@@ -13,8 +13,11 @@ import pytest
 from api.client import ApiError, Client
 from api.ratelimit import RateLimits
 from api.signing import KEY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WINDOW_SECONDS, signature
+from exchange.commands import OrderView, PlaceOrder, decode_result
+from exchange.rejections import reject
 from exchange.replay import REMEMBER_SECONDS, RecentRequests
 from tests.support.api_server import Live, live_server
+from tests.support.engine import AT, BID, COMPUTE, TS, Desk, open_market
 from tests.support.feed import FeedClient, signed_user, ws_url
 
 START_AT = "2031-01-01T00:00:00Z"
@@ -328,3 +331,19 @@ async def test_unknown_keys_are_throttled_by_address(postgres_admin_url: str):
                 statuses.append((await http.get("/v1/balances", headers=signed.headers)).status_code)
         assert statuses[:5] == [401] * 5
         assert statuses[-10:] == [429] * 10
+
+
+def test_a_gateway_retry_gets_the_original_result_and_a_client_replay_is_refused():
+    desk = Desk()
+    market = open_market(desk)
+    engine = desk.engine
+    order = PlaceOrder(market.alice, COMPUTE, "buy", price=BID, qty=2)
+    request = b"r" * 16
+    first = engine.apply(order, TS, AT, request)
+    assert isinstance(first, OrderView)
+    assert engine.apply(order, TS, AT, request, retry=True) == first
+    assert engine.apply(order, TS, AT, request) == reject("replayed_request")
+    assert engine.apply(order, TS, AT, b"n" * 16, retry=True).id != first.id  # a retry never seen runs
+    rows = engine.take_effects().requests
+    assert [digest for digest, _, _ in rows] == [request, b"n" * 16]  # what is committed with the batch
+    assert decode_result(rows[0][2]) == first
