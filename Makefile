@@ -7,7 +7,7 @@ TESTING := $(VENV)/.installed-test
 COMPILED := $(VENV)/.compiled
 
 .PHONY: install compile run test test-quick lint bench bench-exchange bench-api check clean bench-feed loadtest \
-	chaos bench-first-start bench-cluster chaos-cluster drill-hosts
+	chaos bench-first-start bench-inference bench-cluster chaos-cluster drill-hosts
 
 install: $(TESTING)
 
@@ -72,6 +72,10 @@ bench-api: $(TESTING)
 
 bench-feed: $(TESTING)
 	$(BIN)/python -m loadtest.bench_feed
+
+# Inference calls through the gateway against a fast simulated provider (loadtest/bench_inference.py).
+bench-inference: $(TESTING)
+	$(BIN)/python -m loadtest.bench_inference
 
 # The full load run and the fault drills (loadtest/README.md); matplotlib draws the load run's chart.
 loadtest: $(TESTING)

@@ -8,7 +8,8 @@ Start-up opens the database (``exchange.database.Database``: the server at ``dat
 in ``home``; migrated), an asyncpg pool, the committed market view, the API key store and the sequencer, whose
 ``publish`` feeds the market view and whose ``resync`` reads the view anew after a reload; then it starts the
 package scheduler (``exchange.scheduler``), which reports executions to the feed, and the price index's minute job
-(``exchange.indexer``), which hands each new value to the feed. They are handed to handlers as
+(``exchange.indexer``), which hands each new value to the feed, and the inference gateway (``api.inference``) with
+its sweep of reservations whose calls never settled. They are handed to handlers as
 ``app.state.services`` (``api.services``). Shutdown stops the minute job, the scheduler and the feed, then the
 sequencer (it finishes the commands already queued), closes the pool and stops the database, each step bounded in
 time so a lost database cannot hang it.
@@ -21,7 +22,8 @@ API, the feed, or both.
 Every route is declared in a module of ``api.routes`` (``api.endpoints``); ``ENDPOINTS`` lists them all, and the
 OpenAPI document is generated from the same list. Besides them: the market-data WebSocket ``/v1/ws``
 (``api.feed.hub``, whose hub listens to the market view and runs while the app does) and the market-watch page at
-``/`` with its files under ``/static/``; the interactive API page at ``/docs`` (``api/swagger``); Prometheus
+``/`` with its files under ``/static/``; the OpenAI-compatible inference gateway at ``/inference/v1``
+(``api.inference.gateway``); the interactive API page at ``/docs`` (``api/swagger``); Prometheus
 metrics at ``/metrics`` (``api.metrics``).
 """
 
@@ -51,12 +53,15 @@ from api.endpoints import Endpoint, routes
 from api.feed.endpoint import endpoint as feed_endpoint
 from api.feed.hub import Hub
 from api.feed.limits import FeedLimits
+from api.inference import gateway as inference
 from api.keys import KeyStore, load_master_key
+from api.market_follower import MarketFollower
 from api.marketdata import MarketData
 from api.openapi import document, meta
 from api.problems import Problem
 from api.ratelimit import RateLimiter, RateLimits
 from api.routes.accounts import accounts
+from api.routes.datasets import datasets
 from api.routes.fees import fees
 from api.routes.history import history
 from api.routes.indices import indices
@@ -65,7 +70,10 @@ from api.routes.keys import keys
 from api.routes.market import market
 from api.routes.orders import orders
 from api.routes.packages import packages, reporter
+from api.routes.providers import providers
+from api.routes.providers import reporter as delivery_reporter
 from api.routes.routing import routing
+from api.routes.subscriptions import subscriptions
 from api.routes.system import system
 from api.routes.tokens import tokens
 from api.services import Services
@@ -82,7 +90,7 @@ log = logging.getLogger(__name__)
 
 # The router tries routes in this order: the order endpoints, the busiest by far, come first.
 ENDPOINTS: list[Endpoint] = [*orders, *routing, *packages, *instruments, *market, *history, *accounts, *keys,
-                             *tokens, *indices, *fees, *system, *meta]
+                             *tokens, *datasets, *subscriptions, *providers, *indices, *fees, *system, *meta]
 SHUTDOWN_STEP_SECONDS = 10.0
 STATIC = Path(__file__).parent / "static"
 SWAGGER = Path(__file__).parent / "swagger"
@@ -128,14 +136,29 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
             if gateway is not None and gateway.read_database_url:
                 reads = await _pool(stack, gateway.read_database_url, pool_size, command_timeout)
             market_view = MarketData()
-            async with pool.acquire() as conn:
-                await market_view.load(conn)
-                hub = Hub(market_view, feed_limits)
-                hub.indices = await latest(conn)
-            market_view.listeners.append(hub.publish)
-            market_view.reloaded.append(hub.resync)
             if gateway is None:
-                sequencer = await Sequencer.open(pool, publish=market_view.apply, resync=market_view.reload)
+                async with pool.acquire() as conn:
+                    await market_view.load(conn)
+            else:
+                nc = await connect(gateway.nats_url, "gateway")
+                stack.push_async_callback(_bounded, nc.drain(), "closing the NATS connection")
+                # The view follows the engine's stream from a snapshot of the primary: a replica may lag behind
+                # the stream, which would leave a gap nobody notices.
+                follower = MarketFollower(nc, nc.jetstream(), market_view, pool)
+                await follower.start()
+                stack.push_async_callback(follower.stop)
+            async with pool.acquire() as conn:
+                hub = Hub(market_view, feed_limits)
+                # Before any await: a market view fed from elsewhere changes meanwhile, and the hub must see it.
+                market_view.listeners.append(hub.publish)
+                market_view.reloaded.append(hub.resync)
+                market_view.account_listeners.append(hub.user.receive)
+                if gateway is not None:
+                    follower.on_index = hub.publish_index
+                hub.indices = await latest(conn)
+            if gateway is None:
+                sequencer = await Sequencer.open(pool, publish=market_view.apply, resync=market_view.reload,
+                                                 publish_effects=market_view.apply_effects)
                 stack.push_async_callback(_bounded, sequencer.stop(), "stopping the sequencer")
                 scheduler = Scheduler(sequencer, listener=reporter(sequencer, hub.package_executed))
                 itself = Heartbeat(DEFAULT_GROUP, socket.gethostname(), os.getpid(), time.time())
@@ -143,14 +166,9 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
                 def leader() -> Heartbeat | None:
                     return itself  # one process leads itself
             else:
-                nc = await connect(gateway.nats_url, "gateway")
-                stack.push_async_callback(_bounded, nc.drain(), "closing the NATS connection")
                 sequencer = RemoteSequencer(nc, gateway.group)
                 await sequencer.start()
                 stack.push_async_callback(sequencer.stop)
-                # Market data hook: the gateway's market view follows the engine's market-data stream here
-                # (``api.market_follower.MarketFollower(nc, nc.jetstream(), market_view, pool)``, started and
-                # stopped with the app); until it does, the view is the one loaded above.
                 scheduler = None
 
                 def leader() -> Heartbeat | None:
@@ -176,12 +194,18 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
                 app.state.indexer = Indexer(pool, publish=hub.publish_index)
                 indexing = asyncio.get_running_loop().create_task(app.state.indexer.run(), name="price-index")
                 stack.push_async_callback(_cancel, indexing)
+            app.state.inference = inference.Gateway(app.state.services, on_settled=delivery_reporter(hub.delivered))
+            stack.push_async_callback(app.state.inference.close)
+            if scheduler is not None:
+                sweeping = asyncio.get_running_loop().create_task(app.state.inference.sweep(), name="reservation-sweep")
+                stack.push_async_callback(_cancel, sweeping)
             yield
 
     serves_rest = gateway is None or gateway.rest
     serves_feed = gateway is None or gateway.feed
     app = Starlette(
         routes=[*(routes(ENDPOINTS) if serves_rest else routes([*system, *meta])),
+                *(inference.ROUTES if serves_rest else []),
                 *([WebSocketRoute("/v1/ws", feed_endpoint)] if serves_feed else []),
                 Route("/", market_watch), Mount("/static", StaticFiles(directory=STATIC), name="static"),
                 Route("/docs", api_docs), Mount("/docs/assets", StaticFiles(directory=SWAGGER), name="docs"),

@@ -14,8 +14,9 @@ unsigned requests, which only public endpoints accept.
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Generator
+from collections.abc import AsyncIterable, Generator
 from typing import Any
 from urllib.parse import quote
 
@@ -59,6 +60,14 @@ def _params(values: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in values.items() if value is not None}
 
 
+def _decoded(response: httpx.Response) -> Any:
+    """The decoded body of a success; raise ``ApiError`` for an error answer."""
+    body = msgspec.json.decode(response.content) if response.content else None
+    if response.is_error:
+        raise ApiError(response.status_code, body if isinstance(body, dict) else {"detail": response.text})
+    return body
+
+
 class Client:
     """Signed calls to one tokex server."""
 
@@ -67,8 +76,8 @@ class Client:
         self.base_url = base_url
         self.transport = transport
         self.timeout = timeout
-        auth = Signer(key_id, secret) if key_id and secret else None
-        self.http = httpx.AsyncClient(base_url=base_url, auth=auth, transport=transport, timeout=timeout)
+        self.signer = Signer(key_id, secret) if key_id and secret else None
+        self.http = httpx.AsyncClient(base_url=base_url, auth=self.signer, transport=transport, timeout=timeout)
 
     async def __aenter__(self) -> Client:
         return self
@@ -93,11 +102,19 @@ class Client:
 
     async def call(self, method: str, path: str, **options: Any) -> Any:
         """Send one request; return the decoded body of a success, raise ``ApiError`` otherwise."""
-        response = await self.request(method, path, **options)
-        body = msgspec.json.decode(response.content) if response.content else None
-        if response.is_error:
-            raise ApiError(response.status_code, body if isinstance(body, dict) else {"detail": response.text})
-        return body
+        return _decoded(await self.request(method, path, **options))
+
+    async def upload(self, path: str, content: bytes | AsyncIterable[bytes]) -> httpx.Response:
+        """PUT ``content`` (streamed when it is an async iterable) to ``path``, signed over an empty body as
+        streamed uploads are (``path`` carries what binds the bytes, e.g. their SHA-256)."""
+        request = self.http.build_request("PUT", path, content=content)
+        if self.signer is not None:
+            timestamp = f"{self.signer.clock():.6f}"
+            request.headers[KEY_HEADER] = self.signer.key_id
+            request.headers[TIMESTAMP_HEADER] = timestamp
+            request.headers[SIGNATURE_HEADER] = signature(self.signer.secret, timestamp, "PUT", request.url.raw_path,
+                                                          b"")
+        return await self.http.send(request, auth=None)
 
     # Public market data
 
@@ -228,12 +245,93 @@ class Client:
         body = _params({"symbol": symbol, "qty": qty, "client_request_id": client_request_id})
         return await self.call("POST", "/v1/burns", json=body)
 
-    async def redeem(self, symbol: str, qty: int, client_request_id: str | None = None) -> dict:
-        body = _params({"symbol": symbol, "qty": qty, "client_request_id": client_request_id})
+    async def redeem(self, symbol: str, qty: int, client_request_id: str | None = None,
+                     terms_version: int | None = None) -> dict:
+        body = _params({"symbol": symbol, "qty": qty, "client_request_id": client_request_id,
+                        "terms_version": terms_version})
         return await self.call("POST", "/v1/redemptions", json=body)
+
+    # Datasets
+
+    async def terms(self, symbol: str, version: int | None = None) -> dict:
+        return await self.call("GET", f"/v1/instruments/{symbol}/terms", params={"version": version})
+
+    async def publish_terms(self, symbol: str, *, permitted_use: list[str], redistribution: bool, text: str,
+                            attribution: str | None = None, days_per_token: int | None = None,
+                            downloads_per_token: int | None = None) -> dict:
+        body = _params({"permitted_use": permitted_use, "redistribution": redistribution, "text": text,
+                        "attribution": attribution, "days_per_token": days_per_token,
+                        "downloads_per_token": downloads_per_token})
+        return await self.call("POST", f"/v1/instruments/{symbol}/terms", json=body)
+
+    async def dataset_files(self, symbol: str) -> list[dict]:
+        return (await self.call("GET", f"/v1/instruments/{symbol}/files"))["items"]
+
+    async def upload_file(self, symbol: str, name: str, content: bytes | AsyncIterable[bytes],
+                          sha256: str | None = None) -> dict:
+        """Store a file of a dataset this account issues; ``sha256`` (hex) is needed when ``content`` streams."""
+        if sha256 is None:
+            assert isinstance(content, bytes), "give the sha256 of streamed content"
+            sha256 = hashlib.sha256(content).hexdigest()
+        return _decoded(await self.upload(f"/v1/instruments/{symbol}/files/{quote(name)}?sha256={sha256}", content))
+
+    async def dataset_grants(self, **query: Any) -> dict:
+        return await self.call("GET", "/v1/dataset-grants", params=query)
+
+    async def dataset_downloads(self, **query: Any) -> dict:
+        return await self.call("GET", "/v1/dataset-downloads", params=query)
+
+    async def download_link(self, file_id: int, expires_in: int | None = None) -> dict:
+        return await self.call("GET", f"/v1/dataset-files/{file_id}/link", params={"expires_in": expires_in})
+
+    # Subscriptions
+
+    async def publish_subscription_offer(self, symbol: str, tokens_per_period: int, period: str, price: str) -> dict:
+        body = {"symbol": symbol, "tokens_per_period": tokens_per_period, "period": period, "price": price}
+        return await self.call("POST", "/v1/subscription-offers", json=body)
+
+    async def subscription_offers(self, symbol: str | None = None) -> list[dict]:
+        return (await self.call("GET", "/v1/subscription-offers", params={"symbol": symbol}))["items"]
+
+    async def withdraw_subscription_offer(self, offer_id: int) -> dict:
+        return await self.call("POST", f"/v1/subscription-offers/{offer_id}/withdraw")
+
+    async def subscribe(self, offer_id: int, client_request_id: str | None = None) -> dict:
+        body = _params({"offer_id": offer_id, "client_request_id": client_request_id})
+        return await self.call("POST", "/v1/subscriptions", json=body)
+
+    async def subscriptions(self) -> list[dict]:
+        return (await self.call("GET", "/v1/subscriptions"))["items"]
+
+    async def subscription(self, subscription_id: int) -> dict:
+        return await self.call("GET", f"/v1/subscriptions/{subscription_id}")
+
+    async def cancel_subscription(self, subscription_id: int) -> dict:
+        return await self.call("POST", f"/v1/subscriptions/{subscription_id}/cancel")
+
+    async def subscription_periods(self, subscription_id: int, **query: Any) -> dict:
+        return await self.call("GET", f"/v1/subscriptions/{subscription_id}/periods", params=query)
 
     async def redemptions(self, **query: Any) -> dict:
         return await self.call("GET", "/v1/redemptions", params=query)
+
+    # Delivery: providers (issuers) and quotas (buyers)
+
+    async def register_provider(self, symbol: str, base_url: str, model: str, api_key: str = "") -> dict:
+        return await self.call("POST", "/v1/providers", json={"symbol": symbol, "base_url": base_url, "model": model,
+                                                              "api_key": api_key})
+
+    async def providers(self) -> list[dict]:
+        return (await self.call("GET", "/v1/providers"))["items"]
+
+    async def deliveries(self, provider_id: int, **query: Any) -> dict:
+        return await self.call("GET", f"/v1/providers/{provider_id}/deliveries", params=query)
+
+    async def provider_stats(self) -> dict:
+        return await self.call("GET", "/v1/providers/stats")
+
+    async def quotas(self) -> list[dict]:
+        return (await self.call("GET", "/v1/quotas"))["items"]
 
     # Admin
 

@@ -10,7 +10,8 @@ Three compute blocks of one substitution group (``chat-general``), 1 lot = 1M to
 where telecom token packages put them (400,000 tokens for 1 CNY is 2.50 per 1M; 10M tokens for 9.90 CNY a
 month is 0.99 per 1M): DEEPSEEK-V3 around 2.20, GLM-4.5 around 1.80, XINGCHEN around 1.10. Two dataset
 tokens, each issued by its data owner: DS-STEEL-QC (steel surface inspection records) and DS-MACHINE-MAINT
-(machine-tool maintenance records), one token = 1,000 records.
+(machine-tool maintenance records), one token = 1,000 records; their owners publish structured terms (one
+redeemed token: 30 days and 10 downloads) and a sample file.
 
 Accounts: three compute sellers and two dataset issuers who mint and offer, three buyers who bid, take and
 redeem what they bought (they consume the tokens). ``demo-seller`` and ``demo-buyer`` are left to the person
@@ -19,6 +20,16 @@ the previous demo keys of these accounts are revoked.
 
 Seeding happens once per database: an existing DEEPSEEK-V3 means the market is there, and a later start only
 makes new keys, cancels the simulated accounts' orders of the last run and restarts the flow.
+
+Delivery
+--------
+Every start also runs a simulated provider per compute instrument (``api.inference.simulated``, a process of its
+own on a free port, which the exchange reaches over HTTP as any provider), registers it as the upstream of each
+compute seller for that instrument, and gives ``demo-buyer`` an inference key; the first start has it buy and
+redeem ``DEMO_REDEEMED`` lots of DEEPSEEK-V3, a quota of 10M tokens, and ``demo-seller`` publish a subscription
+offer of DEEPSEEK-V3 tokens ("10M tokens a month for 9.90 CNY", ``exchange.subscriptions``) to which
+``demo-buyer`` subscribes, a second quota beside the first. The banner prints the ``OPENAI_BASE_URL``
+and ``OPENAI_API_KEY`` that point any OpenAI client at the gateway. The providers stop with the demo.
 
 The flow
 --------
@@ -37,6 +48,7 @@ import logging
 import os
 import random
 import shutil
+import socket
 import sys
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
@@ -48,7 +60,7 @@ import httpx
 
 import matching.book
 from api.client import ApiError, Client
-from api.keys import KeyStore
+from api.keys import KeyStore, bearer_token
 from api.server import Server
 from api.units import from_micro, to_micro
 from exchange.broker.commands import RemoteSequencer
@@ -121,6 +133,11 @@ DEMO_SELLER, DEMO_BUYER, ADMIN = "demo-seller", "demo-buyer", "admin"
 BUYER_CASH = "200000"
 SELLER_MINT = 20_000
 CAPACITY = 1_000_000
+DEMO_REDEEMED = 10
+DEMO_SUBSCRIPTION_TOKENS, DEMO_SUBSCRIPTION_PRICE = 10_000_000, "9.90"
+"""The demo seller's subscription offer, the demo buyer's subscription: a telecom operator's monthly package."""
+"""DEEPSEEK-V3 lots the demo buyer redeems at the first start: its quota for the gateway."""
+PROVIDER_START_SECONDS = 30.0
 
 
 @dataclass
@@ -131,6 +148,55 @@ class Account:
     client: Client
     key_id: str = ""
     secret: str = ""
+
+
+class SimulatedProviders:
+    """The demo's simulated providers: one process per compute instrument, on a free port each."""
+
+    def __init__(self) -> None:
+        self.processes: list[asyncio.subprocess.Process] = []
+        self.urls: dict[str, str] = {}
+        """Symbol -> the OpenAI base URL of its simulated provider."""
+
+    async def start(self, markets: list[Market]) -> None:
+        for market in markets:
+            if market.listing["kind"] != "compute":
+                continue
+            port = free_port()
+            self.processes.append(await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "api.inference.simulated", "--port", str(port), "--model",
+                market.listing["model"]))
+            self.urls[market.symbol] = f"http://127.0.0.1:{port}/v1"
+        async with httpx.AsyncClient(timeout=1) as client:
+            for url in self.urls.values():
+                await ready(client, url)
+
+    async def stop(self) -> None:
+        for process in self.processes:
+            if process.returncode is None:
+                process.terminate()
+        for process in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                await process.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def ready(client: httpx.AsyncClient, url: str) -> None:
+    """Wait until the provider at ``url`` answers."""
+    deadline = asyncio.get_running_loop().time() + PROVIDER_START_SECONDS
+    while True:
+        try:
+            (await client.get(url + "/models")).raise_for_status()
+            return
+        except httpx.HTTPError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"the simulated provider at {url} did not start") from None
+            await asyncio.sleep(0.1)
 
 
 class Demo:
@@ -149,6 +215,9 @@ class Demo:
         self.accounts: dict[str, Account] = {}
         self.open: dict[tuple[str, str], deque[int]] = {}
         self.counts: Counter[str] = Counter()
+        self.providers = SimulatedProviders()
+        self.inference_token = ""
+        """The demo buyer's inference key, as a bearer token."""
 
     # -- seeding ---------------------------------------------------------------------------------------------
 
@@ -174,6 +243,7 @@ class Demo:
             for market in self.markets:
                 for name in [*market.sellers, *BUYERS]:
                     await self.accounts[name].client.cancel_all(market.symbol)
+            await self.serve_inference(fresh)
             return
         for market in self.markets:
             listing = dict(market.listing)
@@ -183,6 +253,9 @@ class Demo:
                 await admin.client.create_instrument(**listing)
             for name in market.sellers:
                 await self.mint(name, market.symbol, SELLER_MINT if market.listing["kind"] == "compute" else 5_000)
+        for market in self.markets:
+            if market.listing["kind"] == "dataset":
+                await self.publish_dataset(market)
         for symbol in compute_symbols:
             await self.mint(DEMO_SELLER, symbol, 1_000)
         for name in BUYERS:
@@ -190,6 +263,36 @@ class Demo:
         await admin.client.deposit(self.accounts[DEMO_BUYER].id, "10000")
         for market in self.markets:
             await self.ladder(market)
+        await self.serve_inference(fresh)
+
+    async def serve_inference(self, fresh: bool) -> None:
+        """Simulated providers for the compute instruments, registered for every compute seller; the demo buyer's
+        quota (at the first start) and inference key."""
+        await self.providers.start(self.markets)
+        for market in self.markets:
+            url = self.providers.urls.get(market.symbol)
+            if url is not None:
+                for name in market.sellers:
+                    await self.accounts[name].client.register_provider(market.symbol, url, market.listing["model"])
+        buyer = self.accounts[DEMO_BUYER]
+        if fresh:
+            symbol = self.markets[0].symbol
+            await buyer.client.place_order(symbol, "buy", type="market", qty=DEMO_REDEEMED)
+            await buyer.client.redeem(symbol, DEMO_REDEEMED)
+            offer = await self.accounts[DEMO_SELLER].client.publish_subscription_offer(
+                symbol, DEMO_SUBSCRIPTION_TOKENS, "month", DEMO_SUBSCRIPTION_PRICE)
+            await buyer.client.subscribe(offer["id"])
+        key, secret = await self.services.keys.create(buyer.id, ["inference"], KEY_LABEL)
+        self.inference_token = bearer_token(key.id, secret)
+
+    async def publish_dataset(self, market: Market) -> None:
+        """The dataset's license as structured terms, and a sample of its records as its first file."""
+        issuer = self.accounts[market.sellers[0]].client
+        await issuer.publish_terms(market.symbol, permitted_use=["model_training", "internal"], redistribution=False,
+                                   attribution=f"{market.sellers[0]}, {market.symbol}", days_per_token=30,
+                                   downloads_per_token=10, text=market.listing["license"])
+        rows = "\n".join(f"{n},{self.rng.randrange(1_000_000)},{self.rng.choice('ABCD')}" for n in range(1_000))
+        await issuer.upload_file(market.symbol, "sample.csv", f"record,reading,grade\n{rows}\n".encode())
 
     async def account(self, name: str, role: str) -> Account:
         """The account ``name`` (created if missing) with a new demo key; its older demo keys are revoked."""
@@ -270,7 +373,7 @@ class Demo:
             else:
                 await self.take(rng.choice(market.sellers), market.symbol, "sell", max(1, rng.randint(low, high) // 4))
         else:
-            await self.redeem(rng.choice(BUYERS), market.symbol)
+            await self.redeem(rng.choice(BUYERS), market)
 
     async def place(self, name: str, symbol: str, side: str, price: int, qty: int) -> None:
         account = self.accounts[name]
@@ -301,16 +404,21 @@ class Demo:
         if order["fills"]:
             self.counts["orders that traded"] += 1
 
-    async def redeem(self, name: str, symbol: str) -> None:
+    async def redeem(self, name: str, market: Market) -> None:
         account = self.accounts[name]
+        symbol = market.symbol
         held = int((await account.client.balances()).get(symbol, {}).get("available", "0"))
         if held > 1:
-            await account.client.redeem(symbol, max(1, held // 3))
+            # Redeeming dataset tokens accepts their terms: the flow reads the version it accepts.
+            dataset = market.listing["kind"] == "dataset"
+            version = (await account.client.terms(symbol))["version"] if dataset else None
+            await account.client.redeem(symbol, max(1, held // 3), terms_version=version)
             self.counts["redemptions"] += 1
 
     async def close(self) -> None:
         for account in self.accounts.values():
             await account.client.aclose()
+        await self.providers.stop()
 
     # -- what the person trying it needs ---------------------------------------------------------------------
 
@@ -326,13 +434,24 @@ class Demo:
         ]
         described = {
             DEMO_SELLER: "seller: an issuer, minted 1,000 lots of each compute block at the first start",
-            DEMO_BUYER: "buyer: a trader, funded with 10,000 CNY at the first start",
+            DEMO_BUYER: f"buyer: a trader, funded with 10,000 CNY and holding a quota of {DEMO_REDEEMED}M "
+                        f"{self.markets[0].symbol} tokens (redeemed lots) and a subscription to 10M more a month "
+                        "at the first start",
             ADMIN: f"admin: accounts, keys, cash, instruments ({tokex_command()} admin --server {self.url} ...)",
         }
         for name, text in described.items():
             account = self.accounts[name]
             lines.append(f"    {name} (account {account.id}), {text}")
             lines.append(f"      export TOKEX_KEY={account.key_id} TOKEX_SECRET={account.secret}")
+            if name == DEMO_BUYER:
+                lines.append(f"      export OPENAI_BASE_URL={self.url}/inference/v1 "
+                             f"OPENAI_API_KEY={self.inference_token}")
+        providers = ", ".join(f"{symbol} {url}" for symbol, url in self.providers.urls.items())
+        lines.append(f"  simulated providers (OpenAI-compatible, deterministic replies): {providers}")
+        lines.append("  call one, with the OPENAI_ line pasted (or point any OpenAI client there): "
+                     "curl -s $OPENAI_BASE_URL/chat/completions -H \"Authorization: Bearer $OPENAI_API_KEY\" "
+                     "-H 'Content-Type: application/json' "
+                     "-d '{\"model\": \"DEEPSEEK-V3\", \"messages\": [{\"role\": \"user\", \"content\": \"hello\"}]}'")
         lines.append(f"  watch it in a browser: {self.url}/")
         lines.append(f"  try: curl -s {self.url}/v1/instruments/DEEPSEEK-V3/book")
         return "\n".join(lines)
@@ -373,6 +492,7 @@ def starter(rate: float = 3.0, seed: int | None = None) -> Callable[[Server, str
         async def run() -> None:
             try:
                 await demo.flow()
+                await asyncio.Event().wait()  # the providers serve until the demo stops
             finally:
                 await demo.close()
 

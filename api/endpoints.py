@@ -7,14 +7,16 @@
     async def place_order(call: Call) -> OrderWithFills:
         ...
 
-Every request runs the same steps, in this order: read the body (at most 64 KiB, else 413); rate-limit by
+Every request runs the same steps, in this order: read the body (at most 64 KiB, else 413; an endpoint declared
+with ``stream=True`` reads its own, a file, as it arrives); rate-limit by
 address (public) or check the signature and scope, then rate-limit by key (signed); a signed request that may
 change state (any method but GET) carries the digest of its signature to the exchange, which runs it once
 (``exchange.replay``; a replay is ``409 replayed_request``); convert path parameters
 (an invalid one is the resource's 404), the query string and the body (422 naming the field, 400 for a body
 that is not strict JSON (``api.strictjson``), 415 for another media type); call the handler; encode its Struct
-as JSON. Whatever goes wrong becomes a problem response (``api.problems``): an ``Unavailable`` sequencer or a
-lost database is a 503 with Retry-After, anything unexpected a logged 500.
+as JSON (or send the ``Response`` it made: a file's bytes). Whatever goes wrong becomes a problem response
+(``api.problems``): an ``Unavailable`` sequencer or a lost database is a 503 with Retry-After, anything unexpected
+a logged 500.
 
 One ``Resource`` serves all the methods of a path, so an undeclared method gets a 405 problem with an ``Allow``
 header that lists every declared one.
@@ -121,6 +123,9 @@ class Endpoint:
     params: dict[str, tuple[Any, str]]
     """Path parameter -> (type, the problem code when it does not convert: the resource's 404)."""
     decoder: msgspec.json.Decoder | None = field(default=None, compare=False)
+    stream: bool = False
+    """The body is the handler's to read (``call.request.stream()``), as it arrives and however large: a file.
+    The signature then covers an empty body; the handler states what binds the bytes to it."""
 
     @property
     def scopes(self) -> tuple[str, ...]:
@@ -141,11 +146,12 @@ class Endpoints(list[Endpoint]):
     def route(self, method: str, path: str, *, summary: str, scope: str | tuple[str, ...] | None = None,
               body: Any = None,
               query: type | None = None, response: Any = None, status: int = 200, errors: tuple[str, ...] = (),
-              params: dict[str, tuple[Any, str]] | None = None) -> Callable[[Handler], Handler]:
+              params: dict[str, tuple[Any, str]] | None = None, stream: bool = False
+              ) -> Callable[[Handler], Handler]:
         def declare(handler: Handler) -> Handler:
             decoder = None if body is None else msgspec.json.Decoder(body)
             self.append(Endpoint(method, path, handler, summary, self.tag, scope, body, query, response, status,
-                                 errors, params or {}, decoder))
+                                 errors, params or {}, decoder, stream))
             return handler
 
         return declare
@@ -193,7 +199,7 @@ async def answer(endpoint: Endpoint, request: Request, rate: dict[str, str]) -> 
     instance = request.url.path
     try:
         services: Services = request.app.state.services
-        body = await read_body(request)
+        body = b"" if endpoint.stream else await read_body(request)
         principal = None
         signed = None
         if endpoint.scope is None:
@@ -214,6 +220,8 @@ async def answer(endpoint: Endpoint, request: Request, rate: dict[str, str]) -> 
         query = query_params(endpoint, request.query_params)
         parsed = parse_body(endpoint, request, body)
         result = await endpoint.handler(Call(request, services, principal, parsed, query, params, signed))
+        if isinstance(result, Response):
+            return result  # bytes of a file, streamed as they are read
         return Response(encoder.encode(result), endpoint.status, media_type=JSON)
     except Problem as problem:
         return problem.response(instance)

@@ -8,9 +8,20 @@ signs requests (``api.signing``). An admin creates keys (``POST /v1/keys``, or t
 
 Scopes
 ------
-``read`` (own reads), ``trade`` (orders, redemptions), ``issue`` (mint, burn), ``admin`` (everything an admin
-does). Which scopes a key may hold follows its account's role: admin: read, admin; issuer: read, trade, issue;
-trader: read, trade.
+``read`` (own reads), ``trade`` (orders, redemptions), ``issue`` (mint, burn, providers), ``admin`` (everything
+an admin does), ``inference`` (calls to the inference gateway). Which scopes a key may hold follows its account's
+role: admin: read, admin; issuer: read, trade, issue, inference; trader: read, trade, inference.
+
+Inference keys
+--------------
+OpenAI clients send a fixed ``Authorization: Bearer <token>`` with every call, so the secret itself travels
+instead of a signature. To keep that safe, ``inference`` is a key of its own: a key holding it holds nothing else
+(``INFERENCE``), so a token that leaks can spend the account's quota of tokens and read it, and nothing more: it
+cannot sign an order, a withdrawal or a key change, and the secret of a trading key is never taken as a bearer
+token. The token is ``<key id>.<secret>`` (``bearer_token``); the gateway finds the key like a signed request
+does (cached, unknown ids cached apart, lookups admitted by the address's rate limit), derives its secret and
+compares in constant time. A bearer token can be replayed by whoever sees it: serve the gateway over TLS, and
+revoke a key that leaked.
 
 Secrets
 -------
@@ -58,12 +69,14 @@ import asyncpg
 from exchange.config import tokex_home
 from exchange.database.queries import sql
 
-SCOPES = ("read", "trade", "issue", "admin")
+SCOPES = ("read", "trade", "issue", "admin", "inference")
 ROLE_SCOPES = {
     "admin": frozenset(("read", "admin")),
-    "issuer": frozenset(("read", "trade", "issue")),
-    "trader": frozenset(("read", "trade")),
+    "issuer": frozenset(("read", "trade", "issue", "inference")),
+    "trader": frozenset(("read", "trade", "inference")),
 }
+INFERENCE = "inference"
+"""The scope of the inference gateway, held alone (see Inference keys)."""
 KEY_ID = re.compile(r"tk_[0-9a-f]{16}\Z")  # \Z, not $: $ also matches before a final newline
 CACHE_SECONDS = 2.0
 MASTER_KEY_ENV = "TOKEX_MASTER_KEY"
@@ -95,6 +108,11 @@ def _parse_master_key(text: str, origin: str) -> bytes:
     if len(key) != 32:
         raise ValueError(f"{origin} must hold a master key of 64 hex digits (32 random bytes)")
     return key
+
+
+def bearer_token(key_id: str, secret: str) -> str:
+    """What an inference key sends as ``Authorization: Bearer``: its id and secret."""
+    return f"{key_id}.{secret}"
 
 
 def derive_secret(master_key: bytes, key_id: str, salt: bytes) -> str:
@@ -171,6 +189,9 @@ class KeyStore:
             elif refused:
                 refusal = ScopeNotAllowed(f"a key of a {role} account may not hold {', '.join(sorted(refused))}; "
                                           f"allowed: {', '.join(sorted(ROLE_SCOPES[role]))}")
+            elif INFERENCE in wanted and len(wanted) > 1:
+                refusal = ScopeNotAllowed("an inference key holds the inference scope alone: its secret travels as "
+                                          "a bearer token; make a second key for the other scopes")
             else:
                 row = await conn.fetchrow(INSERT_KEY, key_id, account_id, wanted, salt, label, datetime.now(UTC))
         if refusal is not None:

@@ -20,6 +20,13 @@ Per symbol: bids and asks as sorted maps from price to total lots (bids keyed by
 best first), the last trade, and one bucket per minute of trades (open, high, low, close, lots, notional) for
 the trailing 24 hours. A depth-N read is O(N); applying a batch is O(events x log levels).
 
+Accounts
+--------
+The view also passes on what each batch changed for each account (``exchange.account_events``), to
+``account_listeners`` (the feed's user channel): ``apply_effects`` is the sequencer's ``publish_effects`` in one
+process, ``apply_accounts`` takes them from an engine elsewhere (``api.market_follower``). Listeners run in the
+caller's task as ``listeners`` do.
+
 What it does not do: checksums and gap detection are the feed's; it keeps no per-order data.
 """
 
@@ -29,7 +36,9 @@ from collections.abc import Callable
 import asyncpg
 from sortedcontainers import SortedDict
 
+from exchange.account_events import AccountEvents, account_events
 from exchange.database.queries import sql
+from exchange.settlement import Effects
 from matching import events as ev
 
 MINUTE_US = 60_000_000
@@ -42,7 +51,6 @@ LOAD_INSTRUMENTS = sql("instrument_seqs")
 INSTRUMENT_SEQ = sql("instrument_seq")
 LOAD_LEVELS = sql("open_levels")
 LOAD_LAST_TRADES = sql("last_trades")
-LAST_FILL_ID = sql("last_fill_id")
 LOAD_MINUTES = sql("trade_minutes")
 
 
@@ -117,10 +125,9 @@ class MarketData:
 
     def __init__(self) -> None:
         self.books: dict[str, BookView] = {}
-        self.last_fill_id = 0
-        """The id of the newest fill in the view."""
         self.listeners: list[Callable[[Batch, list[int]], None]] = []
         self.reloaded: list[Callable[[], None]] = []
+        self.account_listeners: list[Callable[[list[AccountEvents]], None]] = []
 
     async def load(self, conn: asyncpg.Connection) -> None:
         """Read the committed view; call before the sequencer starts."""
@@ -137,10 +144,8 @@ class MarketData:
                 book.last_price, book.last_qty = price, qty
             for instrument_id, minute, open_, high, low, close, lots, notional in await conn.fetch(LOAD_MINUTES):
                 books[symbols[instrument_id]].minutes.append([minute, open_, high, low, close, lots, int(notional)])
-            last_fill_id = await conn.fetchval(LAST_FILL_ID)
         # Swapped in whole: readers never see a view half read.
         self.books = books
-        self.last_fill_id = last_fill_id
 
     async def reload(self, conn: asyncpg.Connection) -> None:
         """Read the committed view anew and have ``reloaded`` start again from it; the sequencer's ``resync``."""
@@ -151,8 +156,6 @@ class MarketData:
     def apply(self, batch: Batch, fill_ids: list[int]) -> None:
         """Apply one committed batch of (symbol, book events) and the ids of its fills, one per Trade event in
         order; the sequencer's ``publish``. What raises here or in a listener makes the sequencer ``reload``."""
-        if fill_ids:
-            self.last_fill_id = fill_ids[-1]
         books = self.books
         for symbol, events in batch:
             book = books.get(symbol)
@@ -168,6 +171,17 @@ class MarketData:
                     book.seq = event.seq
         for listener in self.listeners:
             listener(batch, fill_ids)
+
+    def apply_effects(self, effects: Effects) -> None:
+        """Pass on what a committed batch changed for each account; the sequencer's ``publish_effects``."""
+        events = account_events(effects)
+        if events:
+            self.apply_accounts(events)
+
+    def apply_accounts(self, events: list[AccountEvents]) -> None:
+        """Pass on committed account events, in commit order."""
+        for listener in self.account_listeners:
+            listener(events)
 
     def known(self, symbol: str, seq: int) -> BookView:
         """The view of ``symbol``, adding an empty one at ``seq`` for an instrument listed since ``load``."""

@@ -37,6 +37,9 @@ invalid input, the `field`. A 503 means nothing was done; retry after `Retry-Aft
 
 meta = Endpoints("meta")
 
+BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+"""The content of a file: a request body declared ``stream=True``, or a ``response=bytes``."""
+
 RATE_LIMIT_HEADERS = {
     "RateLimit-Policy": {"description": 'The rate limit this request counts against (draft-ietf-httpapi-ratelimit-'
                                         'headers): `"key";q=100;w=2`, a bucket of 100 requests refilled in 2 s; absent '
@@ -98,7 +101,8 @@ def _codes(endpoint: Endpoint) -> set[str]:
 
 def document(endpoints: list[Endpoint]) -> dict[str, Any]:
     """The OpenAPI document of ``endpoints``."""
-    kinds = list(dict.fromkeys(kind for e in endpoints for kind in (e.body, e.response) if kind is not None))
+    kinds = list(dict.fromkeys(kind for e in endpoints for kind in (e.body, e.response)
+                               if kind is not None and kind is not bytes))
     schemas, components = msgspec.json.schema_components([*kinds, ProblemDetail], ref_template=REF)
     schema_of = dict(zip(kinds, schemas, strict=False))
 
@@ -118,7 +122,8 @@ def document(endpoints: list[Endpoint]) -> dict[str, Any]:
                 str(endpoint.status): {
                     "description": endpoint.summary,
                     "headers": RATE_LIMIT_HEADERS,
-                    "content": {"application/json": {"schema": schema_of[endpoint.response]}},
+                    "content": BINARY if endpoint.response is bytes else
+                    {"application/json": {"schema": schema_of[endpoint.response]}},
                 },
                 **_problems(_codes(endpoint), retry=True),
             },
@@ -127,6 +132,8 @@ def document(endpoints: list[Endpoint]) -> dict[str, Any]:
             operation["requestBody"] = {
                 "required": True, "content": {"application/json": {"schema": schema_of[endpoint.body]}},
             }
+        elif endpoint.stream:
+            operation["requestBody"] = {"required": True, "content": BINARY}
         if endpoint.scope is None:
             operation["security"] = []
         else:

@@ -15,7 +15,8 @@ Statuses
 - 401: no signature, a bad one, an unknown or revoked key, or a timestamp outside the window.
 - 403: the key lacks the scope, or the account's role does not allow the action.
 - 404: no such route, or no such thing *for this account* (another account's order is "unknown_order").
-- 405, 413, 415: method, body size (over 64 KiB) and media type.
+- 405, 413, 415: method, body size (over 64 KiB; a dataset file over its cap, ``file_too_large``) and media type.
+- 410: a dataset download link past its expiry (``link_expired``).
 - 409: the request is valid, but the exchange's current state refuses it (funds, tokens, a halted
   instrument, a taken name, capacity): the same request, signed again, may succeed later.
   ``replayed_request`` is the exception: these exact signed bytes were accepted before, and never run twice.
@@ -125,12 +126,52 @@ CODES: dict[str, Spec] = {
     "package_cancelled": Spec(409, "Package cancelled"),
     "package_not_active": Spec(409, "Package not active"),
     "period_not_due": Spec(409, "Period not due", "period"),
+    # Datasets
+    "not_a_dataset": Spec(422, "Not a dataset", "symbol"),
+    "invalid_terms": Spec(422, "Invalid terms"),
+    "no_terms": Spec(409, "No license terms"),
+    "terms_not_accepted": Spec(422, "Terms not accepted", "terms_version"),
+    "terms_changed": Spec(409, "Terms changed", "terms_version"),
+    "grant_too_large": Spec(422, "Grant too large", "qty"),
+    "unknown_file": Spec(404, "Unknown file"),
+    "no_access": Spec(403, "No access grant"),
+    "file_exists": Spec(409, "File exists", "name"),
+    "too_many_files": Spec(409, "Too many files"),
+    "file_too_large": Spec(413, "File too large"),
+    "checksum_mismatch": Spec(422, "Checksum mismatch", "sha256"),
+    "invalid_link": Spec(403, "Invalid download link"),
+    "link_expired": Spec(410, "Download link expired"),
+    # Subscriptions
+    "invalid_offer": Spec(422, "Invalid subscription offer"),
+    "unknown_offer": Spec(404, "Unknown subscription offer", "offer_id"),
+    "offer_withdrawn": Spec(409, "Offer withdrawn", "offer_id"),
+    "unknown_subscription": Spec(404, "Unknown subscription", "subscription_id"),
+    # Delivery
+    "not_compute": Spec(422, "Not a compute instrument", "symbol"),
+    "invalid_provider": Spec(422, "Invalid provider"),
+    "unknown_model": Spec(404, "Unknown model", "model"),
+    "invalid_tokens": Spec(422, "Invalid tokens", "tokens"),
+    "no_provider": Spec(409, "No provider"),
+    "quota_exceeded": Spec(409, "Quota exceeded"),
+    "unknown_reservation": Spec(404, "Unknown reservation"),
+    "invalid_attempts": Spec(422, "Invalid attempts", "attempts"),
+    "unknown_provider": Spec(404, "Unknown provider"),
+    "invalid_api_key": Spec(401, "Invalid API key"),
+    "upstream_failed": Spec(502, "Providers failed"),
 }
 
 DETAILS = {
     **MESSAGES,
     "unknown_key": "No such API key in this account.",
     "unknown_routed_order": "No such routed order in this account.",
+    "file_exists": "The dataset already has a file of that name; files never change, upload under a new name.",
+    "too_many_files": "The dataset has as many files as it may have.",
+    "checksum_mismatch": "The body's SHA-256 is not the sha256 the request was signed with; nothing was stored.",
+    "invalid_link": "The download link was altered or is not one of this exchange's; ask for a new link.",
+    "link_expired": "The download link has expired; ask for a new one (GET /v1/dataset-files/{id}/link).",
+    "unknown_provider": "No such provider of this account.",
+    "invalid_api_key": "The bearer token is not <key id>.<secret> of a live inference key.",
+    "upstream_failed": "No provider of the instrument answered; nothing was charged. Try again.",
     "not_found": "No such route; the API is described at /v1/openapi.json.",
     "internal_error": "The server hit an unexpected error; nothing is known to have changed. Try again.",
 }

@@ -66,7 +66,7 @@ Cursor = Annotated[str, whole(r"[0-9]{1,19}(-[0-9]{1,19})?",
 Asset = Annotated[str, whole(r"[A-Z0-9][A-Z0-9._-]{0,31}", description="CNY or an instrument symbol.")]
 
 Role = Literal["admin", "issuer", "trader"]
-Scope = Literal["read", "trade", "issue", "admin"]
+Scope = Literal["read", "trade", "issue", "admin", "inference"]
 Side = Literal["buy", "sell"]
 OrderType = Literal["limit", "market"]
 TimeInForce = Literal["GTC", "IOC", "FOK"]
@@ -148,6 +148,14 @@ class TokenQty(Request):
     qty: Qty
     client_request_id: ClientRequestId | None = None
     """Unique per account and kind (mint, burn, redemption)."""
+
+
+class NewRedemption(TokenQty):
+    """Lots to redeem from the key's own account; redeeming dataset tokens accepts their license terms."""
+
+    terms_version: Annotated[int, Meta(ge=1, le=2**31 - 1)] | None = None
+    """Dataset tokens only, and required for them: the version of the terms shown at
+    ``GET /v1/instruments/{symbol}/terms``, which redeeming accepts."""
 
 
 class NewLimitOrder(Request, tag="limit", tag_field="type"):
@@ -299,6 +307,28 @@ class IssuerApproval(Struct):
     capacity: int
     issued: int
     approved_at: datetime
+
+
+class Delivery(Struct):
+    """One attempt of an inference call on a provider: what it delivered and how it went."""
+
+    id: int
+    reservation_id: int
+    symbol: str
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms: float
+    latency_ms: float
+    status: Literal["ok", "failed"]
+    created_at: datetime
+
+
+class DeliveryEvent(Delivery):
+    """A delivery as the provider's ``user`` channel reports it, with the provider's totals after it."""
+
+    provider_id: int
+    delivered: Annotated[int, Meta(description="Tokens the provider delivered, this one included.")]
+    obligation: Annotated[int, Meta(description="Tokens minted less tokens delivered, after this one.")]
 
 
 class Redemption(Struct):
@@ -542,16 +572,12 @@ def optional_price(value: int | None) -> str | None:
 
 
 def order_from_row(row) -> Order:
-    return Order(
-        row["id"], row["symbol"], row["client_order_id"], row["side"], row["type"], row["tif"], row["post_only"],
-        row["stp"], optional_price(row["price"]), row["qty"], optional_price(row["budget"]), row["status"],
-        row["reason"], row["open_qty"], row["filled_qty"], from_micro(row["filled_notional"]),
-        average_price(row["filled_notional"], row["filled_qty"]), from_micro(row["fee"]), row["created_at"],
-        row["updated_at"],
-    )
+    """A row of ``book_order`` with its instrument's symbol (``SELECT o.*, i.symbol``), as the API shows it."""
+    return order_from_view(OrderView(**row))
 
 
 def order_from_view(view: OrderView) -> Order:
+    """An order as the API shows it: the one conversion, for a command's result and a row read back alike."""
     return Order(
         view.id, view.symbol, view.client_order_id, view.side, view.type, view.tif, view.post_only, view.stp,
         optional_price(view.price), view.qty, optional_price(view.budget), view.status, view.reason, view.open_qty,

@@ -12,6 +12,7 @@ from datetime import datetime
 
 import msgspec
 
+from exchange.records import OrderView, Package, RoutedOrder
 from matching.types import CANCEL_NEWEST, GTC
 
 
@@ -91,6 +92,69 @@ class Redeem(Command, frozen=True, tag="redeem"):
     qty: int
     client_request_id: str | None = None
     """As ``Deposit.client_request_id``."""
+    terms_version: int | None = None
+    """The version of a dataset's license terms the holder accepts by redeeming (``exchange.datasets``)."""
+
+
+class PublishTerms(Command, frozen=True, tag="publish_terms"):
+    """A new version of a dataset's license terms, by its issuer (``exchange.datasets``)."""
+
+    account_id: int
+    symbol: str
+    permitted_use: tuple[str, ...]
+    redistribution: bool
+    attribution: str | None
+    days_per_token: int | None
+    downloads_per_token: int | None
+    text: str
+
+
+class Download(Command, frozen=True, tag="download"):
+    """Count one download of a dataset's file, of ``bytes`` bytes, against the account's access grants."""
+
+    account_id: int
+    symbol: str
+    file_id: int
+    bytes: int
+
+
+class PublishSubscriptionOffer(Command, frozen=True, tag="publish_subscription_offer"):
+    """A seller's subscription offer: ``tokens_per_period`` tokens of a compute instrument every ``period`` for
+    ``price`` micro-yuan a period (``exchange.subscriptions``)."""
+
+    account_id: int
+    symbol: str
+    tokens_per_period: int
+    period: str
+    price: int
+
+
+class WithdrawSubscriptionOffer(Command, frozen=True, tag="withdraw_subscription_offer"):
+    account_id: int
+    offer_id: int
+
+
+class Subscribe(Command, frozen=True, tag="subscribe"):
+    """Subscribe to an offer: its first period is paid and granted at once."""
+
+    account_id: int
+    offer_id: int
+    client_request_id: str | None = None
+    """As ``Deposit.client_request_id``."""
+
+
+class CancelSubscription(Command, frozen=True, tag="cancel_subscription"):
+    """End a subscription at the end of the period under way."""
+
+    account_id: int
+    subscription_id: int
+
+
+class RenewSubscription(Command, frozen=True, tag="renew_subscription"):
+    """Run period number ``period`` of a subscription (0 began when it was made), once."""
+
+    subscription_id: int
+    period: int
 
 
 class PlaceOrder(Command, frozen=True, tag="place_order"):
@@ -170,6 +234,52 @@ class RunPackage(Command, frozen=True, tag="run_package"):
     period: int
 
 
+class RegisterProvider(Command, frozen=True, tag="register_provider"):
+    """An issuer's OpenAI-compatible upstream for a compute instrument it is approved for; again to change it
+    (``exchange.delivery``)."""
+
+    account_id: int
+    symbol: str
+    base_url: str
+    model: str
+    credential: bytes
+    """Already encrypted: the engine keeps it and hands it back to the gateway, never reads it."""
+
+
+class Reserve(Command, frozen=True, tag="reserve"):
+    """Hold an inference call's worst case, ``tokens``, from the account's quota on ``model``: an instrument
+    symbol, or a substitution group whose instrument ``mode`` picks (``exchange.delivery``)."""
+
+    account_id: int
+    model: str
+    tokens: int
+    mode: str | None = None
+
+
+class Attempt(msgspec.Struct, frozen=True):
+    """One try of a call on one provider, as the gateway measured it."""
+
+    provider_id: int
+    status: str
+    """``ok`` (the provider answered; its usage is charged) or ``failed`` (nothing charged)."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_us: int = 0
+    """Microseconds to the first token (to the whole answer, when not streamed)."""
+    latency_us: int = 0
+
+
+class Settle(Command, frozen=True, tag="settle"):
+    """Charge an open reservation what its call delivered, and record every attempt as a usage row."""
+
+    reservation_id: int
+    attempts: list[Attempt]
+
+
+class ExpireReservations(Command, frozen=True, tag="expire_reservations"):
+    """Free every open reservation past its deadline (its call never settled) and lapse expired quotas."""
+
+
 class Rejection(msgspec.Struct, frozen=True, tag_field="result", tag="rejection", array_like=True):
     """The command changed nothing, because of ``code``."""
 
@@ -183,83 +293,8 @@ class Done(msgspec.Struct, frozen=True, tag_field="result", tag="done", array_li
     id: int | None = None
 
 
-class OrderFill(msgspec.Struct, frozen=True):
-    fill_id: int
-    price: int
-    qty: int
-    fee: int
-    role: str
-
-
-class OrderView(msgspec.Struct, frozen=True, tag_field="result", tag="order", array_like=True):
-    """An order as it stands after the command's batch committed."""
-
-    id: int
-    account_id: int
-    symbol: str
-    client_order_id: str | None
-    side: str
-    type: str
-    tif: str
-    post_only: bool
-    stp: str
-    price: int | None
-    qty: int | None
-    budget: int | None
-    open_qty: int
-    filled_qty: int
-    filled_notional: int
-    fee: int
-    status: str
-    reason: str | None
-    created_at: datetime
-    updated_at: datetime
-    fills: list[OrderFill] = []
-
-
 class Cancelled(msgspec.Struct, frozen=True, tag_field="result", tag="cancelled", array_like=True):
     order_ids: list[int]
-
-
-class RoutedOrderView(msgspec.Struct, frozen=True, tag_field="result", tag="routed_order", array_like=True):
-    """A routed order right after its command: totals over its children, and the children themselves."""
-
-    id: int
-    account_id: int
-    group: str
-    side: str
-    mode: str
-    qty: int
-    price: int | None
-    budget: int | None
-    rest_remainder: bool
-    status: str
-    filled_qty: int
-    filled_notional: int
-    fee: int
-    quality_lots: int
-    """Sum of quality x lots filled: the numerator of the average quality."""
-    remainder: int
-    resting_order_id: int | None
-    package_id: int | None
-    created_at: datetime
-    children: list[OrderView] = []
-
-
-class PackageView(msgspec.Struct, frozen=True, tag_field="result", tag="package", array_like=True):
-    id: int
-    account_id: int
-    group: str
-    qty: int
-    mode: str
-    period: str
-    max_cost: int
-    price: int | None
-    start_at: datetime
-    status: str
-    next_period: int
-    created_at: datetime
-    updated_at: datetime
 
 
 class ExecutionView(msgspec.Struct, frozen=True, tag_field="result", tag="execution", array_like=True):
@@ -270,10 +305,73 @@ class ExecutionView(msgspec.Struct, frozen=True, tag_field="result", tag="execut
     routed_order_id: int | None
     reason: str | None
     created_at: datetime
-    routed: RoutedOrderView | None = None
+    routed: RoutedOrder | None = None
 
 
-Result = Rejection | Done | OrderView | Cancelled | RoutedOrderView | PackageView | ExecutionView
+class ProviderView(msgspec.Struct, frozen=True, tag_field="result", tag="provider", array_like=True):
+    """A provider as its issuer sees it; never its credential."""
+
+    id: int
+    account_id: int
+    symbol: str
+    base_url: str
+    model: str
+    delivered: int
+    """Tokens delivered."""
+    obligation: int
+    """Tokens minted (lots x tokens per lot, minted less burned) less tokens delivered."""
+    created_at: datetime
+    updated_at: datetime
+
+
+class Upstream(msgspec.Struct, frozen=True):
+    """Where to forward a call: one provider, with its credential as stored (encrypted)."""
+
+    provider_id: int
+    base_url: str
+    model: str
+    credential: bytes
+
+
+class ReservationView(msgspec.Struct, frozen=True, tag_field="result", tag="reservation", array_like=True):
+    """A reservation just made, and the instrument's providers in the order to try them."""
+
+    id: int
+    account_id: int
+    symbol: str
+    source: str
+    tokens: int
+    deadline_at: datetime
+    providers: list[Upstream]
+
+
+class Delivered(msgspec.Struct, frozen=True):
+    """One attempt of a call as settled: a usage row, and its provider's totals after it."""
+
+    usage_id: int
+    provider_id: int
+    provider_account_id: int
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_us: int
+    latency_us: int
+    status: str
+    delivered: int
+    """The provider's delivered tokens, this attempt included."""
+    obligation: int
+    """The provider's obligation after this attempt."""
+
+
+class SettlementView(msgspec.Struct, frozen=True, tag_field="result", tag="settlement", array_like=True):
+    reservation_id: int
+    symbol: str
+    charged: int
+    attempts: list[Delivered]
+    created_at: datetime
+
+
+Result = (Rejection | Done | OrderView | Cancelled | RoutedOrder | Package | ExecutionView | ProviderView
+          | ReservationView | SettlementView)
 
 # A result travels (to a gateway) and is stored (with its signed request, ``exchange.replay``) as msgpack: each
 # kind carries its tag first, then its fields in order, so the union decodes back to the same struct.

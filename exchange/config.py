@@ -13,6 +13,8 @@ TOKEX_NATS_PORT
     The port of the embedded NATS server; default 4250, 0 for any free one. The broker checks the value.
 TOKEX_HOST, TOKEX_PORT
     Where `tokex serve` and `tokex demo` listen; default 127.0.0.1 and 8000 (0 picks a free port).
+TOKEX_DATASET_FILE_MAX_BYTES
+    The largest dataset file an issuer may upload, in bytes; default 256 MiB.
 """
 
 import os
@@ -21,6 +23,7 @@ from pathlib import Path
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_NATS_PORT = 4250
+DEFAULT_DATASET_FILE_MAX_BYTES = 256 * 1024 * 1024
 
 
 def tokex_home() -> Path:
@@ -51,3 +54,8 @@ def listen_host() -> str:
 def listen_port() -> int:
     """Return TOKEX_PORT, or 8000."""
     return int(os.environ.get("TOKEX_PORT") or DEFAULT_PORT)
+
+
+def dataset_file_max_bytes() -> int:
+    """Return TOKEX_DATASET_FILE_MAX_BYTES, or 256 MiB."""
+    return int(os.environ.get("TOKEX_DATASET_FILE_MAX_BYTES") or DEFAULT_DATASET_FILE_MAX_BYTES)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import ClassVar
 
-from exchange import fees, packages, routed_orders
+from exchange import datasets, delivery, fees, packages, routed_orders, subscriptions
 from exchange.checks import MAX_BIGINT, check_order, positive_int, storable, trading_account
 from exchange.commands import (
     AmendOrder,
@@ -36,30 +36,39 @@ from exchange.commands import (
     CancelAll,
     Cancelled,
     CancelOrder,
+    CancelSubscription,
     Command,
     CreateAccount,
     CreatePackage,
     Deposit,
     Done,
+    Download,
+    ExpireReservations,
     ListInstrument,
     Mint,
-    OrderFill,
-    OrderView,
     PlaceOrder,
+    PublishSubscriptionOffer,
+    PublishTerms,
     Redeem,
+    RegisterProvider,
     Rejection,
+    RenewSubscription,
+    Reserve,
     Result,
     RouteOrder,
     RunPackage,
     SetInstrumentStatus,
     SetPackageStatus,
+    Settle,
+    Subscribe,
     Withdraw,
+    WithdrawSubscriptionOffer,
     decode_result,
     encode_result,
 )
 from exchange.ledger import AVAILABLE, CASH, EXTERNAL, ISSUANCE, REDEMPTION, SYSTEM_ACCOUNTS
-from exchange.packages import Package
-from exchange.records import KINDS, ROLES, STATUSES, Account, Approval, Instrument, Order
+from exchange.quotas import Quotas
+from exchange.records import KINDS, ROLES, STATUSES, Account, Approval, Instrument, Order, OrderFill, OrderView, Package
 from exchange.rejections import WITHDRAWAL_NOT_COVERED, reject
 from exchange.replay import KEEP_ROWS_SECONDS, RecentRequests
 from exchange.settlement import Effects, Ids, Settlement, order_view
@@ -67,9 +76,9 @@ from matching import events as ev
 from matching.book import OrderBook
 from matching.types import BUY, IOC, SELL
 
-ClientRequest = Deposit | Withdraw | Mint | Burn | Redeem | CreatePackage
+ClientRequest = Deposit | Withdraw | Mint | Burn | Redeem | CreatePackage | Subscribe
 CLIENT_REQUEST_KINDS: dict[type, str] = {Deposit: "deposit", Withdraw: "withdrawal", Mint: "mint", Burn: "burn",
-                                         Redeem: "redemption", CreatePackage: "package"}
+                                         Redeem: "redemption", CreatePackage: "package", Subscribe: "subscription"}
 """The kinds a ``client_request_id`` is unique within, per account (the account whose balance moves)."""
 
 
@@ -105,6 +114,10 @@ class Engine:
         """(account, kind, client_request_id) -> what that request made: an entry, redemption or package id."""
         self.requests = RecentRequests()
         self.packages: dict[int, Package] = {}
+        self.datasets = datasets.Datasets()
+        self.subscriptions = subscriptions.Subscriptions()
+        self.quotas = Quotas(self.settlement)
+        self.delivery = delivery.Delivery()
 
     # Entry point
 
@@ -256,7 +269,7 @@ class Engine:
         approval = self.approvals.get(key)
         if approval is None:
             approval = self.approvals[key] = Approval(account.id, instrument.id, cmd.capacity, 0, at)
-        elif cmd.capacity < approval.issued:
+        elif cmd.capacity < delivery.outstanding(self, approval):
             return reject("capacity_below_issued")
         approval.capacity = cmd.capacity
         approval.approved_at = at
@@ -267,13 +280,9 @@ class Engine:
 
     def _deposit(self, cmd: Deposit, ts: int, at: datetime) -> Result:
         """Credit cash; the answer names the journal entry (as does a repeat of its client request id)."""
-        if cmd.account_id not in self.accounts:
-            return reject("unknown_account")
-        repeat = self._repeat(cmd)
-        if repeat is not None:
-            return repeat
-        if not positive_int(cmd.amount):
-            return reject("invalid_amount")
+        early = self._cash_answer(cmd)
+        if early is not None:
+            return early
         # The external account is minus all cash ever deposited: it bounds every other balance.
         if self.ledger.available(EXTERNAL, CASH) - cmd.amount < -MAX_BIGINT:
             return reject("amount_too_large")
@@ -284,6 +293,18 @@ class Engine:
 
     def _withdraw(self, cmd: Withdraw, ts: int, at: datetime) -> Result:
         """Debit cash; the answer names the journal entry (as does a repeat of its client request id)."""
+        early = self._cash_answer(cmd)
+        if early is not None:
+            return early
+        if self.ledger.available(cmd.account_id, CASH) < cmd.amount:
+            return Rejection("insufficient_funds", WITHDRAWAL_NOT_COVERED)
+        entry_id = self.ledger.post("withdrawal", at, [(cmd.account_id, CASH, AVAILABLE, -cmd.amount),
+                                                       (EXTERNAL, CASH, AVAILABLE, cmd.amount)])
+        self._remember(cmd, entry_id, at)
+        return Done(entry_id)
+
+    def _cash_answer(self, cmd: Deposit | Withdraw) -> Result | None:
+        """The answer of a deposit or withdrawal that moves nothing: a refusal, or the repeat of an earlier request."""
         if cmd.account_id not in self.accounts:
             return reject("unknown_account")
         repeat = self._repeat(cmd)
@@ -291,12 +312,7 @@ class Engine:
             return repeat
         if not positive_int(cmd.amount):
             return reject("invalid_amount")
-        if self.ledger.available(cmd.account_id, CASH) < cmd.amount:
-            return Rejection("insufficient_funds", WITHDRAWAL_NOT_COVERED)
-        entry_id = self.ledger.post("withdrawal", at, [(cmd.account_id, CASH, AVAILABLE, -cmd.amount),
-                                                       (EXTERNAL, CASH, AVAILABLE, cmd.amount)])
-        self._remember(cmd, entry_id, at)
-        return Done(entry_id)
+        return None
 
     def _token_command(self, cmd: Mint | Burn | Redeem) -> tuple[Account, Instrument] | Rejection:
         account = self.accounts.get(cmd.account_id)
@@ -309,8 +325,9 @@ class Engine:
             return reject("invalid_qty")
         return account, instrument
 
-    def _approved(self, cmd: Mint | Burn) -> tuple[Instrument, Approval] | Rejection:
-        """The instrument and the issuer's approval for it, when the command's account may mint or burn it."""
+    def _approved(self, cmd: Mint | Burn) -> tuple[Instrument, Approval] | Result:
+        """The instrument and the issuer's approval for it, when the command's account may mint or burn it; else
+        the command's answer: a refusal, or the repeat of an earlier request."""
         found = self._token_command(cmd)
         if isinstance(found, Rejection):
             return found
@@ -320,18 +337,18 @@ class Engine:
         approval = self.approvals.get((account.id, instrument.id))
         if approval is None:
             return reject("not_approved")
+        repeat = self._repeat(cmd)
+        if repeat is not None:
+            return repeat
         return instrument, approval
 
     def _mint(self, cmd: Mint, ts: int, at: datetime) -> Result:
         """Mint lots; the answer names the journal entry (as does a repeat of its client request id)."""
         found = self._approved(cmd)
-        if isinstance(found, Rejection):
+        if not isinstance(found, tuple):
             return found
-        repeat = self._repeat(cmd)
-        if repeat is not None:
-            return repeat
         instrument, approval = found
-        if approval.issued + cmd.qty > approval.capacity:
+        if delivery.outstanding(self, approval) + cmd.qty > approval.capacity:
             return reject("over_capacity")
         if instrument.supply_cap is not None and instrument.issued + cmd.qty > instrument.supply_cap:
             return reject("over_supply_cap")
@@ -342,11 +359,8 @@ class Engine:
     def _burn(self, cmd: Burn, ts: int, at: datetime) -> Result:
         """Burn lots; the answer names the journal entry (as does a repeat of its client request id)."""
         found = self._approved(cmd)
-        if isinstance(found, Rejection):
+        if not isinstance(found, tuple):
             return found
-        repeat = self._repeat(cmd)
-        if repeat is not None:
-            return repeat
         instrument, approval = found
         if self.ledger.available(cmd.account_id, instrument.symbol) < cmd.qty or approval.issued < cmd.qty:
             return reject("insufficient_tokens")
@@ -374,11 +388,18 @@ class Engine:
         account, instrument = found
         if self.ledger.available(account.id, instrument.symbol) < cmd.qty:
             return reject("insufficient_tokens")
+        refusal = (delivery.redemption_refusal(instrument, cmd.qty)
+                   or datasets.redemption_refusal(self, cmd, instrument, at))
+        if refusal is not None:
+            return reject(refusal)
         redemption_id = self.ids.redemption
         self.ids.redemption += 1
         self.ledger.post("redemption", at, [(account.id, instrument.symbol, AVAILABLE, -cmd.qty),
                                             (REDEMPTION, instrument.symbol, AVAILABLE, cmd.qty)])
         self.effects.redemptions.append((redemption_id, instrument.id, account.id, cmd.qty, at))
+        if instrument.kind == "dataset":
+            datasets.grant(self, redemption_id, account.id, instrument, cmd.qty, at)
+        delivery.redeemed(self, account.id, instrument, cmd.qty, at)
         self._remember(cmd, redemption_id, at)
         return Done(redemption_id)
 
@@ -574,6 +595,63 @@ class Engine:
         outcome = packages.run(self, cmd, ts, at)
         return reject(outcome) if isinstance(outcome, str) else outcome
 
+    # Datasets (exchange.datasets)
+
+    def _publish_terms(self, cmd: PublishTerms, ts: int, at: datetime) -> Result:
+        outcome = datasets.publish_terms(self, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
+    def _download(self, cmd: Download, ts: int, at: datetime) -> Result:
+        outcome = datasets.download(self, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
+    # Delivery: providers, reservations and settlements of inference calls (exchange.delivery)
+
+    def _register_provider(self, cmd: RegisterProvider, ts: int, at: datetime) -> Result:
+        outcome = delivery.register(self, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
+    def _reserve(self, cmd: Reserve, ts: int, at: datetime) -> Result:
+        outcome = delivery.reserve(self, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
+    def _settle(self, cmd: Settle, ts: int, at: datetime) -> Result:
+        outcome = delivery.settle(self, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
+    def _expire_reservations(self, cmd: ExpireReservations, ts: int, at: datetime) -> Result:
+        return delivery.expire(self, cmd, at)
+
+    # Subscriptions (exchange.subscriptions)
+
+    def _publish_subscription_offer(self, cmd: PublishSubscriptionOffer, ts: int, at: datetime) -> Result:
+        outcome = subscriptions.publish(self, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
+    def _withdraw_subscription_offer(self, cmd: WithdrawSubscriptionOffer, ts: int, at: datetime) -> Result:
+        outcome = subscriptions.withdraw(self, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
+    def _subscribe(self, cmd: Subscribe, ts: int, at: datetime) -> Result:
+        if cmd.account_id not in self.accounts:
+            return reject("unknown_account")
+        repeat = self._repeat(cmd)
+        if repeat is not None:
+            return repeat
+        outcome = subscriptions.subscribe(self, cmd, at)
+        if isinstance(outcome, str):
+            return reject(outcome)
+        self._remember(cmd, outcome.id, at)
+        return outcome
+
+    def _cancel_subscription(self, cmd: CancelSubscription, ts: int, at: datetime) -> Result:
+        outcome = subscriptions.cancel(self, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
+    def _renew_subscription(self, cmd: RenewSubscription, ts: int, at: datetime) -> Result:
+        outcome = subscriptions.renew(self, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
     # Views
 
     def view(self, order_id: int, fills: list[OrderFill] | None = None) -> OrderView | Done:
@@ -601,4 +679,15 @@ class Engine:
         CreatePackage: _create_package,
         SetPackageStatus: _set_package_status,
         RunPackage: _run_package,
+        PublishTerms: _publish_terms,
+        Download: _download,
+        PublishSubscriptionOffer: _publish_subscription_offer,
+        WithdrawSubscriptionOffer: _withdraw_subscription_offer,
+        Subscribe: _subscribe,
+        CancelSubscription: _cancel_subscription,
+        RenewSubscription: _renew_subscription,
+        RegisterProvider: _register_provider,
+        Reserve: _reserve,
+        Settle: _settle,
+        ExpireReservations: _expire_reservations,
     }

@@ -30,13 +30,12 @@ from exchange.checks import trading_account
 from exchange.commands import (
     CreatePackage,
     ExecutionView,
-    PackageView,
     Rejection,
-    RoutedOrderView,
     RouteOrder,
     RunPackage,
     SetPackageStatus,
 )
+from exchange.records import Package, RoutedOrder
 from matching.types import BUY
 
 if TYPE_CHECKING:
@@ -46,27 +45,6 @@ PERIODS = ("day", "week", "month")
 STATUSES = ("active", "paused", "cancelled")
 MAX_PERIOD = 2**31 - 1
 """Period numbers are PostgreSQL integers."""
-
-
-class Package(msgspec.Struct):
-    """A row of ``package``."""
-
-    id: int
-    account_id: int
-    substitution_group: str
-    qty: int
-    mode: str
-    period: str
-    max_cost: int
-    price: int | None
-    start_at: datetime
-    status: str
-    next_period: int
-    created_at: datetime
-    updated_at: datetime
-
-    def row(self) -> tuple:
-        return msgspec.structs.astuple(self)
 
 
 def period_start(start_at: datetime, period: str, n: int) -> datetime:
@@ -92,15 +70,12 @@ def period_at(start_at: datetime, period: str, at: datetime) -> int:
     return n
 
 
-def view(package: Package) -> PackageView:
-    return PackageView(
-        package.id, package.account_id, package.substitution_group, package.qty, package.mode, package.period,
-        package.max_cost, package.price, package.start_at, package.status, package.next_period, package.created_at,
-        package.updated_at,
-    )
+def snapshot(package: Package) -> Package:
+    """A copy of ``package`` as it stands, for a command's result: later commands of the batch change the record."""
+    return msgspec.structs.replace(package)
 
 
-def create(engine: "Engine", cmd: CreatePackage, at: datetime) -> PackageView | str:
+def create(engine: "Engine", cmd: CreatePackage, at: datetime) -> Package | str:
     """Start a package for a trading account; a refusal is its code."""
     code = route_planner.refusal([], BUY, cmd.qty, cmd.mode, cmd.price, cmd.max_cost, False)
     if code is not None:
@@ -120,10 +95,10 @@ def create(engine: "Engine", cmd: CreatePackage, at: datetime) -> PackageView | 
     engine.ids.package += 1
     engine.packages[package.id] = package
     engine.settlement.effects.packages[package.id] = package
-    return view(package)
+    return snapshot(package)
 
 
-def set_status(engine: "Engine", cmd: SetPackageStatus, at: datetime) -> PackageView | str:
+def set_status(engine: "Engine", cmd: SetPackageStatus, at: datetime) -> Package | str:
     """Pause, resume or cancel one package of the account."""
     package = engine.packages.get(cmd.package_id)
     if package is None or package.account_id != cmd.account_id:
@@ -133,13 +108,13 @@ def set_status(engine: "Engine", cmd: SetPackageStatus, at: datetime) -> Package
     if package.status == "cancelled":
         return "package_cancelled"
     if cmd.status == package.status:
-        return view(package)
+        return snapshot(package)
     if cmd.status == "active":
         package.next_period = max(package.next_period, period_at(package.start_at, package.period, at))
     package.status = cmd.status
     package.updated_at = at
     engine.settlement.effects.packages[package.id] = package
-    return view(package)
+    return snapshot(package)
 
 
 def run(engine: "Engine", cmd: RunPackage, ts: int, at: datetime) -> ExecutionView | str:
@@ -155,7 +130,7 @@ def run(engine: "Engine", cmd: RunPackage, ts: int, at: datetime) -> ExecutionVi
                        package.price, package.max_cost)
     account = trading_account(engine.accounts, package.account_id)
     if isinstance(account, Rejection):
-        outcome: RoutedOrderView | str = account.code
+        outcome: RoutedOrder | str = account.code
     else:
         outcome = routed_orders.execute(engine, package.account_id, route, package.id, ts, at)
     package.next_period += 1

@@ -1,4 +1,5 @@
-"""The exchange's in-memory records of accounts, instruments and orders, mirroring their tables."""
+"""The exchange's in-memory records (accounts, instruments, orders, routed orders, packages), mirroring their tables;
+commands answer with them (`exchange.commands.Result`)."""
 
 from datetime import datetime
 
@@ -96,3 +97,79 @@ class Order(msgspec.Struct, gc=False):
     def row(self) -> tuple:
         """The values of ``book_order``'s columns, in the order of this Struct's fields."""
         return msgspec.structs.astuple(self)
+
+
+class Package(msgspec.Struct, tag_field="result", tag="package", array_like=True):
+    """A row of ``package``."""
+
+    id: int
+    account_id: int
+    substitution_group: str
+    qty: int
+    mode: str
+    period: str
+    max_cost: int
+    price: int | None
+    start_at: datetime
+    status: str
+    next_period: int
+    created_at: datetime
+    updated_at: datetime
+
+    def row(self) -> tuple:
+        return msgspec.structs.astuple(self)
+
+
+class OrderFill(msgspec.Struct, frozen=True):
+    fill_id: int
+    price: int
+    qty: int
+    fee: int
+    role: str
+
+
+class OrderView(Order, frozen=True, tag_field="result", tag="order", array_like=True):
+    """An order as a command left it, for the command's result: a copy of the record (later commands of the batch
+    change the record itself), its instrument's symbol and the command's fills. Read back from the database, the
+    same with no fills."""
+
+    symbol: str
+    fills: list[OrderFill] = []
+
+
+class RoutedOrder(msgspec.Struct, tag_field="result", tag="routed_order", array_like=True):
+    """A routed order (a row of ``routed_order``) and, right after its command, its children."""
+
+    id: int
+    account_id: int
+    substitution_group: str
+    side: str
+    mode: str
+    qty: int
+    price: int | None
+    budget: int | None
+    rest_remainder: bool
+    status: str
+    filled_qty: int
+    filled_notional: int
+    fee: int
+    quality_lots: int
+    """Sum of quality x lots filled: the numerator of the average quality."""
+    remainder: int
+    resting_order_id: int | None
+    order_ids: list[int]
+    package_id: int | None
+    created_at: datetime
+    client_order_id: str | None
+    children: list[OrderView] = []
+    """The child orders as the command left them; empty when read back from the database."""
+
+    ROW_FIELDS = (
+        "id", "account_id", "substitution_group", "side", "mode", "qty", "price", "budget", "rest_remainder",
+        "status", "filled_qty", "filled_notional", "fee", "quality_lots", "remainder", "resting_order_id",
+        "order_ids", "package_id", "created_at", "client_order_id",
+    )
+    """The columns of ``routed_order``."""
+
+    def row(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.ROW_FIELDS)

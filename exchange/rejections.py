@@ -57,6 +57,36 @@ MESSAGES = {
     "package_cancelled": "The package is cancelled; create a new one.",
     "package_not_active": "The package is paused or cancelled.",
     "period_not_due": "That period is not the package's next one, or has not started yet.",
+    "not_a_dataset": "Only dataset tokens have license terms, files and access grants.",
+    "invalid_terms": "Terms need one or more permitted uses (research, internal, commercial, model_training), "
+                     "days_per_token (1-36600) and/or downloads_per_token (1-1000000), a text of at most 32000 "
+                     "characters and an attribution of at most 500.",
+    "no_terms": "This dataset has no license terms yet; its issuer publishes them first.",
+    "terms_not_accepted": "Redeeming dataset tokens accepts their license terms: send terms_version, the version "
+                          "shown at GET /v1/instruments/{symbol}/terms.",
+    "terms_changed": "The dataset's terms have a newer version than the one accepted; read them at "
+                     "GET /v1/instruments/{symbol}/terms and redeem again.",
+    "grant_too_large": "The access these tokens grant goes beyond what can be recorded; redeem fewer.",
+    "unknown_file": "No such file of this dataset; list them with GET /v1/instruments/{symbol}/files.",
+    "no_access": "No access grant of this account covers this dataset now; redeem its tokens to get one.",
+    "not_compute": "Only compute instruments have providers and quotas of tokens.",
+    "invalid_provider": "The base URL must start with http:// or https:// and be at most 512 characters, the model "
+                        "name 1 to 128 characters, and the credential at most 1 KiB.",
+    "unknown_model": "No compute instrument or substitution group by that name; list them with GET /v1/instruments "
+                     "or GET /inference/v1/models.",
+    "invalid_tokens": "The tokens to reserve must be a positive whole number.",
+    "no_provider": "No provider serves this instrument yet; try another model.",
+    "quota_exceeded": "Your quota does not cover this call's worst case (its prompt plus max_tokens): redeem more "
+                      "lots of the instrument (POST /v1/redemptions) or lower max_tokens. GET /v1/quotas shows what "
+                      "is left.",
+    "unknown_reservation": "No such open reservation: it settled, or expired past its deadline.",
+    "invalid_attempts": "A settlement lists 1 to 8 attempts on providers of the reservation's instrument, at most "
+                        "one of them ok, with whole non-negative counts.",
+    "invalid_offer": "A subscription offer needs 1 to 10^15 tokens a period, a period of 'day', 'week' or 'month', "
+                     "and a price of 1 micro-yuan to one billion CNY.",
+    "unknown_offer": "No such subscription offer; list them with GET /v1/subscription-offers.",
+    "offer_withdrawn": "The seller has withdrawn this offer; it takes no new subscribers.",
+    "unknown_subscription": "No such subscription in this account.",
     "replayed_request": "This signed request was already accepted; it runs once. Sign a new one (a new "
                         "timestamp) to do it again, or send a client id to make retries safe.",
 }

@@ -23,44 +23,14 @@ child, and its lots stay in the remainder.
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-import msgspec
-
-from exchange import fees, route_planner
-from exchange.commands import OrderView, RoutedOrderView, RouteOrder
-from exchange.records import Instrument
+from exchange import delivery, fees, route_planner
+from exchange.commands import RouteOrder
+from exchange.records import Instrument, OrderView, RoutedOrder
 from matching import events as ev
 from matching.types import BUY, GTC, IOC, SELL
 
 if TYPE_CHECKING:
     from exchange.engine import Engine
-
-
-class RoutedOrder(msgspec.Struct):
-    """A row of ``routed_order``."""
-
-    id: int
-    account_id: int
-    substitution_group: str
-    side: str
-    mode: str
-    qty: int
-    price: int | None
-    budget: int | None
-    rest_remainder: bool
-    status: str
-    filled_qty: int
-    filled_notional: int
-    fee: int
-    quality_lots: int
-    remainder: int
-    resting_order_id: int | None
-    order_ids: list[int]
-    package_id: int | None
-    created_at: datetime
-    client_order_id: str | None
-
-    def row(self) -> tuple:
-        return msgspec.structs.astuple(self)
 
 
 def members(engine: "Engine", group: str) -> list[Instrument]:
@@ -80,7 +50,9 @@ def venues(engine: "Engine", group: str, side: str, account_id: int, percent: in
         assert instrument.book is not None and instrument.quality is not None
         bids, asks = instrument.book.depth(route_planner.DEPTH_LEVELS)
         found.append(route_planner.Venue(
-            instrument.symbol, instrument.quality, instrument.tick, instrument.min_qty, instrument.max_qty,
+            # The measured quality: what its providers deliver (exchange.delivery), the listed one until measured.
+            instrument.symbol, delivery.quality(engine, instrument), instrument.tick, instrument.min_qty,
+            instrument.max_qty,
             fees.rate_ppm(instrument.maker_fee_bps, percent), fees.rate_ppm(instrument.taker_fee_bps, percent),
             asks if side == BUY else bids,
             None if side == BUY else engine.settlement.ledger.available(account_id, instrument.symbol),
@@ -89,7 +61,7 @@ def venues(engine: "Engine", group: str, side: str, account_id: int, percent: in
 
 
 def execute(engine: "Engine", account_id: int, cmd: RouteOrder, package_id: int | None, ts: int, at: datetime
-            ) -> RoutedOrderView | str:
+            ) -> RoutedOrder | str:
     """Plan and execute ``cmd`` for a trading account; a refusal is its code, and changes nothing."""
     percent = fees.tier_percent(engine.settlement.volume.trailing(account_id, ts))
     books = venues(engine, cmd.group, cmd.side, account_id, percent) if type(cmd.group) is str else None
@@ -132,10 +104,10 @@ def execute(engine: "Engine", account_id: int, cmd: RouteOrder, package_id: int 
         "filled" if filled == cmd.qty else "partially_filled" if filled else "unfilled", filled,
         sum(c.filled_notional for c in swept), sum(c.fee for c in swept),
         sum(quality[c.symbol] * c.filled_qty for c in swept), cmd.qty - filled, resting_id,
-        [c.id for c in children], package_id, at, cmd.client_order_id,
+        [c.id for c in children], package_id, at, cmd.client_order_id, children,
     )
     settlement.effects.routed_orders.append(routed)
-    return view(routed, children)
+    return routed
 
 
 def _child(engine: "Engine", account_id: int, side: str, symbol: str, price: int, qty: int, tif: str,
@@ -152,13 +124,4 @@ def _child(engine: "Engine", account_id: int, side: str, symbol: str, price: int
         instrument, seq, events, ts, at, account_id=account_id, client_order_id=None, side=side, type="limit",
         tif=tif, post_only=False, stp="cancel_newest", price=price, qty=qty, budget=None,
         maker_fee_ppm=venue.maker_ppm, taker_fee_ppm=venue.taker_ppm, held=held, hold_asset=None, pooled=pooled,
-    )
-
-
-def view(routed: RoutedOrder, children: list[OrderView]) -> RoutedOrderView:
-    return RoutedOrderView(
-        routed.id, routed.account_id, routed.substitution_group, routed.side, routed.mode, routed.qty, routed.price,
-        routed.budget, routed.rest_remainder, routed.status, routed.filled_qty, routed.filled_notional, routed.fee,
-        routed.quality_lots, routed.remainder, routed.resting_order_id, routed.package_id, routed.created_at,
-        children,
     )

@@ -1,9 +1,12 @@
-"""The package scheduler: run each due period of every active package through the sequencer, in order.
+"""The period scheduler: run each due period of every active package, and of every subscription, through the
+sequencer, in order.
 
 Every ``interval`` seconds (and on ``wake``) it asks the engine which packages have a period that has started
-(``packages.due``) and submits ``RunPackage`` for each, oldest period first, until none is due. A period
+(``packages.due``) and submits ``RunPackage`` for each, oldest period first, and likewise ``RenewSubscription``
+for each subscription whose next period has started (``subscriptions.due``), until none is due. A period
 missed while the server was down is due when it comes back, and runs then, once: ``RunPackage`` only runs a
-package's ``next_period``, and the run and its execution row commit together (``exchange.packages``).
+package's ``next_period``, and the run and its execution row commit together (``exchange.packages``); so do a
+subscription's renewal and its period row (``exchange.subscriptions``).
 
 The clock is the sequencer's (``Sequencer.clock``, microseconds since the epoch), so the engine judges a period
 due by the same time the scheduler does; a test passes a fake clock to both and runs months in milliseconds by
@@ -16,8 +19,8 @@ import logging
 from collections.abc import Callable
 from datetime import timedelta
 
-from exchange import packages
-from exchange.commands import ExecutionView, RunPackage
+from exchange import packages, subscriptions
+from exchange.commands import Done, ExecutionView, RenewSubscription, RunPackage
 from exchange.sequencer import EPOCH, Sequencer, Unavailable
 
 log = logging.getLogger(__name__)
@@ -50,7 +53,7 @@ class Scheduler:
         self._wake.set()
 
     async def run_due(self) -> list[ExecutionView]:
-        """Run every period due by the clock, oldest first; return the executions committed."""
+        """Run every period due by the clock, oldest first; return the package executions committed."""
         executed: list[ExecutionView] = []
         while True:
             engine = self.sequencer.engine
@@ -69,6 +72,9 @@ class Scheduler:
                         self.listener(account_id, result)
                     except Exception:
                         log.exception("reporting a package execution failed")
+            for period, subscription_id in subscriptions.due(engine, at):
+                renewed = await self.sequencer.submit(RenewSubscription(subscription_id, period))
+                progress = progress or isinstance(renewed, Done)
             if not progress:
                 return executed
 
@@ -77,10 +83,10 @@ class Scheduler:
             try:
                 await self.run_due()
             except Unavailable as exc:
-                log.info("package scheduler waiting: %s", exc)
+                log.info("period scheduler waiting: %s", exc)
             except Exception:
                 # The scheduler must outlive any one bad round: the next one starts from the engine afresh.
-                log.exception("package scheduler round failed")
+                log.exception("period scheduler round failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             self._wake.clear()

@@ -81,6 +81,8 @@ class Unavailable(Exception):
 
 Publisher = Callable[[list[tuple[str, list]], list[int]], None]
 """Called with a committed batch's (symbol, book events) and the ids of its fills, one per Trade event, in order."""
+EffectsPublisher = Callable[[Effects], None]
+"""Called with every committed batch's effects, in commit order (the feed's user channel: orders, fills, balances)."""
 Resync = Callable[[asyncpg.Connection], Awaitable[None]]
 """Rebuilds the market data consumers from the database, while nothing commits."""
 Batch = list[tuple[Command, bytes | None, bool, asyncio.Future]]
@@ -93,13 +95,14 @@ class Sequencer:
 
     def __init__(self, pool: asyncpg.Pool, engine: Engine, publish: Publisher | None = None,
                  max_batch: int = 4096, retry_interval: float = 0.5, clock: Callable[[], int] | None = None,
-                 resync: Resync | None = None) -> None:
+                 resync: Resync | None = None, publish_effects: EffectsPublisher | None = None) -> None:
         self.pool = pool
         self.clock = clock or wall_clock
         """Microseconds since the epoch for each batch: the engine's only time (injectable for tests)."""
         self.engine = engine
         self.publish = publish
         self.resync = resync
+        self.publish_effects = publish_effects
         self._market_unsure = False
         """The market data consumers may not match the database (a reload, or a ``publish`` that raised), so they
         need ``resync`` before the next batch is published."""
@@ -269,6 +272,8 @@ class Sequencer:
             # the answered callers resume, whose answers are scheduled after it. Once a publish has failed, the
             # resync that follows this commit covers this batch too.
             asyncio.get_running_loop().call_soon(self._publish, write.effects)
+        if self.publish_effects is not None:
+            asyncio.get_running_loop().call_soon(self._publish_effects, write.effects)
         for (_, _, _, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
@@ -285,6 +290,17 @@ class Sequencer:
             if self.resync is not None:
                 self._market_unsure = True
                 self._applied_ready.set()  # an idle writer resyncs now rather than at the next batch
+
+    def _publish_effects(self, effects: Effects) -> None:
+        assert self.publish_effects is not None
+        try:
+            self.publish_effects(effects)
+        except Exception:
+            # Downstream of the commit, as market data: the resync that follows sends subscribers fresh snapshots.
+            log.exception("publishing a committed batch's account events failed; rebuilding from the database")
+            if self.resync is not None:
+                self._market_unsure = True
+                self._applied_ready.set()
 
     async def _resync_market(self) -> None:
         """Rebuild the market data consumers between two commits; on failure, try again before the next one.

@@ -22,16 +22,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from msgspec.structs import astuple
+
 from exchange import fees
-from exchange.commands import OrderFill, OrderView
 from exchange.ledger import AVAILABLE, CASH, FEES, HELD, Ledger
-from exchange.records import Approval, Instrument, Order
+from exchange.records import Approval, Instrument, Order, OrderFill, OrderView, Package, RoutedOrder
 from matching import events as ev
 from matching.types import BUY, BY_REQUEST, SELF_TRADE, SELL
 
 if TYPE_CHECKING:
-    from exchange.packages import Package
-    from exchange.routed_orders import RoutedOrder
+    from exchange.datasets import Grant, Terms
+    from exchange.delivery import Provider
+    from exchange.quotas import Quota, Reservation
+    from exchange.subscriptions import Offer, Subscription
 
 
 @dataclass
@@ -54,8 +57,8 @@ class Effects:
     balances: list[tuple] = field(default_factory=list)
     events: list[tuple[str, list]] = field(default_factory=list)
     """(symbol, book events) per order command, for market data after the commit."""
-    routed_orders: "list[RoutedOrder]" = field(default_factory=list)
-    packages: "dict[int, Package]" = field(default_factory=dict)
+    routed_orders: list[RoutedOrder] = field(default_factory=list)
+    packages: dict[int, Package] = field(default_factory=dict)
     executions: list[tuple] = field(default_factory=list)
     """(package id, period, routed order id, reason, created_at) per package period run."""
     requests: list[tuple[bytes, datetime, bytes]] = field(default_factory=list)
@@ -65,6 +68,24 @@ class Effects:
     """Delete the rows of signed requests older than this: they can no longer be replayed."""
     client_requests: list[tuple] = field(default_factory=list)
     """(account id, kind, client request id, result id, created_at) per command that named itself."""
+    terms: "list[Terms]" = field(default_factory=list)
+    """Dataset terms published."""
+    grants: "dict[int, Grant]" = field(default_factory=dict)
+    """Dataset access grants made or spent from."""
+    downloads: list[tuple] = field(default_factory=list)
+    """(id, grant id, file id, bytes, created_at) per dataset download counted."""
+    offers: "dict[int, Offer]" = field(default_factory=dict)
+    subscriptions: "dict[int, Subscription]" = field(default_factory=dict)
+    subscription_periods: list[tuple] = field(default_factory=list)
+    """(subscription id, period, journal entry id, price, fee, tokens, reason, created_at) per period run."""
+    providers: "dict[int, Provider]" = field(default_factory=dict)
+    """Providers registered or changed."""
+    deliveries: "dict[int, Provider]" = field(default_factory=dict)
+    """Providers whose delivered tokens changed."""
+    quotas: "dict[tuple[int, int, str], Quota]" = field(default_factory=dict)
+    reservations: "dict[int, Reservation]" = field(default_factory=dict)
+    usages: list[tuple] = field(default_factory=list)
+    """The rows of ``usage``: one per attempt of an inference call on a provider (``exchange.delivery``)."""
 
 
 @dataclass
@@ -78,6 +99,12 @@ class Ids:
     entry: int = 1
     redemption: int = 1
     package: int = 1
+    download: int = 1
+    offer: int = 1
+    subscription: int = 1
+    provider: int = 1
+    reservation: int = 1
+    usage: int = 1
 
 
 @dataclass
@@ -92,13 +119,9 @@ class Pool:
 
 
 def order_view(order: Order, symbol: str, fills: list[OrderFill] | None = None) -> OrderView:
-    """What a client sees of ``order``, with the fills of the command that answers."""
-    return OrderView(
-        order.id, order.account_id, symbol, order.client_order_id, order.side, order.type, order.tif,
-        order.post_only, order.stp, order.price, order.qty, order.budget, order.open_qty, order.filled_qty,
-        order.filled_notional, order.fee, order.status, order.reason, order.created_at, order.updated_at,
-        fills or [],
-    )
+    """``order`` as it stands, with the fills of the command that answers."""
+    # Positional, as in ``Settlement.open``: this runs once per order.
+    return OrderView(*astuple(order), symbol, fills or [])
 
 
 class Settlement:

@@ -1,10 +1,11 @@
 """PostgreSQL persistence: commit one batch of effects, and load the whole engine back.
 
-A batch's frequent rows (journal entries, postings, orders, fills, balances, sequence numbers) are written by
+A batch's frequent rows (journal entries, postings, orders, fills, balances, sequence numbers, and delivery's
+quotas, reservations, usage and providers' delivered tokens) are written by
 one statement, an insert, update or upsert per table fed by arrays (``_Batch``); the rare ones (accounts,
-listings, approvals, redemptions, routed orders, packages, client request ids, halts, and the deletion of
-signed requests too old to be replayed) join it in a transaction when a batch has
-any. Nothing here decides anything; the rows come ready from the engine.
+listings, approvals, redemptions, routed orders, packages, client request ids, halts, providers registered,
+dataset terms, grants and downloads, subscriptions, and the deletion of signed requests too old to be replayed)
+join it in a transaction when a batch has any. Nothing here decides anything; the rows come ready from the engine.
 """
 
 from collections.abc import Sequence
@@ -13,12 +14,15 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import msgspec
 
+from exchange import delivery
 from exchange.database.queries import sql
+from exchange.datasets import Grant, Terms
 from exchange.engine import Engine
-from exchange.packages import Package
-from exchange.records import Account, Approval, Instrument, Order
+from exchange.quotas import Quota, Reservation
+from exchange.records import Account, Approval, Instrument, Order, Package
 from exchange.replay import REMEMBER_SECONDS
 from exchange.settlement import Effects, Ids
+from exchange.subscriptions import Offer, Subscription
 from matching.book import OrderBook
 from matching.level import RestingOrder
 
@@ -31,6 +35,12 @@ INSERT_ROUTED_ORDER = sql("insert_routed_order")
 UPSERT_PACKAGE = sql("upsert_package")
 INSERT_EXECUTION = sql("insert_package_execution")
 INSERT_CLIENT_REQUEST = sql("insert_client_request")
+INSERT_TERMS = sql("insert_dataset_terms")
+UPSERT_GRANT = sql("upsert_dataset_grant")
+INSERT_DOWNLOAD = sql("insert_dataset_download")
+UPSERT_OFFER = sql("upsert_subscription_offer")
+UPSERT_SUBSCRIPTION = sql("upsert_subscription")
+INSERT_SUBSCRIPTION_PERIOD = sql("insert_subscription_period")
 FORGET_REQUESTS = sql("forget_signed_requests")
 RECENT_REQUESTS = sql("recent_signed_requests")
 NEXT_IDS = sql("next_ids")
@@ -44,7 +54,17 @@ ORDER_CLIENT_IDS = sql("order_client_ids")
 ROUTED_CLIENT_IDS = sql("routed_order_client_ids")
 CLIENT_REQUESTS = sql("client_requests")
 PACKAGES = sql("packages")
+DATASET_TERMS = sql("current_dataset_terms")
+USABLE_GRANTS = sql("usable_dataset_grants")
+OFFERS = sql("subscription_offers")
+SUBSCRIPTIONS = sql("running_subscriptions")
 DAILY_VOLUME = sql("daily_volume")
+UPSERT_PROVIDER = sql("upsert_provider")
+DELIVERY_NEXT_IDS = sql("delivery_next_ids")
+PROVIDERS = sql("providers")
+QUOTAS = sql("quotas")
+OPEN_RESERVATIONS = sql("open_reservations")
+PROVIDER_WINDOWS = sql("provider_windows")
 DEFAULT_PLANNER = sql("default_planner")
 """Undoes the writer connection's planner settings (``sequencer.WRITER_SETTINGS``) for a transaction that reads
 whole tables."""
@@ -78,6 +98,10 @@ class _Batch:
         ("balance", 5, ()),
         ("instrument_seq", 2, ()),
         ("signed_request", 3, (1,)),
+        ("quota", 9, (8,)),
+        ("reservation", 10, ()),
+        ("usage", 11, (10,)),
+        ("provider", 3, (2,)),
     )
     """In the statement's order, each CTE's table, the columns of its rows, and the positions of those that hold
     the batch's instant (the statement takes them from ``$1``); every other column is one array parameter."""
@@ -101,6 +125,10 @@ class _Batch:
             effects.balances,
             [(i.id, i.seq) for i in effects.instruments.values()],
             [(digest.hex(), at, result.hex()) for digest, at, result in effects.requests],
+            [q.row() for q in effects.quotas.values()],
+            [r.row() for r in effects.reservations.values()],
+            effects.usages,
+            [(p.id, p.delivered, p.updated_at) for p in effects.deliveries.values()],
         )
         instants: set[datetime] = set()
         literals: list[object] = []
@@ -154,7 +182,9 @@ async def write(conn: asyncpg.Connection, batch: Write) -> None:
     effects = batch.effects
     if not (effects.accounts or effects.new_instruments or effects.approvals or effects.redemptions
             or effects.routed_orders or effects.packages or effects.executions or effects.statuses
-            or effects.client_requests or effects.forget_requests_before is not None):
+            or effects.client_requests or effects.forget_requests_before is not None or effects.providers
+            or effects.terms or effects.grants or effects.downloads or effects.offers or effects.subscriptions
+            or effects.subscription_periods):
         await conn.execute(BATCH.statement, *batch.arguments)
         return
     async with conn.transaction():
@@ -169,8 +199,22 @@ async def write(conn: asyncpg.Connection, batch: Write) -> None:
                 (a.account_id, a.instrument_id, a.capacity, a.issued, a.approved_at)
                 for a in effects.approvals.values()
             ])
+        if effects.terms:
+            await conn.executemany(INSERT_TERMS, [t.row() for t in effects.terms])
         if effects.redemptions:
             await conn.executemany(INSERT_REDEMPTION, effects.redemptions)
+        if effects.grants:
+            # After the redemptions: a grant's id is its redemption's.
+            await conn.executemany(UPSERT_GRANT, [g.row() for g in effects.grants.values()])
+        if effects.downloads:
+            await conn.executemany(INSERT_DOWNLOAD, effects.downloads)
+        if effects.offers:
+            await conn.executemany(UPSERT_OFFER, [o.row() for o in effects.offers.values()])
+        if effects.subscriptions:
+            await conn.executemany(UPSERT_SUBSCRIPTION, [s.row() for s in effects.subscriptions.values()])
+        if effects.subscription_periods:
+            # Unique by (subscription, period): a period committed twice fails its batch rather than run twice.
+            await conn.executemany(INSERT_SUBSCRIPTION_PERIOD, effects.subscription_periods)
         if effects.routed_orders:
             await conn.executemany(INSERT_ROUTED_ORDER, [r.row() for r in effects.routed_orders])
         if effects.packages:
@@ -183,6 +227,8 @@ async def write(conn: asyncpg.Connection, batch: Write) -> None:
             await conn.executemany(INSERT_CLIENT_REQUEST, effects.client_requests)
         if effects.forget_requests_before is not None:
             await conn.execute(FORGET_REQUESTS, effects.forget_requests_before)
+        if effects.providers:
+            await conn.executemany(UPSERT_PROVIDER, [p.row() for p in effects.providers.values()])
         await conn.execute(BATCH.statement, *batch.arguments)
 
 
@@ -200,6 +246,9 @@ async def load(conn: asyncpg.Connection) -> Engine:
             entry=next_ids["journal_entry"],
             redemption=next_ids["redemption"],
             package=next_ids["package"],
+            download=next_ids["dataset_download"],
+            offer=next_ids["subscription_offer"],
+            subscription=next_ids["subscription"],
         )
         engine = Engine(ids)
         for row in await conn.fetch(TRADER_ACCOUNTS):
@@ -232,10 +281,35 @@ async def load(conn: asyncpg.Connection) -> Engine:
             (digest, result) for digest, result in await conn.fetch(RECENT_REQUESTS, float(REMEMBER_SECONDS)))
         for row in await conn.fetch(PACKAGES):
             engine.packages[row["id"]] = Package(**row)
+        for row in await conn.fetch(DATASET_TERMS):
+            engine.datasets.terms[row["instrument_id"]] = Terms(**row)
+        for row in await conn.fetch(USABLE_GRANTS, datetime.now(UTC)):
+            engine.datasets.add_grant(Grant(**row))
+        for row in await conn.fetch(OFFERS):
+            engine.subscriptions.offers[row["id"]] = Offer(**row)
+        for row in await conn.fetch(SUBSCRIPTIONS):
+            engine.subscriptions.subscriptions[row["id"]] = Subscription(**row)
+        await load_delivery(conn, engine)
         since = datetime.now(UTC) - timedelta(days=VOLUME_DAYS)
         for account, day, notional in await conn.fetch(DAILY_VOLUME, None, since):
             engine.volume.add(account, day, notional)
     return engine
+
+
+async def load_delivery(conn: asyncpg.Connection, engine: Engine) -> None:
+    """Providers with their windows of attempts, quotas and open reservations (``exchange.delivery``)."""
+    next_ids = await conn.fetchrow(DELIVERY_NEXT_IDS)
+    engine.ids.provider, engine.ids.reservation, engine.ids.usage = (
+        next_ids["provider"], next_ids["reservation"], next_ids["usage"])
+    for row in await conn.fetch(PROVIDERS):
+        engine.delivery.add(delivery.Provider(**row))
+    for provider_id, *sample in await conn.fetch(PROVIDER_WINDOWS, delivery.WINDOW_CALLS):
+        engine.delivery.windows[provider_id].append(delivery.Sample(*sample))
+    for row in await conn.fetch(QUOTAS):
+        engine.quotas.restore(Quota(**row))
+    for row in await conn.fetch(OPEN_RESERVATIONS):
+        reservation = Reservation(**row)
+        engine.quotas.open[reservation.id] = reservation
 
 
 async def order_row(conn: asyncpg.Connection, order_id: int) -> Order | None:

@@ -4,8 +4,9 @@ The server is the one named by TOKEX_TEST_DATABASE_URL when set (its role must b
 DATABASE), else the embedded server, started on first use and stopped at the end, in a temporary TOKEX_HOME its server
 user can enter (``tests.support.databases.reachable_temp_home``).
 
-    database_url          session: a database created for this run, dropped at the end
-    fresh_database_url    function: a new empty database for one test, dropped after it
+    database_url          session: an empty database created for this run, dropped at the end
+    migrated_database_url function: a new migrated database for one test, dropped after it
+    fresh_database_url    function: a new empty database for one test (of migrating itself), dropped after it
     postgres_admin_url    session: the server's own DSN, for tests that manage databases themselves
     reachable_home        function: an empty TOKEX_HOME for a test that runs its own embedded server;
                           any server still running there afterwards is killed
@@ -13,7 +14,8 @@ user can enter (``tests.support.databases.reachable_temp_home``).
                           (``tests.support.api_server.live_server``); the feed tests serve their own
     fuzz                  module: funded accounts and signers on ``live`` for the schemathesis fuzzers
 
-Databases are made from template0, so a test sees no data of another. Plain helpers the folders share are in
+Databases are cloned from one migrated template per session (``tests.support.databases``), so a test sees no
+data of another; empty ones are made from template0. Plain helpers the folders share are in
 ``tests/support/``. pytest-asyncio runs in auto mode (pyproject.toml): `async def test_...` needs no marker.
 The fixtures themselves are sync, so they work with any event loop scope.
 """
@@ -61,14 +63,21 @@ def postgres_admin_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def database_url(postgres_admin_url: str) -> Iterator[str]:
-    with fresh_database(postgres_admin_url, "tokex_test") as dsn:
+    with fresh_database(postgres_admin_url, "tokex_test", migrated=False) as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def migrated_database_url(postgres_admin_url: str) -> Iterator[str]:
+    with fresh_database(postgres_admin_url, "tokex_test_fn") as dsn:
         yield dsn
 
 
 @pytest.fixture
 def fresh_database_url(postgres_admin_url: str) -> Iterator[str]:
-    with fresh_database(postgres_admin_url, "tokex_test_fn") as dsn:
+    with fresh_database(postgres_admin_url, "tokex_test_fn", migrated=False) as dsn:
         yield dsn
+
 
 @pytest.fixture
 def reachable_home() -> Iterator[Path]:

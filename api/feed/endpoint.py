@@ -168,7 +168,6 @@ async def subscribe(hub: Hub, connection: Connection, request: Subscribe) -> Non
     hub.subscribe(connection, key, first)
     if api_key is not None:
         connection.keys[key] = api_key
-        hub.user.welcome(symbol, key[2])
 
 
 def unsubscribe(hub: Hub, connection: Connection, request: Unsubscribe) -> None:

@@ -18,6 +18,7 @@ from api.feed.protocol import (
     GOING_AWAY,
     INTERVAL_MINUTES,
     CandleUpdate,
+    DeliveryUpdate,
     Heartbeat,
     IndexHeartbeat,
     IndexUpdate,
@@ -31,9 +32,9 @@ from api.feed.protocol import (
     encode,
     frame,
 )
-from api.feed.user import UserChannel, UserJob, merge
+from api.feed.user import UserChannel
 from api.marketdata import MINUTE_US, Batch, MarketData
-from api.schemas import Execution, candle, empty_candle, price_index, ticker_figures
+from api.schemas import DeliveryEvent, Execution, candle, empty_candle, price_index, ticker_figures
 from api.services import Services
 from api.uvicorn_coupling import wire_frame
 from exchange.indexer import IndexRow
@@ -48,7 +49,7 @@ def now_us() -> int:
 
 class Hub:
     """Every connection and subscription, the books as published, and the tasks that flush, beat and read the
-    user channel's rows. ``publish`` is a ``MarketData`` listener."""
+    user channel's snapshots. ``publish`` is a ``MarketData`` listener, ``user.receive`` an account listener."""
 
     def __init__(self, market: MarketData, limits: FeedLimits | None = None) -> None:
         self.market = market
@@ -59,14 +60,13 @@ class Hub:
         self.per_address: Counter[str] = Counter()
         self.per_address_elsewhere: Counter[str] = Counter()
         """Connections per address open on the other gateways, kept by ``api.shared_limits``; empty in one process."""
-        self.user_feeds: dict[str, dict[int, Feed]] = {}
-        self.last_fill_id = market.last_fill_id
-        """The id of the newest fill published: after a ``resync``, the user channel reads the ones after it."""
         self.services: Services | None = None
         self._dirty: list[Feed] = []
         self._deliveries: deque[tuple[Connection, str | asyncio.Event, bytes | None]] = deque()
         self._flush_wanted = asyncio.Event()
         self._last_flush = 0.0
+        self._flush_cost = 0.0
+        """Seconds the last flush took to build its frames and hand them over."""
         self.user = UserChannel(self)
         self.indices: dict[str, IndexRow] = {}
         """group -> its newest price index"""
@@ -102,11 +102,6 @@ class Hub:
             ladder = self.ladders.get(symbol)
             if ladder is None:
                 ladder = self.ladders[symbol] = Ladder(0)
-            job = None
-            if symbol in self.user_feeds:
-                job = self.user.jobs.get(symbol)
-                if job is None:
-                    job = self.user.jobs[symbol] = UserJob()
             traded = touched.get(symbol, False)
             seq = -1
             ts = 0
@@ -122,26 +117,13 @@ class Hub:
                 if kind is ev.LevelChanged:
                     levels.append(event)
                 elif kind is ev.Trade:
-                    fill_id = next_fill()
-                    trades.append((fill_id, event))
+                    trades.append((next_fill(), event))
                     traded = True
-                    if job is not None:
-                        job.order_ids.update((event.maker_order_id, event.taker_order_id))
-                        job.first_fill = job.first_fill or fill_id
-                        job.last_fill = fill_id
-                elif job is not None and kind is not ev.Rejected:
-                    job.order_ids.add(event.order_id)
             if seq >= 0:
                 self._emit(symbol, ladder, seq, ts, levels, trades)
                 touched[symbol] = traded
-                if job is not None:
-                    job.seq = ladder.seq
-        if fill_ids:
-            self.last_fill_id = fill_ids[-1]
         for symbol, traded in touched.items():
             self._after_batch(symbol, self.ladders[symbol], traded)
-        if self.user.jobs:
-            self.user.wake.set()
         self._flush_wanted.set()
 
     def resync(self) -> None:
@@ -152,7 +134,7 @@ class Hub:
         subscriber gets a fresh snapshot (the next update's ``prev_seq`` is its seq), each ticker and candles
         subscriber a fresh message, and trades and heartbeats continue from that seq, so a client whose last
         trades seq is below it fetches the trades it missed over REST. The user channel sends each subscriber's
-        balances and open orders again, and the fills committed after the last one published.
+        balances and open orders again, and the fills committed after the last one it sent.
         """
         self.flush()  # what is queued predates the snapshots
         for symbol, view in self.market.books.items():
@@ -173,15 +155,7 @@ class Hub:
                 self.queue(feed, self.ticker(symbol, ladder))
             else:
                 self.queue(feed, self.candle(symbol, ladder, key[2]))
-        missed = (self.last_fill_id + 1, self.market.last_fill_id)
-        self.last_fill_id = max(self.last_fill_id, self.market.last_fill_id)
-        for symbol, accounts in self.user_feeds.items():
-            self.user.initial.extend((symbol, account_id) for account_id in accounts)
-            if missed[0] <= missed[1]:
-                job = self.user.jobs.setdefault(symbol, UserJob())
-                merge(job, UserJob(self.ladders[symbol].seq, set(), *missed))
-        if self.user_feeds:
-            self.user.wake.set()
+        self.user.owe_all()
         self._flush_wanted.set()
 
     def _emit(self, symbol: str, ladder: Ladder, seq: int, ts: int, levels: list[ev.LevelChanged],
@@ -234,6 +208,10 @@ class Hub:
                 self.queue(feed, encode(IndexUpdate("index", group, price_index(row))))
         self._flush_wanted.set()
 
+    def flush_soon(self) -> None:
+        """Have the flusher send what is queued."""
+        self._flush_wanted.set()
+
     def queue(self, feed: Feed, message: str) -> None:
         """Queue ``message`` on the stream ``feed`` for the next flush."""
         if not feed.pending:
@@ -267,26 +245,37 @@ class Hub:
     # Flushing
 
     async def _flusher(self) -> None:
+        """Flush at once on a quiet server; under load, space flushes by what the last one cost.
+
+        A flush's cost is one send per subscriber, so it is the hub's own time (building the frames and handing
+        them over, not the turns of the loop in between) that sets the pace: after a flush that took ``t``
+        seconds, the next waits until ``t x flush_spacing`` has passed since it began, never more than
+        ``flush_interval``. A lone update thus leaves on the next turn of the loop, and a busy hub sends fewer,
+        larger frames and keeps its share of the loop bounded."""
         loop = asyncio.get_running_loop()
-        interval = self.limits.flush_interval
-        chunk = self.limits.delivery_chunk
+        limits = self.limits
+        chunk = limits.delivery_chunk
         deliveries = self._deliveries
         while True:
             await self._flush_wanted.wait()
             self._flush_wanted.clear()
             try:
                 if self._dirty:
-                    wait = self._last_flush + interval - loop.time()
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                    self._last_flush = loop.time()
+                    wait = self._last_flush + min(limits.flush_interval, self._flush_cost * limits.flush_spacing) \
+                        - loop.time()
+                    # One turn of the loop at least: what the callbacks ready now publish goes in this flush.
+                    await asyncio.sleep(max(wait, 0))
+                    self._last_flush = started = loop.time()
                     self.flush()
+                    self._flush_cost = loop.time() - started
                 # A few sends per turn of the loop, so that the sequencer's commits go on meanwhile. What is
                 # published while they go out waits for the next flush: the busier, the fewer and larger the frames.
                 while deliveries:
+                    started = loop.time()
                     for _ in range(min(chunk, len(deliveries))):
                         connection, text, wire = deliveries.popleft()
                         connection.put(text, wire)
+                    self._flush_cost += loop.time() - started
                     if deliveries:
                         await asyncio.sleep(0)
             except Exception:
@@ -357,8 +346,8 @@ class Hub:
                 newest = self.indices.get(key[1])
                 self.queue(feed, encode(IndexHeartbeat(key[1], None if newest is None else newest.at, ts)))
         self.flush()
-        if self.user_feeds:
-            self.user.poll = True
+        if self.user.feeds:
+            self.user.keys_due = True
             self.user.wake.set()
 
     # Subscriptions
@@ -370,9 +359,9 @@ class Hub:
         feed.subscribers.add(connection)
         connection.feeds[key] = feed
         self._feed(heartbeat_key(key)).subscribers.add(connection)
-        if key[0] == "user":
-            self.user_feeds.setdefault(key[1], {})[key[2]] = feed
         self.send(connection, *first)
+        if key[0] == "user":
+            self.user.add(feed)  # its snapshot follows the answer
 
     def unsubscribe(self, connection: Connection, key: tuple) -> None:
         feed = connection.feeds.pop(key, None)
@@ -407,20 +396,25 @@ class Hub:
             del self.feeds[feed.key]
             feed.pending = []
             if feed.key[0] == "user":
-                self.user.balances.pop(feed.key, None)
-                users = self.user_feeds.get(feed.key[1], {})
-                users.pop(feed.key[2], None)
-                if not users:
-                    self.user_feeds.pop(feed.key[1], None)
+                self.user.remove(feed)
 
     def package_executed(self, account_id: int, symbols: list[str], execution: Execution) -> None:
         """Report a committed package execution to the account's user subscriptions on ``symbols``."""
         for symbol in symbols:
-            feed = self.user_feeds.get(symbol, {}).get(account_id)
+            feed = self.user.get(symbol, account_id)
             if feed is not None:
                 ladder = self.ladders.get(symbol)
                 self.queue(feed, encode(PackageUpdate("user", symbol, ladder.seq if ladder else 0, execution)))
         self._flush_wanted.set()
+
+
+    def delivered(self, account_id: int, symbol: str, delivery: DeliveryEvent) -> None:
+        """Report a settled attempt of an inference call to the provider's user subscription on ``symbol``."""
+        feed = self.user_feeds.get(symbol, {}).get(account_id)
+        if feed is not None:
+            ladder = self.ladders.get(symbol)
+            self.queue(feed, encode(DeliveryUpdate("user", symbol, ladder.seq if ladder else 0, delivery)))
+            self._flush_wanted.set()
 
 
 def heartbeat_key(key: tuple) -> tuple:

@@ -97,12 +97,14 @@ user
 ----
 Orders, fills and balances (CNY and the instrument's token) of one's own account on one instrument, the
 objects of ``GET /v1/orders``, ``/v1/fills`` and ``/v1/balances``, as ``{"type": "order"|"fill"|"balance",
-"channel": "user", "symbol": S, "seq": N, "order"|"fill"|"balance": {...}}``. They are read from the committed
-rows after each commit that touched the account's orders (balances also each second, for deposits and
-mints); on subscribing the current balances and open orders come first. A routed order's children are orders
+"channel": "user", "symbol": S, "seq": N, "order"|"fill"|"balance": {...}}``. They come from the engine after
+each commit that changed them (a deposit or a mint included); on subscribing the current balances and open
+orders come first, then every change after them, none twice. A routed order's children are orders
 like any other. Each period a token package of the account runs is reported, on the user channel of every
 instrument of the package's group, as ``{"type": "package_execution", ..., "execution": {...}}``: the object of
-``GET /v1/packages/{id}/executions``. The subscribe message is signed as a
+``GET /v1/packages/{id}/executions``. A provider's account gets each attempt of an inference call on it as
+``{"type": "delivery", ..., "delivery": {...}}`` (a row of ``GET /v1/providers/{id}/deliveries`` with the
+provider's delivered tokens and obligation after it). The subscribe message is signed as a
 REST request is (``api.signing``), with a key holding the ``read`` scope, for this connection only: first ask
 for the connection's challenge, a random nonce the server made for it, then sign it as the request's body:
 
@@ -132,9 +134,11 @@ Fan-out
 -------
 ``Hub.publish`` is the market view's listener: it runs in the sequencer's writer task after each commit, keeps
 its own copy of every book's levels (so each update's checksum is that of the book right after its command),
-encodes each message once and queues it on its stream. A flush, at most every ``flush_interval`` seconds, joins
+encodes each message once and queues it on its stream. A flush joins
 each stream's queued messages into one part and makes one frame per connection from the parts of its streams,
-built once per distinct set of streams: subscribers of the same channels get the very same string. The frames
+built once per distinct set of streams: subscribers of the same channels get the very same string. On a quiet
+server a flush follows a publication at the next turn of the loop; under load, flushes are spaced by what the
+last one cost (``flush_spacing`` times its time, ``flush_interval`` at most), so the busier, the fewer. The frames
 are handed over ``delivery_chunk`` at a time per turn of the event loop, so that commits go on meanwhile; what
 is published while they go out waits for the next flush, so a busier hub sends fewer and larger frames. A
 flush's frame is also made once as WebSocket bytes and written as it is to each subscriber's socket while the
@@ -156,7 +160,7 @@ from datetime import datetime
 
 import msgspec
 
-from api.schemas import Balance, Candle, Execution, Fill, Order, PriceIndex
+from api.schemas import Balance, Candle, DeliveryEvent, Execution, Fill, Order, PriceIndex
 from api.strictjson import Malformed, check
 
 CHANNELS = ("ticker", "level2", "trades", "candles", "user", "index")
@@ -355,6 +359,13 @@ class PackageUpdate(Message, tag="package_execution"):
     symbol: str
     seq: int
     execution: Execution
+
+
+class DeliveryUpdate(Message, tag="delivery"):
+    channel: str
+    symbol: str
+    seq: int
+    delivery: DeliveryEvent
 
 
 _encode = msgspec.json.Encoder().encode

@@ -13,9 +13,9 @@ minute job run here and nowhere else, and a heartbeat on ``tokex.engine.leader``
 (host, pid, since), every second. A leader that dies (even by SIGKILL) ends its database session, which releases
 the lock: a standby takes it within its polling interval, loads and leads.
 
-Market data: the sequencer's ``publish`` and ``resync`` go to the market-data stream on JetStream
-(``exchange.broker.market_stream``) once the engine has one; until then they are None here (the hook is marked
-below), and the gateways serve the market view they loaded.
+Market data: what each batch committed goes to the market-data stream on JetStream, each account's events and
+the committed seqs to core NATS, and the price index's new rows too (``exchange.broker.market_stream``); the
+gateways keep their views from them (``api.market_follower``).
 
 Stop
 ----
@@ -42,6 +42,7 @@ from api import demo as market
 from api.keys import KeyStore, load_master_key
 from exchange.broker.commands import CommandServer, LeaderHeartbeat
 from exchange.broker.connection import connect, nats_url_async
+from exchange.broker.market_stream import MarketStreamPublisher
 from exchange.broker.subjects import DEFAULT_GROUP
 from exchange.database import Database
 from exchange.indexer import Indexer
@@ -107,12 +108,18 @@ async def _stand_by_then_lead(settings: EngineSettings, dsn: str, pool: asyncpg.
                               stopping: asyncio.Event) -> int:
     if await writer_running(dsn):
         log.info("standby: waiting for the writer lock")
-    # Market data hook: MarketStreamPublisher(nc.jetstream()) becomes publish= and resync= here.
-    opening = asyncio.ensure_future(Sequencer.open(pool, lock_timeout=math.inf))
+    publisher = MarketStreamPublisher(nc, nc.jetstream())
+    opening = asyncio.ensure_future(Sequencer.open(
+        pool, lock_timeout=math.inf, publish=publisher.publish, resync=publisher.resync,
+        publish_effects=publisher.publish_effects))
     if not await _first(opening, stopping):
         log.info("stopped while standing by")
         return 0
     sequencer = opening.result()
+    async with pool.acquire() as conn:
+        # Announces every committed seq: what the engine before this one committed but never published is
+        # settled, so the gateways notice it and read it from the database.
+        await publisher.start(conn)
     server = CommandServer(nc, sequencer, settings.group)
     heartbeat = LeaderHeartbeat(nc, settings.group)
     await server.start()
@@ -120,7 +127,8 @@ async def _stand_by_then_lead(settings: EngineSettings, dsn: str, pool: asyncpg.
     log.info("leader of engine group %s (pid %d): taking commands", settings.group, heartbeat.beat.pid)
     scheduler = Scheduler(sequencer)
     scheduler.start()
-    indexing = asyncio.get_running_loop().create_task(Indexer(pool).run(), name="price-index")
+    indexing = asyncio.get_running_loop().create_task(Indexer(pool, publish=publisher.publish_index).run(),
+                                                      name="price-index")
     demo = None
     if settings.demo is not None:
         demo = asyncio.get_running_loop().create_task(
@@ -138,6 +146,7 @@ async def _stand_by_then_lead(settings: EngineSettings, dsn: str, pool: asyncpg.
         await scheduler.stop()
         await sequencer.stop()
         await server.stop()
+        await publisher.stop()
         await heartbeat.stop()
     log.info("stopped; %d batches committed", sequencer.batches)
     return 0

@@ -33,8 +33,8 @@ from api.schemas import (
 )
 from api.units import from_micro
 from exchange import packages as plans
-from exchange import routed_orders
-from exchange.commands import CreatePackage, Done, ExecutionView, PackageView, SetPackageStatus
+from exchange import records, routed_orders
+from exchange.commands import CreatePackage, Done, ExecutionView, SetPackageStatus
 from exchange.database.queries import sql
 from exchange.scheduler import ExecutionListener
 from exchange.sequencer import Sequencer
@@ -94,17 +94,18 @@ class ExecutionPage(Struct):
     next_cursor: str | None
 
 
-def package_from(view: PackageView | plans.Package) -> Package:
-    group = view.group if isinstance(view, PackageView) else view.substitution_group
+def package_from(package: records.Package) -> Package:
     return Package(
-        view.id, group, view.qty, view.mode, view.period, from_micro(view.max_cost), optional_price(view.price),
-        view.start_at, view.status, view.next_period,
-        plans.period_start(view.start_at, view.period, view.next_period) if view.status == "active" else None,
-        view.created_at, view.updated_at,
+        package.id, package.substitution_group, package.qty, package.mode, package.period,
+        from_micro(package.max_cost), optional_price(package.price), package.start_at, package.status,
+        package.next_period,
+        plans.period_start(package.start_at, package.period, package.next_period) if package.status == "active"
+        else None,
+        package.created_at, package.updated_at,
     )
 
 
-def execution_from(package: plans.Package, view: ExecutionView) -> Execution:
+def execution_from(package: records.Package, view: ExecutionView) -> Execution:
     routed = view.routed
     qty, notional, fee, quality = (0, 0, 0, 0) if routed is None else \
         (routed.filled_qty, routed.filled_notional, routed.fee, routed.quality_lots)
@@ -130,7 +131,7 @@ async def fetch_package(call: Call, package_id: int) -> Package:
         row = await conn.fetchrow(PACKAGE, package_id, call.account_id)
     if row is None:
         raise Problem("unknown_package", field="package_id")
-    return package_from(plans.Package(**row))
+    return package_from(records.Package(**row))
 
 
 @packages.route("POST", "/v1/packages", summary="Create a package", scope="trade", body=NewPackage,
@@ -148,7 +149,7 @@ async def create_package(call: Call) -> Package:
                                              body.client_request_id))
     if isinstance(result, Done):  # a repeated client_request_id
         return await fetch_package(call, result.id)
-    assert isinstance(result, PackageView)
+    assert isinstance(result, records.Package)
     call.services.wake_scheduler()
     return package_from(result)
 
@@ -158,7 +159,7 @@ async def list_packages(call: Call) -> PackageList:
     """Every package of the account, newest first, cancelled ones included."""
     async with call.services.read_connection() as conn:
         rows = await conn.fetch(PACKAGES, call.account_id)
-    return PackageList([package_from(plans.Package(**row)) for row in rows])
+    return PackageList([package_from(records.Package(**row)) for row in rows])
 
 
 @packages.route("GET", "/v1/packages/{package_id}", summary="Get a package", scope="read", response=Package,
@@ -170,7 +171,7 @@ async def get_package(call: Call) -> Package:
 
 async def change(call: Call, status: str) -> Package:
     result = await call.submit(SetPackageStatus(call.account_id, call.params["package_id"], status))
-    assert isinstance(result, PackageView)
+    assert isinstance(result, records.Package)
     call.services.wake_scheduler()
     return package_from(result)
 
@@ -206,7 +207,7 @@ async def list_executions(call: Call) -> ExecutionPage:
         row = await conn.fetchrow(PACKAGE, package_id, call.account_id)
         if row is None:
             raise Problem("unknown_package", field="package_id")
-        package = plans.Package(**row)
+        package = records.Package(**row)
         cursor = None if call.query.cursor is None else int(call.query.cursor)
         rows = await conn.fetch(EXECUTIONS, package_id, cursor, call.query.limit + 1)
     items = []

@@ -33,8 +33,8 @@ from api.schemas import (
     optional_price,
 )
 from api.units import from_micro
-from exchange import fees, route_planner
-from exchange.commands import Done, RoutedOrderView, RouteOrder
+from exchange import fees, records, route_planner
+from exchange.commands import Done, RouteOrder
 from exchange.database.queries import sql
 from matching.types import BUY
 
@@ -157,7 +157,7 @@ async def place_routed_order(call: Call) -> RoutedOrder:
     average price, the average quality and the remainder. Sending a ``client_order_id`` again returns the
     routed order it made, as it stands now."""
     result = await call.submit(command(call.account_id, call.body, call.body.client_order_id))
-    assert isinstance(result, RoutedOrderView | Done)  # Done: a replayed client_order_id
+    assert isinstance(result, records.RoutedOrder | Done)  # Done: a replayed client_order_id
     return await fetch_routed(call, result.id)
 
 
@@ -175,18 +175,17 @@ async def list_routed_orders(call: Call) -> RoutedOrderPage:
     before = None if call.query.cursor is None else cursor_id(call.query.cursor)
     async with call.services.read_connection() as conn:
         rows = await conn.fetch(ROUTED_ORDERS, call.account_id, before, call.query.limit + 1)
-    items = [summary(row) for row in rows[: call.query.limit]]
+    items = [summary(records.RoutedOrder(**row)) for row in rows[: call.query.limit]]
     return RoutedOrderPage(items, str(items[-1].id) if len(rows) > call.query.limit else None)
 
 
-def summary(row) -> RoutedOrderSummary:
+def summary(routed: records.RoutedOrder) -> RoutedOrderSummary:
     return RoutedOrderSummary(
-        row["id"], row["client_order_id"], row["substitution_group"], row["side"], row["mode"], row["qty"],
-        optional_price(row["price"]), optional_price(row["budget"]), row["rest_remainder"], row["status"],
-        row["filled_qty"],
-        from_micro(row["filled_notional"]), average_price(row["filled_notional"], row["filled_qty"]),
-        average_quality(row["quality_lots"], row["filled_qty"]), from_micro(row["fee"]), row["remainder"],
-        row["resting_order_id"], row["package_id"], row["created_at"], row["order_ids"],
+        routed.id, routed.client_order_id, routed.substitution_group, routed.side, routed.mode, routed.qty,
+        optional_price(routed.price), optional_price(routed.budget), routed.rest_remainder, routed.status,
+        routed.filled_qty, from_micro(routed.filled_notional), average_price(routed.filled_notional, routed.filled_qty),
+        average_quality(routed.quality_lots, routed.filled_qty), from_micro(routed.fee), routed.remainder,
+        routed.resting_order_id, routed.package_id, routed.created_at, routed.order_ids,
     )
 
 
@@ -199,7 +198,7 @@ async def fetch_routed(call: Call, routed_id: int) -> RoutedOrder:
         rows = await conn.fetch(ORDERS_BY_IDS, row["order_ids"], call.account_id)
         by_id = {child.id: child for child in await with_their_fills(conn, call.account_id, rows)}
     children = [by_id[order_id] for order_id in row["order_ids"]]
-    found = summary(row)
+    found = summary(records.RoutedOrder(**row))
     return RoutedOrder(*(getattr(found, name) for name in RoutedOrderSummary.__struct_fields__), children)
 
 

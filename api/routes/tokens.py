@@ -6,6 +6,7 @@ from api.schemas import (
     IssuerApproval,
     Movement,
     NewIssuerApproval,
+    NewRedemption,
     PageQuery,
     Redemption,
     RedemptionPage,
@@ -53,13 +54,17 @@ async def burn(call: Call) -> Movement:
     return await movement(call, call.account_id, done.id)
 
 
-@tokens.route("POST", "/v1/redemptions", summary="Redeem tokens", scope="trade", body=TokenQty,
-              response=Redemption, status=201, errors=("unknown_instrument", "insufficient_tokens"))
+@tokens.route("POST", "/v1/redemptions", summary="Redeem tokens", scope="trade", body=NewRedemption,
+              response=Redemption, status=201,
+              errors=("unknown_instrument", "insufficient_tokens", "not_a_dataset", "no_terms", "terms_not_accepted",
+                      "terms_changed", "grant_too_large"))
 async def redeem(call: Call) -> Redemption:
-    """Consume lots held in this account: what they grant is delivered outside the exchange. Sending a
+    """Consume lots held in this account. Dataset tokens need ``terms_version``: redeeming accepts those terms
+    and makes an access grant with the redemption's id (``GET /v1/dataset-grants``). Sending a
     ``client_request_id`` again returns the original redemption and changes nothing."""
-    body: TokenQty = call.body
-    done = await call.submit(Redeem(call.account_id, body.symbol, body.qty, body.client_request_id))
+    body: NewRedemption = call.body
+    done = await call.submit(Redeem(call.account_id, body.symbol, body.qty, body.client_request_id,
+                                    body.terms_version))
     async with call.services.connection() as conn:
         row = await conn.fetchrow(REDEMPTION, done.id)
     return Redemption(**row)

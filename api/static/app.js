@@ -643,10 +643,48 @@ function renderOhlc() {
   readout.title = crosshairTime(Date.parse(candle.start) / 1000);
 }
 
+// Providers' measured effect (GET /v1/providers/stats): each served instrument's listed and measured quality, and
+// each provider's success rate, median time to first token and tokens per second over its last calls.
+
+const PROVIDER_SECONDS = 10;
+
+async function loadProviders() {
+  try {
+    renderProviders(await getJSON("/v1/providers/stats"));
+  } catch (error) {
+    warn(error);
+  }
+}
+
+function renderProviders(stats) {
+  const items = stats.instruments.map((effect) => {
+    const item = document.createElement("li");
+    item.dataset.symbol = effect.symbol;
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = `${effect.symbol} quality ${effect.listed_quality} → measured ${effect.measured_quality}`;
+    item.append(name);
+    for (const provider of stats.providers.filter((p) => p.symbol === effect.symbol)) {
+      const meta = document.createElement("span");
+      meta.className = "meta";
+      const figures = provider.attempts
+        ? `${Math.round(provider.success_rate * 100)}% ok · first token ${Math.round(provider.ttft_ms)} ms · ` +
+          `${(provider.tokens_per_second ?? 0).toLocaleString("en")} tokens/s`
+        : "no calls yet";
+      meta.textContent = `${provider.provider}: ${figures} · ${tokenCount(provider.delivered)} delivered`;
+      item.append(meta);
+    }
+    return item;
+  });
+  $("#providers").replaceChildren(...items);
+}
+
 // Start
 
 for (const button of document.querySelectorAll(".intervals button")) {
   button.addEventListener("click", () => chooseInterval(button.dataset.interval));
 }
 connect();
+loadProviders();
+setInterval(loadProviders, PROVIDER_SECONDS * 1000);
 loadInstruments().catch((error) => setStatus("reconnecting", `cannot load instruments: ${error.message}`));

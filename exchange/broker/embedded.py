@@ -37,14 +37,12 @@ Lifetime
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.metadata
 import json
 import os
 import secrets
 import signal
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -63,7 +61,6 @@ STOP_TIMEOUT = 10.0
 KILL_TIMEOUT = 5.0
 HEALTH_TIMEOUT = 1.0
 LOG_SIZE_LIMIT = 16 * 1024 * 1024  # bytes; NATS rotates the log past it
-LOG_TAIL_LINES = 20
 
 
 class EmbeddedNatsError(RuntimeError):
@@ -86,22 +83,16 @@ class EmbeddedNats(lifetime.EmbeddedServer):
     """
 
     def __init__(self, home: Path | str | None = None, *, port: int | None = None) -> None:
-        self.home = Path(home).expanduser().absolute() if home is not None else tokex_home()
+        super().__init__(Path(home).expanduser().absolute() if home is not None else tokex_home(), "nats")
         self.store_dir = self.home / "nats"
         self.run_dir = self.home / "natsrun"
         self.config_path = self.run_dir / "nats.conf"
         self.log_path = self.run_dir / "nats.log"
         self._token_path = self.home / "nats.token"
-        self._lock_path = self.home / "nats.lock"
-        self._owner_path = self.home / "nats.owner"
         self._port = port
-        self._server: _Server | None = None
+        self._live: _Server | None = None
         self._token: str | None = None
         self._process: subprocess.Popen | None = None
-        self._owned = False
-        self._owner_pid: int | None = None
-        self._lock_fd: int | None = None
-        self._mutex = threading.RLock()
 
     # -- public API --------------------------------------------------------------------------------
 
@@ -121,16 +112,6 @@ class EmbeddedNats(lifetime.EmbeddedServer):
         """The server's monitoring endpoint (varz, jsz, healthz); it needs no token."""
         return self._started().monitor_url
 
-    @property
-    def pid(self) -> int | None:
-        """The server's pid, or None when not started."""
-        return self._server.pid if self._server else None
-
-    @property
-    def owned(self) -> bool:
-        """True if this object will stop the server (it started or adopted it)."""
-        return self._owned
-
     def running_servers(self) -> list[int]:
         """Return the pids of every nats-server running this home's configuration (never more than one)."""
         config = str(self.config_path)
@@ -140,58 +121,22 @@ class EmbeddedNats(lifetime.EmbeddedServer):
                 pids.append(proc.pid)
         return pids
 
-    def start(self) -> str:
-        """Start the server (or attach to / adopt the one running on this home) and return its URL.
-
-        Blocking, until the server accepts clients and JetStream answers. Calling it again returns the
-        same URL.
-        """
-        with self._mutex:
-            if self._server is None:
-                with self._file_lock():
-                    self._start_locked()
-                lifetime.register(self)
-        return self.url
-
-    def stop(self) -> None:
-        """Stop the server if this object owns it; otherwise just forget it. Idempotent."""
-        with self._mutex:
-            server, owned = self._server, self._owned
-            self._server, self._owned = None, False
-            lifetime.unregister(self)
-            if server is None or not owned or self._owner_pid != os.getpid():
-                # A forked child inherits this object but not the server.
-                return
-            with self._file_lock():
-                self._stop_server(server.pid)
-                self._clear_owner()
-
     # -- starting ----------------------------------------------------------------------------------
 
     def _started(self) -> _Server:
-        if self._server is None:
+        if self._live is None:
             raise EmbeddedNatsError("the embedded NATS server is not started; call start() first")
-        return self._server
+        return self._live
 
-    def _start_locked(self) -> None:
+    def _address(self) -> str:
+        return self.url
+
+    def _prepare(self) -> None:
         for folder in (self.home, self.run_dir, self.store_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self._token = self._load_token()
-        server = self._found_server()
-        if server is not None:
-            owner = self._read_owner()
-            if owner is not None and lifetime.is_alive(owner):
-                self._server, self._owned = server, False
-                return
-            # An orphan of a killed owner: adopt it.
-            self._server = server
-        else:
-            self._server = self._launch()
-        self._owned = True
-        self._owner_pid = os.getpid()
-        self._write_owner()
 
-    def _found_server(self) -> _Server | None:
+    def _find(self) -> _Server | None:
         """Return the server already running on this home once it is ready; stop any that cannot serve."""
         pids = self.running_servers()
         if len(pids) == 1:
@@ -297,6 +242,9 @@ class EmbeddedNats(lifetime.EmbeddedServer):
 
     # -- stopping ----------------------------------------------------------------------------------
 
+    def _stop_live(self, live: _Server) -> None:
+        self._stop_server(live.pid)
+
     def _stop_server(self, pid: int) -> None:
         """Stop gracefully (SIGTERM); kill (SIGKILL) what is still running after STOP_TIMEOUT."""
         for sig, timeout in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, KILL_TIMEOUT)):
@@ -331,48 +279,6 @@ class EmbeddedNats(lifetime.EmbeddedServer):
             )
         except psutil.Error:
             return False
-
-    # -- ownership and locking ---------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _file_lock(self):
-        if self._lock_fd is not None:
-            # Re-entered from the SIGTERM handler while this process was starting: already held.
-            yield
-            return
-        self.home.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            self._lock_fd = fd
-            yield
-        finally:
-            self._lock_fd = None
-            os.close(fd)
-
-    def _read_owner(self) -> tuple[int, float] | None:
-        try:
-            data = json.loads(self._owner_path.read_text())
-            return int(data["pid"]), float(data["started"])
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
-            return None
-
-    def _write_owner(self) -> None:
-        pid, started = lifetime.identity(os.getpid())
-        tmp = self._owner_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": pid, "started": started}))
-        tmp.replace(self._owner_path)
-
-    def _clear_owner(self) -> None:
-        if self._read_owner() == lifetime.identity(os.getpid()):
-            self._owner_path.unlink(missing_ok=True)
-
-    def _log_tail(self) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-        except OSError as exc:
-            return f"(no server log at {self.log_path}: {exc.strerror})"
-        return f"Last lines of {self.log_path}:\n" + "\n".join(lines)
 
 
 def server_binary() -> Path:

@@ -6,10 +6,18 @@ Subjects
                             instrument today; partitioning instruments across groups adds names here.
     tokex.md.<symbol>       market data, engine -> gateways: what each batch committed, once per
                             instrument, in the instrument's seq order. Stored in the stream TOKEX_MD.
-    tokex.user.<account>    one account's events (orders, fills, balances), engine -> gateways, for the
-                            feed's `user` channel.
+    tokex.user.<account>    one account's events (orders, fills, balances) of each committed batch, engine ->
+                            gateways, for the feed's `user` channel (core NATS, numbered so that a gateway
+                            notices one missing).
     tokex.engine.leader     the leading engine's heartbeat: who leads now (host, pid), for standbys and
                             for `GET /v1/health`.
+    tokex.engine.seqs       the leading engine's settled seq of every instrument and its last settled account
+                            message, every second and after a resync (core NATS, not stored): a gateway behind
+                            it for more than a moment missed a message and reloads from PostgreSQL
+                            (`exchange.broker.market_stream` describes the messages).
+    tokex.index             the price index's new rows, from the minute job on the leading engine to the
+                            gateways' feeds (core NATS: a gateway that misses one reads the latest rows from
+                            PostgreSQL when it starts, and the next minute brings the next).
     tokex.limits            gateway -> gateways, every 0.1 s: what each let through per rate-limited key and
                             address, and its feed connections per address, so limits hold across gateways.
 
@@ -38,6 +46,9 @@ DEFAULT_GROUP = "main"
 MARKET_DATA_STREAM = "TOKEX_MD"
 MARKET_DATA_SUBJECTS = f"{PREFIX}.md.*"
 ENGINE_LEADER = f"{PREFIX}.engine.leader"
+ENGINE_SEQS = f"{PREFIX}.engine.seqs"
+USER_SUBJECTS = f"{PREFIX}.user.*"
+PRICE_INDEX = f"{PREFIX}.index"
 LIMITS = f"{PREFIX}.limits"
 MSG_ID_HEADER = "Nats-Msg-Id"
 

@@ -48,17 +48,14 @@ synchronous_commit and full_page_writes on), 128 MB of shared buffers, 100 conne
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.metadata
 import importlib.util
-import json
 import os
 import shlex
 import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +104,6 @@ SETTINGS = {
 START_TIMEOUT = 300.0
 STOP_TIMEOUT = 60.0
 LOG_ROTATE_BYTES = 16 * 1024 * 1024
-LOG_TAIL_LINES = 40
 # sun_path holds 108 bytes including the terminating NUL.
 SOCKET_PATH_MAX = 107
 
@@ -128,20 +124,16 @@ class EmbeddedPostgres(lifetime.EmbeddedServer):
     `start()` returns an asyncpg DSN for the `tokex` database; `dsn_for(name)` names another one.
     """
 
+    log_tail_lines = 40
+
     def __init__(self, home: Path | str | None = None) -> None:
-        self.home = Path(home).expanduser().absolute() if home is not None else tokex_home()
+        super().__init__(Path(home).expanduser().absolute() if home is not None else tokex_home(), "postgres")
         self.pgdata = self.home / "pgdata"
         self.run_dir = self.home / "pgrun"
         self.log_path = self.run_dir / "postgres.log"
-        self._lock_path = self.home / "postgres.lock"
-        self._owner_path = self.home / "postgres.owner"
         self._account: ServerAccount | None = None
         self._bin: Path | None = None
-        self._postmaster: _Postmaster | None = None
-        self._owned = False
-        self._owner_pid: int | None = None
-        self._lock_fd: int | None = None
-        self._mutex = threading.RLock()
+        self._live: _Postmaster | None = None
 
     # -- public API --------------------------------------------------------------------------------
 
@@ -150,19 +142,9 @@ class EmbeddedPostgres(lifetime.EmbeddedServer):
         """The DSN of the `tokex` database; raises if the server is not started."""
         return self.dsn_for(DATABASE)
 
-    @property
-    def owned(self) -> bool:
-        """True if this object will stop the server (it started or adopted it)."""
-        return self._owned
-
-    @property
-    def pid(self) -> int | None:
-        """The postmaster's pid, or None when not started."""
-        return self._postmaster.pid if self._postmaster else None
-
     def dsn_for(self, database: str) -> str:
         """Return the DSN of `database` on this server."""
-        pm = self._postmaster
+        pm = self._live
         if pm is None:
             raise EmbeddedPostgresError("the embedded PostgreSQL is not started; call start() first")
         host = quote(str(pm.socket_dir), safe="/")
@@ -186,58 +168,31 @@ class EmbeddedPostgres(lifetime.EmbeddedServer):
                 pids.append(proc.pid)
         return pids
 
-    def start(self) -> str:
-        """Start the server (or attach to / adopt the one already running on this data) and return the DSN.
-
-        Blocking: a first start runs initdb (a few seconds). Calling it again returns the same DSN.
-        """
-        with self._mutex:
-            if self._postmaster is None:
-                with self._file_lock():
-                    self._start_locked()
-                lifetime.register(self)
-        return self.dsn
-
-    def stop(self) -> None:
-        """Stop the server if this object owns it; otherwise just forget it. Idempotent."""
-        with self._mutex:
-            pm, owned = self._postmaster, self._owned
-            self._postmaster, self._owned = None, False
-            lifetime.unregister(self)
-            if pm is None or not owned or self._owner_pid != os.getpid():
-                # A forked child inherits this object but not the server.
-                return
-            with self._file_lock():
-                self._stop_postmaster(pm)
-                self._clear_owner()
-
     # -- starting ----------------------------------------------------------------------------------
 
-    def _start_locked(self) -> None:
+    def _address(self) -> str:
+        return self.dsn
+
+    def _make_home(self) -> None:
+        make_folders(self.home)
+
+    def _prepare(self) -> None:
         self._prepare_folders()
         self._bin = self._installation()
         self._check_binaries()
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb()
 
+    def _find(self) -> _Postmaster | None:
+        """The postmaster serving this data once it settled; else None, with strays stopped and stale files gone."""
         pm = self._live_postmaster()
         if pm is not None:
             pm = self._wait_settled(pm)
-        if pm is not None:
-            owner = self._read_owner()
-            if owner is not None and lifetime.is_alive(owner):
-                self._postmaster, self._owned = pm, False
-                return
-            # An orphan of a killed owner (or a server started by hand): adopt it.
-            self._postmaster = pm
-        else:
+        if pm is None:
             for stray in self._stray_postmasters():
                 self._stop_postmaster(stray)
             self._clear_stale_files()
-            self._postmaster = self._launch()
-        self._owned = True
-        self._owner_pid = os.getpid()
-        self._write_owner()
+        return pm
 
     def _prepare_folders(self) -> None:
         if os.geteuid() == 0:
@@ -416,6 +371,9 @@ class EmbeddedPostgres(lifetime.EmbeddedServer):
 
     # -- stopping ----------------------------------------------------------------------------------
 
+    def _stop_live(self, live: _Postmaster) -> None:
+        self._stop_postmaster(live)
+
     def _stop_postmaster(self, pm: _Postmaster) -> None:
         """Stop with a fast shutdown (SIGINT); fall back to an immediate one (SIGQUIT)."""
         for sig, timeout in ((signal.SIGINT, STOP_TIMEOUT), (signal.SIGQUIT, 10.0)):
@@ -431,41 +389,6 @@ class EmbeddedPostgres(lifetime.EmbeddedServer):
         raise EmbeddedPostgresError(
             f"PostgreSQL (pid {pm.pid}) did not stop within {STOP_TIMEOUT + 10:.0f} s.\n{self._log_tail()}"
         )
-
-    # -- ownership and locking ---------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _file_lock(self):
-        if self._lock_fd is not None:
-            # Re-entered from the SIGTERM handler while this process was starting: already held.
-            yield
-            return
-        make_folders(self.home)
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            self._lock_fd = fd
-            yield
-        finally:
-            self._lock_fd = None
-            os.close(fd)
-
-    def _read_owner(self) -> tuple[int, float] | None:
-        try:
-            data = json.loads(self._owner_path.read_text())
-            return int(data["pid"]), float(data["started"])
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
-            return None
-
-    def _write_owner(self) -> None:
-        pid, started = lifetime.identity(os.getpid())
-        tmp = self._owner_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": pid, "started": started}))
-        tmp.replace(self._owner_path)
-
-    def _clear_owner(self) -> None:
-        if self._read_owner() == lifetime.identity(os.getpid()):
-            self._owner_path.unlink(missing_ok=True)
 
     # -- running the server binaries ---------------------------------------------------------------
 
@@ -493,13 +416,6 @@ class EmbeddedPostgres(lifetime.EmbeddedServer):
                 f"{Path(cmd[0]).name} failed with exit code {proc.returncode}:\n{text.strip()}"
             )
         return text
-
-    def _log_tail(self) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-        except OSError as exc:
-            return f"(no server log at {self.log_path}: {exc.strerror})"
-        return f"Last lines of {self.log_path}:\n" + "\n".join(lines)
 
 
 def _guc_list_item(path: Path) -> str:

@@ -1,15 +1,7 @@
 -- The feed's user channel: an account's orders, fills and balances, and its keys (api/feed/).
 
--- name: user_orders
-SELECT o.account_id, o.id, i.symbol, o.client_order_id, o.side, o.type, o.tif, o.post_only, o.stp, o.price,
-       o.qty, o.budget, o.status, o.reason, o.open_qty, o.filled_qty, o.filled_notional, o.fee, o.created_at, o.updated_at
-FROM book_order o JOIN instrument i ON i.id = o.instrument_id
-WHERE o.id = ANY($1::bigint[]) AND o.account_id = ANY($2::bigint[])
-ORDER BY o.id;
-
 -- name: user_open_orders
-SELECT o.account_id, o.id, i.symbol, o.client_order_id, o.side, o.type, o.tif, o.post_only, o.stp, o.price,
-       o.qty, o.budget, o.status, o.reason, o.open_qty, o.filled_qty, o.filled_notional, o.fee, o.created_at, o.updated_at
+SELECT o.*, i.symbol
 FROM book_order o JOIN instrument i ON i.id = o.instrument_id
 WHERE o.account_id = $1 AND i.symbol = $2 AND o.status = 'open'
 ORDER BY o.id;
@@ -25,6 +17,10 @@ ORDER BY f.id;
 -- name: user_balances
 SELECT account_id, asset, available, held FROM balance
 WHERE account_id = ANY($1::bigint[]) AND asset = ANY($2::text[]);
+
+-- name: last_entry_id
+-- Where the commits stood when a user snapshot was read: journal entry ids grow in commit order.
+SELECT coalesce(max(id), 0) FROM journal_entry;
 
 -- name: live_api_keys
 SELECT id FROM api_key WHERE id = ANY($1::text[]) AND revoked_at IS NULL;

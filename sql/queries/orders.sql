@@ -13,26 +13,22 @@ ORDER BY id;
 SELECT asset, amount FROM posting WHERE account_id = $1 AND entry_id = $2;
 
 -- name: order_of_account
-SELECT o.id, i.symbol, o.client_order_id, o.side, o.type, o.tif, o.post_only, o.stp, o.price, o.qty, o.budget,
-       o.status, o.reason, o.open_qty, o.filled_qty, o.filled_notional, o.fee, o.created_at, o.updated_at
+SELECT o.*, i.symbol
 FROM book_order o JOIN instrument i ON i.id = o.instrument_id
 WHERE o.id = $1 AND o.account_id = $2;
 
 -- name: orders_by_ids
-SELECT o.id, i.symbol, o.client_order_id, o.side, o.type, o.tif, o.post_only, o.stp, o.price, o.qty, o.budget,
-       o.status, o.reason, o.open_qty, o.filled_qty, o.filled_notional, o.fee, o.created_at, o.updated_at
+SELECT o.*, i.symbol
 FROM book_order o JOIN instrument i ON i.id = o.instrument_id
 WHERE o.id = ANY($1::bigint[]) AND o.account_id = $2;
 
 -- name: order_by_client_id
-SELECT o.id, i.symbol, o.client_order_id, o.side, o.type, o.tif, o.post_only, o.stp, o.price, o.qty, o.budget,
-       o.status, o.reason, o.open_qty, o.filled_qty, o.filled_notional, o.fee, o.created_at, o.updated_at
+SELECT o.*, i.symbol
 FROM book_order o JOIN instrument i ON i.id = o.instrument_id
 WHERE o.account_id = $1 AND o.client_order_id = $2;
 
 -- name: orders_page
-SELECT o.id, i.symbol, o.client_order_id, o.side, o.type, o.tif, o.post_only, o.stp, o.price, o.qty, o.budget,
-       o.status, o.reason, o.open_qty, o.filled_qty, o.filled_notional, o.fee, o.created_at, o.updated_at
+SELECT o.*, i.symbol
 FROM book_order o JOIN instrument i ON i.id = o.instrument_id
 WHERE o.account_id = $1 AND ($2::bigint IS NULL OR o.id < $2)
   AND ($3::text IS NULL OR (o.status = 'open') = ($3 = 'open'))

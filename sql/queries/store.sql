@@ -81,6 +81,44 @@ signed_requests AS (
     INSERT INTO signed_request (digest, created_at, result)
     SELECT decode(unnest($67::text::text[]), 'hex') AS digest, $1::timestamptz AS created_at,
            decode(unnest($68::text::text[]), 'hex') AS result
+),
+quotas AS (
+    -- Delivery (exchange/delivery.py, exchange/quotas.py): quotas granted, reserved and settled, every call's
+    -- reservation and usage, and the tokens each provider delivered.
+    INSERT INTO quota (account_id, instrument_id, source, granted, reserved, used, lapsed, expires_at, updated_at)
+    SELECT unnest($69::text::bigint[]) AS account_id, unnest($70::text::integer[]) AS instrument_id,
+           unnest($71::text::text[]) AS source, unnest($72::text::bigint[]) AS granted,
+           unnest($73::text::bigint[]) AS reserved, unnest($74::text::bigint[]) AS used,
+           unnest($75::text::bigint[]) AS lapsed, unnest($76::text::timestamptz[]) AS expires_at,
+           $1::timestamptz AS updated_at
+    ON CONFLICT (account_id, instrument_id, source)
+    DO UPDATE SET granted = EXCLUDED.granted, reserved = EXCLUDED.reserved, used = EXCLUDED.used,
+                  lapsed = EXCLUDED.lapsed, expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at
+),
+reservations AS (
+    INSERT INTO reservation (id, account_id, instrument_id, source, tokens, status, used, deadline_at, created_at,
+                             closed_at)
+    SELECT unnest($77::text::bigint[]) AS id, unnest($78::text::bigint[]) AS account_id,
+           unnest($79::text::integer[]) AS instrument_id, unnest($80::text::text[]) AS source,
+           unnest($81::text::bigint[]) AS tokens, unnest($82::text::text[]) AS status,
+           unnest($83::text::bigint[]) AS used, unnest($84::text::timestamptz[]) AS deadline_at,
+           unnest($85::text::timestamptz[]) AS created_at, unnest($86::text::timestamptz[]) AS closed_at
+    ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, used = EXCLUDED.used, closed_at = EXCLUDED.closed_at
+),
+usages AS (
+    INSERT INTO usage (id, reservation_id, account_id, provider_id, instrument_id, prompt_tokens,
+                       completion_tokens, ttft_us, latency_us, status, created_at)
+    SELECT unnest($87::text::bigint[]) AS id, unnest($88::text::bigint[]) AS reservation_id,
+           unnest($89::text::bigint[]) AS account_id, unnest($90::text::bigint[]) AS provider_id,
+           unnest($91::text::integer[]) AS instrument_id, unnest($92::text::bigint[]) AS prompt_tokens,
+           unnest($93::text::bigint[]) AS completion_tokens, unnest($94::text::bigint[]) AS ttft_us,
+           unnest($95::text::bigint[]) AS latency_us, unnest($96::text::text[]) AS status,
+           $1::timestamptz AS created_at
+),
+deliveries AS (
+    UPDATE provider AS t SET delivered = d.delivered, updated_at = $1::timestamptz
+    FROM (SELECT unnest($97::text::bigint[]) AS id, unnest($98::text::bigint[]) AS delivered) AS d
+    WHERE t.id = d.id
 )
 SELECT 1;
 
@@ -105,6 +143,40 @@ DO UPDATE SET capacity = EXCLUDED.capacity, issued = EXCLUDED.issued, approved_a
 
 -- name: insert_redemption
 INSERT INTO redemption (id, instrument_id, account_id, qty, created_at) VALUES ($1, $2, $3, $4, $5);
+
+-- name: insert_dataset_terms
+-- The fields of datasets.Terms, in that order.
+INSERT INTO dataset_terms (instrument_id, version, permitted_use, redistribution, attribution, days_per_token,
+                           downloads_per_token, text, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9);
+
+-- name: upsert_dataset_grant
+-- The fields of datasets.Grant, in that order; only the downloads used change.
+INSERT INTO dataset_grant (id, account_id, instrument_id, terms_version, expires_at, downloads, downloads_used,
+                           created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (id) DO UPDATE SET downloads_used = EXCLUDED.downloads_used;
+
+-- name: insert_dataset_download
+INSERT INTO dataset_download (id, grant_id, file_id, bytes, created_at) VALUES ($1, $2, $3, $4, $5);
+
+-- name: upsert_subscription_offer
+-- The fields of subscriptions.Offer, in that order; only the status changes.
+INSERT INTO subscription_offer (id, account_id, instrument_id, tokens_per_period, period, price, status, created_at,
+                                updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, updated_at = EXCLUDED.updated_at;
+
+-- name: upsert_subscription
+-- The fields of subscriptions.Subscription, in that order.
+INSERT INTO subscription (id, account_id, offer_id, start_at, status, next_period, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (id)
+DO UPDATE SET status = EXCLUDED.status, next_period = EXCLUDED.next_period, updated_at = EXCLUDED.updated_at;
+
+-- name: insert_subscription_period
+INSERT INTO subscription_period (subscription_id, period, entry_id, price, fee, tokens, reason, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
 
 -- name: insert_routed_order
 -- The fields of RoutedOrder, in that order.
@@ -146,7 +218,10 @@ SELECT (SELECT coalesce(max(id), 0) + 1 FROM account) AS account,
        (SELECT coalesce(max(id), 0) + 1 FROM fill) AS fill,
        (SELECT coalesce(max(id), 0) + 1 FROM journal_entry) AS journal_entry,
        (SELECT coalesce(max(id), 0) + 1 FROM redemption) AS redemption,
-       (SELECT coalesce(max(id), 0) + 1 FROM package) AS package;
+       (SELECT coalesce(max(id), 0) + 1 FROM package) AS package,
+       (SELECT coalesce(max(id), 0) + 1 FROM dataset_download) AS dataset_download,
+       (SELECT coalesce(max(id), 0) + 1 FROM subscription_offer) AS subscription_offer,
+       (SELECT coalesce(max(id), 0) + 1 FROM subscription) AS subscription;
 
 -- name: trader_accounts
 SELECT id, name, role, created_at FROM account WHERE role <> 'system';
@@ -192,6 +267,30 @@ SELECT account_id, kind, client_request_id, result_id FROM client_request;
 SELECT id, account_id, substitution_group, qty, mode, period, max_cost, price, start_at, status, next_period,
        created_at, updated_at
 FROM package;
+
+-- name: current_dataset_terms
+-- The fields of datasets.Terms: the newest version of each dataset's terms.
+SELECT DISTINCT ON (instrument_id) instrument_id, version, permitted_use, redistribution, attribution,
+       days_per_token, downloads_per_token, text, created_at
+FROM dataset_terms
+ORDER BY instrument_id, version DESC;
+
+-- name: usable_dataset_grants
+-- The fields of datasets.Grant: the grants a download may still start under at $1.
+SELECT id, account_id, instrument_id, terms_version, expires_at, downloads, downloads_used, created_at
+FROM dataset_grant
+WHERE (expires_at IS NULL OR expires_at > $1) AND (downloads IS NULL OR downloads_used < downloads)
+ORDER BY id;
+
+-- name: subscription_offers
+-- The fields of subscriptions.Offer.
+SELECT id, account_id, instrument_id, tokens_per_period, period, price, status, created_at, updated_at
+FROM subscription_offer;
+
+-- name: running_subscriptions
+-- The fields of subscriptions.Subscription, of those not ended.
+SELECT id, account_id, offer_id, start_at, status, next_period, created_at, updated_at
+FROM subscription WHERE status <> 'ended';
 
 -- name: daily_volume
 -- Traded notional per account and UTC day (microseconds since the epoch) since $2, as maker and as taker: the

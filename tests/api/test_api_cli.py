@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
@@ -62,8 +63,8 @@ def query(dsn: str, sql: str, *args: object) -> list[asyncpg.Record]:
     return asyncio.run(fetch())
 
 
-def test_admin_creates_accounts_keys_cash_instruments_and_issuers(fresh_database_url, cli_env, capsys):
-    db = ["--database-url", fresh_database_url]
+def test_admin_creates_accounts_keys_cash_instruments_and_issuers(migrated_database_url, cli_env, capsys):
+    db = ["--database-url", migrated_database_url]
     admin = tokex(capsys, "admin", *db, "create-admin")
     assert admin["key_id"].startswith("tk_") and len(admin["secret"]) == 64
     again = tokex(capsys, "admin", *db, "create-admin")
@@ -95,21 +96,21 @@ def test_admin_creates_accounts_keys_cash_instruments_and_issuers(fresh_database
     assert main(["admin", *db, "deposit", str(buyer["id"]), "1.0000001"]) == 1
     assert "422 too_precise" in capsys.readouterr().err
 
-    assert query(fresh_database_url, "SELECT available FROM balance WHERE account_id = $1 AND asset = 'CNY'",
+    assert query(migrated_database_url, "SELECT available FROM balance WHERE account_id = $1 AND asset = 'CNY'",
                  buyer["id"])[0]["available"] == 250_000_000
     # Each command's own key is revoked after it: only the keys asked for stay usable.
-    live = {row["id"] for row in query(fresh_database_url, "SELECT id FROM api_key WHERE revoked_at IS NULL")}
+    live = {row["id"] for row in query(migrated_database_url, "SELECT id FROM api_key WHERE revoked_at IS NULL")}
     assert live == {admin["key_id"], again["key_id"], seller["key"]["id"], key["id"]}
     assert main(["check", *db]) == 0
 
 
-def test_admin_refuses_a_database_that_a_server_writes_to(fresh_database_url, cli_env, capsys):
+def test_admin_refuses_a_database_that_a_server_writes_to(migrated_database_url, cli_env, capsys):
     async def attempt() -> None:
         # A running server's sequencer holds the writer lock for as long as it runs.
-        writer = await asyncpg.connect(fresh_database_url)
+        writer = await asyncpg.connect(migrated_database_url)
         try:
             await writer.execute("SELECT pg_advisory_lock($1)", WRITER_LOCK)
-            status = await asyncio.to_thread(main, ["admin", "--database-url", fresh_database_url,
+            status = await asyncio.to_thread(main, ["admin", "--database-url", migrated_database_url,
                                                     "create-account", "x"])
             assert status == 1
         finally:
@@ -118,7 +119,7 @@ def test_admin_refuses_a_database_that_a_server_writes_to(fresh_database_url, cl
     asyncio.run(attempt())
     err = capsys.readouterr().err
     assert "only one writer" in err and "--server" in err
-    assert query(fresh_database_url, "SELECT count(*) FROM account WHERE name = 'x'")[0][0] == 0
+    assert query(migrated_database_url, "SELECT count(*) FROM account WHERE name = 'x'")[0][0] == 0
 
 
 class Tokex:
@@ -261,8 +262,8 @@ async def load_until_stopped(url: str, admin: dict, symbol: str, server: Tokex
 
 
 @pytest.mark.slow  # runs the demo, a server process with its flow, for seconds
-def test_demo_seeds_a_market_that_trades(postgres_admin_url, fresh_database_url, cli_env):
-    argv = ["demo", "--port", "0", "--database-url", fresh_database_url, "--flow-rate", "25", "--seed", "7"]
+def test_demo_seeds_a_market_that_trades(postgres_admin_url, migrated_database_url, cli_env):
+    argv = ["demo", "--port", "0", "--database-url", migrated_database_url, "--flow-rate", "25", "--seed", "7"]
     with running(argv, cli_env) as demo:
         url = demo.wait_for(r"a live market on (http://\S+)").group(1)
         demo.wait_for(r"demo-buyer \(account \d+\)")
@@ -270,7 +271,7 @@ def test_demo_seeds_a_market_that_trades(postgres_admin_url, fresh_database_url,
         demo.wait_for(r"try: curl")
         asyncio.run(watch_the_market(url, key, secret))
         assert demo.stop() == 0, "".join(demo.output)
-    assert main(["check", "--database-url", fresh_database_url]) == 0
+    assert main(["check", "--database-url", migrated_database_url]) == 0
 
 
 async def watch_the_market(url: str, key: str, secret: str) -> None:
@@ -281,6 +282,9 @@ async def watch_the_market(url: str, key: str, secret: str) -> None:
             book = await public.book(symbol)
             assert book["bids"] and book["asks"], book
             assert (await public.ticker(symbol))["last_price"] is not None
+        for symbol in ("DS-MACHINE-MAINT", "DS-STEEL-QC"):
+            assert (await public.terms(symbol))["downloads_per_token"] == 10
+            assert [f["name"] for f in await public.dataset_files(symbol)] == ["sample.csv"]
         deepseek = await public.instrument("DEEPSEEK-V3")
         assert deepseek["substitution_group"] == "chat-general" and deepseek["tokens_per_lot"] == 1_000_000
         best_ask = float((await public.ticker("DEEPSEEK-V3"))["best_ask"])
@@ -295,6 +299,10 @@ async def watch_the_market(url: str, key: str, secret: str) -> None:
             assert time.monotonic() < deadline, "no trade in 20 s of simulated flow"
             await asyncio.sleep(0.5)  # public reads are rate-limited per address
 
-        assert (await buyer.balances())["CNY"]["available"] == "10000"
+        [subscription] = await buyer.subscriptions()
+        assert (subscription["symbol"], subscription["period"], subscription["quota"]["granted"]) == \
+            ("DEEPSEEK-V3", "month", 10_000_000)
+        # 10,000 CNY, less the lots bought to redeem and the subscription's first month
+        assert Decimal((await buyer.balances())["CNY"]["available"]) <= 10_000 - Decimal("9.90")
         bid = await buyer.place_order("GLM-4.5", "buy", price="1.20", qty=10)
         assert bid["status"] == "open"

@@ -6,7 +6,8 @@ The rule, for whoever writes the README:
   ``python`` runs as a program of the virtual environment's Python (``.venv/bin/python`` after ``make``). Any
   other block (``text`` for output and protocol samples) is only shown.
 - A second word says whose demo key the reader has pasted (the demo's ``export TOKEX_KEY=... TOKEX_SECRET=...``
-  line): ``seller``, ``buyer`` or ``admin``; the block runs with those two variables set. ``skip`` marks a block
+  line): ``seller``, ``buyer`` or ``admin``; the block runs with those two variables set. ``inference`` says the
+  reader pasted the demo buyer's ``export OPENAI_BASE_URL=... OPENAI_API_KEY=...`` line instead. ``skip`` marks a block
   that cannot run here, such as ``make run`` itself (the fresh-clone timing, ``make bench-first-start``, runs that
   one); say why in the text around it.
 - Blocks run in README order, from the repository's folder, against one server started as the README starts it
@@ -37,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 DEMO_URL = "http://127.0.0.1:8000"
 RUNNERS = ("sh", "python")
-KEYS = ("seller", "buyer", "admin")
+KEYS = ("seller", "buyer", "admin", "inference")
 FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 START_SECONDS = 120
 BLOCK_SECONDS = 60
@@ -74,6 +75,8 @@ class Demo:
     url: str
     keys: dict[str, tuple[str, str]]
     """demo-seller/demo-buyer/admin -> (key, secret), as the banner prints them."""
+    openai: tuple[str, str]
+    """The demo buyer's OPENAI_BASE_URL and OPENAI_API_KEY, as the banner prints them."""
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +108,8 @@ def demo(postgres_admin_url: str) -> Iterator[Demo]:
                 role: (key, secret) for role, key, secret in re.findall(
                     r"^ +(\S+) \(account \d+\).*\n +export TOKEX_KEY=(\S+) TOKEX_SECRET=(\S+)$", output, re.MULTILINE)
             }
-            yield Demo(url, keys)
+            openai = re.search(r"export OPENAI_BASE_URL=(\S+) OPENAI_API_KEY=(\S+)$", output, re.MULTILINE)
+            yield Demo(url, keys, openai.groups())
         finally:
             process.send_signal(signal.SIGTERM)
             try:
@@ -129,7 +133,9 @@ def test_readme_block_runs(block: Block, demo: Demo):
     env = {**os.environ}
     env.pop("TOKEX_KEY", None)
     env.pop("TOKEX_SECRET", None)
-    if block.key is not None:
+    if block.key == "inference":
+        env["OPENAI_BASE_URL"], env["OPENAI_API_KEY"] = demo.openai
+    elif block.key is not None:
         env["TOKEX_KEY"], env["TOKEX_SECRET"] = demo.keys[ROLES[block.key]]
     code = block.code.replace(DEMO_URL, demo.url)
     if block.runner == "sh":

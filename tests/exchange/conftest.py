@@ -1,7 +1,6 @@
 """Fixtures for the exchange core: a migrated database, a pool on it, and a running sequencer.
 
-    migrated_database_url   function: ``fresh_database_url`` with the repository's migrations applied
-    pool                    function: an asyncpg pool on that database, closed after the test
+    pool                    function: an asyncpg pool on ``migrated_database_url``, closed after the test
     databases               session: ``Databases``, to create (migrated) and drop databases of one's own
     exchange                function: an opened ``Sequencer`` on the pool; stopped after the test, which then
                             fails if ``invariants.problems`` finds anything
@@ -13,13 +12,13 @@ Everything runs against the real PostgreSQL of the session (see ``tests/conftest
 """
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
 import pytest_asyncio
 
 from exchange import invariants
-from exchange.database.migrations import migrate
 from exchange.sequencer import Sequencer
 from tests.support.databases import create_database, drop_database
 
@@ -32,24 +31,23 @@ class Databases:
         self.admin_url = admin_url
 
     async def create(self, prefix: str = "tokex_test_ex") -> tuple[str, str]:
-        """Create and migrate a new database; return its name and DSN."""
-        name, dsn = await create_database(self.admin_url, prefix)
-        await migrate(dsn)
-        return name, dsn
+        """Create a new migrated database; return its name and DSN."""
+        return await create_database(self.admin_url, prefix)
 
     async def drop(self, name: str) -> None:
         await drop_database(self.admin_url, name)
 
 
-async def assert_invariants(sequencer: Sequencer) -> None:
+@asynccontextmanager
+async def checked_sequencer(pool: asyncpg.Pool) -> AsyncIterator[Sequencer]:
+    """A sequencer opened on ``pool``, stopped at the end, then checked: ``invariants.problems`` must find nothing."""
+    sequencer = await Sequencer.open(pool)
+    try:
+        yield sequencer
+    finally:
+        await sequencer.stop()
     async with sequencer.pool.acquire() as conn:
         assert await invariants.problems(conn, sequencer.engine) == []
-
-
-@pytest.fixture
-async def migrated_database_url(fresh_database_url: str) -> str:
-    await migrate(fresh_database_url)
-    return fresh_database_url
 
 
 @pytest.fixture
@@ -60,12 +58,8 @@ async def pool(migrated_database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture
 async def exchange(pool: asyncpg.Pool) -> AsyncIterator[Sequencer]:
-    sequencer = await Sequencer.open(pool)
-    try:
+    async with checked_sequencer(pool) as sequencer:
         yield sequencer
-    finally:
-        await sequencer.stop()
-    await assert_invariants(sequencer)
 
 
 @pytest.fixture(scope="session")
@@ -77,12 +71,7 @@ def databases(postgres_admin_url: str) -> Databases:
 async def module_exchange(databases: Databases) -> AsyncIterator[Sequencer]:
     name, dsn = await databases.create("tokex_test_mod")
     try:
-        async with asyncpg.create_pool(dsn, min_size=1, max_size=4) as created:
-            sequencer = await Sequencer.open(created)
-            try:
-                yield sequencer
-            finally:
-                await sequencer.stop()
-            await assert_invariants(sequencer)
+        async with asyncpg.create_pool(dsn, min_size=1, max_size=4) as created, checked_sequencer(created) as sequencer:
+            yield sequencer
     finally:
         await databases.drop(name)

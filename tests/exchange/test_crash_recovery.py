@@ -21,7 +21,6 @@ import pytest
 
 from exchange import invariants, store
 from exchange.commands import CreateAccount, Deposit, Done, OrderView, PlaceOrder
-from exchange.database.migrations import migrate
 from exchange.sequencer import Sequencer
 from loadtest.durability import FILLS_DISAGREE, ORPHAN_FILLS, SETTLED_TWICE
 from loadtest.exchange_worker import MID, SYMBOL, TICK, contradictions, prepare, read_acks
@@ -132,24 +131,22 @@ async def check_recovery(dsn: str, acks: list, run: int) -> None:
 
 
 async def test_acknowledged_orders_survive_sigkill_and_the_exchange_carries_on(
-    fresh_database_url: str, tmp_path: Path
+    migrated_database_url: str, tmp_path: Path
 ) -> None:
-    await migrate(fresh_database_url)
     rng = random.Random(SEED)
     for run, window in enumerate(KILL_WINDOWS):
         ack_log = tmp_path / f"acks-{run}.jsonl"
         kill_after = rng.uniform(*window)
-        stderr = await run_worker_until_killed(fresh_database_url, ack_log, SEED + run, kill_after)
+        stderr = await run_worker_until_killed(migrated_database_url, ack_log, SEED + run, kill_after)
         acks = read_acks(str(ack_log))
         assert acks, f"run {run}: nothing was acknowledged in {kill_after:.2f} s\n{stderr}"
-        await check_recovery(fresh_database_url, acks, run)
+        await check_recovery(migrated_database_url, acks, run)
         os.unlink(ack_log)
 
 
-async def test_a_restart_waits_for_the_old_writer_to_finish(fresh_database_url: str) -> None:
-    await migrate(fresh_database_url)
-    async with (asyncpg.create_pool(fresh_database_url, min_size=1, max_size=2) as old_pool,
-                asyncpg.create_pool(fresh_database_url, min_size=1, max_size=2) as new_pool):
+async def test_a_restart_waits_for_the_old_writer_to_finish(migrated_database_url: str) -> None:
+    async with (asyncpg.create_pool(migrated_database_url, min_size=1, max_size=2) as old_pool,
+                asyncpg.create_pool(migrated_database_url, min_size=1, max_size=2) as new_pool):
         old = await Sequencer.open(old_pool)
         market = await prepare(old)
         # The restart begins while the old writer still has a commit to land...

@@ -132,9 +132,8 @@ async def abandon(seq: Sequencer, pool: asyncpg.Pool) -> None:
     pool.terminate()
 
 
-async def test_a_batch_failing_mid_commit_leaves_nothing_behind(fresh_database_url: str) -> None:
-    await migrate(fresh_database_url)
-    async with asyncpg.create_pool(fresh_database_url, min_size=1, max_size=2) as pool:
+async def test_a_batch_failing_mid_commit_leaves_nothing_behind(migrated_database_url: str) -> None:
+    async with asyncpg.create_pool(migrated_database_url, min_size=1, max_size=2) as pool:
         seq = await Sequencer.open(pool, retry_interval=0.05)
         try:
             market = await prepare(seq)
@@ -180,15 +179,14 @@ async def test_a_batch_failing_mid_commit_leaves_nothing_behind(fresh_database_u
             await seq.stop()
 
 
-async def test_stop_returns_while_the_database_is_gone(fresh_database_url: str, postgres_admin_url: str) -> None:
-    await migrate(fresh_database_url)
-    pool = await asyncpg.create_pool(fresh_database_url, min_size=1, max_size=2)
+async def test_stop_returns_while_the_database_is_gone(migrated_database_url: str, postgres_admin_url: str) -> None:
+    pool = await asyncpg.create_pool(migrated_database_url, min_size=1, max_size=2)
     seq = await Sequencer.open(pool, retry_interval=0.05)
     try:
         await seq.submit(CreateAccount("before", "trader"))
         conn = await asyncpg.connect(postgres_admin_url)
         try:
-            await conn.execute(f'DROP DATABASE "{urlsplit(fresh_database_url).path[1:]}" WITH (FORCE)')
+            await conn.execute(f'DROP DATABASE "{urlsplit(migrated_database_url).path[1:]}" WITH (FORCE)')
         finally:
             await conn.close()
         with pytest.raises(Unavailable):

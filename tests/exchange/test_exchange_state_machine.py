@@ -4,11 +4,16 @@ Each run of the machine gets a database of its own and drives the (async) sequen
 loop, because Hypothesis state machines are synchronous. After every step: ``invariants.problems`` on what
 is committed, no negative balance outside the system accounts, every asset summing to zero over all
 accounts, and a small model of what the system accounts must show (cash deposited less withdrawn, tokens
-minted less burned, tokens redeemed, the fees of the fills). A refused command or a replayed client order id
-must leave the engine exactly as it was, and a restart must rebuild it identically.
+minted less burned, tokens redeemed, the fees of the fills, the downloads each account's dataset grants have
+left) and of delivery (quotas granted for the lots redeemed, the tokens charged for inference calls delivered by
+the provider, which frees its capacity) and of subscriptions (each period paid or not, as the buyer's cash, the
+subscription's status and the engine's clock say, moved forward days at a time). A refused command or a replayed
+client order id must leave the engine exactly as it was, and a restart must rebuild it identically.
 """
 
 import asyncio
+import hashlib
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -24,31 +29,43 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from exchange import invariants, route_planner
+from exchange import dataset_files, fees, invariants, route_planner, subscriptions
 from exchange.commands import (
     AmendOrder,
     ApproveIssuer,
+    Attempt,
     Burn,
     CancelAll,
     CancelOrder,
+    CancelSubscription,
     Command,
     CreateAccount,
     Deposit,
     Done,
+    Download,
     ListInstrument,
     Mint,
     OrderView,
     PlaceOrder,
+    PublishSubscriptionOffer,
+    PublishTerms,
     Redeem,
+    RegisterProvider,
     Rejection,
+    RenewSubscription,
+    ReservationView,
+    Reserve,
     Result,
-    RoutedOrderView,
     RouteOrder,
     SetInstrumentStatus,
+    Settle,
+    Subscribe,
     Withdraw,
 )
 from exchange.ledger import CASH, EXTERNAL, FEES, ISSUANCE, REDEMPTION, SYSTEM_ACCOUNTS
-from exchange.sequencer import Sequencer
+from exchange.packages import period_start
+from exchange.records import RoutedOrder
+from exchange.sequencer import EPOCH, Sequencer, wall_clock
 from matching.types import BUY, FOK, GTC, IOC, SELL, STP_MODES
 from tests.support.engine import engine_state
 
@@ -60,7 +77,13 @@ SYMBOLS = (COMPUTE, DATASET)
 STEP = {COMPUTE: 100, DATASET: 1}
 """Micro-yuan per price step: small prices, so fees have fractions of a micro-yuan and rounding shows."""
 COMPUTE_CAPACITY, SUPPLY_CAP = 400, 200
+TOKENS_PER_LOT = 1_000_000
 START_CASH = 2_000_000
+DOWNLOADS_PER_TOKEN = 2
+OFFER, SUBSCRIPTION_TOKENS, SUBSCRIPTION_PRICE = 1, 40_000, 150_000
+"""The issuer's daily subscription offer on COMPUTE (the setup publishes it first, so its id is 1)."""
+DAY_US = 86_400 * 1_000_000
+FILE = b"steel plant QC images"
 
 accounts = st.sampled_from((ISSUER, ALICE, BOB, ADMIN, NOBODY))
 traders = st.sampled_from(TRADERS)
@@ -92,13 +115,29 @@ class ExchangeMachine(RuleBasedStateMachine):
         self.exchange: Sequencer | None = None
         self.database, dsn = self.run(self.databases.create("tokex_test_sm"))
         self.pool = self.run(self.open_pool(dsn))
-        self.exchange = self.run(Sequencer.open(self.pool))
+        self.ahead = 0
+        """Microseconds the engine's clock runs ahead of the wall clock: days pass in a step."""
+        self.exchange = self.run(Sequencer.open(self.pool, clock=self.clock))
         # The model: what the system accounts must show.
         self.deposited = len(TRADERS) * START_CASH
         self.minted = {COMPUTE: 100, DATASET: 60}
         self.redeemed = dict.fromkeys(SYMBOLS, 0)
+        self.terms_version = 1
+        self.downloads_left = dict.fromkeys(TRADERS, 0)
+        self.file_id = 0
+        self.delivered = 0
+        self.subscription_ids: list[int] = []
+        self.subscription_fees = 0
+        self.subscription_tokens = 0
+        """Tokens charged for inference calls (exchange.delivery), all delivered by the one provider."""
         self.commands_since_restart = 0
         self.run(self.setup())
+
+    def clock(self) -> int:
+        return wall_clock() + self.ahead
+
+    def now(self) -> datetime:
+        return EPOCH + timedelta(microseconds=self.clock())
 
     def run(self, coroutine):
         return self.loop.run_until_complete(coroutine)
@@ -122,6 +161,8 @@ class ExchangeMachine(RuleBasedStateMachine):
             ApproveIssuer(ISSUER, DATASET, 10 * SUPPLY_CAP),
             Mint(ISSUER, COMPUTE, self.minted[COMPUTE]),
             Mint(ISSUER, DATASET, self.minted[DATASET]),
+            RegisterProvider(ISSUER, COMPUTE, "http://127.0.0.1:9/v1", "deepseek-v3", b"sealed"),
+            PublishSubscriptionOffer(ISSUER, COMPUTE, SUBSCRIPTION_TOKENS, "day", SUBSCRIPTION_PRICE),
             *(Deposit(account, START_CASH) for account in TRADERS),
         ]
         for symbol in SYMBOLS:
@@ -131,9 +172,18 @@ class ExchangeMachine(RuleBasedStateMachine):
             commands.append(PlaceOrder(ISSUER, symbol, SELL, price=104 * STEP[symbol], qty=10))
             commands.append(PlaceOrder(ALICE, symbol, SELL, price=106 * STEP[symbol], qty=5))
             commands.append(PlaceOrder(BOB, symbol, BUY, price=96 * STEP[symbol], qty=10))
+        commands.append(self.terms())
         results = await asyncio.gather(*(self.exchange.submit(command) for command in commands))
         for command, result in zip(commands, results, strict=True):
             assert not isinstance(result, Rejection), (command, result)
+        async with self.pool.acquire() as conn:
+            stored = await dataset_files.store(conn, self.exchange.engine.instruments[DATASET].id, "images.tar",
+                                               _once(FILE), hashlib.sha256(FILE).digest(), len(FILE), datetime.now(UTC))
+        self.file_id = stored.id
+
+    @staticmethod
+    def terms() -> PublishTerms:
+        return PublishTerms(ISSUER, DATASET, ("research",), False, None, None, DOWNLOADS_PER_TOKEN, "Research only.")
 
     def teardown(self) -> None:
         try:
@@ -181,8 +231,108 @@ class ExchangeMachine(RuleBasedStateMachine):
         elif action == "burn":
             if isinstance(self.submit(Burn(account, symbol, qty)), Done):
                 self.minted[symbol] -= qty
-        elif isinstance(self.submit(Redeem(account, symbol, qty)), Done):
-            self.redeemed[symbol] += qty
+        else:
+            version = self.terms_version if symbol == DATASET else None
+            if isinstance(self.submit(Redeem(account, symbol, qty, terms_version=version)), Done):
+                self.redeemed[symbol] += qty
+                if symbol == DATASET:
+                    self.downloads_left[account] += qty * DOWNLOADS_PER_TOKEN
+
+    # Datasets
+
+    @rule(stale=st.booleans())
+    def publish_terms_then_redeem(self, stale: bool) -> None:
+        """A new version of the terms; a redemption that accepts the one before is refused."""
+        assert self.submit(self.terms()) == Done(self.terms_version + 1)
+        self.terms_version += 1
+        if stale:
+            result = self.submit(Redeem(ALICE, DATASET, 1, terms_version=self.terms_version - 1))
+            assert result.code in {"terms_changed", "insufficient_tokens"}, result
+
+    @rule(account=traders, qty=st.integers(0, 2), downloads=st.integers(1, 3))
+    def redeem_then_download(self, account: int, qty: int, downloads: int) -> None:
+        """Redeem a few dataset tokens (or none), then download: each download spends one the grants hold."""
+        if qty and isinstance(self.submit(Redeem(account, DATASET, qty, terms_version=self.terms_version)), Done):
+            self.redeemed[DATASET] += qty
+            self.downloads_left[account] += qty * DOWNLOADS_PER_TOKEN
+        for _ in range(downloads):
+            result = self.submit(Download(account, DATASET, self.file_id, len(FILE)))
+            if self.downloads_left[account]:
+                assert isinstance(result, Done), result
+                self.downloads_left[account] -= 1
+            else:
+                assert result.code == "no_access", result
+
+    # Delivery: an inference call reserves from the quota redeemed lots grant, then settles (or stays open)
+
+    @rule(account=order_accounts, tokens=st.integers(1, 3 * TOKENS_PER_LOT),
+          outcome=st.sampled_from(("ok", "ok", "failed", "open")), prompt=st.integers(0, 2 * TOKENS_PER_LOT),
+          completion=st.integers(0, 2 * TOKENS_PER_LOT))
+    def call(self, account: int, tokens: int, outcome: str, prompt: int, completion: int) -> None:
+        engine = self.exchange.engine
+        instrument = engine.instruments[COMPUTE]
+        free = engine.quotas.largest(account, instrument.id, self.now())
+        held = self.submit(Reserve(account, COMPUTE, tokens))
+        if not isinstance(held, ReservationView):
+            assert held.code in {"quota_exceeded", "not_permitted", "unknown_account"}, held
+            assert held.code != "quota_exceeded" or free < tokens
+            return
+        assert held.tokens == tokens and [p.provider_id for p in held.providers] == [1]
+        if outcome == "open":
+            return
+        self.submit(Settle(held.id, [Attempt(1, outcome, prompt, completion, 10, 20)]))
+        if outcome == "ok":
+            self.delivered += min(tokens, prompt + completion)
+
+    # Subscriptions: the issuer's daily offer; days pass and each due period is paid, or not, and lapses
+
+    def paid(self) -> None:
+        self.subscription_fees += fees.fee_on(SUBSCRIPTION_PRICE, fees.rate_ppm(20, 100))
+        self.subscription_tokens += SUBSCRIPTION_TOKENS
+
+    @rule(account=st.sampled_from((ISSUER, ALICE, BOB, NOBODY)))
+    def subscribe(self, account: int) -> None:
+        cash = self.exchange.engine.ledger.available(account, CASH)
+        result = self.submit(Subscribe(account, OFFER))
+        if isinstance(result, Done):
+            assert cash >= SUBSCRIPTION_PRICE
+            self.subscription_ids.append(result.id)
+            self.paid()
+        else:
+            assert result.code in {"not_permitted", "unknown_account"} or (
+                result.code == "insufficient_funds" and cash < SUBSCRIPTION_PRICE), result
+
+    @precondition(lambda self: self.subscription_ids)
+    @rule(pick=st.integers(0, 100), account=traders)
+    def cancel_subscription(self, pick: int, account: int) -> None:
+        subscription_id = self.subscription_ids[pick % len(self.subscription_ids)]
+        running = self.exchange.engine.subscriptions.subscriptions.get(subscription_id)
+        result = self.submit(CancelSubscription(account, subscription_id))
+        if running is not None and running.account_id == account:
+            assert result == Done(subscription_id) and running.status == "cancelling"
+        else:
+            assert result.code == "unknown_subscription", result
+
+    @precondition(lambda self: self.subscription_ids)
+    @rule(days=st.integers(1, 2))
+    def days_pass(self, days: int) -> None:
+        """Move the engine's clock ``days`` on and renew what is due, as the period scheduler does."""
+        self.ahead += days * DAY_US
+        engine = self.exchange.engine
+        for period, subscription_id in subscriptions.due(engine, self.now()):
+            subscription = engine.subscriptions.subscriptions[subscription_id]
+            cash = engine.ledger.available(subscription.account_id, CASH)
+            status = subscription.status
+            ends = period_start(subscription.start_at, "day", period + 1)
+            assert self.submit(RenewSubscription(subscription_id, period)) == Done(period)
+            paid = cash - engine.ledger.available(subscription.account_id, CASH)
+            if status == "cancelling":
+                assert paid == 0 and subscription_id not in engine.subscriptions.subscriptions
+            elif paid:
+                assert paid == SUBSCRIPTION_PRICE and ends > self.now()
+                self.paid()
+            else:
+                assert cash < SUBSCRIPTION_PRICE or ends <= self.now()
 
     # Orders
 
@@ -261,7 +411,7 @@ class ExchangeMachine(RuleBasedStateMachine):
         price = None if step is None else step * STEP[COMPUTE]
         result = self.submit(RouteOrder(account, "chat-general", side, qty, mode, price,
                                         budget if side == BUY else None, rest))
-        if not isinstance(result, RoutedOrderView):
+        if not isinstance(result, RoutedOrder):
             return multiple()
         assert result.filled_qty + result.remainder == qty
         for child in result.children:
@@ -323,7 +473,7 @@ class ExchangeMachine(RuleBasedStateMachine):
         before = engine_state(self.exchange.engine)
         self.run(self.exchange.stop())
         self.exchange = None
-        self.exchange = self.run(Sequencer.open(self.pool))
+        self.exchange = self.run(Sequencer.open(self.pool, clock=self.clock))
         self.commands_since_restart = 0
         assert engine_state(self.exchange.engine) == before
 
@@ -347,12 +497,21 @@ class ExchangeMachine(RuleBasedStateMachine):
             totals[asset] = totals.get(asset, 0) + available + held
         assert all(total == 0 for total in totals.values()), totals
         assert engine.ledger.available(EXTERNAL, CASH) == -self.deposited
-        assert engine.ledger.available(FEES, CASH) == fees
+        assert engine.ledger.available(FEES, CASH) == fees + self.subscription_fees
         for symbol in SYMBOLS:
             assert engine.ledger.available(ISSUANCE, symbol) == -self.minted[symbol]
             assert engine.ledger.available(REDEMPTION, symbol) == self.redeemed[symbol]
             assert engine.instruments[symbol].issued == self.minted[symbol]
-        assert self.minted[COMPUTE] <= COMPUTE_CAPACITY and self.minted[DATASET] <= SUPPLY_CAP
+        assert self.minted[COMPUTE] - self.delivered // TOKENS_PER_LOT <= COMPUTE_CAPACITY
+        assert self.minted[DATASET] <= SUPPLY_CAP
+        quotas = engine.quotas.rows.values()
+        assert sum(q.granted for q in quotas) == self.redeemed[COMPUTE] * TOKENS_PER_LOT + self.subscription_tokens
+        assert sum(q.used for q in quotas) == engine.delivery.providers[1].delivered == self.delivered
+        assert all(q.free >= 0 for q in quotas)
+
+
+async def _once(data: bytes):
+    yield data
 
 
 # A fuzzer: 40 runs of 40 random commands, each committed to PostgreSQL; the engine alone is tested in memory by

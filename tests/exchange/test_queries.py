@@ -8,9 +8,7 @@ import pytest
 
 from exchange import indexer, store
 from exchange.database.queries import STATEMENTS, QueryError, load, parse, sql
-from exchange.packages import Package
-from exchange.records import Instrument, Order
-from exchange.routed_orders import RoutedOrder
+from exchange.records import Instrument, Order, Package, RoutedOrder
 
 SCRIPTS = {"writer_settings", "default_planner"}
 """Run as simple-protocol scripts of several statements, so they are executed, not prepared."""
@@ -53,7 +51,7 @@ def columns(statement: str) -> tuple[str, ...]:
 
 @pytest.mark.parametrize(("statement", "fields"), [
     (store.INSERT_INSTRUMENT, Instrument.ROW_FIELDS),
-    (store.INSERT_ROUTED_ORDER, RoutedOrder.__struct_fields__),
+    (store.INSERT_ROUTED_ORDER, RoutedOrder.ROW_FIELDS),
     (store.UPSERT_PACKAGE, Package.__struct_fields__),
     (store.PACKAGES, Package.__struct_fields__),
     (store.OPEN_ORDERS, Order.__struct_fields__),

@@ -18,10 +18,10 @@ from exchange.commands import (
     Mint,
     OrderView,
     PlaceOrder,
-    RoutedOrderView,
     RouteOrder,
 )
 from exchange.engine import Engine
+from exchange.records import RoutedOrder
 from matching.types import BUY, SELL
 
 TICK = 10_000
@@ -186,7 +186,7 @@ def test_the_quote_equals_the_execution_when_nothing_changed(data, side, qty, mo
     if side == SELL and not any(v.tokens for v in venues):
         assert result.code == "insufficient_tokens"
         return
-    assert isinstance(result, RoutedOrderView), result
+    assert isinstance(result, RoutedOrder), result
     swept = [c for c in result.children if c.id != result.resting_order_id]
     assert [(c.symbol, c.filled_qty, c.filled_notional, c.fee) for c in swept] == \
         [(leg.symbol, leg.qty, leg.notional, leg.fee) for leg in quoted.legs]

@@ -13,10 +13,10 @@ from exchange.commands import (
     Mint,
     PlaceOrder,
     Rejection,
-    RoutedOrderView,
     RouteOrder,
     SetInstrumentStatus,
 )
+from exchange.records import RoutedOrder
 from exchange.rejections import MESSAGES
 from exchange.sequencer import Sequencer
 from tests.support.engine import ACCOUNTS, SequencedMarket, database_state, snapshot, submit_all
@@ -53,7 +53,7 @@ async def market(exchange: Sequencer) -> SequencedMarket:
 
 async def test_a_routed_buy_commits_its_children_and_fills_under_one_hold(market: SequencedMarket) -> None:
     result = await market.run(RouteOrder(market.alice, GROUP, "buy", 25, "quality", price=2_000_000))
-    assert isinstance(result, RoutedOrderView)
+    assert isinstance(result, RoutedOrder)
     assert [(c.symbol, c.filled_qty, c.status, c.tif) for c in result.children] == \
         [("DSV3", 10, "filled", "IOC"), ("QWEN", 10, "filled", "IOC"), ("TINY", 5, "filled", "IOC")]
     assert result.status == "filled" and result.remainder == 0
@@ -76,7 +76,7 @@ async def test_halted_books_are_skipped_and_the_remainder_rests_on_the_best_book
     await market.ok(SetInstrumentStatus("DSV3", "halted"))
     result = await market.run(RouteOrder(market.alice, GROUP, "buy", 30, "cost", price=1_500_000,
                                          rest_remainder=True))
-    assert isinstance(result, RoutedOrderView)
+    assert isinstance(result, RoutedOrder)
     assert [(c.symbol, c.filled_qty) for c in result.children] == [("TINY", 10), ("QWEN", 10), ("QWEN", 0)]
     resting = result.children[-1]
     assert resting.id == result.resting_order_id and resting.status == "open" and resting.tif == "GTC"
@@ -111,14 +111,14 @@ async def test_a_restart_rebuilds_routed_orders_and_continues_their_numbering(po
     market = await routed_market(first)
     # Nothing within the limit: the routed order takes an id and commits no child.
     empty = await market.run(RouteOrder(market.alice, GROUP, "buy", 5, "cost", price=TICK))
-    assert isinstance(empty, RoutedOrderView) and empty.status == "unfilled" and empty.children == []
+    assert isinstance(empty, RoutedOrder) and empty.status == "unfilled" and empty.children == []
     await first.stop()
 
     second = await Sequencer.open(pool)
     try:
         market.switch(second)
         again = await market.run(RouteOrder(market.alice, GROUP, "buy", 5, "balance", budget=5_100_000))
-        assert isinstance(again, RoutedOrderView)
+        assert isinstance(again, RoutedOrder)
         assert again.id > empty.id and all(c.id > again.id for c in again.children)
         # Price per quality point: QWEN 1.5/70 < DSV3 2.0/90 < TINY 1.0/30; the budget buys 3 lots and their fee.
         assert [(c.symbol, c.filled_qty) for c in again.children] == [("QWEN", 3)]
@@ -134,7 +134,7 @@ async def test_a_routed_orders_client_id_returns_the_original_even_after_a_resta
     market = await routed_market(first)
     placed = await market.run(RouteOrder(market.alice, GROUP, "buy", 5, "cost", price=2_000_000,
                                          client_order_id="route-1"))
-    assert isinstance(placed, RoutedOrderView) and placed.filled_qty == 5
+    assert isinstance(placed, RoutedOrder) and placed.filled_qty == 5
     before = await database_state(pool)
     # The same id with other terms still names the first routed order, and trades nothing.
     again = await market.run(RouteOrder(market.alice, GROUP, "buy", 9, "quality", price=2_000_000,
@@ -159,7 +159,7 @@ async def test_a_routed_orders_client_id_returns_the_original_even_after_a_resta
 
 async def test_tokex_check_finds_a_routed_order_that_disagrees_with_its_children(market: SequencedMarket) -> None:
     result = await market.run(RouteOrder(market.alice, GROUP, "buy", 12, "cost", price=1_500_000))
-    assert isinstance(result, RoutedOrderView)
+    assert isinstance(result, RoutedOrder)
     async with market.exchange.pool.acquire() as conn:
         await conn.execute("UPDATE routed_order SET filled_qty = filled_qty + 1 WHERE id = $1", result.id)
         assert await invariants.problems(conn) == [
@@ -172,7 +172,7 @@ async def test_a_child_stopped_by_self_trade_prevention_gives_its_hold_back_in_o
     await market.ok(RouteOrder(market.alice, GROUP, "buy", 2, "cost", price=1_000_000))  # alice holds 2 TINY
     own = await market.ok(PlaceOrder(market.alice, "TINY", "sell", price=900_000, qty=2))
     result = await market.run(RouteOrder(market.alice, GROUP, "buy", 5, "cost", price=1_000_000))
-    assert isinstance(result, RoutedOrderView)
+    assert isinstance(result, RoutedOrder)
     [child] = result.children
     assert (child.symbol, child.filled_qty, child.status, child.reason) == ("TINY", 0, "cancelled", "self_trade")
     assert result.status == "unfilled" and result.remainder == 5

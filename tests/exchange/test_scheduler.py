@@ -17,12 +17,12 @@ from exchange.commands import (
     ExecutionView,
     ListInstrument,
     Mint,
-    PackageView,
     PlaceOrder,
     Rejection,
     RunPackage,
     SetPackageStatus,
 )
+from exchange.records import Package
 from exchange.rejections import MESSAGES
 from exchange.scheduler import Scheduler
 from exchange.sequencer import EPOCH, Sequencer
@@ -85,7 +85,7 @@ class Plans:
                                      qty=10_000))
 
     async def create(self, period: str, qty: int = 2, max_cost: int = 10 * PRICE, mode: str = "cost",
-                     start: datetime = START) -> PackageView:
+                     start: datetime = START) -> Package:
         return await self.ok(CreatePackage(self.buyer, GROUP, qty, mode, period, max_cost, start))
 
     async def executions(self, package_id: int) -> list[asyncpg.Record]:

@@ -120,6 +120,16 @@ def engine_state(engine: Engine) -> dict:
         "open by account": {a: set(ids) for a, ids in engine.open_by_account.items() if ids},
         "approvals": {key: (a.capacity, a.issued) for key, a in engine.approvals.items()},
         "client orders": dict(engine.client_orders),
+        "dataset terms": {instrument: t.version for instrument, t in engine.datasets.terms.items()},
+        # A grant spent to its last download is forgotten at its next look-up, or at a restart.
+        "dataset grants": {g.id: msgspec.structs.astuple(g) for grants in engine.datasets.grants.values()
+                           for g in grants if g.downloads is None or g.downloads_used < g.downloads},
+        "subscription offers": {i: msgspec.structs.astuple(o) for i, o in engine.subscriptions.offers.items()},
+        "subscriptions": {i: msgspec.structs.astuple(s) for i, s in engine.subscriptions.subscriptions.items()},
+        "quotas": {key: msgspec.structs.astuple(q) for key, q in engine.quotas.rows.items()},
+        "reservations": {i: msgspec.structs.astuple(r) for i, r in engine.quotas.open.items()},
+        "providers": {i: msgspec.structs.astuple(p) for i, p in engine.delivery.providers.items()},
+        "windows": {i: list(window) for i, window in engine.delivery.windows.items()},
     }
 
 
