@@ -19,7 +19,8 @@ engine
     which favours the in-process side), then a ``tokex engine`` fed by this process over NATS through
     ``RemoteSequencer`` (the engine process's CPU time over the commands). Target: at most 1.33 times.
 feed
-    ``--feed-watchers`` watchers spread by the kernel over the cluster's gateways (they share one port), every
+    On the cluster of the orders part, once that is done: ``--feed-watchers`` watchers spread by the kernel over
+    its gateways (they share one port), every
     public channel of one instrument, while ``--feed-rate`` orders a second flow: time from each message's
     ``ts`` to its receipt (p50, p99) and gaps (0 expected; ``loadtest.watchers`` checks every chain and checksum).
 
@@ -109,18 +110,28 @@ async def orders_one_process(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.to_thread(server.stop)
 
 
-async def orders_cluster(args: argparse.Namespace) -> dict[str, Any]:
+async def orders_cluster(cluster: Cluster, backing: Backing, admin: dict, args: argparse.Namespace) -> dict[str, Any]:
+    pids = cluster.pids()
+    leader = cluster.leader()
+    assert leader is not None
+    processes = {"gateway": [psutil.Process(pid) for pid in pids["gateway"]], "engine": [psutil.Process(leader)],
+                 **backing.cpu_processes(), "load generator": [psutil.Process()]}
+    return await orders_on(cluster.url, admin, processes, args)
+
+
+async def on_cluster(args: argparse.Namespace, parts: set[str]) -> dict[str, Any]:
+    """The orders and feed parts, one after the other, on one ``tokex cluster`` and its own PostgreSQL and NATS."""
+    results: dict[str, Any] = {}
     backing = await Backing().start()
     cluster = Cluster(backing.dsn, backing.nats_url, gateways=args.gateways, standby=False)
     try:
         admin = await asyncio.to_thread(cluster.tokex, "admin", "create-admin", "--name", "bench-admin")
-        url = await asyncio.to_thread(cluster.start)
-        pids = cluster.pids()
-        leader = cluster.leader()
-        assert leader is not None
-        processes = {"gateway": [psutil.Process(pid) for pid in pids["gateway"]], "engine": [psutil.Process(leader)],
-                     **backing.cpu_processes(), "load generator": [psutil.Process()]}
-        return await orders_on(url, admin, processes, args)
+        await asyncio.to_thread(cluster.start)
+        if "orders" in parts:
+            results["cluster"] = await orders_cluster(cluster, backing, admin, args)
+        if "feed" in parts:
+            results["feed"] = await feed_cluster(cluster, admin, args)
+        return results
     finally:
         status = await asyncio.to_thread(cluster.stop)
         if status != 0:
@@ -280,68 +291,60 @@ async def engine_via_nats(backing: Backing, args: argparse.Namespace) -> dict[st
 # -- feed: many watchers over the gateways ------------------------------------------------------------------------
 
 
-async def feed_cluster(args: argparse.Namespace) -> dict[str, Any]:
-    raise_file_limit()
-    backing = await Backing().start()
-    cluster = Cluster(backing.dsn, backing.nats_url, gateways=args.gateways, standby=False)
-    try:
-        admin = await asyncio.to_thread(cluster.tokex, "admin", "create-admin", "--name", "bench-admin")
-        url = await asyncio.to_thread(cluster.start)
-        senders = 4
-        symbol, keys = await bench_api.set_up(url, admin, senders)
-        latencies: list[int] = []
-        measuring = [False]
-        feed = Feed(url, frame_latencies(latencies, measuring))
-        started = time.monotonic()
-        watchers: list[Watcher] = await start_watchers(feed, [symbol], args.feed_watchers)
-        connect_s = time.monotonic() - started
-        stop = asyncio.Event()
-        host, port = url.removeprefix("http://").rsplit(":", 1)
-        loop = asyncio.get_running_loop()
+async def feed_cluster(cluster: Cluster, admin: dict, args: argparse.Namespace) -> dict[str, Any]:
+    url = cluster.url
+    senders = 4
+    symbol, keys = await bench_api.set_up(url, admin, senders)
+    latencies: list[int] = []
+    measuring = [False]
+    feed = Feed(url, frame_latencies(latencies, measuring))
+    started = time.monotonic()
+    watchers: list[Watcher] = await start_watchers(feed, [symbol], args.feed_watchers)
+    connect_s = time.monotonic() - started
+    stop = asyncio.Event()
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    loop = asyncio.get_running_loop()
 
-        async def flow(key_id: str, secret: str, number: int) -> None:
-            _, connection = await loop.create_connection(Connection, host, int(port))
-            trader = Trader(f"{host}:{port}", key_id, secret, symbol, random.Random(number))
-            pause = senders / args.feed_rate
-            try:
-                next_at = time.monotonic()
-                while not stop.is_set():
-                    kind, request, _ = trader.next()
-                    status, body = await connection.send(request)
-                    trader.learn(kind, status, body)
-                    next_at += pause
-                    await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            finally:
-                assert connection.transport is not None
-                connection.transport.close()
+    async def flow(key_id: str, secret: str, number: int) -> None:
+        _, connection = await loop.create_connection(Connection, host, int(port))
+        trader = Trader(f"{host}:{port}", key_id, secret, symbol, random.Random(number))
+        pause = senders / args.feed_rate
+        try:
+            next_at = time.monotonic()
+            while not stop.is_set():
+                kind, request, _ = trader.next()
+                status, body = await connection.send(request)
+                trader.learn(kind, status, body)
+                next_at += pause
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        finally:
+            assert connection.transport is not None
+            connection.transport.close()
 
-        flows = [asyncio.create_task(flow(*key, n)) for n, key in enumerate(keys)]
-        await asyncio.sleep(args.warmup)
-        measuring[0] = True
-        gaps, bad = feed.gaps, feed.bad
-        measured_from = now_us()
-        await asyncio.sleep(args.duration)
-        measuring[0] = False
-        stop.set()
-        await asyncio.gather(*flows, return_exceptions=True)
-        # Let the last messages and a heartbeat arrive: a heartbeat ahead of a chain is a gap too.
-        await asyncio.sleep(1.5)
-        spread = {pid: len(psutil.Process(pid).net_connections(kind="tcp")) for pid in cluster.pids()["gateway"]}
-        for watcher in watchers:
-            watcher.stop()
-        ordered = sorted(latencies)
+    flows = [asyncio.create_task(flow(*key, n)) for n, key in enumerate(keys)]
+    await asyncio.sleep(args.warmup)
+    measuring[0] = True
+    gaps, bad = feed.gaps, feed.bad
+    measured_from = now_us()
+    await asyncio.sleep(args.duration)
+    measuring[0] = False
+    stop.set()
+    await asyncio.gather(*flows, return_exceptions=True)
+    # Let the last messages and a heartbeat arrive: a heartbeat ahead of a chain is a gap too.
+    await asyncio.sleep(1.5)
+    spread = {pid: len(psutil.Process(pid).net_connections(kind="tcp")) for pid in cluster.pids()["gateway"]}
+    for watcher in watchers:
+        watcher.stop()
+    ordered = sorted(latencies)
 
-        def percentile(p: float) -> float:
-            return ordered[min(len(ordered) - 1, int(p * len(ordered)))] / 1000 if ordered else float("nan")
+    def percentile(p: float) -> float:
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))] / 1000 if ordered else float("nan")
 
-        return {"watchers": args.feed_watchers, "connect_s": connect_s, "frames": len(latencies),
-                "p50_ms": percentile(0.50), "p99_ms": percentile(0.99), "max_ms": (ordered[-1] / 1000 if ordered
-                                                                                     else float("nan")),
-                "gaps": feed.gaps - gaps, "bad": feed.bad - bad, "measured_from_us": measured_from,
-                "connections_per_gateway": spread, "cut_off": feed.cut_off}
-    finally:
-        await asyncio.to_thread(cluster.stop)
-        await backing.stop()
+    return {"watchers": args.feed_watchers, "connect_s": connect_s, "frames": len(latencies),
+            "p50_ms": percentile(0.50), "p99_ms": percentile(0.99), "max_ms": (ordered[-1] / 1000 if ordered
+                                                                                 else float("nan")),
+            "gaps": feed.gaps - gaps, "bad": feed.bad - bad, "measured_from_us": measured_from,
+            "connections_per_gateway": spread, "cut_off": feed.cut_off}
 
 
 # -- report -------------------------------------------------------------------------------------------------------
@@ -394,8 +397,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         print(f"orders: {args.connections} connections, {args.watchers} watchers, {args.warmup:g} s warm-up, "
               f"{args.duration:g} s measured")
         results["one_process"] = await orders_one_process(args)
-        results["cluster"] = await orders_cluster(args)
+    if only & {"orders", "feed"}:
+        results.update(await on_cluster(args, only))
+    if "orders" in only:
         report_orders(results["one_process"], results["cluster"], args.gateways)
+    if "feed" in only:
+        print(f"feed: {args.feed_watchers} watchers over {args.gateways} gateways, {args.feed_rate:g} orders/s")
+        report_feed(results["feed"], args.feed_rate)
     if "engine" in only:
         print(f"engine: {args.submitters} submitters, {args.warmup:g} s warm-up, {args.duration:g} s measured")
         backing = await Backing().start()
@@ -405,10 +413,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             await backing.stop()
         report_engine(results["engine_in_process"], results["engine_via_nats"])
-    if "feed" in only:
-        print(f"feed: {args.feed_watchers} watchers over {args.gateways} gateways, {args.feed_rate:g} orders/s")
-        results["feed"] = await feed_cluster(args)
-        report_feed(results["feed"], args.feed_rate)
     return results
 
 
