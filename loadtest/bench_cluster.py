@@ -20,9 +20,9 @@ engine
     ``RemoteSequencer`` (the engine process's CPU time over the commands). Target: at most 1.33 times.
 feed
     On the cluster of the orders part, once that is done: ``--feed-watchers`` watchers spread by the kernel over
-    its gateways (they share one port), every
-    public channel of one instrument, while ``--feed-rate`` orders a second flow: time from each message's
-    ``ts`` to its receipt (p50, p99) and gaps (0 expected; ``loadtest.watchers`` checks every chain and checksum).
+    its gateways (they share one port), every public channel of one instrument, while ``--feed-rate`` orders a
+    second flow: time from each message's ``ts`` to its receipt (p50, p99) and gaps (0 expected;
+    ``loadtest.watchers`` checks every chain and checksum).
 
 Figures are from one run of each; on a shared 2-core machine, run it when the machine is otherwise quiet.
 """
