@@ -7,7 +7,7 @@ TESTING := $(VENV)/.installed-test
 COMPILED := $(VENV)/.compiled
 
 .PHONY: install compile run test test-quick lint bench bench-exchange bench-api check clean bench-feed loadtest \
-	chaos bench-first-start bench-inference
+	chaos bench-first-start bench-inference bench-cluster chaos-cluster drill-hosts
 
 install: $(TESTING)
 
@@ -84,6 +84,18 @@ loadtest: $(TESTING)
 
 chaos: $(TESTING)
 	$(BIN)/python -m loadtest chaos
+
+# The cluster against one process, the engine through NATS, 5,000 watchers over 2 gateways (docs/cluster.md).
+bench-cluster: $(TESTING)
+	$(BIN)/python -m loadtest.bench_cluster
+
+# The leader SIGKILLed 10 times, a gateway SIGKILLed and NATS restarted, under load.
+chaos-cluster: $(TESTING)
+	$(BIN)/python -m loadtest.chaos_cluster
+
+# NATS, PostgreSQL, the engines and the gateways in network namespaces of their own (as root; else it skips).
+drill-hosts: $(TESTING)
+	$(BIN)/python -m loadtest.hosts
 
 check: $(INSTALLED)
 	$(BIN)/tokex check

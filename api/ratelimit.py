@@ -13,11 +13,15 @@ the bucket is full again in 1 second. The policy is named by what it counts: ``k
 request also has ``Retry-After``; the refusals are counted in ``refusals``, for the server's metrics.
 
 Buckets live in memory, in this process. Full buckets carry no information, so the table is pruned of them
-when it grows past ``max_keys``; memory stays bounded under a flood of distinct addresses.
+when it grows past ``max_keys``; memory stays bounded under a flood of distinct addresses. Where several gateways
+serve one exchange, ``api.shared_limits`` tells each one's limiter what the others let through (``charge``), so a
+key's budget is the same however its requests are spread; a limiter records what it lets through for that only when
+it is shared (``usage``).
 """
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,6 +50,8 @@ class RateLimiter:
         self._buckets: dict[object, list[float]] = {}
         self.policy = "" if rate is None else f'"{name}";q={math.floor(burst)};w={math.ceil(burst / rate)}'
         """The RateLimit-Policy field value; empty when the limit is off."""
+        self.usage: Counter[object] | None = None
+        """When a Counter (the limiter is shared), every token taken is counted in it, by key."""
 
     def __len__(self) -> int:
         """Buckets held."""
@@ -64,6 +70,8 @@ class RateLimiter:
         bucket[1] = now
         if tokens >= 1.0:
             bucket[0] = tokens - 1.0
+            if self.usage is not None:
+                self.usage[key] += 1
             return 0.0
         bucket[0] = tokens
         self.refusals += 1
@@ -76,6 +84,24 @@ class RateLimiter:
             return 0.0
         tokens = min(self.burst, bucket[0] + (self.clock() - bucket[1]) * self.rate)
         return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
+    def charge(self, key: object, count: int) -> None:
+        """Spend ``count`` tokens that ``key`` took elsewhere (on another gateway), into debt if need be.
+
+        A bucket may go below zero: what another gateway let through before this one heard of it is paid back
+        before ``key`` takes a token here again, so the overshoot of a burst is bounded and never repeats.
+        """
+        if self.rate is None:
+            return
+        now = self.clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.max_keys:
+                self._prune(now)
+            bucket = self._buckets[key] = [self.burst, now]
+        bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate) - count
+        bucket[1] = now
+
     def headers(self, key: object) -> dict[str, str]:
         """The RateLimit and RateLimit-Policy fields of ``key``'s bucket as ``take`` left it; none when off."""
         bucket = self._buckets.get(key)
@@ -83,13 +109,15 @@ class RateLimiter:
             return {}
         tokens = bucket[0]
         reset = math.ceil((self.burst - tokens) / self.rate)
-        return {"RateLimit-Policy": self.policy, "RateLimit": f'"{self.name}";r={math.floor(tokens)};t={reset}'}
+        return {"RateLimit-Policy": self.policy,
+                "RateLimit": f'"{self.name}";r={max(0, math.floor(tokens))};t={reset}'}
 
     def _prune(self, now: float) -> None:
         assert self.rate is not None
-        full_after = self.burst / self.rate
-        for key, (_, updated) in list(self._buckets.items()):
-            if now - updated >= full_after:
+        rate, burst = self.rate, self.burst
+        for key, (tokens, updated) in list(self._buckets.items()):
+            # A bucket in debt (``charge``) takes longer to be full again.
+            if (now - updated) * rate >= burst - tokens:
                 del self._buckets[key]
         if len(self._buckets) >= self.max_keys:
             # Everyone is active: forgetting some buckets only errs towards letting requests through.

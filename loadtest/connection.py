@@ -41,7 +41,11 @@ class Connection(asyncio.Protocol):
             self.waiter.set_exception(ConnectionError("the server closed the connection"))
 
     async def send(self, request: bytes) -> tuple[int, bytes]:
-        self.waiter = asyncio.get_running_loop().create_future()
         assert self.transport is not None
+        if self.transport.is_closing():
+            # Lost between two requests (a server killed while this connection idled): a write would vanish and
+            # the answer never come.
+            raise ConnectionError("the server closed the connection")
+        self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(request)
         return await self.waiter

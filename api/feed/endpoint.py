@@ -49,7 +49,7 @@ async def serve(hub: Hub, websocket: WebSocket, send: Send) -> None:
     """Run one connection until it closes; ``send`` is the ASGI send ``websocket`` was made with."""
     address = websocket.client.host if websocket.client else "unknown"
     await websocket.accept()
-    if hub.per_address[address] >= hub.limits.max_connections_per_address:
+    if hub.per_address[address] + hub.per_address_elsewhere[address] >= hub.limits.max_connections_per_address:
         reason = f"too many connections from {address} (at most {hub.limits.max_connections_per_address})"
         with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
             await websocket.send_text(frame(encode(ErrorMessage("too_many_connections", reason))))

@@ -58,6 +58,8 @@ class Hub:
         self.feeds: dict[tuple, Feed] = {}
         self.connections: set[Connection] = set()
         self.per_address: Counter[str] = Counter()
+        self.per_address_elsewhere: Counter[str] = Counter()
+        """Connections per address open on the other gateways, kept by ``api.shared_limits``; empty in one process."""
         self.services: Services | None = None
         self._dirty: list[Feed] = []
         self._deliveries: deque[tuple[Connection, str | asyncio.Event, bytes | None]] = deque()

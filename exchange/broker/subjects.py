@@ -18,6 +18,8 @@ Subjects
     tokex.index             the price index's new rows, from the minute job on the leading engine to the
                             gateways' feeds (core NATS: a gateway that misses one reads the latest rows from
                             PostgreSQL when it starts, and the next minute brings the next).
+    tokex.limits            gateway -> gateways, every 0.1 s: what each let through per rate-limited key and
+                            address, and its feed connections per address, so limits hold across gateways.
 
 Symbols in subjects
     A NATS subject is split into tokens at dots, and a symbol may hold one (`GLM-4.5`). In a subject the
@@ -47,6 +49,7 @@ ENGINE_LEADER = f"{PREFIX}.engine.leader"
 ENGINE_SEQS = f"{PREFIX}.engine.seqs"
 USER_SUBJECTS = f"{PREFIX}.user.*"
 PRICE_INDEX = f"{PREFIX}.index"
+LIMITS = f"{PREFIX}.limits"
 MSG_ID_HEADER = "Nats-Msg-Id"
 
 DUPLICATE_WINDOW = 120.0  # seconds

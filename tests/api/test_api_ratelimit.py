@@ -56,6 +56,22 @@ def test_no_rate_means_no_limit_and_idle_buckets_are_forgotten():
     assert len(limiter) == 1
 
 
+def test_a_charge_spends_tokens_taken_elsewhere_into_debt_which_is_paid_back_first():
+    clock = Clock()
+    limiter = RateLimiter(rate=2.0, burst=3, clock=clock, max_keys=2)
+    limiter.charge("k", 5)
+    assert limiter.take("k") == pytest.approx(1.5)  # from -2 tokens to 1, at 2 a second
+    assert limiter.headers("k")["RateLimit"].split(";")[1] == "r=0"
+    limiter.take("idle")
+    # Two seconds on, the idle bucket is full again and pruned; the one in debt is not full, and stays.
+    clock.now += 2
+    limiter.take("new")
+    assert len(limiter) == 2
+    assert limiter.take("k") == 0.0
+    assert limiter.headers("k")["RateLimit"].split(";")[1] == "r=1"
+    assert limiter.usage is None  # nothing is counted unless the limiter is shared
+
+
 LIMITS = RateLimits(per_key_rate=0.5, per_key_burst=5, per_address_rate=0.5, per_address_burst=4)
 
 
