@@ -77,6 +77,7 @@ from api.routes.subscriptions import subscriptions
 from api.routes.system import system
 from api.routes.tokens import tokens
 from api.services import Services
+from api.shared_limits import SharedLimits
 from api.uvicorn_coupling import KeepServerSend
 from exchange.broker.commands import Heartbeat, RemoteSequencer
 from exchange.broker.connection import connect
@@ -188,6 +189,12 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
             app.state.metrics.watch(app.state.services, hub)
             hub.start(app.state.services)
             stack.push_async_callback(hub.stop)
+            if gateway is not None:
+                # A key's rate and an address's connections count the same on every gateway.
+                shared = SharedLimits(nc, [app.state.services.key_limiter, app.state.services.address_limiter],
+                                      hub.per_address, hub.per_address_elsewhere)
+                await shared.start()
+                stack.push_async_callback(shared.stop)
             if scheduler is not None:
                 scheduler.start()
                 stack.push_async_callback(scheduler.stop)
