@@ -44,7 +44,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
-import httpx
+import aiohttp
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -79,6 +79,8 @@ MAX_MAX_TOKENS = 1_000_000
 MAX_MESSAGES = 4096
 TOKENS_PER_MESSAGE = 16
 MAX_TRIES = 3
+MAX_CREDENTIALS = 4096
+"""Opened credentials the gateway keeps (``Gateway.credential``); past that it starts afresh."""
 ATTEMPT_SECONDS = 120.0
 """How long one provider may take to answer (streamed: to send each event)."""
 STREAM_SECONDS = 300.0
@@ -154,24 +156,22 @@ def parse(raw: bytes) -> Call:
 class Gateway:
     """The gateway's routes, its one HTTP client for every provider, and the providers' health."""
 
-    def __init__(self, services: Services, client: httpx.AsyncClient | None = None,
-                 attempt_seconds: float = ATTEMPT_SECONDS,
+    def __init__(self, services: Services, attempt_seconds: float = ATTEMPT_SECONDS,
                  on_settled: Callable[[SettlementView], None] | None = None) -> None:
         self.services = services
         self.on_settled = on_settled
         """Called with each committed settlement (the providers' ``user`` channel hears of it)."""
-        # Few connections kept: httpx looks through every pooled connection for each request.
-        self.client = client or httpx.AsyncClient(limits=httpx.Limits(max_connections=256,
-                                                                      max_keepalive_connections=32))
-        self.attempt_seconds = attempt_seconds
+        self.client: aiohttp.ClientSession = upstreams.session(attempt_seconds)
         self.health = upstreams.Health()
+        self.credentials: dict[tuple[str, bytes], str] = {}
+        """Opened credentials by (symbol, sealed credential): opening one costs more than forwarding a call."""
         self.pending: set[asyncio.Task] = set()
         """Settlements under way: a call's answer does not wait for its settlement (see A call)."""
 
     async def close(self) -> None:
         if self.pending:
             await asyncio.wait(self.pending, timeout=10)
-        await self.client.aclose()
+        await self.client.close()
 
     async def sweep(self) -> None:
         """Free the reservations whose calls never settled, every ``SWEEP_SECONDS``; run beside the server."""
@@ -246,11 +246,22 @@ class Gateway:
         found = []
         for upstream in self.health.order(held.providers)[:MAX_TRIES]:
             try:
-                found.append((upstream, unseal(self.services.keys.master_key, held.symbol, upstream.credential)))
+                found.append((upstream, self.credential(held.symbol, upstream.credential)))
             except CredentialError:
                 log.error("provider %s: its credential does not open under this master key", upstream.provider_id)
                 attempts.append(Attempt(upstream.provider_id, "failed"))
         return found
+
+    def credential(self, symbol: str, sealed: bytes) -> str:
+        """The credential ``sealed`` for ``symbol``'s provider, opened once and kept; a new registration seals
+        anew (a new nonce), so a changed credential is a new entry."""
+        opened = self.credentials.get((symbol, sealed))
+        if opened is None:
+            opened = unseal(self.services.keys.master_key, symbol, sealed)
+            if len(self.credentials) >= MAX_CREDENTIALS:
+                self.credentials.clear()
+            self.credentials[(symbol, sealed)] = opened
+        return opened
 
     def payload(self, call: Call, model: str) -> bytes:
         return msgspec.json.encode({**call.body, "model": model})
@@ -259,7 +270,7 @@ class Gateway:
         attempts: list[Attempt] = []
         for upstream, credential in self.tries(held, attempts):
             attempt, answer = await upstreams.complete(self.client, upstream, credential,
-                                                       self.payload(call, upstream.model), self.attempt_seconds)
+                                                       self.payload(call, upstream.model))
             attempts.append(attempt)
             self.health.record(attempt)
             if answer is not None:
@@ -272,7 +283,7 @@ class Gateway:
         attempts: list[Attempt] = []
         for upstream, credential in self.tries(held, attempts):
             attempt, opened = await upstreams.open_stream(self.client, upstream, credential,
-                                                          self.payload(call, upstream.model), self.attempt_seconds)
+                                                          self.payload(call, upstream.model))
             if isinstance(opened, upstreams.Stream):
                 return StreamingResponse(self.relay(held, attempts, opened), headers=headers,
                                          media_type="text/event-stream")
@@ -311,7 +322,7 @@ class Gateway:
                 except StopAsyncIteration:
                     outcome = "ended"
                     break
-        except httpx.HTTPError:
+        except upstreams.FAILURES:
             outcome = "broke"
         except BaseException:
             # The caller left: the generator is being closed or cancelled, and may not wait any more.
@@ -328,7 +339,8 @@ class Gateway:
     async def finish(self, held: ReservationView, attempts: list[Attempt], stream: upstreams.Stream,
                      usage: tuple[int, int] | None, chunks: int, outcome: str) -> None:
         """Close the provider's stream and settle the call as its ``outcome`` says."""
-        await stream.response.aclose()
+        # A stream not read to its end closes its connection rather than return it to the pool.
+        stream.response.release()
         latency = upstreams.elapsed_us(stream.started)
         provider = stream.upstream.provider_id
         if outcome == "broke" or (outcome == "ended" and usage is None):
