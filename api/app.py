@@ -205,8 +205,10 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
     serves_rest = gateway is None or gateway.rest
     serves_feed = gateway is None or gateway.feed
     app = Starlette(
-        routes=[*(routes(ENDPOINTS) if serves_rest else routes([*system, *meta])),
-                *(inference.ROUTES if serves_rest else []),
+        # The gateway's routes first: the router tries the routes in turn, and an inference call, which the
+        # gateway keeps cheap, should not pay for matching every endpoint's pattern before its own.
+        routes=[*(inference.ROUTES if serves_rest else []),
+                *(routes(ENDPOINTS) if serves_rest else routes([*system, *meta])),
                 *([WebSocketRoute("/v1/ws", feed_endpoint)] if serves_feed else []),
                 Route("/", market_watch), Mount("/static", StaticFiles(directory=STATIC), name="static"),
                 Route("/docs", api_docs), Mount("/docs/assets", StaticFiles(directory=SWAGGER), name="docs"),

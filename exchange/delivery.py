@@ -275,7 +275,7 @@ def reserve(engine: "Engine", cmd: Reserve, at: datetime) -> ReservationView | R
     covered = [i for i in candidates if quotas.largest(account.id, i.id, at) >= cmd.tokens]
     if not covered:
         return "quota_exceeded"
-    instrument = min(covered, key=lambda i: _rank(engine, i, cmd.mode or "cost"))
+    instrument = covered[0] if len(covered) == 1 else min(covered, key=lambda i: _rank(engine, i, cmd.mode or "cost"))
     reservation = quotas.reserve(account.id, instrument.id, cmd.tokens, engine.ids.reservation,
                                  at + timedelta(seconds=RESERVATION_SECONDS), at)
     assert reservation is not None, "a covering quota was found"
