@@ -71,7 +71,6 @@ from api.routes.market import market
 from api.routes.orders import orders
 from api.routes.packages import packages, reporter
 from api.routes.providers import providers
-from api.routes.providers import reporter as delivery_reporter
 from api.routes.routing import routing
 from api.routes.subscriptions import subscriptions
 from api.routes.system import system
@@ -194,12 +193,8 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
                 app.state.indexer = Indexer(pool, publish=hub.publish_index)
                 indexing = asyncio.get_running_loop().create_task(app.state.indexer.run(), name="price-index")
                 stack.push_async_callback(_cancel, indexing)
-            app.state.inference = inference.Gateway(app.state.services, on_settled=delivery_reporter(hub.delivered))
+            app.state.inference = inference.Gateway(app.state.services)
             stack.push_async_callback(app.state.inference.close)
-            if scheduler is not None:
-                sweeping = asyncio.get_running_loop().create_task(app.state.inference.sweep(),
-                                                                  name="reservation-sweep")
-                stack.push_async_callback(_cancel, sweeping)
             yield
 
     serves_rest = gateway is None or gateway.rest

@@ -28,9 +28,9 @@ When the caller leaves a stream before its end, the settlement charges the provi
 else one completion token per content chunk relayed. A provider whose
 stream breaks after its first event is a failed attempt and charges nothing; the caller gets an ``error`` event
 and the stream ends. If a settlement cannot be committed (the database is down), the reservation stays open until
-its deadline and is then freed whole (``ExpireReservations``, submitted every ``SWEEP_SECONDS`` by ``sweep``); so
-is the reservation of a call answered just before the server died, its settlement not yet committed: the buyer is
-never charged for a call whose outcome was not recorded.
+its deadline and is then freed whole (``ExpireReservations``, which the period scheduler submits every few
+seconds, ``exchange.scheduler``); so is the reservation of a call answered just before the server died, its
+settlement not yet committed: the buyer is never charged for a call whose outcome was not recorded.
 
 Errors are OpenAI-shaped, ``{"error": {"message", "type", "param", "code"}}``, with tokex's stable codes and
 statuses (``api.problems``), and ``x-should-retry: false`` unless waiting helps (429, 502, 503), so the
@@ -42,7 +42,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 import msgspec
@@ -60,12 +60,10 @@ from api.strictjson import Malformed, check
 from exchange import route_planner
 from exchange.commands import (
     Attempt,
-    ExpireReservations,
     Rejection,
     ReservationView,
     Reserve,
     Settle,
-    SettlementView,
     Upstream,
 )
 from exchange.database.queries import sql
@@ -85,7 +83,6 @@ ATTEMPT_SECONDS = 120.0
 """How long one provider may take to answer (streamed: to send each event)."""
 STREAM_SECONDS = 300.0
 """How long a stream may last in all. With ``MAX_TRIES`` attempts, well within a reservation's deadline."""
-SWEEP_SECONDS = 10.0
 RETRY_STATUSES = frozenset((429, 502, 503))
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 409: "invalid_request_error", 413: "invalid_request_error",
@@ -156,11 +153,8 @@ def parse(raw: bytes) -> Call:
 class Gateway:
     """The gateway's routes, its one HTTP client for every provider, and the providers' health."""
 
-    def __init__(self, services: Services, attempt_seconds: float = ATTEMPT_SECONDS,
-                 on_settled: Callable[[SettlementView], None] | None = None) -> None:
+    def __init__(self, services: Services, attempt_seconds: float = ATTEMPT_SECONDS) -> None:
         self.services = services
-        self.on_settled = on_settled
-        """Called with each committed settlement (the providers' ``user`` channel hears of it)."""
         self.client: aiohttp.ClientSession = upstreams.session(attempt_seconds)
         self.health = upstreams.Health()
         self.credentials: dict[tuple[str, bytes], str] = {}
@@ -172,13 +166,6 @@ class Gateway:
         if self.pending:
             await asyncio.wait(self.pending, timeout=10)
         await self.client.close()
-
-    async def sweep(self) -> None:
-        """Free the reservations whose calls never settled, every ``SWEEP_SECONDS``; run beside the server."""
-        while True:
-            await asyncio.sleep(SWEEP_SECONDS)
-            with contextlib.suppress(Unavailable):
-                await self.services.sequencer.submit(ExpireReservations())
 
     # Requests
 
@@ -367,8 +354,6 @@ class Gateway:
             return
         if isinstance(result, Rejection):
             log.error("reservation %s not settled: %s", held.id, result.code)
-        elif self.on_settled is not None and isinstance(result, SettlementView):
-            self.on_settled(result)
 
 
 async def read_body(request: Request) -> bytes:

@@ -25,11 +25,11 @@ from exchange.commands import (
     RegisterProvider,
     ReservationView,
     Reserve,
-    RoutedOrderView,
     RouteOrder,
     Settle,
 )
 from exchange.quotas import REDEMPTION_SOURCE
+from exchange.records import RoutedOrder
 from tests.support.engine import AT, COMPUTE, DATASET, TICK, TS, Desk, Market, engine_state, open_market
 
 LOT = 1_000_000
@@ -212,7 +212,7 @@ def test_routed_orders_in_quality_mode_rank_books_by_measured_quality(desk: Desk
 
     def first_leg() -> str:
         routed = desk.ok(RouteOrder(market.alice, "chat-general", "buy", 1, "quality", price=200 * TICK))
-        assert isinstance(routed, RoutedOrderView)
+        assert isinstance(routed, RoutedOrder)
         return routed.children[0].symbol
 
     assert first_leg() == COMPUTE  # listed 90 against 80
