@@ -18,7 +18,7 @@ about this process's view of the network, and a restart simply gives every provi
 The client
 ----------
 One ``aiohttp`` session (``session``) serves every provider: it keeps connections alive per host, and costs a
-call about a third of the CPU that httpx did (``loadtest/README.md``, bench-inference).
+call a fraction of the CPU that httpx did (``loadtest/README.md``, bench-inference).
 """
 
 import time
