@@ -71,7 +71,6 @@ from api.routes.market import market
 from api.routes.orders import orders
 from api.routes.packages import packages, reporter
 from api.routes.providers import providers
-from api.routes.providers import reporter as delivery_reporter
 from api.routes.routing import routing
 from api.routes.subscriptions import subscriptions
 from api.routes.system import system
@@ -201,19 +200,17 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
                 app.state.indexer = Indexer(pool, publish=hub.publish_index)
                 indexing = asyncio.get_running_loop().create_task(app.state.indexer.run(), name="price-index")
                 stack.push_async_callback(_cancel, indexing)
-            app.state.inference = inference.Gateway(app.state.services, on_settled=delivery_reporter(hub.delivered))
+            app.state.inference = inference.Gateway(app.state.services)
             stack.push_async_callback(app.state.inference.close)
-            if scheduler is not None:
-                sweeping = asyncio.get_running_loop().create_task(app.state.inference.sweep(),
-                                                                  name="reservation-sweep")
-                stack.push_async_callback(_cancel, sweeping)
             yield
 
     serves_rest = gateway is None or gateway.rest
     serves_feed = gateway is None or gateway.feed
     app = Starlette(
-        routes=[*(routes(ENDPOINTS) if serves_rest else routes([*system, *meta])),
-                *(inference.ROUTES if serves_rest else []),
+        # The gateway's routes first: the router tries the routes in turn, and an inference call, which the
+        # gateway keeps cheap, should not pay for matching every endpoint's pattern before its own.
+        routes=[*(inference.ROUTES if serves_rest else []),
+                *(routes(ENDPOINTS) if serves_rest else routes([*system, *meta])),
                 *([WebSocketRoute("/v1/ws", feed_endpoint)] if serves_feed else []),
                 Route("/", market_watch), Mount("/static", StaticFiles(directory=STATIC), name="static"),
                 Route("/docs", api_docs), Mount("/docs/assets", StaticFiles(directory=SWAGGER), name="docs"),

@@ -4,7 +4,8 @@ A credential is sealed with AES-256-GCM (``cryptography``) under a key derived f
 (``HMAC-SHA256(master key, "tokex provider credential")``), with a fresh 12-byte nonce, and the instrument's
 symbol as associated data: a sealed credential copied onto another instrument's provider does not open. The
 database holds ``nonce + ciphertext``; without the master key it is noise, like the API keys' salts
-(``api.keys``). The API never shows a credential again once registered; only the gateway opens it, per call.
+(``api.keys``). The API never shows a credential again once registered; only the gateway opens it, to forward
+(and keeps it opened in memory, ``Gateway.credential``).
 """
 
 import hashlib

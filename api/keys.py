@@ -42,6 +42,8 @@ revoked by another process (the CLI) stops working within that time. An unknown 
 as unknown for as long, apart, so that a flood of requests under made-up keys neither costs a query each nor
 pushes the live keys out; ``find`` calls ``admit`` before each query it does make, which lets the caller refuse
 it (``api.endpoints``: an address that has spent its rate limit on failed signatures gets no more lookups).
+Lookups of one key id made while its query is under way wait for that query rather than send their own: when a
+busy key's entry expires, the requests in flight under it cost one query, not one each.
 
 Replays
 -------
@@ -53,6 +55,7 @@ whoever captured it).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
@@ -170,6 +173,8 @@ class KeyStore:
         self._cache: dict[str, tuple[float, Principal, str]] = {}
         self._unknown: dict[str, float] = {}
         """Key id -> when it was found unknown or revoked."""
+        self._lookups: dict[str, asyncio.Future[tuple[Principal, str] | None]] = {}
+        """Key id -> its query under way (see Caching)."""
 
     async def create(self, account_id: int, scopes: list[str], label: str = "", request: bytes | None = None
                      ) -> tuple[KeyRow, str]:
@@ -211,8 +216,21 @@ class KeyStore:
         unknown_since = self._unknown.get(key_id)
         if unknown_since is not None and now - unknown_since < CACHE_SECONDS:
             return None
-        if admit is not None:
-            admit()
+        lookup = self._lookups.get(key_id)
+        if lookup is None:
+            if admit is not None:
+                admit()
+            lookup = self._lookups[key_id] = asyncio.ensure_future(self._look_up(key_id, now))
+            lookup.add_done_callback(lambda done: self._looked_up(key_id, done))
+        # Shielded: a caller that leaves does not cancel the query the others wait for.
+        return await asyncio.shield(lookup)
+
+    def _looked_up(self, key_id: str, lookup: asyncio.Future) -> None:
+        del self._lookups[key_id]
+        if not lookup.cancelled():
+            lookup.exception()  # its waiters got it; if they all left, nobody needs to hear of it again
+
+    async def _look_up(self, key_id: str, now: float) -> tuple[Principal, str] | None:
         async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
             row = await conn.fetchrow(FIND_KEY, key_id)
         if row is None:

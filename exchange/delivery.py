@@ -27,8 +27,9 @@ The answer lists the instrument's providers in the order to try them (``allocate
 the provider that answered reported, at most what was reserved, credits that provider's delivered tokens, and
 writes one usage row per attempt (failed attempts charge nothing). A reservation not settled by its deadline
 (``RESERVATION_SECONDS``: longer than the gateway can spend on a call) is freed whole by ``ExpireReservations``,
-which the gateway submits every few seconds: a gateway that crashed mid-call leaves no quota held, and the buyer
-is not charged for a call whose outcome nobody recorded.
+which the period scheduler submits every ``SWEEP_SECONDS`` (``exchange.scheduler``: in the one process, or on the
+leading engine of a cluster): a gateway that crashed mid-call leaves no quota held, and the buyer is not charged
+for a call whose outcome nobody recorded.
 
 Allocation
 ----------
@@ -275,7 +276,7 @@ def reserve(engine: "Engine", cmd: Reserve, at: datetime) -> ReservationView | R
     covered = [i for i in candidates if quotas.largest(account.id, i.id, at) >= cmd.tokens]
     if not covered:
         return "quota_exceeded"
-    instrument = min(covered, key=lambda i: _rank(engine, i, cmd.mode or "cost"))
+    instrument = covered[0] if len(covered) == 1 else min(covered, key=lambda i: _rank(engine, i, cmd.mode or "cost"))
     reservation = quotas.reserve(account.id, instrument.id, cmd.tokens, engine.ids.reservation,
                                  at + timedelta(seconds=RESERVATION_SECONDS), at)
     assert reservation is not None, "a covering quota was found"
@@ -349,7 +350,9 @@ def settle(engine: "Engine", cmd: Settle, at: datetime) -> SettlementView | str:
                                  obligation(engine, provider)))
         engine.ids.usage += 1
     symbol = engine.instruments_by_id[reservation.instrument_id].symbol
-    return SettlementView(reservation.id, symbol, charged, settled, at)
+    view = SettlementView(reservation.id, symbol, charged, settled, at)
+    engine.effects.settlements.append(view)
+    return view
 
 
 def _valid_attempts(engine: "Engine", attempts: list[Attempt], instrument_id: int) -> bool:

@@ -1,5 +1,5 @@
 """The period scheduler: run each due period of every active package, and of every subscription, through the
-sequencer, in order.
+sequencer, in order; and free the inference reservations past their deadline.
 
 Every ``interval`` seconds (and on ``wake``) it asks the engine which packages have a period that has started
 (``packages.due``) and submits ``RunPackage`` for each, oldest period first, and likewise ``RenewSubscription``
@@ -7,6 +7,10 @@ for each subscription whose next period has started (``subscriptions.due``), unt
 missed while the server was down is due when it comes back, and runs then, once: ``RunPackage`` only runs a
 package's ``next_period``, and the run and its execution row commit together (``exchange.packages``); so do a
 subscription's renewal and its period row (``exchange.subscriptions``).
+
+Every ``SWEEP_SECONDS`` it also submits ``ExpireReservations`` (``exchange.delivery``: frees the reservations of
+calls never settled, and lapses expired quotas). The scheduler runs where the sequencer does, in the one process
+or on the leading engine only, so the sweep runs once however many gateways serve calls.
 
 The clock is the sequencer's (``Sequencer.clock``, microseconds since the epoch), so the engine judges a period
 due by the same time the scheduler does; a test passes a fake clock to both and runs months in milliseconds by
@@ -20,10 +24,13 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from exchange import packages, subscriptions
-from exchange.commands import Done, ExecutionView, RenewSubscription, RunPackage
+from exchange.commands import Done, ExecutionView, ExpireReservations, RenewSubscription, RunPackage
 from exchange.sequencer import EPOCH, Sequencer, Unavailable
 
 log = logging.getLogger(__name__)
+
+SWEEP_SECONDS = 10.0
+"""How often reservations past their deadline are freed."""
 
 ExecutionListener = Callable[[int, ExecutionView], None]
 """Called with the account id and each execution, after its commit."""
@@ -31,10 +38,11 @@ ExecutionListener = Callable[[int, ExecutionView], None]
 
 class Scheduler:
     def __init__(self, sequencer: Sequencer, interval: float = 1.0,
-                 listener: ExecutionListener | None = None) -> None:
+                 listener: ExecutionListener | None = None, sweep_seconds: float = SWEEP_SECONDS) -> None:
         self.sequencer = sequencer
         self.interval = interval
         self.listener = listener
+        self.sweep_seconds = sweep_seconds
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
 
@@ -78,10 +86,19 @@ class Scheduler:
             if not progress:
                 return executed
 
+    async def sweep(self) -> None:
+        """Free the reservations past their deadline (and lapse expired quotas)."""
+        await self.sequencer.submit(ExpireReservations())
+
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time() + self.sweep_seconds
         while True:
             try:
                 await self.run_due()
+                if loop.time() >= next_sweep:
+                    next_sweep = loop.time() + self.sweep_seconds
+                    await self.sweep()
             except Unavailable as exc:
                 log.info("period scheduler waiting: %s", exc)
             except Exception:

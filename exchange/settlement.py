@@ -31,6 +31,7 @@ from matching import events as ev
 from matching.types import BUY, BY_REQUEST, SELF_TRADE, SELL
 
 if TYPE_CHECKING:
+    from exchange.commands import SettlementView
     from exchange.datasets import Grant, Terms
     from exchange.delivery import Provider
     from exchange.quotas import Quota, Reservation
@@ -86,6 +87,9 @@ class Effects:
     reservations: "dict[int, Reservation]" = field(default_factory=dict)
     usages: list[tuple] = field(default_factory=list)
     """The rows of ``usage``: one per attempt of an inference call on a provider (``exchange.delivery``)."""
+    settlements: "list[SettlementView]" = field(default_factory=list)
+    """The calls settled, as their callers were answered: what the providers' accounts hear of
+    (``exchange.account_events``)."""
 
 
 @dataclass

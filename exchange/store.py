@@ -134,7 +134,10 @@ class _Batch:
         literals: list[object] = []
         for rows, instant_columns, array_columns in zip(tables, self.instant_columns, self.array_columns,
                                                         strict=True):
-            columns = list(zip(*rows, strict=True)) if rows else [() for _ in instant_columns + array_columns]
+            if not rows:
+                literals.extend("{}" for _ in array_columns)
+                continue
+            columns = list(zip(*rows, strict=True))
             for position in instant_columns:
                 instants.update(columns[position])
             literals.extend(array_literal(columns[position]) for position in array_columns)

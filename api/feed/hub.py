@@ -18,7 +18,6 @@ from api.feed.protocol import (
     GOING_AWAY,
     INTERVAL_MINUTES,
     CandleUpdate,
-    DeliveryUpdate,
     Heartbeat,
     IndexHeartbeat,
     IndexUpdate,
@@ -34,7 +33,7 @@ from api.feed.protocol import (
 )
 from api.feed.user import UserChannel
 from api.marketdata import MINUTE_US, Batch, MarketData
-from api.schemas import DeliveryEvent, Execution, candle, empty_candle, price_index, ticker_figures
+from api.schemas import Execution, candle, empty_candle, price_index, ticker_figures
 from api.services import Services
 from api.uvicorn_coupling import wire_frame
 from exchange.indexer import IndexRow
@@ -406,15 +405,6 @@ class Hub:
                 ladder = self.ladders.get(symbol)
                 self.queue(feed, encode(PackageUpdate("user", symbol, ladder.seq if ladder else 0, execution)))
         self._flush_wanted.set()
-
-
-    def delivered(self, account_id: int, symbol: str, delivery: DeliveryEvent) -> None:
-        """Report a settled attempt of an inference call to the provider's user subscription on ``symbol``."""
-        feed = self.user.get(symbol, account_id)
-        if feed is not None:
-            ladder = self.ladders.get(symbol)
-            self.queue(feed, encode(DeliveryUpdate("user", symbol, ladder.seq if ladder else 0, delivery)))
-            self._flush_wanted.set()
 
 
 def heartbeat_key(key: tuple) -> tuple:

@@ -1,5 +1,5 @@
-"""The feed's user channel: an account's orders, fills and balances, from the engine's account events
-(``exchange.account_events``) after a snapshot read from the database.
+"""The feed's user channel: an account's orders, fills and balances, and its providers' deliveries, from the
+engine's account events (``exchange.account_events``) after a snapshot read from the database.
 
 Order of things
 ---------------
@@ -9,7 +9,7 @@ events for it are held; once the snapshot is queued, the held events follow, min
 snapshot already holds. Events arrive in commit order, after their commit, so an event that arrives later and is
 still held by the snapshot can only come before the first one that is not: from that one on, every event goes
 out as it comes. So the subscriber never goes back in time, misses nothing after its snapshot and sees nothing
-twice.
+twice. Deliveries are in no snapshot: each goes out once, as it comes (or after the snapshot, when held).
 
 When the market view was rebuilt (``Hub.resync``: a commit in doubt, or a gateway that lost account events),
 every subscription is owed a snapshot again, with the fills it missed since the last one it was sent. The keys
@@ -23,8 +23,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from api.feed.connection import Feed
-from api.feed.protocol import BalanceUpdate, ErrorMessage, FillUpdate, OrderUpdate, encode
-from api.schemas import Balance, Fill, asset_amount, order_from_row, order_from_view
+from api.feed.protocol import BalanceUpdate, DeliveryUpdate, ErrorMessage, FillUpdate, OrderUpdate, encode
+from api.schemas import Balance, DeliveryEvent, Fill, asset_amount, order_from_row, order_from_view
 from api.services import READ_ERRORS
 from api.units import from_micro
 from exchange.account_events import AccountEvents, Snapshot
@@ -127,23 +127,34 @@ class UserChannel:
                         continue
                     held.append(events)
                     continue
-                snapshot = self.since.get(key)
-                if snapshot is not None:
-                    if snapshot.holds(events):
-                        continue
-                    del self.since[key]
-                sent = self.send(feed, symbol, events) or sent
+                sent = self.pass_on(feed, symbol, events) or sent
         if sent:
             self.hub.flush_soon()
+
+    def pass_on(self, feed: Feed, symbol: str, events: AccountEvents) -> bool:
+        """Queue ``events`` unless the subscription's snapshot holds them already (its deliveries, in no snapshot,
+        in any case); whether anything was."""
+        key = feed.key
+        snapshot = self.since.get(key)
+        if snapshot is not None and events.placed:
+            if snapshot.holds(events):
+                return self.send_deliveries(feed, symbol, self.seq(symbol, events), events)
+            del self.since[key]
+        return self.send(feed, symbol, events)
+
+    def seq(self, symbol: str, events: AccountEvents) -> int:
+        """The seq that messages of ``events`` on ``symbol`` carry: the batch's, else the book's last."""
+        seq = events.seqs.get(symbol)
+        if seq is None:
+            ladder = self.hub.ladders.get(symbol)
+            seq = ladder.seq if ladder is not None else 0
+        return seq
 
     def send(self, feed: Feed, symbol: str, events: AccountEvents) -> bool:
         """Queue what of ``events`` concerns ``symbol``'s subscription; whether anything was."""
         hub = self.hub
-        queued = False
-        seq = events.seqs.get(symbol)
-        if seq is None:
-            ladder = hub.ladders.get(symbol)
-            seq = ladder.seq if ladder is not None else 0
+        seq = self.seq(symbol, events)
+        queued = self.send_deliveries(feed, symbol, seq, events)
         for view in events.orders:
             if view.symbol == symbol:
                 hub.queue(feed, encode(OrderUpdate("user", symbol, seq, order_from_view(view))))
@@ -159,6 +170,16 @@ class UserChannel:
             if balance.asset in (CASH, symbol):
                 queued = self.send_balance(feed, symbol, seq, balance.asset, (balance.available, balance.held)) \
                     or queued
+        return queued
+
+    def send_deliveries(self, feed: Feed, symbol: str, seq: int, events: AccountEvents) -> bool:
+        queued = False
+        for d in events.deliveries:
+            if d.symbol == symbol:
+                self.hub.queue(feed, encode(DeliveryUpdate("user", symbol, seq, DeliveryEvent(
+                    d.usage_id, d.reservation_id, symbol, d.prompt_tokens, d.completion_tokens, d.ttft_us / 1000,
+                    d.latency_us / 1000, d.status, d.created_at, d.provider_id, d.delivered, d.obligation))))
+                queued = True
         return queued
 
     def send_balance(self, feed: Feed, symbol: str, seq: int, asset: str, amounts: tuple[int, int],
@@ -244,11 +265,7 @@ class UserChannel:
             self.hub.queue(feed, encode(OrderUpdate("user", symbol, seq, order_from_row(row))))
         self.since[key] = snapshot
         for events in held:
-            if key in self.since:
-                if snapshot.holds(events):
-                    continue
-                del self.since[key]
-            self.send(feed, symbol, events)
+            self.pass_on(feed, symbol, events)
 
     async def check_keys(self, conn) -> None:
         """Drop the user subscriptions of keys revoked since they were made."""

@@ -28,9 +28,9 @@ When the caller leaves a stream before its end, the settlement charges the provi
 else one completion token per content chunk relayed. A provider whose
 stream breaks after its first event is a failed attempt and charges nothing; the caller gets an ``error`` event
 and the stream ends. If a settlement cannot be committed (the database is down), the reservation stays open until
-its deadline and is then freed whole (``ExpireReservations``, submitted every ``SWEEP_SECONDS`` by ``sweep``); so
-is the reservation of a call answered just before the server died, its settlement not yet committed: the buyer is
-never charged for a call whose outcome was not recorded.
+its deadline and is then freed whole (``ExpireReservations``, which the period scheduler submits every few
+seconds, ``exchange.scheduler``); so is the reservation of a call answered just before the server died, its
+settlement not yet committed: the buyer is never charged for a call whose outcome was not recorded.
 
 Errors are OpenAI-shaped, ``{"error": {"message", "type", "param", "code"}}``, with tokex's stable codes and
 statuses (``api.problems``), and ``x-should-retry: false`` unless waiting helps (429, 502, 503), so the
@@ -42,9 +42,9 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
-import httpx
+import aiohttp
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -60,12 +60,10 @@ from api.strictjson import Malformed, check
 from exchange import route_planner
 from exchange.commands import (
     Attempt,
-    ExpireReservations,
     Rejection,
     ReservationView,
     Reserve,
     Settle,
-    SettlementView,
     Upstream,
 )
 from exchange.database.queries import sql
@@ -79,11 +77,12 @@ MAX_MAX_TOKENS = 1_000_000
 MAX_MESSAGES = 4096
 TOKENS_PER_MESSAGE = 16
 MAX_TRIES = 3
+MAX_CREDENTIALS = 4096
+"""Opened credentials the gateway keeps (``Gateway.credential``); past that it starts afresh."""
 ATTEMPT_SECONDS = 120.0
 """How long one provider may take to answer (streamed: to send each event)."""
 STREAM_SECONDS = 300.0
 """How long a stream may last in all. With ``MAX_TRIES`` attempts, well within a reservation's deadline."""
-SWEEP_SECONDS = 10.0
 RETRY_STATUSES = frozenset((429, 502, 503))
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 409: "invalid_request_error", 413: "invalid_request_error",
@@ -154,31 +153,19 @@ def parse(raw: bytes) -> Call:
 class Gateway:
     """The gateway's routes, its one HTTP client for every provider, and the providers' health."""
 
-    def __init__(self, services: Services, client: httpx.AsyncClient | None = None,
-                 attempt_seconds: float = ATTEMPT_SECONDS,
-                 on_settled: Callable[[SettlementView], None] | None = None) -> None:
+    def __init__(self, services: Services, attempt_seconds: float = ATTEMPT_SECONDS) -> None:
         self.services = services
-        self.on_settled = on_settled
-        """Called with each committed settlement (the providers' ``user`` channel hears of it)."""
-        # Few connections kept: httpx looks through every pooled connection for each request.
-        self.client = client or httpx.AsyncClient(limits=httpx.Limits(max_connections=256,
-                                                                      max_keepalive_connections=32))
-        self.attempt_seconds = attempt_seconds
+        self.client: aiohttp.ClientSession = upstreams.session(attempt_seconds)
         self.health = upstreams.Health()
+        self.credentials: dict[tuple[str, bytes], str] = {}
+        """Opened credentials by (symbol, sealed credential): opening one costs more than forwarding a call."""
         self.pending: set[asyncio.Task] = set()
         """Settlements under way: a call's answer does not wait for its settlement (see A call)."""
 
     async def close(self) -> None:
         if self.pending:
             await asyncio.wait(self.pending, timeout=10)
-        await self.client.aclose()
-
-    async def sweep(self) -> None:
-        """Free the reservations whose calls never settled, every ``SWEEP_SECONDS``; run beside the server."""
-        while True:
-            await asyncio.sleep(SWEEP_SECONDS)
-            with contextlib.suppress(Unavailable):
-                await self.services.sequencer.submit(ExpireReservations())
+        await self.client.close()
 
     # Requests
 
@@ -246,11 +233,22 @@ class Gateway:
         found = []
         for upstream in self.health.order(held.providers)[:MAX_TRIES]:
             try:
-                found.append((upstream, unseal(self.services.keys.master_key, held.symbol, upstream.credential)))
+                found.append((upstream, self.credential(held.symbol, upstream.credential)))
             except CredentialError:
                 log.error("provider %s: its credential does not open under this master key", upstream.provider_id)
                 attempts.append(Attempt(upstream.provider_id, "failed"))
         return found
+
+    def credential(self, symbol: str, sealed: bytes) -> str:
+        """The credential ``sealed`` for ``symbol``'s provider, opened once and kept; a new registration seals
+        anew (a new nonce), so a changed credential is a new entry."""
+        opened = self.credentials.get((symbol, sealed))
+        if opened is None:
+            opened = unseal(self.services.keys.master_key, symbol, sealed)
+            if len(self.credentials) >= MAX_CREDENTIALS:
+                self.credentials.clear()
+            self.credentials[(symbol, sealed)] = opened
+        return opened
 
     def payload(self, call: Call, model: str) -> bytes:
         return msgspec.json.encode({**call.body, "model": model})
@@ -259,7 +257,7 @@ class Gateway:
         attempts: list[Attempt] = []
         for upstream, credential in self.tries(held, attempts):
             attempt, answer = await upstreams.complete(self.client, upstream, credential,
-                                                       self.payload(call, upstream.model), self.attempt_seconds)
+                                                       self.payload(call, upstream.model))
             attempts.append(attempt)
             self.health.record(attempt)
             if answer is not None:
@@ -272,7 +270,7 @@ class Gateway:
         attempts: list[Attempt] = []
         for upstream, credential in self.tries(held, attempts):
             attempt, opened = await upstreams.open_stream(self.client, upstream, credential,
-                                                          self.payload(call, upstream.model), self.attempt_seconds)
+                                                          self.payload(call, upstream.model))
             if isinstance(opened, upstreams.Stream):
                 return StreamingResponse(self.relay(held, attempts, opened), headers=headers,
                                          media_type="text/event-stream")
@@ -311,7 +309,7 @@ class Gateway:
                 except StopAsyncIteration:
                     outcome = "ended"
                     break
-        except httpx.HTTPError:
+        except upstreams.FAILURES:
             outcome = "broke"
         except BaseException:
             # The caller left: the generator is being closed or cancelled, and may not wait any more.
@@ -328,7 +326,8 @@ class Gateway:
     async def finish(self, held: ReservationView, attempts: list[Attempt], stream: upstreams.Stream,
                      usage: tuple[int, int] | None, chunks: int, outcome: str) -> None:
         """Close the provider's stream and settle the call as its ``outcome`` says."""
-        await stream.response.aclose()
+        # A stream not read to its end closes its connection rather than return it to the pool.
+        stream.response.release()
         latency = upstreams.elapsed_us(stream.started)
         provider = stream.upstream.provider_id
         if outcome == "broke" or (outcome == "ended" and usage is None):
@@ -355,8 +354,6 @@ class Gateway:
             return
         if isinstance(result, Rejection):
             log.error("reservation %s not settled: %s", held.id, result.code)
-        elif self.on_settled is not None and isinstance(result, SettlementView):
-            self.on_settled(result)
 
 
 async def read_body(request: Request) -> bytes:

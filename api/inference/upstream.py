@@ -14,13 +14,19 @@ Health
 A provider that fails ``FAILURES_TO_REST`` attempts in a row rests for ``REST_SECONDS``: it is tried after the
 others until then, and again first once an attempt on it succeeds. This lives in the gateway's memory: it is
 about this process's view of the network, and a restart simply gives every provider its chance again.
+
+The client
+----------
+One ``aiohttp`` session (``session``) serves every provider: it keeps connections alive per host, and costs a
+call a fraction of the CPU that httpx did (``loadtest/README.md``, bench-inference).
 """
 
 import time
 from collections.abc import AsyncIterator
 
-import httpx
+import aiohttp
 import msgspec
+from aiohttp.http_exceptions import HttpProcessingError
 
 from exchange.commands import Attempt, Upstream
 
@@ -28,7 +34,24 @@ FAILURES_TO_REST = 3
 REST_SECONDS = 30.0
 CONNECT_SECONDS = 5.0
 MAX_ERROR_BODY = 64 * 1024
+MAX_EVENT = 1024 * 1024
+"""The longest line of a streamed answer: a longer one breaks the stream (a failed attempt)."""
+MAX_CONNECTIONS = 256
 RETRYABLE = frozenset((408, 429))
+FAILURES = (aiohttp.ClientError, HttpProcessingError, TimeoutError, UnicodeDecodeError)
+"""What a failed exchange with a provider raises: the connection or a timeout, an event longer than ``MAX_EVENT``
+(``LineTooLong``), or one that is not UTF-8."""
+
+
+def session(attempt_seconds: float) -> aiohttp.ClientSession:
+    """The one client of every provider. An attempt may wait ``CONNECT_SECONDS`` to connect, and
+    ``attempt_seconds`` for each read (the whole answer, or each streamed event); ``attempt_seconds`` bounds the
+    wait for a free connection too."""
+    timeout = aiohttp.ClientTimeout(total=None, connect=attempt_seconds, sock_connect=CONNECT_SECONDS,
+                                    sock_read=attempt_seconds)
+    # No cookies and no decompression: each call stands alone, and answers are handed on as they came.
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS), timeout=timeout,
+                                 cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
 
 
 class Health:
@@ -88,35 +111,38 @@ def headers_for(credential: str) -> dict[str, str]:
     return headers
 
 
-async def complete(client: httpx.AsyncClient, upstream: Upstream, credential: str, payload: bytes,
-                   timeout: float) -> tuple[Attempt, Answer | None]:
+def completions_url(upstream: Upstream) -> str:
+    return upstream.base_url.rstrip("/") + "/chat/completions"
+
+
+async def complete(client: aiohttp.ClientSession, upstream: Upstream, credential: str, payload: bytes
+                   ) -> tuple[Attempt, Answer | None]:
     """Post a call that is not streamed; the attempt, and the answer to hand on unless it failed."""
     started = time.perf_counter()
     try:
-        response = await client.post(upstream.base_url.rstrip("/") + "/chat/completions", content=payload,
-                                     headers=headers_for(credential),
-                                     timeout=httpx.Timeout(timeout, connect=CONNECT_SECONDS))
-    except httpx.HTTPError:
+        async with client.post(completions_url(upstream), data=payload, headers=headers_for(credential)) as response:
+            status = response.status
+            body = await (response.read() if status == 200 else read_bounded(response))
+    except FAILURES:
         return failed(upstream, started), None
     latency = elapsed_us(started)
-    if response.status_code >= 500 or response.status_code in RETRYABLE:
+    if status >= 500 or status in RETRYABLE:
         return Attempt(upstream.provider_id, "failed", latency_us=latency), None
-    if response.status_code != 200:
-        return Attempt(upstream.provider_id, "ok", ttft_us=latency, latency_us=latency), Answer(
-            response.status_code, response.content[:MAX_ERROR_BODY])
+    if status != 200:
+        return Attempt(upstream.provider_id, "ok", ttft_us=latency, latency_us=latency), Answer(status, body)
     try:
-        counts = usage_of(msgspec.json.decode(response.content))
+        counts = usage_of(msgspec.json.decode(body))
     except msgspec.DecodeError:
         counts = None
     if counts is None:
         return Attempt(upstream.provider_id, "failed", latency_us=latency), None
-    return Attempt(upstream.provider_id, "ok", counts[0], counts[1], latency, latency), Answer(200, response.content)
+    return Attempt(upstream.provider_id, "ok", counts[0], counts[1], latency, latency), Answer(200, body)
 
 
 class Stream:
     """A provider's streamed answer, opened up to its first event."""
 
-    def __init__(self, upstream: Upstream, response: httpx.Response, events: AsyncIterator[str], first: str,
+    def __init__(self, upstream: Upstream, response: aiohttp.ClientResponse, events: AsyncIterator[str], first: str,
                  started: float) -> None:
         self.upstream = upstream
         self.response = response
@@ -126,45 +152,44 @@ class Stream:
         self.ttft_us = elapsed_us(started)
 
 
-async def open_stream(client: httpx.AsyncClient, upstream: Upstream, credential: str, payload: bytes,
-                      timeout: float) -> tuple[Attempt | None, Stream | Answer | None]:
+async def open_stream(client: aiohttp.ClientSession, upstream: Upstream, credential: str, payload: bytes
+                      ) -> tuple[Attempt | None, Stream | Answer | None]:
     """Post a streamed call and read up to its first event. A stream to relay (no attempt yet: it ends with the
-    stream); or the attempt, with the provider's refusal to hand on, or None when it failed."""
+    stream, whose ``response`` the caller then releases); or the attempt, with the provider's refusal to hand on,
+    or None when it failed."""
     started = time.perf_counter()
-    response: httpx.Response | None = None
+    response: aiohttp.ClientResponse | None = None
     try:
-        request = client.build_request("POST", upstream.base_url.rstrip("/") + "/chat/completions",
-                                       content=payload, headers=headers_for(credential),
-                                       timeout=httpx.Timeout(timeout, connect=CONNECT_SECONDS))
-        response = await client.send(request, stream=True)
-        if response.status_code != 200:
+        response = await client.post(completions_url(upstream), data=payload, headers=headers_for(credential))
+        if response.status != 200:
             body = await read_bounded(response)
-            await response.aclose()
+            response.release()
             latency = elapsed_us(started)
-            if response.status_code >= 500 or response.status_code in RETRYABLE:
+            if response.status >= 500 or response.status in RETRYABLE:
                 return Attempt(upstream.provider_id, "failed", latency_us=latency), None
             return Attempt(upstream.provider_id, "ok", ttft_us=latency, latency_us=latency), Answer(
-                response.status_code, body)
+                response.status, body)
         events = data_events(response)
         first = await anext(events)
-    except (httpx.HTTPError, StopAsyncIteration):
+    except (*FAILURES, StopAsyncIteration):
         if response is not None:
-            await response.aclose()
+            response.release()
         return failed(upstream, started), None
     return None, Stream(upstream, response, events, first, started)
 
 
-async def read_bounded(response: httpx.Response) -> bytes:
+async def read_bounded(response: aiohttp.ClientResponse) -> bytes:
     body = b""
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.content.iter_any():
         body += chunk
         if len(body) >= MAX_ERROR_BODY:
             break
     return body[:MAX_ERROR_BODY]
 
 
-async def data_events(response: httpx.Response) -> AsyncIterator[str]:
+async def data_events(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
     """The data of each server-sent event of ``response``, ``[DONE]`` included; comments and blank lines skipped."""
-    async for line in response.aiter_lines():
-        if line.startswith("data:"):
-            yield line[5:].strip()
+    content = response.content
+    while line := await content.readline(max_line_length=MAX_EVENT):
+        if line.startswith(b"data:"):
+            yield line[5:].strip().decode()

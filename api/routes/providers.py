@@ -10,7 +10,6 @@ quality, the figure ``quality`` routing uses. ``GET /v1/quotas`` lists what is l
 ``GET /v1/usage`` its calls.
 """
 
-from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -19,9 +18,9 @@ from msgspec import Meta, Struct
 from api.credentials import seal
 from api.endpoints import Call, Endpoints, cursor_id
 from api.problems import Problem
-from api.schemas import Delivery, DeliveryEvent, Id, PageQuery, Redemption, RedemptionPage, Request, Symbol, whole
+from api.schemas import Delivery, Id, PageQuery, Redemption, RedemptionPage, Request, Symbol, whole
 from exchange import delivery
-from exchange.commands import ProviderView, RegisterProvider, SettlementView
+from exchange.commands import ProviderView, RegisterProvider
 from exchange.database.queries import sql
 
 providers = Endpoints("delivery")
@@ -130,18 +129,6 @@ class Quota(Struct):
 
 class QuotaList(Struct):
     items: list[Quota]
-
-
-def reporter(report: Callable[[int, str, DeliveryEvent], None]) -> Callable[[SettlementView], None]:
-    """The gateway's listener of settled calls: ``report(provider's account id, symbol, delivery)`` per attempt."""
-
-    def listener(view: SettlementView) -> None:
-        for a in view.attempts:
-            report(a.provider_account_id, view.symbol, DeliveryEvent(
-                a.usage_id, view.reservation_id, view.symbol, a.prompt_tokens, a.completion_tokens, a.ttft_us / 1000,
-                a.latency_us / 1000, a.status, view.created_at, a.provider_id, a.delivered, a.obligation))
-
-    return listener
 
 
 def provider_from(view: ProviderView) -> Provider:

@@ -1,7 +1,7 @@
 """What a batch changed for each account (``exchange.account_events``), and where a snapshot stands among them."""
 
 from exchange.account_events import Snapshot, account_events
-from exchange.commands import CancelOrder, Deposit, PlaceOrder
+from exchange.commands import Attempt, CancelOrder, Deposit, PlaceOrder, Redeem, RegisterProvider, Reserve, Settle
 from exchange.ledger import CASH
 from tests.support.engine import ASK, COMPUTE, Desk, open_market
 
@@ -55,3 +55,27 @@ def test_a_snapshot_holds_the_batches_committed_before_it_and_no_others():
     seqs_only = type(placed)(placed.account_id, 0, placed.seqs, placed.orders, [], [])
     assert snapshot.holds(seqs_only)
     assert not Snapshot(0, {COMPUTE: placed.seqs[COMPUTE] - 1}).holds(seqs_only)
+
+
+def test_a_settled_call_reaches_the_providers_account_as_its_deliveries():
+    desk = Desk()
+    market = open_market(desk)
+    desk.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=ASK, qty=1))
+    desk.ok(PlaceOrder(market.bob, COMPUTE, "buy", price=ASK, qty=1))
+    desk.ok(Redeem(market.bob, COMPUTE, 1))
+    serving = desk.ok(RegisterProvider(market.issuer, COMPUTE, "http://127.0.0.1:9/v1", "m", b"sealed"))
+    held = desk.ok(Reserve(market.bob, COMPUTE, 5_000))
+    assert account_events(desk.effects) == []  # a reservation changes nothing an account's channel shows
+    settled = desk.ok(Settle(held.id, [Attempt(serving.id, "failed", latency_us=900),
+                                       Attempt(serving.id, "ok", 120, 380, 2_000, 9_000)]))
+
+    [events] = account_events(desk.effects)
+    assert events.account_id == market.issuer  # the buyer's quota is not on its channel
+    assert (events.orders, events.fills, events.balances, events.placed) == ([], [], [], False)
+    assert [(d.usage_id, d.reservation_id, d.symbol, d.provider_id, d.status, d.prompt_tokens, d.completion_tokens,
+             d.ttft_us, d.latency_us, d.delivered, d.obligation, d.created_at) for d in events.deliveries] == [
+        (a.usage_id, held.id, COMPUTE, serving.id, a.status, a.prompt_tokens, a.completion_tokens, a.ttft_us,
+         a.latency_us, a.delivered, a.obligation, settled.created_at) for a in settled.attempts]
+    assert [d.delivered for d in events.deliveries] == [0, 500]
+    # Deliveries are in no snapshot: whatever a snapshot holds, they are news.
+    assert not Snapshot(max(desk.entries), {COMPUTE: market.engine.instruments[COMPUTE].seq}).holds(events)

@@ -3,12 +3,13 @@
 The sequencer and the scheduler share one clock, moved by the test: months of periods run in milliseconds.
 """
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 
-from exchange import invariants, packages
+from exchange import delivery, invariants, packages
 from exchange.commands import (
     ApproveIssuer,
     CreateAccount,
@@ -18,7 +19,10 @@ from exchange.commands import (
     ListInstrument,
     Mint,
     PlaceOrder,
+    Redeem,
+    RegisterProvider,
     Rejection,
+    Reserve,
     RunPackage,
     SetPackageStatus,
 )
@@ -210,3 +214,27 @@ def test_monthly_periods_keep_the_day_of_the_month_or_the_months_last() -> None:
     assert packages.period_at(start, "month", datetime(2028, 2, 29, tzinfo=UTC)) == 1
     assert packages.period_at(start, "month", datetime(2028, 2, 28, tzinfo=UTC)) == 0
     assert packages.period_at(start, "week", start - timedelta(seconds=1)) == -1
+
+
+async def test_the_scheduler_frees_the_reservations_past_their_deadline(plans: Plans) -> None:
+    engine = plans.exchange.engine
+    issuer = next(account.id for account in engine.accounts.values() if account.role == "issuer")
+    await plans.ok(RegisterProvider(issuer, "HIGH", "http://127.0.0.1:9/v1", "high", b""))
+    await plans.ok(PlaceOrder(plans.buyer, "HIGH", "buy", price=2 * PRICE, qty=1))
+    await plans.ok(Redeem(plans.buyer, "HIGH", 1))
+    held = await plans.ok(Reserve(plans.buyer, "HIGH", 5_000))
+    plans.scheduler.sweep_seconds = 0.01
+    plans.scheduler.start()
+    try:
+        await asyncio.sleep(0.1)
+        assert held.id in engine.quotas.open  # not yet past its deadline
+        plans.clock.advance(seconds=delivery.RESERVATION_SECONDS)
+        for _ in range(500):
+            if held.id not in engine.quotas.open:
+                break
+            await asyncio.sleep(0.01)
+        assert held.id not in engine.quotas.open
+        (quota,) = engine.quotas.of(plans.buyer, engine.instruments["HIGH"].id)
+        assert (quota.reserved, quota.used, quota.free) == (0, 0, 1_000_000)
+    finally:
+        await plans.scheduler.stop()
