@@ -15,8 +15,7 @@ from exchange.broker.subjects import command_subject
 from exchange.commands import OrderView, PlaceOrder
 from exchange.rejections import reject
 from exchange.sequencer import Sequencer, Unavailable
-from tests.exchange.conftest import assert_invariants
-from tests.support.engine import ASK, COMPUTE, open_market_through
+from tests.support.engine import ASK, COMPUTE, assert_invariants, open_market_through
 
 GROUP = "bus-test"
 
@@ -46,6 +45,9 @@ async def test_a_command_through_nats_commits_and_a_retry_gets_the_original(nats
         sequencer = await Sequencer.open(pool)
         server = CommandServer(engine_nc, sequencer, GROUP)
         await server.start()
+        # The subscription is sent, not yet known to the server: the flush waits until it is, or the request
+        # below, on another connection, may overtake it and find no responders.
+        await engine_nc.flush()
         assert await ask(gateway_nc, Envelope(order, request, retry=True)) == first
         async with pool.acquire() as conn:
             orders = await conn.fetchval("SELECT count(*) FROM book_order WHERE account_id = $1", market.issuer)
