@@ -57,9 +57,13 @@ test: lint
 	$(BIN)/python -m pytest
 
 # The quick loop while working: all but the drills, the load run, the fuzzers, the wheel install and the
-# browser test (the `slow` marker). `make test` still runs everything.
+# browser test (the `slow` marker). `make test` still runs everything, one test at a time. The quick loop runs on
+# every core (pytest-xdist, at most 4 workers), a test file to a worker so that a module's shared server starts
+# once: most of its time is spent waiting on servers, not computing. Each worker has its own embedded PostgreSQL
+# (or clones the shared template on TOKEX_TEST_DATABASE_URL's server); every server, port and TOKEX_HOME a test
+# starts is its own.
 test-quick: lint
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" -n auto --maxprocesses 4 --dist loadfile
 
 bench: $(TESTING)
 	$(BIN)/python -m loadtest.bench_matching

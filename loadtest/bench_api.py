@@ -53,6 +53,7 @@ import psutil
 
 from api.client import Client
 from exchange.database import Database
+from loadtest import benchmark
 from loadtest.connection import Connection
 from loadtest.server import Server, cpu_seconds
 from loadtest.traders import PROBLEM, Trader
@@ -66,29 +67,16 @@ REFUSALS = {404, 409}
 
 
 @dataclass
-class Stats:
-    acked: int = 0
-    latencies: list[float] = field(default_factory=list)
-    kinds: Counter[str] = field(default_factory=Counter)
+class Stats(benchmark.Run):
+    """What one run measured; its ``batches`` are the group commits in the window that wrote a journal entry
+    (entries of one batch share their created_at)."""
+
     refusals: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
-    seconds: float = 0.0
     cpu: Counter[str] = field(default_factory=Counter)
     profile: Counter[str] = field(default_factory=Counter)
     window: tuple[float, float] = (0.0, 0.0)
     """Wall-clock start and end of the measured window (Unix seconds)."""
-    batches: int = 0
-    """Group commits in the window that wrote a journal entry: entries of one batch share their created_at."""
-
-    @property
-    def rate(self) -> float:
-        return self.acked / self.seconds if self.seconds else 0.0
-
-    def percentile_ms(self, p: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return 1000 * ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
 
 async def set_up(url: str, admin: dict, connections: int) -> tuple[str, list[tuple[str, str]]]:
@@ -297,16 +285,11 @@ async def main(args: argparse.Namespace) -> None:
         if stats.profile:
             report_profile(stats)
         runs.append(stats)
-    rate = statistics.median(s.rate for s in runs)
-    p50 = statistics.median(s.percentile_ms(0.50) for s in runs)
-    p99 = statistics.median(s.percentile_ms(0.99) for s in runs)
-    worst = statistics.median(1000 * max(s.latencies, default=0) for s in runs)
+    rate, p99 = benchmark.print_medians(runs, TARGET_RATE, TARGET_P99_MS)
     kinds = sum((s.kinds for s in runs), Counter())
     refusals = sum((s.refusals for s in runs), Counter())
     errors = sum((s.errors for s in runs), Counter())
     total = sum(kinds.values()) or 1
-    print(f"\nmedian of {len(runs)}: {rate:,.0f} acknowledged orders/s (target >= {TARGET_RATE:,}), "
-          f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (target <= {TARGET_P99_MS:g}), max {worst:.1f} ms")
     print("  mix: " + ", ".join(f"{kind} {100 * n / total:.1f}%" for kind, n in kinds.most_common()))
     print("  refusals (answers, all runs): " + (", ".join(f"{k} {v}" for k, v in refusals.most_common()) or "none"))
     print("  errors (all runs): " + (", ".join(f"{k} {v}" for k, v in errors.most_common()) or "none"))
@@ -320,11 +303,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per run")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--runs", type=int, default=3)
+    parser = benchmark.parser(__doc__, duration=20.0, clients="--connections")
     parser.add_argument("--database-url", help="serve on this PostgreSQL (default: a new embedded one per run)")
     parser.add_argument("--profile", action="store_true", help="sample the server with py-spy while measuring")
     return parser.parse_args(argv)

@@ -50,6 +50,7 @@ from exchange.database import Database
 from exchange.database.migrations import migrate
 from exchange.engine import Engine
 from exchange.sequencer import Sequencer, Unavailable
+from loadtest import benchmark
 from loadtest.exchange_worker import SYMBOL, prepare
 from loadtest.submitter import Submitter
 
@@ -60,16 +61,11 @@ HANDOUT_LOTS = 20_000_000
 
 
 @dataclass
-class Stats:
+class Stats(benchmark.Run):
     """What one run measured."""
 
-    acked: int = 0
-    latencies: list[float] = field(default_factory=list)
     rejections: Counter[str] = field(default_factory=Counter)
-    kinds: Counter[str] = field(default_factory=Counter)
     unavailable: int = 0
-    batches: int = 0
-    seconds: float = 0.0
     live_orders: list[int] = field(default_factory=list)
     process_cpu: float = 0.0
     """CPU seconds of this Python process (one thread does all the work) over the measured window."""
@@ -77,14 +73,6 @@ class Stats:
     """CPU seconds of the PostgreSQL server's processes over the measured window, by kind of process."""
     commit_floor: float = 0.0
     """Median seconds to commit a one-row insert on this server: the least any batch can take."""
-
-    @property
-    def rate(self) -> float:
-        return self.acked / self.seconds
-
-    def percentile_ms(self, p: float) -> float:
-        ordered = sorted(self.latencies)
-        return 1000 * ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
     @property
     def mean_batch(self) -> float:
@@ -390,17 +378,12 @@ async def main(args: argparse.Namespace) -> None:
             await db.stop()
             shutil.rmtree(home, ignore_errors=True)
 
-    rate = statistics.median(s.rate for s in runs)
-    p50 = statistics.median(s.percentile_ms(0.50) for s in runs)
-    p99 = statistics.median(s.percentile_ms(0.99) for s in runs)
-    worst = statistics.median(1000 * max(s.latencies) for s in runs)
+    rate, p99 = benchmark.print_medians(runs, TARGET_RATE, TARGET_P99_MS)
     batches = statistics.median(s.batches for s in runs)
     batch = statistics.median(s.mean_batch for s in runs)
     rejections = sum((s.rejections for s in runs), Counter())
     kinds = sum((s.kinds for s in runs), Counter())
     total = sum(kinds.values())
-    print(f"\nmedian of {len(runs)}: {rate:,.0f} acknowledged orders/s (target >= {TARGET_RATE:,}), "
-          f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (target <= {TARGET_P99_MS:g}), max {worst:.1f} ms")
     floor = statistics.median(s.commit_floor for s in runs)
     print(f"  batches committed per run {batches:,.0f}, mean batch size {batch:.1f}")
     print(f"  a one-row commit takes {1000 * floor:.2f} ms on this server: with each submitter waiting for its "
@@ -413,11 +396,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per run")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
-    parser.add_argument("--submitters", type=int, default=64)
-    parser.add_argument("--runs", type=int, default=3)
+    parser = benchmark.parser(__doc__, duration=15.0, clients="--submitters")
     parser.add_argument("--dsn", help="a server to create the benchmark databases on (default: embedded)")
     parser.add_argument("--profile", action="store_true",
                         help="time the sequencer's steps and each SQL statement (adds a few percent)")

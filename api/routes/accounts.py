@@ -82,10 +82,7 @@ async def ledger(call: Call) -> LedgerPage:
 async def deposit(call: Call) -> Movement:
     """Credit CNY to an account (money that arrived from outside the exchange). Sending a
     ``client_request_id`` again returns the original deposit and changes nothing."""
-    body: CashTransfer = call.body
-    amount = money(body.amount, "amount", MAX_AMOUNT)
-    done = await call.submit(Deposit(body.account_id, amount, body.client_request_id))
-    return await movement(call, body.account_id, done.id)
+    return await transfer(call, Deposit)
 
 
 @accounts.route("POST", "/v1/withdrawals", summary="Debit cash", scope="admin", body=CashTransfer,
@@ -93,7 +90,11 @@ async def deposit(call: Call) -> Movement:
 async def withdraw(call: Call) -> Movement:
     """Debit CNY from an account's available balance (money paid out of the exchange). Sending a
     ``client_request_id`` again returns the original withdrawal and changes nothing."""
+    return await transfer(call, Withdraw)
+
+
+async def transfer(call: Call, command: type[Deposit | Withdraw]) -> Movement:
     body: CashTransfer = call.body
     amount = money(body.amount, "amount", MAX_AMOUNT)
-    done = await call.submit(Withdraw(body.account_id, amount, body.client_request_id))
+    done = await call.submit(command(body.account_id, amount, body.client_request_id))
     return await movement(call, body.account_id, done.id)

@@ -2,7 +2,7 @@
 
     nats_server   module: an embedded nats-server (``exchange.broker.embedded``) in a TOKEX_HOME of its own,
                   stopped after the module; yields its URL
-    pool          function: an asyncpg pool on a fresh migrated database (as in ``tests/exchange``)
+    pool          function: an asyncpg pool on a new migrated database (as in ``tests/exchange``)
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import asyncpg
 import pytest
 
 from exchange.broker.embedded import EmbeddedNats
-from exchange.database.migrations import migrate
 from tests.support.databases import reachable_temp_home
 
 
@@ -30,7 +29,6 @@ def nats_server() -> Iterator[str]:
 
 
 @pytest.fixture
-async def pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    await migrate(fresh_database_url)
-    async with asyncpg.create_pool(fresh_database_url, min_size=1, max_size=4) as created:
+async def pool(migrated_database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    async with asyncpg.create_pool(migrated_database_url, min_size=1, max_size=4) as created:
         yield created

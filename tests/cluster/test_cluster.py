@@ -35,6 +35,8 @@ from exchange.broker.embedded import EmbeddedNats
 from exchange.database.migrations import migrate
 from tests.support.databases import reachable_temp_home
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 START_SECONDS = 60.0
 SYMBOL = "CLUSTER-1"

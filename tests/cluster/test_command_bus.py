@@ -9,6 +9,7 @@ import os
 
 import asyncpg
 import pytest
+from nats.errors import NoRespondersError
 
 from exchange import invariants
 from exchange.broker.commands import CommandServer, Envelope, RemoteSequencer, decode_replies, encode_request
@@ -52,7 +53,7 @@ async def test_a_command_through_nats_commits_and_a_retry_gets_the_original(nats
         sequencer = await Sequencer.open(pool)
         server = CommandServer(engine_nc, sequencer, GROUP)
         await server.start()
-        assert await ask(gateway_nc, Envelope(order, request, retry=True)) == first
+        assert await ask(gateway_nc, Envelope(order, request, retry=True), until_answered=True) == first
         async with pool.acquire() as conn:
             orders = await conn.fetchval("SELECT count(*) FROM book_order WHERE account_id = $1", market.issuer)
             assert await invariants.problems(conn, sequencer.engine) == []
@@ -78,7 +79,18 @@ async def test_without_an_engine_a_command_is_unavailable_after_the_deadline(nat
         await nc.close()
 
 
-async def ask(nc, envelope: Envelope):
-    msg = await nc.request(command_subject(GROUP), encode_request([envelope]), timeout=5)
-    (reply,) = decode_replies(msg.data)
-    return reply
+async def ask(nc, envelope: Envelope, until_answered: bool = False):
+    """Send ``envelope`` to the group and decode the answer. ``until_answered`` asks again while the server says
+    no one subscribes, for a moment at most, as a gateway does: a new engine's subscription, even flushed, can
+    reach a request from another connection a little late."""
+    deadline = asyncio.get_running_loop().time() + 5
+    while True:
+        try:
+            msg = await nc.request(command_subject(GROUP), encode_request([envelope]), timeout=5)
+        except NoRespondersError:
+            if not until_answered or asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+            continue
+        (reply,) = decode_replies(msg.data)
+        return reply

@@ -18,9 +18,9 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from exchange import invariants
 from exchange.sequencer import Sequencer
 from tests.support.databases import create_database, drop_database
+from tests.support.engine import assert_invariants
 
 
 class Databases:
@@ -46,8 +46,7 @@ async def checked_sequencer(pool: asyncpg.Pool) -> AsyncIterator[Sequencer]:
         yield sequencer
     finally:
         await sequencer.stop()
-    async with sequencer.pool.acquire() as conn:
-        assert await invariants.problems(conn, sequencer.engine) == []
+    await assert_invariants(sequencer)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import asyncpg
 import msgspec
 
-from exchange import fees
+from exchange import fees, invariants
 from exchange.commands import (
     ApproveIssuer,
     Command,
@@ -309,6 +309,12 @@ class SequencedMarket(Market):
     def switch(self, sequencer: Sequencer) -> None:
         """Go on through ``sequencer`` (a restart's)."""
         self.exchange, self.engine = sequencer, sequencer.engine
+
+
+async def assert_invariants(sequencer: Sequencer) -> None:
+    """``invariants.problems`` finds nothing in what ``sequencer`` committed."""
+    async with sequencer.pool.acquire() as conn:
+        assert await invariants.problems(conn, sequencer.engine) == []
 
 
 async def database_state(pool: asyncpg.Pool) -> dict:
