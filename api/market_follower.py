@@ -90,7 +90,7 @@ class MarketFollower:
         info = await self.js.stream_info(subjects.MARKET_DATA_STREAM)
         self._held = []
         self._subscriptions = [
-            await self.nc.subscribe(subjects.USER_SUBJECTS, cb=self._on_accounts),
+            await self.nc.subscribe(subjects.USER_EVENTS, cb=self._on_accounts),
             await self.nc.subscribe(subjects.ENGINE_SEQS, cb=self._on_settled),
             await self.nc.subscribe(subjects.PRICE_INDEX, cb=self._on_index),
             await self.js.subscribe(subjects.MARKET_DATA_SUBJECTS, stream=subjects.MARKET_DATA_STREAM,
@@ -181,7 +181,7 @@ class MarketFollower:
             self._epoch, self._number = message.epoch, message.number
         # Below the last number seen: sent before a settled count this follower took as its start; not a copy.
         self._number = max(self._number, message.number)
-        self.market.apply_accounts([message.events])
+        self.market.apply_accounts(message.events)
 
     async def _on_settled(self, msg: Msg) -> None:
         try:

@@ -1,4 +1,4 @@
-"""The engine's side of the market-data stream: each committed batch to JetStream, each account's events and the
+"""The engine's side of the market-data stream: each committed batch to JetStream, its account events and the
 committed seqs to the gateways.
 
 Messages (msgpack, ``msgspec`` Structs encoded as arrays)
@@ -10,9 +10,11 @@ batches of an instrument follow each other without a hole: the next one's ``firs
 ``seq`` + 1. Header Nats-Msg-Id ``<symbol>:<seq>``: an engine that takes over and publishes a batch again
 changes nothing.
 
-``AccountMessage`` on ``tokex.user.<account>`` (core NATS): one account's ``AccountEvents`` of one batch, with
-``epoch``, drawn at random when the publisher starts, and ``number``, counting this publisher's account messages
-from 1. A gateway sees every account's messages and so notices a missing number.
+``AccountMessage`` on ``tokex.user`` (core NATS): the ``AccountEvents`` of one batch, every account's (a batch
+whose events weigh more than ``MAX_ACCOUNT_MESSAGE_BYTES`` is split over several messages), with ``epoch``, drawn
+at random when the publisher starts, and ``number``, counting this publisher's account messages from 1. Every
+gateway takes every message and so notices a missing number. One message per batch rather than per account: the
+cost of a message (a publish, a write's share, a delivery on every gateway) is paid once per batch.
 
 ``list[IndexRow]`` on ``tokex.index`` (core NATS): the price index's new rows, from the leader's minute job.
 
@@ -78,11 +80,11 @@ class MarketBatch(msgspec.Struct, frozen=True, array_like=True):
 
 
 class AccountMessage(msgspec.Struct, frozen=True, array_like=True):
-    """One account's events of one batch, numbered by the publisher of ``epoch``."""
+    """The account events of one batch (or of a part of it), numbered by the publisher of ``epoch``."""
 
     epoch: int
     number: int
-    events: AccountEvents
+    events: list[AccountEvents]
 
 
 class Settled(msgspec.Struct, frozen=True, array_like=True):
@@ -98,6 +100,10 @@ decode_batch = msgspec.msgpack.Decoder(MarketBatch).decode
 decode_account = msgspec.msgpack.Decoder(AccountMessage).decode
 decode_settled = msgspec.msgpack.Decoder(Settled).decode
 decode_index = msgspec.msgpack.Decoder(list[IndexRow]).decode
+
+MAX_ACCOUNT_MESSAGE_BYTES = 256 * 1024
+"""Above this, a batch's account events are split over several messages: NATS refuses a payload over its limit
+(1 MB by default)."""
 
 
 def market_batches(batch: list[tuple[str, list]], fill_ids: list[int]) -> list[MarketBatch]:
@@ -218,13 +224,22 @@ class MarketStreamPublisher:
                 self._settle(settles)
 
     def publish_effects(self, effects: Effects) -> None:
-        """Queue the account events of a committed batch, one message per account."""
-        for events in account_events(effects):
-            self._accounts_numbered += 1
-            number = self._accounts_numbered
-            if not self._accounts.put(subjects.user_subject(events.account_id),
-                                      encode(AccountMessage(self.epoch, number, events)), None, number):
-                self._settle_account(number)
+        """Queue the account events of a committed batch, in one message unless they weigh too much."""
+        events = account_events(effects)
+        if events:
+            self._queue_accounts(events)
+
+    def _queue_accounts(self, events: list[AccountEvents]) -> None:
+        number = self._accounts_numbered + 1
+        payload = encode(AccountMessage(self.epoch, number, events))
+        if len(payload) > MAX_ACCOUNT_MESSAGE_BYTES and len(events) > 1:
+            half = len(events) // 2
+            self._queue_accounts(events[:half])
+            self._queue_accounts(events[half:])
+            return
+        self._accounts_numbered = number
+        if not self._accounts.put(subjects.USER_EVENTS, payload, None, number):
+            self._settle_account(number)
 
     def publish_index(self, rows: list[IndexRow]) -> None:
         """Send the price index's new rows (the ``exchange.indexer.Indexer``'s ``publish``)."""

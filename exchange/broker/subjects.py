@@ -6,9 +6,9 @@ Subjects
                             instrument today; partitioning instruments across groups adds names here.
     tokex.md.<symbol>       market data, engine -> gateways: what each batch committed, once per
                             instrument, in the instrument's seq order. Stored in the stream TOKEX_MD.
-    tokex.user.<account>    one account's events (orders, fills, balances) of each committed batch, engine ->
-                            gateways, for the feed's `user` channel (core NATS, numbered so that a gateway
-                            notices one missing).
+    tokex.user              the account events (orders, fills, balances) of each committed batch, every
+                            account's in one message, engine -> gateways, for the feed's `user` channel (core
+                            NATS, numbered so that a gateway notices one missing).
     tokex.engine.leader     the leading engine's heartbeat: who leads now (host, pid), for standbys and
                             for `GET /v1/health`.
     tokex.engine.seqs       the leading engine's settled seq of every instrument and its last settled account
@@ -47,7 +47,7 @@ MARKET_DATA_STREAM = "TOKEX_MD"
 MARKET_DATA_SUBJECTS = f"{PREFIX}.md.*"
 ENGINE_LEADER = f"{PREFIX}.engine.leader"
 ENGINE_SEQS = f"{PREFIX}.engine.seqs"
-USER_SUBJECTS = f"{PREFIX}.user.*"
+USER_EVENTS = f"{PREFIX}.user"
 PRICE_INDEX = f"{PREFIX}.index"
 LIMITS = f"{PREFIX}.limits"
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -81,11 +81,6 @@ def symbol_of(subject: str) -> str:
 def market_data_msg_id(symbol: str, seq: int) -> str:
     """Return the message id that deduplicates an instrument's message at `seq`."""
     return f"{symbol}:{seq}"
-
-
-def user_subject(account: int) -> str:
-    """Return the subject of one account's events."""
-    return f"{PREFIX}.user.{account}"
 
 
 def market_data_stream_config(replicas: int = 1) -> StreamConfig:

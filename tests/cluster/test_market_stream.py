@@ -23,7 +23,7 @@ from api.feed.hub import Hub
 from api.market_follower import MarketFollower
 from api.marketdata import MarketData
 from exchange.account_events import AccountEvents
-from exchange.broker import subjects
+from exchange.broker import market_stream, subjects
 from exchange.broker.connection import connect
 from exchange.broker.embedded import EmbeddedNats
 from exchange.broker.market_stream import MarketStreamPublisher
@@ -298,6 +298,30 @@ async def test_account_events_arrive_for_a_deposit(pool, nats_server):
         assert [(f.role, f.side, f.qty) for f in bob.fills] == [("taker", "buy", 2)]
         assert {b.asset for b in bob.balances} == {"CNY", COMPUTE}
         assert bob.seqs[COMPUTE] == engine.view.books[COMPUTE].seq
+        assert gateway.follower.reloads == 0
+    finally:
+        if gateway is not None:
+            await gateway.stop()
+        await engine.stop()
+
+
+async def test_a_heavy_batch_of_account_events_is_split_over_numbered_messages(pool, nats_server, monkeypatch):
+    # Every account's events over the limit: each goes in a message of its own, numbered one after the other.
+    monkeypatch.setattr(market_stream, "MAX_ACCOUNT_MESSAGE_BYTES", 1)
+    engine = await start_engine(pool, nats_server.url)
+    gateway = None
+    try:
+        gateway = await start_gateway(pool, nats_server.url)
+        market = await open_market_through(engine.sequencer)
+        await engine.sequencer.submit(PlaceOrder(market.issuer, COMPUTE, "sell", price=ASK, qty=2))
+        await until(lambda: engine.publisher.pending == 0)
+        numbered = engine.publisher.accounts_settled
+        gateway.accounts.clear()
+        await engine.sequencer.submit(PlaceOrder(market.bob, COMPUTE, "buy", price=ASK, qty=2))
+        await until(lambda: {market.bob, market.issuer} <= {e.account_id for e in gateway.accounts})
+        assert engine.publisher.accounts_settled == numbered + 2
+        assert sorted(e.account_id for e in gateway.accounts) == sorted([market.bob, market.issuer])
+        await asyncio.sleep(3 * GRACE)  # settled counts compared meanwhile: nothing is missing
         assert gateway.follower.reloads == 0
     finally:
         if gateway is not None:

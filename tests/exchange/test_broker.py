@@ -138,7 +138,6 @@ async def test_commands_go_by_request_reply(home: Path) -> None:
             reply = await gateway.request(subjects.command_subject(), b"place 7", timeout=5)
             assert reply.data == b"done:place 7"
             assert subjects.command_subject() == "tokex.cmd.main"
-            assert subjects.user_subject(109) == "tokex.user.109"
         finally:
             await gateway.close()
             await engine.close()
