@@ -685,6 +685,10 @@ for (const button of document.querySelectorAll(".intervals button")) {
   button.addEventListener("click", () => chooseInterval(button.dataset.interval));
 }
 connect();
-loadProviders();
-setInterval(loadProviders, PROVIDER_SECONDS * 1000);
-loadInstruments().catch((error) => setStatus("reconnecting", `cannot load instruments: ${error.message}`));
+// The providers' panel waits for the market: the market is what a visitor came for, and is drawn first.
+loadInstruments()
+  .catch((error) => setStatus("reconnecting", `cannot load instruments: ${error.message}`))
+  .finally(() => {
+    loadProviders();
+    setInterval(loadProviders, PROVIDER_SECONDS * 1000);
+  });
