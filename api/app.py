@@ -8,16 +8,17 @@ Start-up opens the database (``exchange.database.Database``: the server at ``dat
 in ``home``; migrated), an asyncpg pool, the committed market view, the API key store and the sequencer, whose
 ``publish`` feeds the market view and whose ``resync`` reads the view anew after a reload; then it starts the
 package scheduler (``exchange.scheduler``), which reports executions to the feed, and the price index's minute job
-(``exchange.indexer``), which hands each new value to the feed, and the inference gateway (``api.inference``) with
-its sweep of reservations whose calls never settled. They are handed to handlers as
-``app.state.services`` (``api.services``). Shutdown stops the minute job, the scheduler and the feed, then the
+(``exchange.indexer``), which hands each new value to the feed; the scheduler also frees the reservations of
+inference calls that never settled. The inference gateway (``api.inference``) serves beside the routes. They are
+handed to handlers as ``app.state.services`` (``api.services``). Shutdown stops the minute job, the scheduler and the feed, then the
 sequencer (it finishes the commands already queued), closes the pool and stops the database, each step bounded in
 time so a lost database cannot hang it.
 
 As a gateway of a cluster (``create_app(gateway=Gateway(...))``, run by ``tokex gateway``) the app has no sequencer,
 scheduler or minute job: commands go to the leading engine over NATS through a ``RemoteSequencer``, which the
-routes use as they would the sequencer; reads may go to a pool of their own (a replica); the gateway serves the REST
-API, the feed, or both.
+routes use as they would the sequencer; the market view follows the engine's stream (``api.market_follower``);
+rate limits and feed connections are shared with the other gateways (``api.shared_limits``); reads may go to a pool
+of their own (a replica); the gateway serves the REST API, the feed, or both.
 
 Every route is declared in a module of ``api.routes`` (``api.endpoints``); ``ENDPOINTS`` lists them all, and the
 OpenAPI document is generated from the same list. Besides them: the market-data WebSocket ``/v1/ws``
