@@ -10,9 +10,9 @@ in ``home``; migrated), an asyncpg pool, the committed market view, the API key 
 package scheduler (``exchange.scheduler``), which reports executions to the feed, and the price index's minute job
 (``exchange.indexer``), which hands each new value to the feed; the scheduler also frees the reservations of
 inference calls that never settled. The inference gateway (``api.inference``) serves beside the routes. They are
-handed to handlers as ``app.state.services`` (``api.services``). Shutdown stops the minute job, the scheduler and the feed, then the
-sequencer (it finishes the commands already queued), closes the pool and stops the database, each step bounded in
-time so a lost database cannot hang it.
+handed to handlers as ``app.state.services`` (``api.services``). Shutdown stops the minute job, the scheduler and
+the feed, then the sequencer (it finishes the commands already queued), closes the pool and stops the database, each
+step bounded in time so a lost database cannot hang it.
 
 As a gateway of a cluster (``create_app(gateway=Gateway(...))``, run by ``tokex gateway``) the app has no sequencer,
 scheduler or minute job: commands go to the leading engine over NATS through a ``RemoteSequencer``, which the
