@@ -255,16 +255,18 @@ def admit(services: Services, request: Request) -> None:
         raise retry_after("rate_limited", seconds, f"Too many requests; retry in {seconds} s.")
 
 
-async def read_body(request: Request) -> bytes:
-    too_large = Problem("body_too_large", f"The body may be at most {MAX_BODY} bytes.")
+async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
+    """The body, at most ``limit`` bytes (413 otherwise): refused from its Content-Length before it is read, or as
+    soon as what arrived passes the limit."""
+    too_large = Problem("body_too_large", f"The body may be at most {limit} bytes.")
     length = request.headers.get("content-length")
-    if length is not None and length.isdecimal() and int(length) > MAX_BODY:
+    if length is not None and length.isdecimal() and int(length) > limit:
         raise too_large
     chunks = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY:
+        if size > limit:
             raise too_large
         chunks.append(chunk)
     return b"".join(chunks)

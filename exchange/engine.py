@@ -91,6 +91,17 @@ def _named_before(named: dict[tuple[int, str], int], account_id: int, client_ord
     return None if client_order_id is None else named.get((account_id, client_order_id))
 
 
+def answered(act: Callable[..., Result | str]) -> Callable[..., Result]:
+    """The handler of a command that ``act`` (a function of another exchange module, ``act(engine, cmd, at)``)
+    carries out, answering a rejection code or a result."""
+
+    def handler(engine: "Engine", cmd: Command, ts: int, at: datetime) -> Result:
+        outcome = act(engine, cmd, at)
+        return reject(outcome) if isinstance(outcome, str) else outcome
+
+    return handler
+
+
 class Engine:
     """All accounts, instruments, open orders and balances, changed only through ``apply``."""
 
@@ -587,50 +598,16 @@ class Engine:
         self._remember(cmd, outcome.id, at)
         return outcome
 
-    def _set_package_status(self, cmd: SetPackageStatus, ts: int, at: datetime) -> Result:
-        outcome = packages.set_status(self, cmd, at)
-        return reject(outcome) if isinstance(outcome, str) else outcome
-
     def _run_package(self, cmd: RunPackage, ts: int, at: datetime) -> Result:
         outcome = packages.run(self, cmd, ts, at)
         return reject(outcome) if isinstance(outcome, str) else outcome
 
-    # Datasets (exchange.datasets)
-
-    def _publish_terms(self, cmd: PublishTerms, ts: int, at: datetime) -> Result:
-        outcome = datasets.publish_terms(self, cmd, at)
-        return reject(outcome) if isinstance(outcome, str) else outcome
-
-    def _download(self, cmd: Download, ts: int, at: datetime) -> Result:
-        outcome = datasets.download(self, cmd, at)
-        return reject(outcome) if isinstance(outcome, str) else outcome
-
     # Delivery: providers, reservations and settlements of inference calls (exchange.delivery)
-
-    def _register_provider(self, cmd: RegisterProvider, ts: int, at: datetime) -> Result:
-        outcome = delivery.register(self, cmd, at)
-        return reject(outcome) if isinstance(outcome, str) else outcome
-
-    def _reserve(self, cmd: Reserve, ts: int, at: datetime) -> Result:
-        outcome = delivery.reserve(self, cmd, at)
-        return reject(outcome) if isinstance(outcome, str) else outcome
-
-    def _settle(self, cmd: Settle, ts: int, at: datetime) -> Result:
-        outcome = delivery.settle(self, cmd, at)
-        return reject(outcome) if isinstance(outcome, str) else outcome
 
     def _expire_reservations(self, cmd: ExpireReservations, ts: int, at: datetime) -> Result:
         return delivery.expire(self, cmd, at)
 
     # Subscriptions (exchange.subscriptions)
-
-    def _publish_subscription_offer(self, cmd: PublishSubscriptionOffer, ts: int, at: datetime) -> Result:
-        outcome = subscriptions.publish(self, cmd, at)
-        return reject(outcome) if isinstance(outcome, str) else outcome
-
-    def _withdraw_subscription_offer(self, cmd: WithdrawSubscriptionOffer, ts: int, at: datetime) -> Result:
-        outcome = subscriptions.withdraw(self, cmd, at)
-        return reject(outcome) if isinstance(outcome, str) else outcome
 
     def _subscribe(self, cmd: Subscribe, ts: int, at: datetime) -> Result:
         if cmd.account_id not in self.accounts:
@@ -643,14 +620,6 @@ class Engine:
             return reject(outcome)
         self._remember(cmd, outcome.id, at)
         return outcome
-
-    def _cancel_subscription(self, cmd: CancelSubscription, ts: int, at: datetime) -> Result:
-        outcome = subscriptions.cancel(self, cmd, at)
-        return reject(outcome) if isinstance(outcome, str) else outcome
-
-    def _renew_subscription(self, cmd: RenewSubscription, ts: int, at: datetime) -> Result:
-        outcome = subscriptions.renew(self, cmd, at)
-        return reject(outcome) if isinstance(outcome, str) else outcome
 
     # Views
 
@@ -677,17 +646,17 @@ class Engine:
         AmendOrder: _amend_order,
         RouteOrder: _route_order,
         CreatePackage: _create_package,
-        SetPackageStatus: _set_package_status,
+        SetPackageStatus: answered(packages.set_status),
         RunPackage: _run_package,
-        PublishTerms: _publish_terms,
-        Download: _download,
-        PublishSubscriptionOffer: _publish_subscription_offer,
-        WithdrawSubscriptionOffer: _withdraw_subscription_offer,
+        PublishTerms: answered(datasets.publish_terms),
+        Download: answered(datasets.download),
+        PublishSubscriptionOffer: answered(subscriptions.publish),
+        WithdrawSubscriptionOffer: answered(subscriptions.withdraw),
         Subscribe: _subscribe,
-        CancelSubscription: _cancel_subscription,
-        RenewSubscription: _renew_subscription,
-        RegisterProvider: _register_provider,
-        Reserve: _reserve,
-        Settle: _settle,
+        CancelSubscription: answered(subscriptions.cancel),
+        RenewSubscription: answered(subscriptions.renew),
+        RegisterProvider: answered(delivery.register),
+        Reserve: answered(delivery.reserve),
+        Settle: answered(delivery.settle),
         ExpireReservations: _expire_reservations,
     }

@@ -51,7 +51,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from api.credentials import CredentialError, unseal
-from api.endpoints import address, admit, limit
+from api.endpoints import address, admit, limit, read_body
 from api.inference import upstream as upstreams
 from api.keys import INFERENCE, Principal
 from api.problems import Problem, from_rejection
@@ -208,7 +208,7 @@ class Gateway:
         rate: dict[str, str] = {}
         try:
             principal = await self.authenticate(request, rate)
-            call = parse(await read_body(request))
+            call = parse(await read_body(request, MAX_BODY))
             held = await self.services.sequencer.submit(
                 Reserve(principal.account_id, call.model, call.worst_case, call.mode or "balance"))
             if isinstance(held, Rejection):
@@ -354,22 +354,6 @@ class Gateway:
             return
         if isinstance(result, Rejection):
             log.error("reservation %s not settled: %s", held.id, result.code)
-
-
-async def read_body(request: Request) -> bytes:
-    """The body, at most ``MAX_BODY`` bytes (413 otherwise)."""
-    too_large = Problem("body_too_large", f"The body may be at most {MAX_BODY} bytes.")
-    length = request.headers.get("content-length")
-    if length is not None and length.isdecimal() and int(length) > MAX_BODY:
-        raise too_large
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def chat_completions(request: Request) -> Response:
