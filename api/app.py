@@ -49,7 +49,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from api import metrics
+from api import metrics, package_executions
 from api.endpoints import Endpoint, routes
 from api.feed.endpoint import endpoint as feed_endpoint
 from api.feed.hub import Hub
@@ -170,6 +170,8 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
                 sequencer = RemoteSequencer(nc, gateway.group)
                 await sequencer.start()
                 stack.push_async_callback(sequencer.stop)
+                executions = await package_executions.follow(nc, hub.package_executed)
+                stack.push_async_callback(executions.unsubscribe)
                 scheduler = None
 
                 def leader() -> Heartbeat | None:

@@ -39,7 +39,9 @@ import asyncpg
 import httpx
 
 from api import demo as market
+from api import package_executions
 from api.keys import KeyStore, load_master_key
+from api.routes.packages import reporter
 from exchange.broker.commands import CommandServer, LeaderHeartbeat
 from exchange.broker.connection import connect, nats_url_async
 from exchange.broker.market_stream import MarketStreamPublisher
@@ -125,7 +127,7 @@ async def _stand_by_then_lead(settings: EngineSettings, dsn: str, pool: asyncpg.
     await server.start()
     heartbeat.start()
     log.info("leader of engine group %s (pid %d): taking commands", settings.group, heartbeat.beat.pid)
-    scheduler = Scheduler(sequencer)
+    scheduler = Scheduler(sequencer, listener=reporter(sequencer, package_executions.relay(nc)))
     scheduler.start()
     indexing = asyncio.get_running_loop().create_task(Indexer(pool, publish=publisher.publish_index).run(),
                                                       name="price-index")

@@ -15,6 +15,8 @@ Subjects
                             message, every second and after a resync (core NATS, not stored): a gateway behind
                             it for more than a moment missed a message and reloads from PostgreSQL
                             (`exchange.broker.market_stream` describes the messages).
+    tokex.packages          each committed period of a package, from the scheduler on the leading engine to the
+                            gateways' feeds (core NATS: a notification; the REST history has every period).
     tokex.index             the price index's new rows, from the minute job on the leading engine to the
                             gateways' feeds (core NATS: a gateway that misses one reads the latest rows from
                             PostgreSQL when it starts, and the next minute brings the next).
@@ -49,6 +51,7 @@ ENGINE_LEADER = f"{PREFIX}.engine.leader"
 ENGINE_SEQS = f"{PREFIX}.engine.seqs"
 USER_EVENTS = f"{PREFIX}.user"
 PRICE_INDEX = f"{PREFIX}.index"
+PACKAGE_EXECUTIONS = f"{PREFIX}.packages"
 LIMITS = f"{PREFIX}.limits"
 MSG_ID_HEADER = "Nats-Msg-Id"
 
