@@ -53,6 +53,25 @@ def check_order(cmd: PlaceOrder, instrument: Instrument) -> Rejection | None:
     return None
 
 
+def approved_compute_issuer(accounts: dict[int, Account], instruments: dict[str, Instrument],
+                            approvals: dict, account_id: int, symbol: str) -> tuple[Account, Instrument] | str:
+    """The account and the compute instrument, when the account is an issuer approved to mint it; else the code of
+    why not (providers register and sellers offer subscriptions only for what they may mint)."""
+    account = accounts.get(account_id)
+    if account is None:
+        return "unknown_account"
+    instrument = instruments.get(symbol)
+    if instrument is None:
+        return "unknown_instrument"
+    if account.role != "issuer":
+        return "not_permitted"
+    if instrument.kind != "compute":
+        return "not_compute"
+    if (account.id, instrument.id) not in approvals:
+        return "not_approved"
+    return account, instrument
+
+
 def trading_account(accounts: dict[int, Account], account_id: int) -> Account | Rejection:
     """The account ``account_id`` names, when its role may trade; the rejection otherwise."""
     account = accounts.get(account_id)

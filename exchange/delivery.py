@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from exchange import route_planner
-from exchange.checks import MAX_BIGINT, positive_int, storable, trading_account
+from exchange.checks import MAX_BIGINT, approved_compute_issuer, positive_int, storable, trading_account
 from exchange.commands import (
     Attempt,
     Delivered,
@@ -217,18 +217,10 @@ def redeemed(engine: "Engine", account_id: int, instrument: Instrument, qty: int
 
 def register(engine: "Engine", cmd: RegisterProvider, at: datetime) -> ProviderView | str:
     """Register or change the issuer's upstream for an instrument."""
-    account = engine.accounts.get(cmd.account_id)
-    instrument = engine.instruments.get(cmd.symbol)
-    if account is None:
-        return "unknown_account"
-    if instrument is None:
-        return "unknown_instrument"
-    if account.role != "issuer":
-        return "not_permitted"
-    if instrument.kind != "compute":
-        return "not_compute"
-    if (account.id, instrument.id) not in engine.approvals:
-        return "not_approved"
+    found = approved_compute_issuer(engine.accounts, engine.instruments, engine.approvals, cmd.account_id, cmd.symbol)
+    if isinstance(found, str):
+        return found
+    account, instrument = found
     if not (type(cmd.base_url) is str and cmd.base_url.startswith(("http://", "https://"))
             and len(cmd.base_url) <= MAX_URL and type(cmd.model) is str and 0 < len(cmd.model) <= MAX_MODEL
             and storable(cmd.base_url, cmd.model) and type(cmd.credential) is bytes

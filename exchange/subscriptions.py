@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from exchange import fees
-from exchange.checks import positive_int, trading_account
+from exchange.checks import approved_compute_issuer, positive_int, trading_account
 from exchange.commands import (
     CancelSubscription,
     Done,
@@ -108,18 +108,10 @@ def source(subscription_id: int) -> str:
 
 def publish(engine: "Engine", cmd: PublishSubscriptionOffer, at: datetime) -> Done | str:
     """Publish an offer of tokens of a compute instrument the seller is approved to issue."""
-    account = engine.accounts.get(cmd.account_id)
-    if account is None:
-        return "unknown_account"
-    instrument = engine.instruments.get(cmd.symbol)
-    if instrument is None:
-        return "unknown_instrument"
-    if account.role != "issuer":
-        return "not_permitted"
-    if instrument.kind != "compute":
-        return "not_compute"
-    if (account.id, instrument.id) not in engine.approvals:
-        return "not_approved"
+    found = approved_compute_issuer(engine.accounts, engine.instruments, engine.approvals, cmd.account_id, cmd.symbol)
+    if isinstance(found, str):
+        return found
+    account, instrument = found
     if not (positive_int(cmd.tokens_per_period) and cmd.tokens_per_period <= MAX_TOKENS_PER_PERIOD
             and positive_int(cmd.price) and cmd.price <= MAX_PRICE and cmd.period in PERIODS):
         return "invalid_offer"
