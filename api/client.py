@@ -327,6 +327,9 @@ class Client:
     async def deliveries(self, provider_id: int, **query: Any) -> dict:
         return await self.call("GET", f"/v1/providers/{provider_id}/deliveries", params=query)
 
+    async def provider_redemptions(self, provider_id: int, **query: Any) -> dict:
+        return await self.call("GET", f"/v1/providers/{provider_id}/redemptions", params=query)
+
     async def provider_stats(self) -> dict:
         return await self.call("GET", "/v1/providers/stats")
 

@@ -18,8 +18,9 @@ command on its instrument's book, which takes a seq. A batch is atomic, so one m
 says the whole batch is in it.
 
 Deliveries are not in any snapshot: a provider hears of each attempt of an inference call on it once, as its
-settlement commits. They change nothing an account's snapshot holds, so a batch of deliveries alone carries no
-mark (``AccountEvents.placed`` is false) and says nothing of where a snapshot stands.
+settlement commits, and of each redemption of its instrument as it commits. They change nothing an account's
+snapshot holds, so a batch of deliveries and redemptions alone carries no mark (``AccountEvents.placed`` is
+false) and says nothing of where a snapshot stands.
 """
 
 from __future__ import annotations
@@ -74,6 +75,17 @@ class AccountDelivery(msgspec.Struct, frozen=True, array_like=True, gc=False):
     created_at: datetime
 
 
+class AccountRedemption(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A redemption of lots of the instrument one of the account's providers serves: tokens buyers may now call
+    for (buyers are not named)."""
+
+    id: int
+    provider_id: int
+    symbol: str
+    qty: int
+    created_at: datetime
+
+
 class AccountEvents(msgspec.Struct, frozen=True, array_like=True):
     """One account's share of one committed batch; ``entry`` and ``seqs`` place the batch (module docstring)."""
 
@@ -84,6 +96,7 @@ class AccountEvents(msgspec.Struct, frozen=True, array_like=True):
     fills: list[AccountFill]
     balances: list[AccountBalance]
     deliveries: list[AccountDelivery] = []
+    redemptions: list[AccountRedemption] = []
 
     @property
     def placed(self) -> bool:
@@ -109,21 +122,21 @@ def account_events(effects: Effects) -> list[AccountEvents]:
     """Split a committed batch's effects by account (system accounts have no subscribers); empty if it changed
     nothing an account sees."""
     if not (effects.balances or effects.new_orders or effects.changed_orders or effects.fills
-            or effects.settlements):
+            or effects.settlements or effects.served_redemptions):
         return []
     instruments = effects.instruments
     entry = effects.entries[-1][0] if effects.entries else 0
-    touched: dict[int, tuple[dict[str, int], list, list, list, list]] = {}
+    touched: dict[int, tuple[dict[str, int], list, list, list, list, list]] = {}
 
-    def share(account_id: int) -> tuple[dict[str, int], list, list, list, list]:
+    def share(account_id: int) -> tuple[dict[str, int], list, list, list, list, list]:
         found = touched.get(account_id)
         if found is None:
-            found = touched[account_id] = ({}, [], [], [], [])
+            found = touched[account_id] = ({}, [], [], [], [], [])
         return found
 
     for order in (*effects.new_orders.values(), *effects.changed_orders.values()):
         instrument = instruments[order.instrument_id]
-        seqs, orders, _, _, _ = share(order.account_id)
+        seqs, orders, _, _, _, _ = share(order.account_id)
         seqs[instrument.symbol] = instrument.seq
         orders.append(order_view(order, instrument.symbol))
     for (fill_id, instrument_id, seq, price, qty, maker_order, taker_order, maker_account, taker_account, taker_side,
@@ -132,7 +145,7 @@ def account_events(effects: Effects) -> list[AccountEvents]:
         maker_side = "sell" if taker_side == "buy" else "buy"
         for account_id, order_id, side, role, fee in ((maker_account, maker_order, maker_side, "maker", maker_fee),
                                                       (taker_account, taker_order, taker_side, "taker", taker_fee)):
-            seqs, _, fills, _, _ = share(account_id)
+            seqs, _, fills, _, _, _ = share(account_id)
             seqs[symbol] = instruments[instrument_id].seq
             fills.append(AccountFill(fill_id, order_id, symbol, side, role, price, qty, fee, seq, at))
     for account_id, asset, available, held, is_system in effects.balances:
@@ -143,8 +156,10 @@ def account_events(effects: Effects) -> list[AccountEvents]:
             share(a.provider_account_id)[4].append(AccountDelivery(
                 a.usage_id, view.reservation_id, view.symbol, a.provider_id, a.prompt_tokens, a.completion_tokens,
                 a.ttft_us, a.latency_us, a.status, a.delivered, a.obligation, view.created_at))
-    for _, orders, _, balances, _ in touched.values():
+    for account_id, provider_id, redemption_id, symbol, qty, at in effects.served_redemptions:
+        share(account_id)[5].append(AccountRedemption(redemption_id, provider_id, symbol, qty, at))
+    for _, orders, _, balances, _, _ in touched.values():
         orders.sort(key=lambda view: view.id)
         balances.sort(key=lambda balance: balance.asset)
-    return [AccountEvents(account_id, entry, seqs, orders, fills, balances, deliveries)
-            for account_id, (seqs, orders, fills, balances, deliveries) in sorted(touched.items())]
+    return [AccountEvents(account_id, entry, seqs, orders, fills, balances, deliveries, redemptions)
+            for account_id, (seqs, orders, fills, balances, deliveries, redemptions) in sorted(touched.items())]

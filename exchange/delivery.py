@@ -207,10 +207,15 @@ def redemption_refusal(instrument: Instrument, qty: int) -> str | None:
     return None
 
 
-def redeemed(engine: "Engine", account_id: int, instrument: Instrument, qty: int, at: datetime) -> None:
-    """Grant the quota of ``qty`` compute lots just redeemed; dataset tokens grant no quota here."""
+def redeemed(engine: "Engine", redemption_id: int, account_id: int, instrument: Instrument, qty: int,
+             at: datetime) -> None:
+    """Grant the quota of ``qty`` compute lots just redeemed, and tell the instrument's providers; dataset tokens
+    grant no quota here."""
     if instrument.kind == "compute" and instrument.tokens_per_lot:
         engine.quotas.grant(account_id, instrument.id, REDEMPTION_SOURCE, qty * instrument.tokens_per_lot, at)
+        engine.effects.served_redemptions.extend(
+            (provider.account_id, provider.id, redemption_id, instrument.symbol, qty, at)
+            for provider in engine.delivery.by_instrument.get(instrument.id, ()))
 
 
 # Handlers (dispatched by the engine)

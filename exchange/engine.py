@@ -410,7 +410,7 @@ class Engine:
         self.effects.redemptions.append((redemption_id, instrument.id, account.id, cmd.qty, at))
         if instrument.kind == "dataset":
             datasets.grant(self, redemption_id, account.id, instrument, cmd.qty, at)
-        delivery.redeemed(self, account.id, instrument, cmd.qty, at)
+        delivery.redeemed(self, redemption_id, account.id, instrument, cmd.qty, at)
         self._remember(cmd, redemption_id, at)
         return Done(redemption_id)
 

@@ -90,6 +90,9 @@ class Effects:
     settlements: "list[SettlementView]" = field(default_factory=list)
     """The calls settled, as their callers were answered: what the providers' accounts hear of
     (``exchange.account_events``)."""
+    served_redemptions: list[tuple] = field(default_factory=list)
+    """(provider account id, provider id, redemption id, symbol, qty, created_at) per provider of an instrument
+    whose lots were redeemed: the tokens it may now be asked to deliver (``exchange.account_events``)."""
 
 
 @dataclass

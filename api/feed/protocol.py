@@ -104,9 +104,11 @@ like any other. Each period a token package of the account runs is reported, on 
 instrument of the package's group, as ``{"type": "package_execution", ..., "execution": {...}}``: the object of
 ``GET /v1/packages/{id}/executions``. A provider's account gets each attempt of an inference call on it as
 ``{"type": "delivery", ..., "delivery": {...}}`` (a row of ``GET /v1/providers/{id}/deliveries`` with the
-provider's delivered tokens and obligation after it). The subscribe message is signed as a
-REST request is (``api.signing``), with a key holding the ``read`` scope, for this connection only: first ask
-for the connection's challenge, a random nonce the server made for it, then sign it as the request's body:
+provider's delivered tokens and obligation after it), and each redemption of the instrument as
+``{"type": "redemption", ..., "redemption": {...}}`` (a row of ``GET /v1/providers/{id}/redemptions``).
+The subscribe message is signed as a REST request is (``api.signing``), with a key holding the ``read`` scope,
+for this connection only: first ask for the connection's challenge, a random nonce the server made for it,
+then sign it as the request's body:
 
     > {"type": "challenge"}
     < [{"type": "challenge", "nonce": "9f1c0e...(32 hex digits)"}]
@@ -160,7 +162,7 @@ from datetime import datetime
 
 import msgspec
 
-from api.schemas import Balance, Candle, DeliveryEvent, Execution, Fill, Order, PriceIndex
+from api.schemas import Balance, Candle, DeliveryEvent, Execution, Fill, Order, PriceIndex, Redemption
 from api.strictjson import Malformed, check
 
 CHANNELS = ("ticker", "level2", "trades", "candles", "user", "index")
@@ -366,6 +368,13 @@ class DeliveryUpdate(Message, tag="delivery"):
     symbol: str
     seq: int
     delivery: DeliveryEvent
+
+
+class RedemptionUpdate(Message, tag="redemption"):
+    channel: str
+    symbol: str
+    seq: int
+    redemption: Redemption
 
 
 _encode = msgspec.json.Encoder().encode

@@ -23,8 +23,16 @@ import logging
 from typing import TYPE_CHECKING
 
 from api.feed.connection import Feed
-from api.feed.protocol import BalanceUpdate, DeliveryUpdate, ErrorMessage, FillUpdate, OrderUpdate, encode
-from api.schemas import Balance, DeliveryEvent, Fill, asset_amount, order_from_row, order_from_view
+from api.feed.protocol import (
+    BalanceUpdate,
+    DeliveryUpdate,
+    ErrorMessage,
+    FillUpdate,
+    OrderUpdate,
+    RedemptionUpdate,
+    encode,
+)
+from api.schemas import Balance, DeliveryEvent, Fill, Redemption, asset_amount, order_from_row, order_from_view
 from api.services import READ_ERRORS
 from api.units import from_micro
 from exchange.account_events import AccountEvents, Snapshot
@@ -132,13 +140,13 @@ class UserChannel:
             self.hub.flush_soon()
 
     def pass_on(self, feed: Feed, symbol: str, events: AccountEvents) -> bool:
-        """Queue ``events`` unless the subscription's snapshot holds them already (its deliveries, in no snapshot,
-        in any case); whether anything was."""
+        """Queue ``events`` unless the subscription's snapshot holds them already (its deliveries and
+        redemptions, in no snapshot, in any case); whether anything was."""
         key = feed.key
         snapshot = self.since.get(key)
         if snapshot is not None and events.placed:
             if snapshot.holds(events):
-                return self.send_deliveries(feed, symbol, self.seq(symbol, events), events)
+                return self.send_provider_events(feed, symbol, self.seq(symbol, events), events)
             del self.since[key]
         return self.send(feed, symbol, events)
 
@@ -154,7 +162,7 @@ class UserChannel:
         """Queue what of ``events`` concerns ``symbol``'s subscription; whether anything was."""
         hub = self.hub
         seq = self.seq(symbol, events)
-        queued = self.send_deliveries(feed, symbol, seq, events)
+        queued = self.send_provider_events(feed, symbol, seq, events)
         for view in events.orders:
             if view.symbol == symbol:
                 hub.queue(feed, encode(OrderUpdate("user", symbol, seq, order_from_view(view))))
@@ -172,8 +180,14 @@ class UserChannel:
                     or queued
         return queued
 
-    def send_deliveries(self, feed: Feed, symbol: str, seq: int, events: AccountEvents) -> bool:
+    def send_provider_events(self, feed: Feed, symbol: str, seq: int, events: AccountEvents) -> bool:
+        """Queue the deliveries and redemptions of ``events`` on ``symbol``: a provider's, in no snapshot."""
         queued = False
+        for r in events.redemptions:
+            if r.symbol == symbol:
+                self.hub.queue(feed, encode(RedemptionUpdate("user", symbol, seq, Redemption(
+                    r.id, symbol, r.qty, r.created_at))))
+                queued = True
         for d in events.deliveries:
             if d.symbol == symbol:
                 self.hub.queue(feed, encode(DeliveryUpdate("user", symbol, seq, DeliveryEvent(

@@ -261,8 +261,8 @@ async def test_a_provider_is_registered_by_an_approved_issuer_only(live: Live, a
     assert refused.value.status == 422
 
 
-async def test_the_provider_hears_of_each_delivery_on_its_user_channel(live: Live, admin: Client,
-                                                                        served: Served) -> None:
+async def test_the_provider_hears_of_each_delivery_and_redemption_on_its_user_channel(live: Live, admin: Client,
+                                                                                       served: Served) -> None:
     key = await admin.create_key(served.issuer_id, ["read"])
     feed = await FeedClient.open(live)
     nonce = await feed.challenge()
@@ -274,6 +274,13 @@ async def test_the_provider_hears_of_each_delivery_on_its_user_channel(live: Liv
     assert (message["symbol"], delivery["provider_id"], delivery["status"]) == (served.symbol, served.provider_id, "ok")
     assert (delivery["prompt_tokens"], delivery["completion_tokens"]) == (HELLO_PROMPT, 3)
     assert delivery["obligation"] == 1_000 * TOKENS_PER_LOT - delivery["delivered"]
+    await served.issuer.place_order(served.symbol, "sell", price="1.00", qty=2)
+    await served.buyer.place_order(served.symbol, "buy", price="1.00", qty=2)
+    await served.buyer.redeem(served.symbol, 2)
+    message, _ = await feed.until(lambda m: m["type"] == "redemption")
+    (listed, *_) = (await served.issuer.provider_redemptions(served.provider_id))["items"]
+    assert message["symbol"] == served.symbol and message["redemption"] == listed
+    assert listed["qty"] == 2
     await feed.close()
 
 

@@ -79,3 +79,20 @@ def test_a_settled_call_reaches_the_providers_account_as_its_deliveries():
     assert [d.delivered for d in events.deliveries] == [0, 500]
     # Deliveries are in no snapshot: whatever a snapshot holds, they are news.
     assert not Snapshot(max(desk.entries), {COMPUTE: market.engine.instruments[COMPUTE].seq}).holds(events)
+
+
+def test_a_redemption_reaches_each_provider_of_the_instrument_without_naming_the_buyer():
+    desk = Desk()
+    market = open_market(desk)
+    serving = desk.ok(RegisterProvider(market.issuer, COMPUTE, "http://127.0.0.1:9/v1", "m", b"sealed"))
+    desk.ok(PlaceOrder(market.issuer, COMPUTE, "sell", price=ASK, qty=3))
+    desk.ok(PlaceOrder(market.bob, COMPUTE, "buy", price=ASK, qty=3))
+    account_events(desk.effects)
+    redemption = desk.ok(Redeem(market.bob, COMPUTE, 2))
+
+    by_account = {events.account_id: events for events in account_events(desk.effects)}
+    issuer, bob = by_account[market.issuer], by_account[market.bob]
+    assert [(r.id, r.provider_id, r.symbol, r.qty) for r in issuer.redemptions] == [
+        (redemption.id, serving.id, COMPUTE, 2)]
+    assert (issuer.orders, issuer.fills, issuer.balances, issuer.placed) == ([], [], [], False)
+    assert bob.redemptions == [] and bob.placed  # the buyer sees its balance move, not a provider's news
