@@ -52,18 +52,7 @@ from tests.support.engine import (
     Market,
     engine_state,
     make_busy,
-    open_market,
 )
-
-
-@pytest.fixture
-def desk() -> Desk:
-    return Desk()
-
-
-@pytest.fixture
-def market(desk: Desk) -> Market:
-    return open_market(desk)
 
 
 @pytest.fixture
