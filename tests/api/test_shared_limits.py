@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import shutil
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -20,22 +19,17 @@ from api.feed.limits import FeedLimits
 from api.ratelimit import RateLimiter, RateLimits
 from api.shared_limits import SharedLimits
 from exchange.broker.connection import connect
-from exchange.broker.embedded import EmbeddedNats
 from exchange.broker.subjects import LIMITS
 from tests.support.api_server import Live, bootstrap, serve
-from tests.support.databases import fresh_database, reachable_temp_home
+from tests.support.broker import nats_server
+from tests.support.databases import fresh_database
 from tests.support.feed import FeedClient, on_server
 
 
 @pytest.fixture(scope="module")
 def nats_url() -> Iterator[str]:
-    home = reachable_temp_home("tokex-limits-")
-    server = EmbeddedNats(home, port=0)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        shutil.rmtree(home, ignore_errors=True)
+    with nats_server("tokex-limits-") as url:
+        yield url
 
 
 class Gateway:
