@@ -95,13 +95,6 @@ def test_ioc_fills_what_it_can_and_expires_the_rest() -> None:
     assert book.depth(5) == ([], [(120, 4)])
 
 
-def test_ioc_that_does_not_cross_expires_whole_and_never_rests() -> None:
-    book = _book((1, 7, SELL, 100, 2))
-    events = book.limit(S, T, 2, 8, BUY, 90, 5, tif=IOC)
-    assert events == [Accepted(S, T, 2, 8, BUY, 90, 5), Cancelled(S, T, 2, 8, 5, EXPIRED)]
-    assert book.best_bid() is None
-    assert book.open_order_count == 1
-
 
 def test_fok_that_can_fill_trades_its_whole_qty() -> None:
     book = _book((1, 7, SELL, 100, 2), (2, 6, SELL, 110, 3))
@@ -116,36 +109,8 @@ def test_fok_that_can_fill_trades_its_whole_qty() -> None:
     assert book.open_order_count == 0
 
 
-def test_fok_that_cannot_fill_leaves_book_untouched() -> None:
-    book = _book((1, 7, SELL, 100, 2), (2, 6, SELL, 110, 3))
-    before = book.resting_orders()
-    events = book.limit(S, T, 3, 8, BUY, 110, 6, tif=FOK)
-    assert events == [Accepted(S, T, 3, 8, BUY, 110, 6), Cancelled(S, T, 3, 8, 6, FILL_OR_KILL)]
-    assert book.resting_orders() == before
 
 
-def test_fok_counts_only_liquidity_within_its_limit() -> None:
-    book = _book((1, 7, SELL, 100, 2), (2, 6, SELL, 120, 10))
-    before = book.resting_orders()
-    events = book.limit(S, T, 3, 8, BUY, 110, 3, tif=FOK)
-    assert events == [Accepted(S, T, 3, 8, BUY, 110, 3), Cancelled(S, T, 3, 8, 3, FILL_OR_KILL)]
-    assert book.resting_orders() == before
-
-
-def test_fok_that_does_not_cross_is_killed_as_fill_or_kill() -> None:
-    # ``fill_or_kill``: "A FOK order could not be filled in full"; ``expired`` is for IOC and market orders.
-    book = _book((1, 7, SELL, 100, 2))
-    before = book.resting_orders()
-    events = book.limit(S, T, 2, 8, BUY, 90, 1, tif=FOK)
-    assert events == [Accepted(S, T, 2, 8, BUY, 90, 1), Cancelled(S, T, 2, 8, 1, FILL_OR_KILL)]
-    assert book.resting_orders() == before
-
-
-def test_fok_on_an_empty_book_is_killed_as_fill_or_kill() -> None:
-    book = OrderBook(TICK)
-    events = book.limit(S, T, 1, 8, SELL, 90, 1, tif=FOK)
-    assert events == [Accepted(S, T, 1, 8, SELL, 90, 1), Cancelled(S, T, 1, 8, 1, FILL_OR_KILL)]
-    assert book.open_order_count == 0
 
 
 def test_post_only_that_does_not_cross_rests_as_post_only() -> None:
@@ -185,12 +150,6 @@ def test_market_sell_takes_the_highest_bids_first() -> None:
     assert book.best_bid() == (90, 3)
 
 
-def test_market_order_against_an_empty_side_expires_whole() -> None:
-    book = _book((1, 7, BUY, 90, 5))
-    events = book.market(S, T, 2, 8, BUY, 3)
-    assert events == [Accepted(S, T, 2, 8, BUY, None, 3), Cancelled(S, T, 2, 8, 3, EXPIRED)]
-    assert book.resting_orders() == _book((1, 7, BUY, 90, 5)).resting_orders()
-
 
 # Market buys by budget
 
@@ -219,12 +178,6 @@ def test_budget_buy_stops_at_the_first_lot_it_cannot_afford() -> None:
     ]
     assert book.depth(5) == ([], [(300, 5), (310, 5)])
 
-
-def test_budget_below_the_best_ask_expires_without_trading() -> None:
-    book = _book((1, 7, SELL, 100, 1))
-    events = book.buy_with_budget(S, T, 2, 8, 99)
-    assert events == [Accepted(S, T, 2, 8, BUY, None, None, 99), Cancelled(S, T, 2, 8, 0, EXPIRED)]
-    assert book.best_ask() == (100, 1)
 
 
 def test_budget_spent_exactly_closes_the_order_without_a_cancel() -> None:
@@ -419,13 +372,6 @@ def test_amend_of_a_post_only_order_to_a_price_that_does_not_cross_is_allowed() 
 # Self-trade prevention
 
 
-def test_stp_cancel_newest_cancels_the_incoming_order_and_keeps_the_resting_one() -> None:
-    book = _book((1, 7, SELL, 100, 5))
-    before = book.resting_orders()
-    events = book.limit(S, T, 2, 7, BUY, 100, 3, stp=CANCEL_NEWEST)
-    assert events == [Accepted(S, T, 2, 7, BUY, 100, 3), Cancelled(S, T, 2, 7, 3, SELF_TRADE)]
-    assert book.resting_orders() == before
-
 
 def test_stp_cancel_newest_after_a_partial_fill_cancels_only_the_rest() -> None:
     book = _book((1, 6, SELL, 100, 2), (2, 7, SELL, 100, 5))
@@ -548,6 +494,47 @@ def test_fok_that_would_meet_its_own_order_is_killed(stp: str) -> None:
     events = book.limit(S, T, 4, 7, BUY, 100, 3, tif=FOK, stp=stp)
     assert events == [Accepted(S, T, 4, 7, BUY, 100, 3), Cancelled(S, T, 4, 7, 3, FILL_OR_KILL)]
     assert book.resting_orders() == before
+
+
+# Cancelled whole: accepted, then cancelled with all of its qty and the reason, the book exactly as it was.
+# ``fill_or_kill`` is "A FOK order could not be filled in full", even when it does not cross; ``expired`` is for IOC
+# and market orders.
+
+CANCELLED_WHOLE = {
+    "ioc that does not cross expires and never rests": (
+        [(1, 7, SELL, 100, 2)], lambda b: b.limit(S, T, 2, 8, BUY, 90, 5, tif=IOC),
+        [Accepted(S, T, 2, 8, BUY, 90, 5), Cancelled(S, T, 2, 8, 5, EXPIRED)]),
+    "fok that cannot fill": (
+        [(1, 7, SELL, 100, 2), (2, 6, SELL, 110, 3)], lambda b: b.limit(S, T, 3, 8, BUY, 110, 6, tif=FOK),
+        [Accepted(S, T, 3, 8, BUY, 110, 6), Cancelled(S, T, 3, 8, 6, FILL_OR_KILL)]),
+    "fok counts only liquidity within its limit": (
+        [(1, 7, SELL, 100, 2), (2, 6, SELL, 120, 10)], lambda b: b.limit(S, T, 3, 8, BUY, 110, 3, tif=FOK),
+        [Accepted(S, T, 3, 8, BUY, 110, 3), Cancelled(S, T, 3, 8, 3, FILL_OR_KILL)]),
+    "fok that does not cross is killed as fill or kill": (
+        [(1, 7, SELL, 100, 2)], lambda b: b.limit(S, T, 2, 8, BUY, 90, 1, tif=FOK),
+        [Accepted(S, T, 2, 8, BUY, 90, 1), Cancelled(S, T, 2, 8, 1, FILL_OR_KILL)]),
+    "fok on an empty book is killed as fill or kill": (
+        [], lambda b: b.limit(S, T, 1, 8, SELL, 90, 1, tif=FOK),
+        [Accepted(S, T, 1, 8, SELL, 90, 1), Cancelled(S, T, 1, 8, 1, FILL_OR_KILL)]),
+    "market order against an empty side expires": (
+        [(1, 7, BUY, 90, 5)], lambda b: b.market(S, T, 2, 8, BUY, 3),
+        [Accepted(S, T, 2, 8, BUY, None, 3), Cancelled(S, T, 2, 8, 3, EXPIRED)]),
+    "budget below the best ask expires without trading": (
+        [(1, 7, SELL, 100, 1)], lambda b: b.buy_with_budget(S, T, 2, 8, 99),
+        [Accepted(S, T, 2, 8, BUY, None, None, 99), Cancelled(S, T, 2, 8, 0, EXPIRED)]),
+    "stp cancel newest cancels the incoming order and keeps the resting one": (
+        [(1, 7, SELL, 100, 5)], lambda b: b.limit(S, T, 2, 7, BUY, 100, 3, stp=CANCEL_NEWEST),
+        [Accepted(S, T, 2, 7, BUY, 100, 3), Cancelled(S, T, 2, 7, 3, SELF_TRADE)]),
+}
+
+
+@pytest.mark.parametrize(("orders", "command", "events"), CANCELLED_WHOLE.values(), ids=CANCELLED_WHOLE.keys())
+def test_an_order_that_cannot_trade_as_asked_is_cancelled_whole_and_changes_nothing(orders, command, events) -> None:
+    book = _book(*orders)
+    before = book.resting_orders()
+    assert command(book) == events
+    assert book.resting_orders() == before
+    book.check()
 
 
 # Rejections: each leaves the book exactly as it was.
