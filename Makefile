@@ -65,41 +65,29 @@ test: lint
 test-quick: lint
 	$(BIN)/python -m pytest -m "not slow" -n auto --maxprocesses 4 --dist loadfile
 
-bench: $(TESTING)
-	$(BIN)/python -m loadtest.bench_matching
-
-bench-exchange: $(TESTING)
-	$(BIN)/python -m loadtest.bench_exchange
-
-bench-api: $(TESTING)
-	$(BIN)/python -m loadtest.bench_api
-
-bench-feed: $(TESTING)
-	$(BIN)/python -m loadtest.bench_feed
-
+# Each benchmark and drill below is `python -m MODULE` in the test venv, MODULE set per target.
+bench: MODULE = loadtest.bench_matching
+bench-exchange: MODULE = loadtest.bench_exchange
+bench-api: MODULE = loadtest.bench_api
+bench-feed: MODULE = loadtest.bench_feed
 # Inference calls through the gateway against a fast simulated provider (loadtest/bench_inference.py).
-bench-inference: $(TESTING)
-	$(BIN)/python -m loadtest.bench_inference
+bench-inference: MODULE = loadtest.bench_inference
+# The fault drills (loadtest/README.md).
+chaos: MODULE = loadtest chaos
+# The cluster against one process, the engine through NATS, 5,000 watchers over 2 gateways (docs/cluster.md).
+bench-cluster: MODULE = loadtest.bench_cluster
+# The leader SIGKILLed 10 times, a gateway SIGKILLed and NATS restarted, under load.
+chaos-cluster: MODULE = loadtest.chaos_cluster
+# NATS, PostgreSQL, the engines and the gateways in network namespaces of their own (as root; else it skips).
+drill-hosts: MODULE = loadtest.hosts
 
-# The full load run and the fault drills (loadtest/README.md); matplotlib draws the load run's chart.
+bench bench-exchange bench-api bench-feed bench-inference chaos bench-cluster chaos-cluster drill-hosts: $(TESTING)
+	$(BIN)/python -m $(MODULE)
+
+# The full load run (loadtest/README.md); matplotlib draws its chart.
 loadtest: $(TESTING)
 	$(BIN)/python -m pip install --quiet -e '.[test,loadtest]'
 	$(BIN)/python -m loadtest run
-
-chaos: $(TESTING)
-	$(BIN)/python -m loadtest chaos
-
-# The cluster against one process, the engine through NATS, 5,000 watchers over 2 gateways (docs/cluster.md).
-bench-cluster: $(TESTING)
-	$(BIN)/python -m loadtest.bench_cluster
-
-# The leader SIGKILLed 10 times, a gateway SIGKILLed and NATS restarted, under load.
-chaos-cluster: $(TESTING)
-	$(BIN)/python -m loadtest.chaos_cluster
-
-# NATS, PostgreSQL, the engines and the gateways in network namespaces of their own (as root; else it skips).
-drill-hosts: $(TESTING)
-	$(BIN)/python -m loadtest.hosts
 
 check: $(INSTALLED)
 	$(BIN)/tokex check

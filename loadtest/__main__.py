@@ -22,6 +22,7 @@ from pathlib import Path
 from api.cli import loop_factory
 from loadtest import report
 from loadtest.chaos import ChaosOptions, chaos, chaos_passed, chaos_table
+from loadtest.drill import Crowd
 from loadtest.run import Options, run
 
 
@@ -44,10 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     load.add_argument("--out", type=Path, default=Path("var/loadtest"), help="folder for result.json and result.png")
     drills = commands.add_parser("chaos", help="fault drills under load: server killed, PostgreSQL stopped")
     chaos_defaults = ChaosOptions()
-    for name in ("kills", "outages", "open_orders", "sellers", "buyers", "watchers", "seed"):
+    for name in ("kills", "outages", "open_orders", "seed"):
         drills.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(chaos_defaults, name))
-    for name in ("outage_seconds", "spacing", "rate"):
+    for name in ("outage_seconds", "spacing"):
         drills.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(chaos_defaults, name))
+    chaos_defaults.crowd.add_arguments(drills)
     drills.add_argument("--database-url", help="serve on this PostgreSQL (then no outages: it is not ours to stop)")
     drills.add_argument("--out", type=Path, default=Path("var/chaos"), help="folder for result.json")
     return parser.parse_args(argv)
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def drill(args: argparse.Namespace) -> int:
-    options = ChaosOptions(**{name: getattr(args, name) for name in vars(ChaosOptions())})
+    options = ChaosOptions(crowd=Crowd.from_arguments(args),
+                           **{name: getattr(args, name) for name in vars(ChaosOptions()) if name != "crowd"})
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         result = runner.run(chaos(options))
     print(chaos_table(result))

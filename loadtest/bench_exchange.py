@@ -37,6 +37,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -159,32 +160,42 @@ def statement_label(sql: str) -> str:
     return " ".join(words[:2])[:40]
 
 
+@contextlib.asynccontextmanager
+async def bench_database(admin_dsn: str, settings: list[str]) -> AsyncIterator[str]:
+    """A new migrated database on ``admin_dsn``'s server, with ``settings`` (``key=value``), dropped at the end;
+    yields its DSN."""
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        dsn = urlunsplit(urlsplit(admin_dsn)._replace(path="/" + name))
+        await migrate(dsn)
+        for setting in settings:
+            key, _, value = setting.partition("=")
+            await conn.execute(f"ALTER DATABASE \"{name}\" SET {key} = '{value}'")
+        yield dsn
+    finally:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+
 async def run_once(admin_dsn: str, args: argparse.Namespace, number: int
                    ) -> tuple[Stats, Breakdown | None, cProfile.Profile | None]:
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    await admin(admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE template0')
-    dsn = with_database(admin_dsn, name)
-    try:
-        await migrate(dsn)
-        for setting in args.setting:
-            key, _, value = setting.partition("=")
-            await admin(dsn, f"ALTER DATABASE \"{name}\" SET {key} = '{value}'")
-        async with asyncpg.create_pool(dsn, min_size=1, max_size=2) as pool:
-            # The server's processes are ours to watch only when it is the embedded one.
-            backend = await pool.fetchval("SELECT pg_backend_pid()")
-            server = psutil.Process(psutil.Process(backend).ppid()) if args.dsn is None else None
-            seq = await Sequencer.open(pool)
-            try:
-                handout = min(100_000, HANDOUT_LOTS // args.submitters)
-                market = await prepare(seq, traders=args.submitters, handout=handout)
-                floor = await commit_floor(pool)
-                stats, breakdown, profiler = await measure(seq, market.traders, args, number, server)
-                stats.commit_floor = floor
-                return stats, breakdown, profiler
-            finally:
-                await seq.stop()
-    finally:
-        await admin(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with bench_database(admin_dsn, args.setting) as dsn, \
+            asyncpg.create_pool(dsn, min_size=1, max_size=2) as pool:
+        # The server's processes are ours to watch only when it is the embedded one.
+        backend = await pool.fetchval("SELECT pg_backend_pid()")
+        server = psutil.Process(psutil.Process(backend).ppid()) if args.dsn is None else None
+        seq = await Sequencer.open(pool)
+        try:
+            handout = min(100_000, HANDOUT_LOTS // args.submitters)
+            market = await prepare(seq, traders=args.submitters, handout=handout)
+            floor = await commit_floor(pool)
+            stats, breakdown, profiler = await measure(seq, market.traders, args, number, server)
+            stats.commit_floor = floor
+            return stats, breakdown, profiler
+        finally:
+            await seq.stop()
 
 
 async def measure(seq: Sequencer, accounts: list[int], args: argparse.Namespace, number: int,
@@ -338,18 +349,6 @@ def report_cprofile(profiler: cProfile.Profile, commands: int) -> None:
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(20)
     print("\n".join("    " + line for line in out.getvalue().splitlines()[:35] if line.strip()))
-
-
-async def admin(dsn: str, statement: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
-def with_database(dsn: str, database: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path="/" + database))
 
 
 async def main(args: argparse.Namespace) -> None:

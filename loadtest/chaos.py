@@ -38,8 +38,9 @@ from api.client import Client
 from exchange.database.embedded import EmbeddedPostgres
 from loadtest import durability
 from loadtest.connection import Connection
+from loadtest.drill import Crowd, all_watching, wait_for
 from loadtest.personas import TICK
-from loadtest.run import Load, Options, check, set_up
+from loadtest.run import Load, check, set_up
 from loadtest.server import Server
 from loadtest.subscriber import raise_file_limit
 from loadtest.traders import PLACED, Trader
@@ -50,23 +51,21 @@ DEEP_PRICE = 1_000 * TICK
 RESTART_TIMEOUT = 120.0
 START_TIMEOUT = 60.0
 ANSWER_TIMEOUT = 30.0
+CROWD = Crowd(sellers=6, buyers=14, watchers=50, rate=1_500.0)
 
 
 @dataclass
 class ChaosOptions:
+    database_url: str | None = None
+    """Serve on this PostgreSQL instead of one of the drills' own; it cannot be stopped, so no outages then."""
     kills: int = 3
     outages: int = 2
     outage_seconds: float = 3.0
+    open_orders: int = 100_000
+    crowd: Crowd = CROWD
     spacing: float = 6.0
     """Seconds of load before each drill, at most (at least half of it)."""
-    open_orders: int = 100_000
-    sellers: int = 6
-    buyers: int = 14
-    watchers: int = 50
-    rate: float = 1_500.0
     seed: int = 1
-    database_url: str | None = None
-    """Serve on this PostgreSQL instead of one of the drills' own; it cannot be stopped, so no outages then."""
 
 
 class Drills:
@@ -100,23 +99,13 @@ class Drills:
     async def first_ack_after(self, moment: float, timeout: float = RESTART_TIMEOUT) -> float:
         assert self.load is not None
         recorder = self.load.recorder
-        deadline = time.monotonic() + timeout
-        while recorder.last_ack <= moment:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no order was acknowledged within {timeout:g} s")
-            await asyncio.sleep(0.005)
+        if not await wait_for(lambda: recorder.last_ack > moment, timeout, 0.005):
+            raise TimeoutError(f"no order was acknowledged within {timeout:g} s")
         return recorder.last_ack
 
-    async def all_watching(self, timeout: float = 60.0) -> float | None:
-        """When every watcher is connected and subscribed to level2 and trades again; None if not in time."""
+    async def all_watching(self) -> float | None:
         assert self.load is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(w.connection is not None and w.chains["level2"].base >= 0 and w.chains["trades"].base >= 0
-                   for w in self.load.watchers):
-                return time.monotonic()
-            await asyncio.sleep(0.02)
-        return None
+        return await all_watching(self.load.watchers)
 
     def counts(self) -> tuple[int, int]:
         assert self.load is not None
@@ -233,8 +222,7 @@ async def chaos(options: ChaosOptions) -> dict[str, Any]:
         made = await asyncio.to_thread(server.tokex, "admin", "create-admin", "--name", "chaos-admin")
         url = await asyncio.to_thread(server.start)
         drills.port = int(url.rsplit(":", 1)[1])
-        load_options = Options(sellers=options.sellers, buyers=options.buyers, watchers=options.watchers,
-                               warmup=2.0, rate=options.rate, instruments=1, database_url=dsn, seed=options.seed)
+        load_options = options.crowd.options(dsn, options.seed)
         accounts = await set_up(url, (made["key_id"], made["secret"]), load_options)
         load = drills.load = Load(url, accounts, load_options)
         seconds = await load.run(0, drills.drills())

@@ -51,8 +51,9 @@ from exchange import invariants
 from loadtest import durability
 from loadtest.cluster import Backing, Cluster
 from loadtest.connection import Connection
+from loadtest.drill import Crowd, all_watching, wait_for
 from loadtest.personas import TICK
-from loadtest.run import Load, Options, check, set_up
+from loadtest.run import Load, check, set_up
 from loadtest.subscriber import raise_file_limit
 from loadtest.traders import PLACED, Trader
 
@@ -62,23 +63,8 @@ ANSWER_TIMEOUT = 30.0
 PROBE_PRICE = TICK
 """The prober's bids, 0.01 CNY: no persona sells that low, so they rest and never trade."""
 PROBE_PAUSE = 0.02
+CROWD = Crowd(sellers=4, buyers=8, watchers=40, rate=300.0)
 PROBER_ORDERS = "SELECT count(*) FROM book_order WHERE account_id = $1"
-
-
-@dataclass
-class ClusterChaosOptions:
-    kills: int = 10
-    gateway_kills: int = 1
-    nats_restarts: int = 1
-    nats_down_seconds: float = 2.0
-    spacing: float = 4.0
-    """Seconds of load before each drill, at most (at least half of it)."""
-    gateways: int = 2
-    sellers: int = 4
-    buyers: int = 8
-    watchers: int = 40
-    rate: float = 300.0
-    seed: int = 1
 
 
 @dataclass
@@ -127,6 +113,26 @@ class Prober:
             connection.transport.close()
 
 
+@dataclass
+class ClusterChaosOptions:
+    crowd: Crowd = CROWD
+    kills: int = 10
+    gateway_kills: int = 1
+    nats_restarts: int = 1
+    nats_down_seconds: float = 2.0
+    spacing: float = 4.0
+    """Seconds of load before each drill, at most (at least half of it)."""
+    gateways: int = 2
+    seed: int = 1
+
+
+def connections(pid: int) -> int:
+    """The TCP connections process ``pid`` has open (0 once it is gone)."""
+    with contextlib.suppress(psutil.Error):
+        return len(psutil.Process(pid).net_connections(kind="tcp"))
+    return 0
+
+
 class Drills:
     """A cluster on its own PostgreSQL and NATS, under load, and the faults done to it."""
 
@@ -142,24 +148,15 @@ class Drills:
     async def first_commit_after(self, moment: float, timeout: float = 60.0) -> float:
         """When the prober was first answered 201 for a request it sent after ``moment``: a command committed after
         it (an answer to a request sent before could be for a command committed before)."""
-        assert self.prober is not None
-        deadline = time.monotonic() + timeout
-        while self.prober.last_acked[0] <= moment:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no order was acknowledged within {timeout:g} s")
-            await asyncio.sleep(0.005)
-        return self.prober.last_acked[1]
+        prober = self.prober
+        assert prober is not None
+        if not await wait_for(lambda: prober.last_acked[0] > moment, timeout, 0.005):
+            raise TimeoutError(f"no order was acknowledged within {timeout:g} s")
+        return prober.last_acked[1]
 
-    async def all_watching(self, timeout: float = 60.0) -> float | None:
-        """When every watcher is connected and subscribed to level2 and trades again; None if not in time."""
+    async def all_watching(self) -> float | None:
         assert self.load is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(w.connection is not None and w.chains["level2"].base >= 0 and w.chains["trades"].base >= 0
-                   for w in self.load.watchers):
-                return time.monotonic()
-            await asyncio.sleep(0.02)
-        return None
+        return await all_watching(self.load.watchers)
 
     def errors(self) -> int:
         assert self.load is not None
@@ -233,12 +230,6 @@ class Drills:
         await asyncio.sleep(self.options.spacing / 2)
 
 
-def connections(pid: int) -> int:
-    with contextlib.suppress(psutil.Error):
-        return len(psutil.Process(pid).net_connections(kind="tcp"))
-    return 0
-
-
 async def make_prober(url: str, admin: tuple[str, str], symbol: str) -> Prober:
     async with Client(url, *admin) as boss:
         made = await boss.create_account(f"chaos-prober-{random.getrandbits(32):08x}", "trader")
@@ -260,9 +251,7 @@ async def chaos_cluster(options: ClusterChaosOptions, backing: Backing | None = 
         made = await asyncio.to_thread(cluster.tokex, "admin", "create-admin", "--name", "chaos-admin")
         admin = made["key_id"], made["secret"]
         url = await asyncio.to_thread(cluster.start)
-        load_options = Options(sellers=options.sellers, buyers=options.buyers, watchers=options.watchers,
-                               warmup=2.0, rate=options.rate, instruments=1, database_url=backing.dsn,
-                               seed=options.seed)
+        load_options = options.crowd.options(backing.dsn, options.seed)
         accounts = await set_up(url, admin, load_options)
         prober = drills.prober = await make_prober(cluster.urls[-1], admin, accounts.symbols[0])
         probing = asyncio.create_task(prober.run())
@@ -334,11 +323,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[ClusterChaosOptions, Path
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = ClusterChaosOptions()
     for name, value in asdict(defaults).items():
-        parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+        if name != "crowd":
+            parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    defaults.crowd.add_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("var/chaos-cluster"), help="folder for result.json")
-    args = vars(parser.parse_args(argv))
-    out = args.pop("out")
-    return ClusterChaosOptions(**args), out
+    args = parser.parse_args(argv)
+    drills = {name: getattr(args, name) for name in asdict(defaults) if name != "crowd"}
+    return ClusterChaosOptions(crowd=Crowd.from_arguments(args), **drills), args.out
 
 
 def main(argv: list[str] | None = None) -> int:

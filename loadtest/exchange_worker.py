@@ -9,12 +9,11 @@ GTC and IOC orders, market orders, market buys by budget, cancels and amends of 
 
 Ack log
 -------
-After each answer a client appends one JSON line, ``Ack``: the command, the kind of result and the result as
-msgspec encoded it, written with one ``write`` and made durable with ``fsync`` before the client sends its
-next command. The log is therefore what clients were told, no more: a crash test kills the worker at any
-moment and then checks that the database holds everything the log says was acknowledged. A kill may cut
-the last line short; readers skip a line that does not decode. ``contradictions`` compares a log with a
-database.
+After each answer a client appends one JSON line, ``Ack``: the command and the result, each tagged with its
+kind, written with one ``write`` and made durable with ``fsync`` before the client sends its next command. The
+log is therefore what clients were told, no more: a crash test kills the worker at any moment and then checks
+that the database holds everything the log says was acknowledged. A kill may cut the last line short; readers
+skip a line that does not decode. ``contradictions`` compares a log with a database.
 
 Setup is idempotent: every step looks at what the database already has (accounts by name, the instrument
 by symbol, balances) or uses a ``client_order_id``, so a worker killed half-way through it can be started
@@ -38,7 +37,6 @@ from exchange.commands import (
     Command,
     CreateAccount,
     Deposit,
-    Done,
     ListInstrument,
     Mint,
     OrderView,
@@ -62,7 +60,6 @@ HANDOUT = 200_000  # lots each trader buys from the issuer during setup
 CASH_EACH = 10_000_000 * 1_000_000  # 10 million CNY per account, in micro-yuan
 
 OrderCommand = PlaceOrder | CancelOrder | AmendOrder
-RESULT_TYPES: dict[str, type] = {"Rejection": Rejection, "Done": Done, "OrderView": OrderView}
 
 
 class Ack(msgspec.Struct, frozen=True):
@@ -70,14 +67,11 @@ class Ack(msgspec.Struct, frozen=True):
 
     client: int
     command: OrderCommand
-    kind: str
-    result: msgspec.Raw
-
-    def decoded(self) -> Result:
-        return msgspec.json.decode(self.result, type=RESULT_TYPES[self.kind])
+    result: Result
+    """Tagged with its kind (``exchange.commands.Result``), so it decodes back to the same struct."""
 
     def pair(self) -> tuple[OrderCommand, Result]:
-        return self.command, self.decoded()
+        return self.command, self.result
 
 
 @dataclass
@@ -191,8 +185,7 @@ class AckLog:
         self.encoder = msgspec.json.Encoder()
 
     def append(self, client: int, command: OrderCommand, result: Result) -> None:
-        ack = Ack(client, command, type(result).__name__, msgspec.Raw(self.encoder.encode(result)))
-        os.write(self.fd, self.encoder.encode(ack) + b"\n")
+        os.write(self.fd, self.encoder.encode(Ack(client, command, result)) + b"\n")
         os.fsync(self.fd)
 
     def close(self) -> None:

@@ -49,6 +49,7 @@ from exchange.broker.embedded import server_binary
 from exchange.database.embedded import PORT, EmbeddedPostgres
 from loadtest.chaos_cluster import ClusterChaosOptions, chaos_cluster, passed, table
 from loadtest.cluster import Cluster
+from loadtest.drill import Crowd
 
 SUBNET = "10.77.0"
 BRIDGE = "tkx-br0"
@@ -278,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"skipped: {reason}")
         return 0
-    options = ClusterChaosOptions(kills=args.kills, gateway_kills=0, nats_restarts=0, spacing=args.spacing,
-                                  sellers=2, buyers=4, watchers=0, rate=args.rate)
+    options = ClusterChaosOptions(crowd=Crowd(sellers=2, buyers=4, watchers=0, rate=args.rate), kills=args.kills,
+                                  gateway_kills=0, nats_restarts=0, spacing=args.spacing)
     result = asyncio.run(drill(options))
     print(table(result))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -50,9 +50,21 @@ QUALITIES = (90, 75, 60)
 
 
 @dataclass
+class Accounts:
+    symbols: list[str]
+    group: str
+    """The substitution group of every instrument of the run, for routed orders and packages."""
+    sellers: list[tuple[str, str]]
+    buyers: list[tuple[str, str]]
+
+
+@dataclass
 class Options:
     """What to run; the defaults are the full run's."""
 
+    url: str | None = None
+    """The running server to target; None: start one (``loadtest.server``)."""
+    database_url: str | None = None
     sellers: int = 20
     buyers: int = 50
     watchers: int = 500
@@ -61,18 +73,7 @@ class Options:
     rate: float = 6_000.0
     """Requests a second that the personas aim at together (orders, cancels and the odd mint)."""
     instruments: int = 2
-    url: str | None = None
-    database_url: str | None = None
     seed: int = 1
-
-
-@dataclass
-class Accounts:
-    symbols: list[str]
-    group: str
-    """The substitution group of every instrument of the run, for routed orders and packages."""
-    sellers: list[tuple[str, str]]
-    buyers: list[tuple[str, str]]
 
 
 async def set_up(url: str, admin: tuple[str, str], options: Options) -> Accounts:

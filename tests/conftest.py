@@ -29,21 +29,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from exchange.database.embedded import EmbeddedPostgres
+from exchange.lifetime import is_running
 from tests.support.api_server import Live, live_server
 from tests.support.databases import fresh_database, reachable_temp_home
 from tests.support.fuzz import Fuzz, set_up_fuzz
-
-
-def _running(pid: int) -> bool:
-    # An exited server may stay a zombie until init reaps it; that counts as stopped.
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +81,7 @@ def reachable_home() -> Iterator[Path]:
             # Immediate shutdown: the test is over and may have failed half-way.
             os.kill(pid, signal.SIGQUIT)
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and _running(pid):
+            while time.monotonic() < deadline and is_running(pid):
                 time.sleep(0.05)
         shutil.rmtree(home, ignore_errors=True)
 

@@ -8,15 +8,13 @@ import time
 from datetime import datetime, timedelta
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-import asyncpg
 import httpx
 import pytest
 
 from api import download_links
 from api.client import ApiError, Client
-from exchange import invariants
 from exchange.dataset_files import CHUNK_BYTES
-from tests.support.api_server import Live, unique
+from tests.support.api_server import unique
 
 TERMS = {"permitted_use": ["research", "internal"], "redistribution": False, "attribution": "Steel QC Ltd.",
          "text": "Use for research and internal analysis only. Do not share the data."}
@@ -41,14 +39,6 @@ async def dataset(admin: Client, new_account):
     await issuer.place_order(symbol, "sell", price="2.00", qty=4)
     await buyer.place_order(symbol, "buy", price="2.00", qty=4)
     return symbol, issuer, buyer, stored
-
-
-async def check(live: Live) -> list[str]:
-    conn = await asyncpg.connect(live.dsn)
-    try:
-        return await invariants.problems(conn)
-    finally:
-        await conn.close()
 
 
 async def fetch(url: str) -> httpx.Response:
@@ -89,7 +79,7 @@ async def test_terms_are_public_and_versioned_and_a_redemption_accepts_the_curre
         (redemption["id"], symbol, 2, None)
     assert datetime.fromisoformat(grant["expires_at"]) - datetime.fromisoformat(grant["created_at"]) == \
         timedelta(days=2 * 30)
-    assert await check(live) == []
+    assert await live.problems() == []
 
 
 async def test_only_the_issuer_publishes_terms_and_bad_terms_change_nothing(dataset, new_account):
@@ -131,7 +121,7 @@ async def test_downloads_go_through_signed_links_and_are_metered(live, dataset):
     with pytest.raises(ApiError) as refused:
         await buyer.download_link(stored["id"])
     assert refused.value.code == "no_access"
-    assert await check(live) == []
+    assert await live.problems() == []
 
 
 async def test_tampered_and_expired_links_are_refused_and_count_nothing(live, dataset, new_account):

@@ -13,7 +13,6 @@ from api.client import ApiError, Client
 from api.inference.gateway import TOKENS_PER_MESSAGE
 from api.inference.simulated import TOKENS_PER_MESSAGE as SIMULATED_PER_MESSAGE
 from api.keys import bearer_token
-from exchange import invariants
 from tests.support.api_server import Live, unique
 from tests.support.feed import FeedClient, signed_user
 from tests.support.providers import simulated_provider
@@ -91,14 +90,6 @@ async def settled(buyer: Client, symbol: str) -> dict:
     raise AssertionError(f"a call on {symbol} is still unsettled: {found}")
 
 
-async def check(live: Live) -> None:
-    conn = await asyncpg.connect(live.dsn)
-    try:
-        assert await invariants.problems(conn) == []
-    finally:
-        await conn.close()
-
-
 async def test_a_call_reserves_its_worst_case_and_is_charged_what_was_delivered(live: Live, served: Served) -> None:
     sent: list[httpx.Request] = []
 
@@ -136,7 +127,7 @@ async def test_a_call_reserves_its_worst_case_and_is_charged_what_was_delivered(
     (used,) = (await served.buyer.usage())["items"]
     assert (used["id"], used["provider_id"], used["completion_tokens"]) == (delivery["id"], provider["id"], 10)
     await client.close()
-    await check(live)
+    assert await live.problems() == []
 
 
 async def test_a_streamed_call_relays_the_same_reply_and_settles_before_it_ends(live: Live, served: Served) -> None:
@@ -148,7 +139,7 @@ async def test_a_streamed_call_relays_the_same_reply_and_settles_before_it_ends(
     assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (HELLO_PROMPT, 7)
     after = await settled(served.buyer, served.symbol)
     assert (after["reserved"], after["used"]) == (0, 2 * (HELLO_PROMPT + 7))
-    await check(live)
+    assert await live.problems() == []
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -173,7 +164,7 @@ async def test_a_provider_failing_mid_call_is_replaced_by_another(live: Live, ad
     (provider,) = await second.providers()
     assert (provider["delivered"], provider["obligation"]) == (HELLO_PROMPT + 5, -(HELLO_PROMPT + 5))
     assert second_account["id"] == provider["account_id"]
-    await check(live)
+    assert await live.problems() == []
 
 
 async def compute_issuer_of(admin: Client, new_account, symbol: str) -> tuple[str, dict, Client]:
@@ -297,7 +288,7 @@ async def test_a_caller_leaving_a_stream_is_charged_what_was_relayed(live: Live,
     assert 0 < after["used"] <= HELLO_PROMPT + 60
     (delivery,) = (await served.issuer.deliveries(served.provider_id))["items"]
     assert delivery["status"] == "ok" and delivery["prompt_tokens"] + delivery["completion_tokens"] == after["used"]
-    await check(live)
+    assert await live.problems() == []
 
 
 async def test_bad_calls_get_clear_errors_and_hold_nothing(live: Live, served: Served) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import shutil
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -20,22 +19,17 @@ from api.feed.limits import FeedLimits
 from api.ratelimit import RateLimiter, RateLimits
 from api.shared_limits import SharedLimits
 from exchange.broker.connection import connect
-from exchange.broker.embedded import EmbeddedNats
 from exchange.broker.subjects import LIMITS
 from tests.support.api_server import Live, bootstrap, serve
-from tests.support.databases import fresh_database, reachable_temp_home
+from tests.support.broker import nats_server
+from tests.support.databases import fresh_database
 from tests.support.feed import FeedClient, on_server
 
 
 @pytest.fixture(scope="module")
 def nats_url() -> Iterator[str]:
-    home = reachable_temp_home("tokex-limits-")
-    server = EmbeddedNats(home, port=0)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        shutil.rmtree(home, ignore_errors=True)
+    with nats_server("tokex-limits-") as url:
+        yield url
 
 
 class Gateway:
@@ -84,28 +78,28 @@ async def test_a_key_that_spent_its_burst_on_one_gateway_is_refused_on_the_other
     assert 0.5 < one.keys.wait("tk_a") <= 1.0
 
 
+async def burst(gateways: list[Gateway], key: str, seconds: float) -> tuple[int, float]:
+    """Take ``key`` on every gateway in turn for ``seconds``; how many takes were admitted, and in how long."""
+    admitted = 0
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        for gateway in gateways:
+            admitted += gateway.keys.take(key) == 0.0
+        await asyncio.sleep(0.002)
+    return admitted, time.monotonic() - started
+
+
 async def test_a_burst_on_two_gateways_at_once_overshoots_once_and_within_the_stated_bound(gateways):
-    rate, burst = 20.0, 10
-    one, two = await gateways(rate=rate, burst=burst), await gateways(rate=rate, burst=burst)
-    admitted = 0
-    started = time.monotonic()
-    while time.monotonic() - started < 1.5:
-        for gateway in (one, two):
-            admitted += gateway.keys.take("tk_b") == 0.0
-        await asyncio.sleep(0.002)
-    elapsed = time.monotonic() - started
+    rate, burst_size = 20.0, 10
+    pair = [await gateways(rate=rate, burst=burst_size), await gateways(rate=rate, burst=burst_size)]
+    admitted, elapsed = await burst(pair, "tk_b", 1.5)
     delay = 0.15  # INTERVAL plus the transit and this loop's turns, generously
-    assert admitted <= burst + rate * elapsed + (burst + rate * delay)
+    assert admitted <= burst_size + rate * elapsed + (burst_size + rate * delay)
     # Without sharing the two would have let through twice the limit.
-    assert admitted < 2 * (burst + rate * elapsed) - burst
+    assert admitted < 2 * (burst_size + rate * elapsed) - burst_size
     # The debt paid back, the pair holds the rate of one bucket from now on.
-    admitted = 0
-    started = time.monotonic()
-    while time.monotonic() - started < 1.0:
-        for gateway in (one, two):
-            admitted += gateway.keys.take("tk_b") == 0.0
-        await asyncio.sleep(0.002)
-    assert admitted <= rate * (time.monotonic() - started) + rate * delay + 1
+    admitted, elapsed = await burst(pair, "tk_b", 1.0)
+    assert admitted <= rate * elapsed + rate * delay + 1
 
 
 async def test_connections_open_on_one_gateway_count_on_the_other_until_it_goes_silent(gateways):

@@ -7,25 +7,18 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
 
-from exchange.broker.embedded import EmbeddedNats
-from tests.support.databases import reachable_temp_home
+from tests.support.broker import nats_server as embedded_nats
 
 
 @pytest.fixture(scope="module")
 def nats_server() -> Iterator[str]:
-    home = reachable_temp_home("tokex-nats-")
-    server = EmbeddedNats(home, port=0)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        shutil.rmtree(home, ignore_errors=True)
+    with embedded_nats("tokex-nats-") as url:
+        yield url
 
 
 @pytest.fixture

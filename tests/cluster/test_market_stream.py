@@ -7,12 +7,10 @@ process as the one-process server feeds it: same levels, seqs and checksums.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import shutil
-import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +28,7 @@ from exchange.broker.market_stream import MarketStreamPublisher
 from exchange.commands import CancelOrder, Deposit, PlaceOrder
 from exchange.database.migrations import migrate
 from exchange.sequencer import Sequencer
-from tests.support.databases import reachable_temp_home
+from tests.support.broker import nats_home
 from tests.support.engine import ASK, BID, COMPUTE, DATASET, TICK, Market, open_market_through
 
 GRACE = 0.5
@@ -39,13 +37,8 @@ GRACE = 0.5
 
 @pytest.fixture
 def home() -> Iterator[Path]:
-    path = reachable_temp_home("tokex-md-")
-    try:
+    with nats_home("tokex-md-") as path:
         yield path
-    finally:
-        for pid in EmbeddedNats(path).running_servers():
-            os.kill(pid, signal.SIGKILL)  # the test is over and may have failed half-way
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -130,6 +123,21 @@ async def start_gateway(pool: asyncpg.Pool, url: str) -> Gateway:
     return Gateway(follower, view, hub, nc, accounts)
 
 
+@asynccontextmanager
+async def engine_and_gateway(pool: asyncpg.Pool, url: str) -> AsyncIterator[tuple[Engine, Gateway, Market]]:
+    """A leading engine, a gateway following it, then the test market opened through the engine; both stopped at
+    the end."""
+    engine = await start_engine(pool, url)
+    try:
+        gateway = await start_gateway(pool, url)
+        try:
+            yield engine, gateway, await open_market_through(engine.sequencer)
+        finally:
+            await gateway.stop()
+    finally:
+        await engine.stop()
+
+
 def ladders(hub: Hub, chains: bool = True) -> dict:
     """What a feed client sees of every book: levels, seq and the level2 checksum, and with ``chains`` the seqs of
     the last level2 and trades messages (which a reload sets to the snapshot's seq, as in one process)."""
@@ -176,11 +184,7 @@ async def flow(engine: Engine, market: Market, commands: int, rng: random.Random
 
 
 async def test_a_followers_ladders_and_checksums_equal_the_engines(pool, nats_server):
-    engine = await start_engine(pool, nats_server.url)
-    gateway = None
-    try:
-        gateway = await start_gateway(pool, nats_server.url)
-        market = await open_market_through(engine.sequencer)
+    async with engine_and_gateway(pool, nats_server.url) as (engine, gateway, market):
         await flow(engine, market, 200, random.Random(3))
         await caught_up(engine, gateway)
         assert {COMPUTE, DATASET} <= set(ladders(gateway.hub))
@@ -188,10 +192,6 @@ async def test_a_followers_ladders_and_checksums_equal_the_engines(pool, nats_se
         # One message per instrument per batch: fewer than the commands.
         info = await engine.nc.jetstream().stream_info(subjects.MARKET_DATA_STREAM)
         assert 0 < info.state.messages <= sum(len({symbol for symbol, _ in batch}) for batch, _ in engine.batches)
-    finally:
-        if gateway is not None:
-            await gateway.stop()
-        await engine.stop()
 
 
 async def test_a_follower_started_late_catches_up_from_the_stream(pool, nats_server):
@@ -214,11 +214,7 @@ async def test_a_follower_started_late_catches_up_from_the_stream(pool, nats_ser
 
 
 async def test_a_missing_batch_is_detected_and_repaired_from_postgresql(pool, nats_server):
-    engine = await start_engine(pool, nats_server.url)
-    gateway = None
-    try:
-        gateway = await start_gateway(pool, nats_server.url)
-        market = await open_market_through(engine.sequencer)
+    async with engine_and_gateway(pool, nats_server.url) as (engine, gateway, market):
         await flow(engine, market, 40, random.Random(8))
         await caught_up(engine, gateway)
 
@@ -236,18 +232,10 @@ async def test_a_missing_batch_is_detected_and_repaired_from_postgresql(pool, na
             await engine.publisher.resync(conn)
         await caught_up(engine, gateway, chains=False)
         assert gateway.follower.reloads == 2
-    finally:
-        if gateway is not None:
-            await gateway.stop()
-        await engine.stop()
 
 
 async def test_publishing_the_same_batch_again_changes_nothing(pool, nats_server):
-    engine = await start_engine(pool, nats_server.url)
-    gateway = None
-    try:
-        gateway = await start_gateway(pool, nats_server.url)
-        market = await open_market_through(engine.sequencer)
+    async with engine_and_gateway(pool, nats_server.url) as (engine, gateway, market):
         await flow(engine, market, 40, random.Random(9))
         await caught_up(engine, gateway)
         js = engine.nc.jetstream()
@@ -267,18 +255,10 @@ async def test_publishing_the_same_batch_again_changes_nothing(pool, nats_server
         assert (await js.stream_info(subjects.MARKET_DATA_STREAM)).state.messages == before
         assert ladders(gateway.hub) == seen
         assert gateway.follower.reloads == 0
-    finally:
-        if gateway is not None:
-            await gateway.stop()
-        await engine.stop()
 
 
 async def test_account_events_arrive_for_a_deposit(pool, nats_server):
-    engine = await start_engine(pool, nats_server.url)
-    gateway = None
-    try:
-        gateway = await start_gateway(pool, nats_server.url)
-        market = await open_market_through(engine.sequencer)
+    async with engine_and_gateway(pool, nats_server.url) as (engine, gateway, market):
         await until(lambda: any(e.account_id == market.bob for e in gateway.accounts))
         gateway.accounts.clear()
         await engine.sequencer.submit(Deposit(market.bob, 12_500_000))
@@ -299,20 +279,12 @@ async def test_account_events_arrive_for_a_deposit(pool, nats_server):
         assert {b.asset for b in bob.balances} == {"CNY", COMPUTE}
         assert bob.seqs[COMPUTE] == engine.view.books[COMPUTE].seq
         assert gateway.follower.reloads == 0
-    finally:
-        if gateway is not None:
-            await gateway.stop()
-        await engine.stop()
 
 
 async def test_a_heavy_batch_of_account_events_is_split_over_numbered_messages(pool, nats_server, monkeypatch):
     # Every account's events over the limit: each goes in a message of its own, numbered one after the other.
     monkeypatch.setattr(market_stream, "MAX_ACCOUNT_MESSAGE_BYTES", 1)
-    engine = await start_engine(pool, nats_server.url)
-    gateway = None
-    try:
-        gateway = await start_gateway(pool, nats_server.url)
-        market = await open_market_through(engine.sequencer)
+    async with engine_and_gateway(pool, nats_server.url) as (engine, gateway, market):
         await engine.sequencer.submit(PlaceOrder(market.issuer, COMPUTE, "sell", price=ASK, qty=2))
         await until(lambda: engine.publisher.pending == 0)
         numbered = engine.publisher.accounts_settled
@@ -323,10 +295,6 @@ async def test_a_heavy_batch_of_account_events_is_split_over_numbered_messages(p
         assert sorted(e.account_id for e in gateway.accounts) == sorted([market.bob, market.issuer])
         await asyncio.sleep(3 * GRACE)  # settled counts compared meanwhile: nothing is missing
         assert gateway.follower.reloads == 0
-    finally:
-        if gateway is not None:
-            await gateway.stop()
-        await engine.stop()
 
 
 async def test_the_stream_resumes_by_itself_when_nats_restarts(pool, home):
@@ -335,25 +303,19 @@ async def test_the_stream_resumes_by_itself_when_nats_restarts(pool, home):
         port = probe.getsockname()[1]
     server = EmbeddedNats(home, port=port)
     url = await server.start_async()
-    engine = await start_engine(pool, url)
-    gateway = None
     try:
-        gateway = await start_gateway(pool, url)
-        market = await open_market_through(engine.sequencer)
-        await flow(engine, market, 40, random.Random(10))
-        await caught_up(engine, gateway)
+        async with engine_and_gateway(pool, url) as (engine, gateway, market):
+            await flow(engine, market, 40, random.Random(10))
+            await caught_up(engine, gateway)
 
-        await server.stop_async()
-        # Committed while NATS is away: queued by the publisher, sent once it is back.
-        await flow(engine, market, 40, random.Random(11))
-        assert engine.publisher.pending > 0
-        server = EmbeddedNats(home, port=port)
-        assert await server.start_async() == url
-        await flow(engine, market, 40, random.Random(12))
-        await caught_up(engine, gateway, chains=False)
-        await until(lambda: engine.publisher.pending == 0)
+            await server.stop_async()
+            # Committed while NATS is away: queued by the publisher, sent once it is back.
+            await flow(engine, market, 40, random.Random(11))
+            assert engine.publisher.pending > 0
+            server = EmbeddedNats(home, port=port)
+            assert await server.start_async() == url
+            await flow(engine, market, 40, random.Random(12))
+            await caught_up(engine, gateway, chains=False)
+            await until(lambda: engine.publisher.pending == 0)
     finally:
-        if gateway is not None:
-            await gateway.stop()
-        await engine.stop()
         await server.stop_async()

@@ -7,8 +7,10 @@
     module_exchange         module: the same on a database of its own, shared by the tests of one module that
                             use it (they run on the module's event loop: ``asyncio(loop_scope="module")``); for
                             tests that assert they changed nothing, where a new database each would only cost time
+    desk                    function: an in-memory engine (``tests.support.engine.Desk``), no database
+    market                  function: the test market opened on ``desk`` (``tests.support.engine.open_market``)
 
-Everything runs against the real PostgreSQL of the session (see ``tests/conftest.py``); nothing is mocked.
+Everything but the desk runs against the real PostgreSQL of the session (see ``tests/conftest.py``); nothing is mocked.
 """
 
 from collections.abc import AsyncIterator
@@ -20,7 +22,7 @@ import pytest_asyncio
 
 from exchange.sequencer import Sequencer
 from tests.support.databases import create_database, drop_database
-from tests.support.engine import assert_invariants
+from tests.support.engine import Desk, Market, assert_invariants, open_market
 
 
 class Databases:
@@ -74,3 +76,13 @@ async def module_exchange(databases: Databases) -> AsyncIterator[Sequencer]:
             yield sequencer
     finally:
         await databases.drop(name)
+
+
+@pytest.fixture
+def desk() -> Desk:
+    return Desk()
+
+
+@pytest.fixture
+def market(desk: Desk) -> Market:
+    return open_market(desk)

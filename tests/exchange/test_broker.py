@@ -29,6 +29,7 @@ from exchange.broker import connection, subjects
 from exchange.broker.connection import connect, display_url, nats_url
 from exchange.broker.embedded import EmbeddedNats, EmbeddedNatsError, server_binary
 from exchange.lifetime import is_running
+from tests.support.broker import nats_home, wait_gone
 from tests.support.databases import reachable_temp_home
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,22 +49,8 @@ CHILD = textwrap.dedent(
 
 @pytest.fixture
 def home() -> Iterator[Path]:
-    path = reachable_temp_home("tokex-nats-")
-    try:
+    with nats_home("tokex-nats-") as path:
         yield path
-    finally:
-        for pid in EmbeddedNats(path).running_servers():
-            # The test is over and may have failed half-way.
-            os.kill(pid, signal.SIGKILL)
-            wait_gone(pid)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def wait_gone(pid: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while is_running(pid):
-        assert time.monotonic() < deadline, f"process {pid} still runs"
-        time.sleep(0.02)
 
 
 def spawn(home: Path) -> subprocess.Popen:

@@ -101,7 +101,7 @@ async def check_recovery(dsn: str, acks: list, run: int) -> None:
         seq = await Sequencer.open(pool)
         try:
             # Sending an acknowledged client order id again answers with the original order, changing nothing.
-            placed = [(ack.command, ack.decoded()) for ack in acks if isinstance(ack.command, PlaceOrder)]
+            placed = [(ack.command, ack.result) for ack in acks if isinstance(ack.command, PlaceOrder)]
             placed = [(command, result) for command, result in placed if isinstance(result, OrderView)]
             assert placed, "the kill came before any order was acknowledged"
             again = await asyncio.gather(*(seq.submit(command) for command, _ in placed))

@@ -2,25 +2,13 @@
 
 from datetime import timedelta
 
-import pytest
-
 from exchange.commands import Command, Done, Download, Mint, PublishTerms, Redeem, Result
 from exchange.datasets import LAST_DAY
 from exchange.sequencer import EPOCH
-from tests.support.engine import AT, COMPUTE, DATASET, Desk, Market, open_market
+from tests.support.engine import AT, COMPUTE, DATASET, Desk, Market
 
 FILE = 7
 """A file id: the engine trusts the API to have found the file; the database's key checks it."""
-
-
-@pytest.fixture
-def desk() -> Desk:
-    return Desk()
-
-
-@pytest.fixture
-def market(desk: Desk) -> Market:
-    return open_market(desk)
 
 
 def terms(issuer: int, days: int | None = None, downloads: int | None = None) -> PublishTerms:

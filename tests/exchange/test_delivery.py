@@ -37,11 +37,6 @@ LOT = 1_000_000
 
 
 @pytest.fixture
-def desk() -> Desk:
-    return Desk()
-
-
-@pytest.fixture
 def market(desk: Desk) -> Market:
     """The test market, with bob holding 100 COMPUTE lots bought from the issuer."""
     market = open_market(desk)

@@ -52,18 +52,7 @@ from tests.support.engine import (
     Market,
     engine_state,
     make_busy,
-    open_market,
 )
-
-
-@pytest.fixture
-def desk() -> Desk:
-    return Desk()
-
-
-@pytest.fixture
-def market(desk: Desk) -> Market:
-    return open_market(desk)
 
 
 @pytest.fixture
@@ -93,15 +82,16 @@ REFUSALS: dict[str, tuple[Callable[[Market], Command], str]] = {
     "approve for an unknown instrument": (lambda m: ApproveIssuer(m.issuer, "NOPE", 1), "unknown_instrument"),
     "cancel all of an unknown instrument": (lambda m: CancelAll(m.alice, "NOPE"), "unknown_instrument"),
     "halt an unknown instrument": (lambda m: SetInstrumentStatus("NOPE", "halted"), "unknown_instrument"),
-    # Roles and approvals.
-    "admin places an order": (lambda m: PlaceOrder(m.admin, COMPUTE, "buy", price=BID, qty=1), "not_permitted"),
-    "trader mints": (lambda m: Mint(m.alice, COMPUTE, 1), "not_permitted"),
-    "trader burns": (lambda m: Burn(m.alice, COMPUTE, 1), "not_permitted"),
-    "unapproved issuer mints": (lambda m: Mint(m.rival, COMPUTE, 1), "not_approved"),
+    # Approvals.
     "approve a trader as issuer": (lambda m: ApproveIssuer(m.alice, COMPUTE, 10), "not_permitted"),
     "approve another issuer for a dataset": (lambda m: ApproveIssuer(m.rival, DATASET, 10), "not_permitted"),
     "approve a negative capacity": (lambda m: ApproveIssuer(m.rival, COMPUTE, -1), "invalid_qty"),
     "capacity below what is minted": (lambda m: ApproveIssuer(m.issuer, COMPUTE, 4_999), "capacity_below_issued"),
+    "unapproved issuer mints": (lambda m: Mint(m.rival, COMPUTE, 1), "not_approved"),
+    # Roles.
+    "admin places an order": (lambda m: PlaceOrder(m.admin, COMPUTE, "buy", price=BID, qty=1), "not_permitted"),
+    "trader mints": (lambda m: Mint(m.alice, COMPUTE, 1), "not_permitted"),
+    "trader burns": (lambda m: Burn(m.alice, COMPUTE, 1), "not_permitted"),
     # Minting, burning, redeeming.
     "mint over capacity": (lambda m: Mint(m.issuer, COMPUTE, 5_001), "over_capacity"),
     "mint over the supply cap": (lambda m: Mint(m.issuer, DATASET, 51), "over_supply_cap"),

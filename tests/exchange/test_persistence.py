@@ -10,16 +10,7 @@ import pytest
 import pytest_asyncio
 
 from exchange import fees, store
-from exchange.commands import (
-    AmendOrder,
-    CancelOrder,
-    Command,
-    CreateAccount,
-    Deposit,
-    Mint,
-    PlaceOrder,
-    Withdraw,
-)
+from exchange.commands import AmendOrder, CancelOrder, Command, CreateAccount, Deposit, Mint, PlaceOrder, Withdraw
 from exchange.ledger import CASH, FEES
 from exchange.sequencer import Sequencer
 from tests.support.engine import (

@@ -10,18 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exchange import fees, route_planner, routed_orders
-from exchange.commands import (
-    ApproveIssuer,
-    CreateAccount,
-    Deposit,
-    ListInstrument,
-    Mint,
-    OrderView,
-    PlaceOrder,
-    RouteOrder,
-)
+from exchange.commands import ApproveIssuer, CreateAccount, Deposit, ListInstrument, Mint, PlaceOrder, RouteOrder
 from exchange.engine import Engine
-from exchange.records import RoutedOrder
+from exchange.records import OrderView, RoutedOrder
 from matching.types import BUY, SELL
 
 TICK = 10_000

@@ -3,8 +3,6 @@ its end, cancelling at the period's end, and refusals that change nothing."""
 
 from datetime import timedelta
 
-import pytest
-
 from exchange import fees, subscriptions
 from exchange.commands import (
     CancelSubscription,
@@ -19,23 +17,13 @@ from exchange.commands import (
 )
 from exchange.ledger import CASH, FEES
 from exchange.sequencer import EPOCH
-from tests.support.engine import AT, COMPUTE, DATASET, DEPOSIT, Desk, Market, open_market
+from tests.support.engine import AT, COMPUTE, DATASET, DEPOSIT, Desk, Market
 
 PRICE = 9_900_000
 """9.9 CNY a month."""
 TOKENS = 10_000_000
 FEE = fees.fee_on(PRICE, fees.rate_ppm(20, 100))
 """COMPUTE's taker rate, 20 bps: 19,800 micro-yuan."""
-
-
-@pytest.fixture
-def desk() -> Desk:
-    return Desk()
-
-
-@pytest.fixture
-def market(desk: Desk) -> Market:
-    return open_market(desk)
 
 
 def at(desk: Desk, command: Command, later: timedelta) -> Result:

@@ -7,6 +7,7 @@ import pytest
 from loadtest import bench_cluster
 from loadtest.bench_cluster import capacity
 from loadtest.chaos_cluster import ClusterChaosOptions, chaos_cluster, passed, table
+from loadtest.drill import Crowd
 from loadtest.hosts import drill, unavailable
 
 
@@ -20,8 +21,8 @@ def test_the_capacity_table_adds_gateways_until_the_engine_is_full():
 
 @pytest.mark.slow
 async def test_the_cluster_keeps_every_acknowledged_order_through_leader_gateway_and_nats_faults():
-    options = ClusterChaosOptions(kills=1, gateway_kills=1, nats_restarts=1, spacing=1.5, sellers=2, buyers=3,
-                                  watchers=4, rate=100.0)
+    options = ClusterChaosOptions(crowd=Crowd(sellers=2, buyers=3, watchers=4, rate=100.0), kills=1, gateway_kills=1,
+                                  nats_restarts=1, spacing=1.5)
     result = await chaos_cluster(options)
     assert passed(result), table(result)
     assert sorted(d["drill"] for d in result["drills"]) == ["gateway", "leader", "nats"]
@@ -46,7 +47,7 @@ async def test_the_cluster_runs_across_network_namespaces():
     reason = unavailable()
     if reason:
         pytest.skip(reason)
-    options = ClusterChaosOptions(kills=1, gateway_kills=0, nats_restarts=0, spacing=1.5, sellers=2, buyers=2,
-                                  watchers=0, rate=60.0)
+    options = ClusterChaosOptions(crowd=Crowd(sellers=2, buyers=2, watchers=0, rate=60.0), kills=1, gateway_kills=0,
+                                  nats_restarts=0, spacing=1.5)
     result = await drill(options)
     assert passed(result), table(result)

@@ -14,7 +14,6 @@ end of a run; runs go on until enough steps were checked.
 import contextlib
 from collections import Counter
 
-import asyncpg
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
@@ -23,7 +22,6 @@ from schemathesis.core.failures import Failure, FailureGroup
 
 from api.app import ENDPOINTS
 from api.openapi import document
-from exchange import invariants
 from tests.support.fuzz import CHECKS
 
 pytestmark = pytest.mark.slow  # a fuzzer
@@ -65,8 +63,4 @@ def test_api_workflows_conform_to_the_document(live, fuzz):
 
 
 async def test_invariants_hold_after_the_workflows(live):
-    conn = await asyncpg.connect(live.dsn)
-    try:
-        assert await invariants.problems(conn) == []
-    finally:
-        await conn.close()
+    assert await live.problems() == []

@@ -45,107 +45,153 @@ def _trade(price, qty, maker, maker_account, taker, taker_account, taker_side, m
                  maker_remaining=maker_remaining)
 
 
-# Limit orders
+# Matching, by example: a book, one command, then its events and what rests after.
+
+EXAMPLES = {
+    # Limit orders.
+    "limit that does not cross rests behind its level": (
+        [(1, 7, SELL, 100, 5)], lambda b: b.limit(S, T, 2, 8, SELL, 100, 3),
+        [Accepted(S, T, 2, 8, SELL, 100, 3), LevelChanged(S, T, SELL, 100, 8)],
+        [(SELL, 100, 1, 5), (SELL, 100, 2, 3)]),
+    "limit that crosses trades at the makers price and rests the rest": (
+        [(1, 7, SELL, 100, 5)], lambda b: b.limit(S, T, 2, 8, BUY, 120, 8),
+        [Accepted(S, T, 2, 8, BUY, 120, 8), _trade(100, 5, 1, 7, 2, 8, BUY, 0), LevelChanged(S, T, SELL, 100, 0),
+         LevelChanged(S, T, BUY, 120, 3)],
+        [(BUY, 120, 2, 3)]),
+    "sell limit below the bid trades at the bid": (
+        [(1, 7, BUY, 100, 2)], lambda b: b.limit(S, T, 2, 8, SELL, 80, 1),
+        [Accepted(S, T, 2, 8, SELL, 80, 1), _trade(100, 1, 1, 7, 2, 8, SELL, 1), LevelChanged(S, T, BUY, 100, 1)],
+        [(BUY, 100, 1, 1)]),
+    "ioc fills what it can and expires the rest": (
+        [(1, 7, SELL, 100, 2), (2, 7, SELL, 120, 4)], lambda b: b.limit(S, T, 3, 8, BUY, 110, 5, tif=IOC),
+        [Accepted(S, T, 3, 8, BUY, 110, 5), _trade(100, 2, 1, 7, 3, 8, BUY, 0), LevelChanged(S, T, SELL, 100, 0),
+         Cancelled(S, T, 3, 8, 3, EXPIRED)],
+        [(SELL, 120, 2, 4)]),
+    "fok that can fill trades its whole qty": (
+        [(1, 7, SELL, 100, 2), (2, 6, SELL, 110, 3)], lambda b: b.limit(S, T, 3, 8, BUY, 110, 5, tif=FOK),
+        [Accepted(S, T, 3, 8, BUY, 110, 5), _trade(100, 2, 1, 7, 3, 8, BUY, 0), LevelChanged(S, T, SELL, 100, 0),
+         _trade(110, 3, 2, 6, 3, 8, BUY, 0), LevelChanged(S, T, SELL, 110, 0)],
+        []),
+    # Market orders.
+    "market buy walks the asks and expires the rest": (
+        [(1, 7, SELL, 100, 2), (2, 6, SELL, 110, 1)], lambda b: b.market(S, T, 3, 8, BUY, 5),
+        [Accepted(S, T, 3, 8, BUY, None, 5), _trade(100, 2, 1, 7, 3, 8, BUY, 0), LevelChanged(S, T, SELL, 100, 0),
+         _trade(110, 1, 2, 6, 3, 8, BUY, 0), LevelChanged(S, T, SELL, 110, 0), Cancelled(S, T, 3, 8, 2, EXPIRED)],
+        []),
+    "market sell takes the highest bids first": (
+        [(1, 7, BUY, 90, 5), (2, 6, BUY, 100, 1)], lambda b: b.market(S, T, 3, 8, SELL, 3),
+        [Accepted(S, T, 3, 8, SELL, None, 3), _trade(100, 1, 2, 6, 3, 8, SELL, 0), LevelChanged(S, T, BUY, 100, 0),
+         _trade(90, 2, 1, 7, 3, 8, SELL, 3), LevelChanged(S, T, BUY, 90, 3)],
+        [(BUY, 90, 1, 3)]),
+    # Market buys by budget.
+    "budget buy spends whole lots and expires the unspent rest": (
+        [(1, 7, SELL, 100, 2), (2, 6, SELL, 150, 5)], lambda b: b.buy_with_budget(S, T, 3, 8, 480),
+        [Accepted(S, T, 3, 8, BUY, None, None, 480), _trade(100, 2, 1, 7, 3, 8, BUY, 0),
+         LevelChanged(S, T, SELL, 100, 0), _trade(150, 1, 2, 6, 3, 8, BUY, 4), LevelChanged(S, T, SELL, 150, 4),
+         Cancelled(S, T, 3, 8, 0, EXPIRED)],
+        [(SELL, 150, 2, 4)]),
+    "budget buy stops at the first lot it cannot afford": (
+        [(1, 7, SELL, 100, 1), (2, 6, SELL, 300, 5), (3, 5, SELL, 310, 5)],
+        lambda b: b.buy_with_budget(S, T, 4, 8, 250),
+        [Accepted(S, T, 4, 8, BUY, None, None, 250), _trade(100, 1, 1, 7, 4, 8, BUY, 0),
+         LevelChanged(S, T, SELL, 100, 0), Cancelled(S, T, 4, 8, 0, EXPIRED)],
+        [(SELL, 300, 2, 5), (SELL, 310, 3, 5)]),
+    "budget spent exactly closes the order without a cancel": (
+        [(1, 7, SELL, 100, 5)], lambda b: b.buy_with_budget(S, T, 2, 8, 300),
+        [Accepted(S, T, 2, 8, BUY, None, None, 300), _trade(100, 3, 1, 7, 2, 8, BUY, 2),
+         LevelChanged(S, T, SELL, 100, 2)],
+        [(SELL, 100, 1, 2)]),
+    # Priority.
+    "orders at one price fill oldest first": (
+        [(1, 7, SELL, 100, 2), (2, 6, SELL, 100, 2), (3, 5, SELL, 100, 2)], lambda b: b.market(S, T, 4, 8, BUY, 3),
+        [Accepted(S, T, 4, 8, BUY, None, 3), _trade(100, 2, 1, 7, 4, 8, BUY, 0), _trade(100, 1, 2, 6, 4, 8, BUY, 1),
+         LevelChanged(S, T, SELL, 100, 3)],
+        [(SELL, 100, 2, 1), (SELL, 100, 3, 2)]),
+    "a better price fills before an older order": (
+        [(1, 7, SELL, 110, 2), (2, 6, SELL, 100, 2)], lambda b: b.limit(S, T, 3, 8, BUY, 110, 3),
+        [Accepted(S, T, 3, 8, BUY, 110, 3), _trade(100, 2, 2, 6, 3, 8, BUY, 0), LevelChanged(S, T, SELL, 100, 0),
+         _trade(110, 1, 1, 7, 3, 8, BUY, 1), LevelChanged(S, T, SELL, 110, 1)],
+        [(SELL, 110, 1, 1)]),
+    # Amend.
+    "amend to a new price joins the back of the new level": (
+        [(1, 7, BUY, 100, 5), (2, 6, BUY, 90, 4)], lambda b: b.amend(S, T, 1, price=90),
+        [Amended(S, T, 1, 90, 5, False), LevelChanged(S, T, BUY, 100, 0), LevelChanged(S, T, BUY, 90, 9)],
+        [(BUY, 90, 2, 4), (BUY, 90, 1, 5)]),
+    "amend of price and qty together applies both": (
+        [(1, 7, SELL, 120, 5), (2, 6, SELL, 130, 4)], lambda b: b.amend(S, T, 2, price=120, qty=1),
+        [Amended(S, T, 2, 120, 1, False), LevelChanged(S, T, SELL, 130, 0), LevelChanged(S, T, SELL, 120, 6)],
+        [(SELL, 120, 1, 5), (SELL, 120, 2, 1)]),
+    "amend to a crossing price matches like a new limit order": (
+        [(1, 7, BUY, 90, 5), (2, 6, SELL, 100, 3)], lambda b: b.amend(S, T, 1, price=100),
+        [Amended(S, T, 1, 100, 5, False), LevelChanged(S, T, BUY, 90, 0), _trade(100, 3, 2, 6, 1, 7, BUY, 0),
+         LevelChanged(S, T, SELL, 100, 0), LevelChanged(S, T, BUY, 100, 2)],
+        [(BUY, 100, 1, 2)]),
+    "amend that crosses uses the orders own stp mode": (
+        [(1, 7, BUY, 90, 5, {"stp": CANCEL_OLDEST}), (2, 7, SELL, 100, 3), (3, 6, SELL, 100, 1)],
+        lambda b: b.amend(S, T, 1, price=100),
+        [Amended(S, T, 1, 100, 5, False), LevelChanged(S, T, BUY, 90, 0), Cancelled(S, T, 2, 7, 3, SELF_TRADE),
+         _trade(100, 1, 3, 6, 1, 7, BUY, 0), LevelChanged(S, T, SELL, 100, 0), LevelChanged(S, T, BUY, 100, 4)],
+        [(BUY, 100, 1, 4)]),
+    # Self-trade prevention.
+    "stp cancel newest after a partial fill cancels only the rest": (
+        [(1, 6, SELL, 100, 2), (2, 7, SELL, 100, 5)], lambda b: b.limit(S, T, 3, 7, BUY, 100, 4),
+        [Accepted(S, T, 3, 7, BUY, 100, 4), _trade(100, 2, 1, 6, 3, 7, BUY, 0), Cancelled(S, T, 3, 7, 2, SELF_TRADE),
+         LevelChanged(S, T, SELL, 100, 5)],
+        [(SELL, 100, 2, 5)]),
+    "stp cancel oldest cancels the resting order and goes on matching": (
+        [(1, 7, SELL, 100, 2), (2, 6, SELL, 100, 3)], lambda b: b.limit(S, T, 3, 7, BUY, 100, 3, stp=CANCEL_OLDEST),
+        [Accepted(S, T, 3, 7, BUY, 100, 3), Cancelled(S, T, 1, 7, 2, SELF_TRADE), _trade(100, 3, 2, 6, 3, 7, BUY, 0),
+         LevelChanged(S, T, SELL, 100, 0)],
+        []),
+    "stp cancel both cancels the resting and the incoming order": (
+        [(1, 7, SELL, 100, 2), (2, 6, SELL, 100, 3)], lambda b: b.market(S, T, 3, 7, BUY, 4, stp=CANCEL_BOTH),
+        [Accepted(S, T, 3, 7, BUY, None, 4), Cancelled(S, T, 1, 7, 2, SELF_TRADE), Cancelled(S, T, 3, 7, 4, SELF_TRADE),
+         LevelChanged(S, T, SELL, 100, 3)],
+        [(SELL, 100, 2, 3)]),
+    "stp decrement of a smaller incoming order cancels it and shrinks the resting one": (
+        [(1, 7, SELL, 100, 5)], lambda b: b.limit(S, T, 2, 7, BUY, 100, 2, stp=DECREMENT),
+        [Accepted(S, T, 2, 7, BUY, 100, 2), Decremented(S, T, 1, 7, 2, 3), Cancelled(S, T, 2, 7, 2, SELF_TRADE),
+         LevelChanged(S, T, SELL, 100, 3)],
+        [(SELL, 100, 1, 3)]),
+    "stp decrement of equal orders cancels both": (
+        [(1, 7, SELL, 100, 3)], lambda b: b.market(S, T, 2, 7, BUY, 3, stp=DECREMENT),
+        [Accepted(S, T, 2, 7, BUY, None, 3), Cancelled(S, T, 1, 7, 3, SELF_TRADE), Cancelled(S, T, 2, 7, 3, SELF_TRADE),
+         LevelChanged(S, T, SELL, 100, 0)],
+        []),
+    "stp decrement of a larger incoming order cancels the resting one and goes on": (
+        [(1, 7, SELL, 100, 2), (2, 6, SELL, 100, 2)], lambda b: b.limit(S, T, 3, 7, BUY, 100, 5, stp=DECREMENT),
+        [Accepted(S, T, 3, 7, BUY, 100, 5), Cancelled(S, T, 1, 7, 2, SELF_TRADE), Decremented(S, T, 3, 7, 2, 3),
+         _trade(100, 2, 2, 6, 3, 7, BUY, 0), LevelChanged(S, T, SELL, 100, 0), LevelChanged(S, T, BUY, 100, 1)],
+        [(BUY, 100, 3, 1)]),
+    "stp cancel newest on a budget order cancels it with no lots": (
+        [(1, 6, SELL, 100, 1), (2, 7, SELL, 100, 2)], lambda b: b.buy_with_budget(S, T, 3, 7, 1000),
+        [Accepted(S, T, 3, 7, BUY, None, None, 1000), _trade(100, 1, 1, 6, 3, 7, BUY, 0),
+         Cancelled(S, T, 3, 7, 0, SELF_TRADE), LevelChanged(S, T, SELL, 100, 2)],
+        [(SELL, 100, 2, 2)]),
+    "stp never stops trades between different accounts": (
+        [(1, 6, SELL, 100, 2)], lambda b: b.market(S, T, 2, 7, BUY, 2, stp=CANCEL_BOTH),
+        [Accepted(S, T, 2, 7, BUY, None, 2), _trade(100, 2, 1, 6, 2, 7, BUY, 0), LevelChanged(S, T, SELL, 100, 0)],
+        []),
+    "fok under cancel oldest fills past its own orders": (
+        [(1, 7, SELL, 100, 2), (2, 6, SELL, 100, 3)],
+        lambda b: b.limit(S, T, 3, 7, BUY, 100, 3, tif=FOK, stp=CANCEL_OLDEST),
+        [Accepted(S, T, 3, 7, BUY, 100, 3), Cancelled(S, T, 1, 7, 2, SELF_TRADE), _trade(100, 3, 2, 6, 3, 7, BUY, 0),
+         LevelChanged(S, T, SELL, 100, 0)],
+        []),
+}
+"""One command on a book of ``(order_id, account, side, price, qty)`` orders: the events it answers, and what rests
+after it, in priority order (bids best first, then asks) as ``(side, price, order_id, open qty)``."""
 
 
-def test_limit_that_does_not_cross_rests_behind_its_level() -> None:
-    book = _book((1, 7, SELL, 100, 5))
-    events = book.limit(S, T, 2, 8, SELL, 100, 3)
-    assert events == [Accepted(S, T, 2, 8, SELL, 100, 3), LevelChanged(S, T, SELL, 100, 8)]
-    assert _ids(book, SELL, 100) == [1, 2]
-    assert book.best_ask() == (100, 8)
-    assert book.best_bid() is None
+@pytest.mark.parametrize(("orders", "command", "events", "rests"), EXAMPLES.values(), ids=EXAMPLES.keys())
+def test_a_command_answers_its_events_and_leaves_what_rests(orders, command, events, rests) -> None:
+    book = _book(*orders)
+    assert command(book) == events
+    assert [(o.side, o.price, o.order_id, o.qty) for o in book.resting_orders()] == rests
+    book.check()
 
 
-def test_limit_that_crosses_trades_at_the_makers_price_and_rests_the_rest() -> None:
-    book = _book((1, 7, SELL, 100, 5))
-    events = book.limit(S, T, 2, 8, BUY, 120, 8)
-    assert events == [
-        Accepted(S, T, 2, 8, BUY, 120, 8),
-        _trade(100, 5, 1, 7, 2, 8, BUY, 0),
-        LevelChanged(S, T, SELL, 100, 0),
-        LevelChanged(S, T, BUY, 120, 3),
-    ]
-    assert book.best_bid() == (120, 3)
-    assert book.best_ask() is None
-    assert book.order(1) is None
-
-
-def test_sell_limit_below_the_bid_trades_at_the_bid() -> None:
-    book = _book((1, 7, BUY, 100, 2))
-    events = book.limit(S, T, 2, 8, SELL, 80, 1)
-    assert events == [
-        Accepted(S, T, 2, 8, SELL, 80, 1),
-        _trade(100, 1, 1, 7, 2, 8, SELL, 1),
-        LevelChanged(S, T, BUY, 100, 1),
-    ]
-    assert book.order(1).qty == 1
-    assert book.best_ask() is None
-
-
-def test_ioc_fills_what_it_can_and_expires_the_rest() -> None:
-    book = _book((1, 7, SELL, 100, 2), (2, 7, SELL, 120, 4))
-    events = book.limit(S, T, 3, 8, BUY, 110, 5, tif=IOC)
-    assert events == [
-        Accepted(S, T, 3, 8, BUY, 110, 5),
-        _trade(100, 2, 1, 7, 3, 8, BUY, 0),
-        LevelChanged(S, T, SELL, 100, 0),
-        Cancelled(S, T, 3, 8, 3, EXPIRED),
-    ]
-    assert book.depth(5) == ([], [(120, 4)])
-
-
-def test_ioc_that_does_not_cross_expires_whole_and_never_rests() -> None:
-    book = _book((1, 7, SELL, 100, 2))
-    events = book.limit(S, T, 2, 8, BUY, 90, 5, tif=IOC)
-    assert events == [Accepted(S, T, 2, 8, BUY, 90, 5), Cancelled(S, T, 2, 8, 5, EXPIRED)]
-    assert book.best_bid() is None
-    assert book.open_order_count == 1
-
-
-def test_fok_that_can_fill_trades_its_whole_qty() -> None:
-    book = _book((1, 7, SELL, 100, 2), (2, 6, SELL, 110, 3))
-    events = book.limit(S, T, 3, 8, BUY, 110, 5, tif=FOK)
-    assert events == [
-        Accepted(S, T, 3, 8, BUY, 110, 5),
-        _trade(100, 2, 1, 7, 3, 8, BUY, 0),
-        LevelChanged(S, T, SELL, 100, 0),
-        _trade(110, 3, 2, 6, 3, 8, BUY, 0),
-        LevelChanged(S, T, SELL, 110, 0),
-    ]
-    assert book.open_order_count == 0
-
-
-def test_fok_that_cannot_fill_leaves_book_untouched() -> None:
-    book = _book((1, 7, SELL, 100, 2), (2, 6, SELL, 110, 3))
-    before = book.resting_orders()
-    events = book.limit(S, T, 3, 8, BUY, 110, 6, tif=FOK)
-    assert events == [Accepted(S, T, 3, 8, BUY, 110, 6), Cancelled(S, T, 3, 8, 6, FILL_OR_KILL)]
-    assert book.resting_orders() == before
-
-
-def test_fok_counts_only_liquidity_within_its_limit() -> None:
-    book = _book((1, 7, SELL, 100, 2), (2, 6, SELL, 120, 10))
-    before = book.resting_orders()
-    events = book.limit(S, T, 3, 8, BUY, 110, 3, tif=FOK)
-    assert events == [Accepted(S, T, 3, 8, BUY, 110, 3), Cancelled(S, T, 3, 8, 3, FILL_OR_KILL)]
-    assert book.resting_orders() == before
-
-
-def test_fok_that_does_not_cross_is_killed_as_fill_or_kill() -> None:
-    # ``fill_or_kill``: "A FOK order could not be filled in full"; ``expired`` is for IOC and market orders.
-    book = _book((1, 7, SELL, 100, 2))
-    before = book.resting_orders()
-    events = book.limit(S, T, 2, 8, BUY, 90, 1, tif=FOK)
-    assert events == [Accepted(S, T, 2, 8, BUY, 90, 1), Cancelled(S, T, 2, 8, 1, FILL_OR_KILL)]
-    assert book.resting_orders() == before
-
-
-def test_fok_on_an_empty_book_is_killed_as_fill_or_kill() -> None:
-    book = OrderBook(TICK)
-    events = book.limit(S, T, 1, 8, SELL, 90, 1, tif=FOK)
-    assert events == [Accepted(S, T, 1, 8, SELL, 90, 1), Cancelled(S, T, 1, 8, 1, FILL_OR_KILL)]
-    assert book.open_order_count == 0
+# More limit orders, and what every command's events carry
 
 
 def test_post_only_that_does_not_cross_rests_as_post_only() -> None:
@@ -153,115 +199,6 @@ def test_post_only_that_does_not_cross_rests_as_post_only() -> None:
     events = book.limit(S, T, 2, 8, BUY, 90, 4, post_only=True)
     assert events == [Accepted(S, T, 2, 8, BUY, 90, 4), LevelChanged(S, T, BUY, 90, 4)]
     assert book.order(2).post_only is True
-
-
-# Market orders
-
-
-def test_market_buy_walks_the_asks_and_expires_the_rest() -> None:
-    book = _book((1, 7, SELL, 100, 2), (2, 6, SELL, 110, 1))
-    events = book.market(S, T, 3, 8, BUY, 5)
-    assert events == [
-        Accepted(S, T, 3, 8, BUY, None, 5),
-        _trade(100, 2, 1, 7, 3, 8, BUY, 0),
-        LevelChanged(S, T, SELL, 100, 0),
-        _trade(110, 1, 2, 6, 3, 8, BUY, 0),
-        LevelChanged(S, T, SELL, 110, 0),
-        Cancelled(S, T, 3, 8, 2, EXPIRED),
-    ]
-    assert book.open_order_count == 0
-
-
-def test_market_sell_takes_the_highest_bids_first() -> None:
-    book = _book((1, 7, BUY, 90, 5), (2, 6, BUY, 100, 1))
-    events = book.market(S, T, 3, 8, SELL, 3)
-    assert events == [
-        Accepted(S, T, 3, 8, SELL, None, 3),
-        _trade(100, 1, 2, 6, 3, 8, SELL, 0),
-        LevelChanged(S, T, BUY, 100, 0),
-        _trade(90, 2, 1, 7, 3, 8, SELL, 3),
-        LevelChanged(S, T, BUY, 90, 3),
-    ]
-    assert book.best_bid() == (90, 3)
-
-
-def test_market_order_against_an_empty_side_expires_whole() -> None:
-    book = _book((1, 7, BUY, 90, 5))
-    events = book.market(S, T, 2, 8, BUY, 3)
-    assert events == [Accepted(S, T, 2, 8, BUY, None, 3), Cancelled(S, T, 2, 8, 3, EXPIRED)]
-    assert book.resting_orders() == _book((1, 7, BUY, 90, 5)).resting_orders()
-
-
-# Market buys by budget
-
-
-def test_budget_buy_spends_whole_lots_and_expires_the_unspent_rest() -> None:
-    book = _book((1, 7, SELL, 100, 2), (2, 6, SELL, 150, 5))
-    events = book.buy_with_budget(S, T, 3, 8, 480)
-    assert events == [
-        Accepted(S, T, 3, 8, BUY, None, None, 480),
-        _trade(100, 2, 1, 7, 3, 8, BUY, 0),
-        LevelChanged(S, T, SELL, 100, 0),
-        _trade(150, 1, 2, 6, 3, 8, BUY, 4),
-        LevelChanged(S, T, SELL, 150, 4),
-        Cancelled(S, T, 3, 8, 0, EXPIRED),
-    ]
-
-
-def test_budget_buy_stops_at_the_first_lot_it_cannot_afford() -> None:
-    book = _book((1, 7, SELL, 100, 1), (2, 6, SELL, 300, 5), (3, 5, SELL, 310, 5))
-    events = book.buy_with_budget(S, T, 4, 8, 250)
-    assert events == [
-        Accepted(S, T, 4, 8, BUY, None, None, 250),
-        _trade(100, 1, 1, 7, 4, 8, BUY, 0),
-        LevelChanged(S, T, SELL, 100, 0),
-        Cancelled(S, T, 4, 8, 0, EXPIRED),
-    ]
-    assert book.depth(5) == ([], [(300, 5), (310, 5)])
-
-
-def test_budget_below_the_best_ask_expires_without_trading() -> None:
-    book = _book((1, 7, SELL, 100, 1))
-    events = book.buy_with_budget(S, T, 2, 8, 99)
-    assert events == [Accepted(S, T, 2, 8, BUY, None, None, 99), Cancelled(S, T, 2, 8, 0, EXPIRED)]
-    assert book.best_ask() == (100, 1)
-
-
-def test_budget_spent_exactly_closes_the_order_without_a_cancel() -> None:
-    book = _book((1, 7, SELL, 100, 5))
-    events = book.buy_with_budget(S, T, 2, 8, 300)
-    assert events == [
-        Accepted(S, T, 2, 8, BUY, None, None, 300),
-        _trade(100, 3, 1, 7, 2, 8, BUY, 2),
-        LevelChanged(S, T, SELL, 100, 2),
-    ]
-
-
-# Priority
-
-
-def test_orders_at_one_price_fill_oldest_first() -> None:
-    book = _book((1, 7, SELL, 100, 2), (2, 6, SELL, 100, 2), (3, 5, SELL, 100, 2))
-    events = book.market(S, T, 4, 8, BUY, 3)
-    assert events == [
-        Accepted(S, T, 4, 8, BUY, None, 3),
-        _trade(100, 2, 1, 7, 4, 8, BUY, 0),
-        _trade(100, 1, 2, 6, 4, 8, BUY, 1),
-        LevelChanged(S, T, SELL, 100, 3),
-    ]
-    assert _ids(book, SELL, 100) == [2, 3]
-
-
-def test_a_better_price_fills_before_an_older_order() -> None:
-    book = _book((1, 7, SELL, 110, 2), (2, 6, SELL, 100, 2))
-    events = book.limit(S, T, 3, 8, BUY, 110, 3)
-    assert events == [
-        Accepted(S, T, 3, 8, BUY, 110, 3),
-        _trade(100, 2, 2, 6, 3, 8, BUY, 0),
-        LevelChanged(S, T, SELL, 100, 0),
-        _trade(110, 1, 1, 7, 3, 8, BUY, 1),
-        LevelChanged(S, T, SELL, 110, 1),
-    ]
 
 
 def test_events_carry_the_seq_and_ts_of_their_command() -> None:
@@ -353,55 +290,6 @@ def test_amend_to_a_higher_qty_loses_the_orders_place() -> None:
     book.check()
 
 
-def test_amend_to_a_new_price_joins_the_back_of_the_new_level() -> None:
-    book = _book((1, 7, BUY, 100, 5), (2, 6, BUY, 90, 4))
-    events = book.amend(S, T, 1, price=90)
-    assert events == [
-        Amended(S, T, 1, 90, 5, False),
-        LevelChanged(S, T, BUY, 100, 0),
-        LevelChanged(S, T, BUY, 90, 9),
-    ]
-    assert _ids(book, BUY, 90) == [2, 1]
-    assert book.best_bid() == (90, 9)
-
-
-def test_amend_of_price_and_qty_together_applies_both() -> None:
-    book = _book((1, 7, SELL, 120, 5), (2, 6, SELL, 130, 4))
-    events = book.amend(S, T, 2, price=120, qty=1)
-    assert events == [
-        Amended(S, T, 2, 120, 1, False),
-        LevelChanged(S, T, SELL, 130, 0),
-        LevelChanged(S, T, SELL, 120, 6),
-    ]
-    assert _ids(book, SELL, 120) == [1, 2]
-
-
-def test_amend_to_a_crossing_price_matches_like_a_new_limit_order() -> None:
-    book = _book((1, 7, BUY, 90, 5), (2, 6, SELL, 100, 3))
-    events = book.amend(S, T, 1, price=100)
-    assert events == [
-        Amended(S, T, 1, 100, 5, False),
-        LevelChanged(S, T, BUY, 90, 0),
-        _trade(100, 3, 2, 6, 1, 7, BUY, 0),
-        LevelChanged(S, T, SELL, 100, 0),
-        LevelChanged(S, T, BUY, 100, 2),
-    ]
-    assert book.depth(5) == ([(100, 2)], [])
-
-
-def test_amend_that_crosses_uses_the_orders_own_stp_mode() -> None:
-    book = _book((1, 7, BUY, 90, 5, {"stp": CANCEL_OLDEST}), (2, 7, SELL, 100, 3), (3, 6, SELL, 100, 1))
-    events = book.amend(S, T, 1, price=100)
-    assert events == [
-        Amended(S, T, 1, 100, 5, False),
-        LevelChanged(S, T, BUY, 90, 0),
-        Cancelled(S, T, 2, 7, 3, SELF_TRADE),
-        _trade(100, 1, 3, 6, 1, 7, BUY, 0),
-        LevelChanged(S, T, SELL, 100, 0),
-        LevelChanged(S, T, BUY, 100, 4),
-    ]
-
-
 def test_amend_of_a_post_only_order_to_a_crossing_price_is_refused_and_changes_nothing() -> None:
     book = _book((1, 7, BUY, 90, 5, {"post_only": True}), (2, 6, SELL, 100, 3))
     before = book.resting_orders()
@@ -419,126 +307,11 @@ def test_amend_of_a_post_only_order_to_a_price_that_does_not_cross_is_allowed() 
 # Self-trade prevention
 
 
-def test_stp_cancel_newest_cancels_the_incoming_order_and_keeps_the_resting_one() -> None:
-    book = _book((1, 7, SELL, 100, 5))
-    before = book.resting_orders()
-    events = book.limit(S, T, 2, 7, BUY, 100, 3, stp=CANCEL_NEWEST)
-    assert events == [Accepted(S, T, 2, 7, BUY, 100, 3), Cancelled(S, T, 2, 7, 3, SELF_TRADE)]
-    assert book.resting_orders() == before
-
-
-def test_stp_cancel_newest_after_a_partial_fill_cancels_only_the_rest() -> None:
-    book = _book((1, 6, SELL, 100, 2), (2, 7, SELL, 100, 5))
-    events = book.limit(S, T, 3, 7, BUY, 100, 4)
-    assert events == [
-        Accepted(S, T, 3, 7, BUY, 100, 4),
-        _trade(100, 2, 1, 6, 3, 7, BUY, 0),
-        Cancelled(S, T, 3, 7, 2, SELF_TRADE),
-        LevelChanged(S, T, SELL, 100, 5),
-    ]
-    assert book.best_bid() is None
-
-
-def test_stp_cancel_oldest_cancels_the_resting_order_and_goes_on_matching() -> None:
-    book = _book((1, 7, SELL, 100, 2), (2, 6, SELL, 100, 3))
-    events = book.limit(S, T, 3, 7, BUY, 100, 3, stp=CANCEL_OLDEST)
-    assert events == [
-        Accepted(S, T, 3, 7, BUY, 100, 3),
-        Cancelled(S, T, 1, 7, 2, SELF_TRADE),
-        _trade(100, 3, 2, 6, 3, 7, BUY, 0),
-        LevelChanged(S, T, SELL, 100, 0),
-    ]
-    assert book.open_order_count == 0
-
-
-def test_stp_cancel_both_cancels_the_resting_and_the_incoming_order() -> None:
-    book = _book((1, 7, SELL, 100, 2), (2, 6, SELL, 100, 3))
-    events = book.market(S, T, 3, 7, BUY, 4, stp=CANCEL_BOTH)
-    assert events == [
-        Accepted(S, T, 3, 7, BUY, None, 4),
-        Cancelled(S, T, 1, 7, 2, SELF_TRADE),
-        Cancelled(S, T, 3, 7, 4, SELF_TRADE),
-        LevelChanged(S, T, SELL, 100, 3),
-    ]
-    assert _ids(book, SELL, 100) == [2]
-
-
-def test_stp_decrement_of_a_smaller_incoming_order_cancels_it_and_shrinks_the_resting_one() -> None:
-    book = _book((1, 7, SELL, 100, 5))
-    events = book.limit(S, T, 2, 7, BUY, 100, 2, stp=DECREMENT)
-    assert events == [
-        Accepted(S, T, 2, 7, BUY, 100, 2),
-        Decremented(S, T, 1, 7, 2, 3),
-        Cancelled(S, T, 2, 7, 2, SELF_TRADE),
-        LevelChanged(S, T, SELL, 100, 3),
-    ]
-    assert book.order(1).qty == 3
-    assert book.best_bid() is None
-
-
-def test_stp_decrement_of_equal_orders_cancels_both() -> None:
-    book = _book((1, 7, SELL, 100, 3))
-    events = book.market(S, T, 2, 7, BUY, 3, stp=DECREMENT)
-    assert events == [
-        Accepted(S, T, 2, 7, BUY, None, 3),
-        Cancelled(S, T, 1, 7, 3, SELF_TRADE),
-        Cancelled(S, T, 2, 7, 3, SELF_TRADE),
-        LevelChanged(S, T, SELL, 100, 0),
-    ]
-    assert book.open_order_count == 0
-
-
-def test_stp_decrement_of_a_larger_incoming_order_cancels_the_resting_one_and_goes_on() -> None:
-    book = _book((1, 7, SELL, 100, 2), (2, 6, SELL, 100, 2))
-    events = book.limit(S, T, 3, 7, BUY, 100, 5, stp=DECREMENT)
-    assert events == [
-        Accepted(S, T, 3, 7, BUY, 100, 5),
-        Cancelled(S, T, 1, 7, 2, SELF_TRADE),
-        Decremented(S, T, 3, 7, 2, 3),
-        _trade(100, 2, 2, 6, 3, 7, BUY, 0),
-        LevelChanged(S, T, SELL, 100, 0),
-        LevelChanged(S, T, BUY, 100, 1),
-    ]
-    assert book.order(3).qty == 1
-
-
 def test_stp_decrement_is_refused_for_a_budget_order() -> None:
     book = _book((1, 7, SELL, 100, 2))
     before = book.resting_orders()
     assert book.buy_with_budget(S, T, 2, 7, 500, stp=DECREMENT) == [Rejected(S, T, 2, types.INVALID_STP_MODE)]
     assert book.resting_orders() == before
-
-
-def test_stp_cancel_newest_on_a_budget_order_cancels_it_with_no_lots() -> None:
-    book = _book((1, 6, SELL, 100, 1), (2, 7, SELL, 100, 2))
-    events = book.buy_with_budget(S, T, 3, 7, 1000)
-    assert events == [
-        Accepted(S, T, 3, 7, BUY, None, None, 1000),
-        _trade(100, 1, 1, 6, 3, 7, BUY, 0),
-        Cancelled(S, T, 3, 7, 0, SELF_TRADE),
-        LevelChanged(S, T, SELL, 100, 2),
-    ]
-
-
-def test_stp_never_stops_trades_between_different_accounts() -> None:
-    book = _book((1, 6, SELL, 100, 2))
-    events = book.market(S, T, 2, 7, BUY, 2, stp=CANCEL_BOTH)
-    assert events == [
-        Accepted(S, T, 2, 7, BUY, None, 2),
-        _trade(100, 2, 1, 6, 2, 7, BUY, 0),
-        LevelChanged(S, T, SELL, 100, 0),
-    ]
-
-
-def test_fok_under_cancel_oldest_fills_past_its_own_orders() -> None:
-    book = _book((1, 7, SELL, 100, 2), (2, 6, SELL, 100, 3))
-    events = book.limit(S, T, 3, 7, BUY, 100, 3, tif=FOK, stp=CANCEL_OLDEST)
-    assert events == [
-        Accepted(S, T, 3, 7, BUY, 100, 3),
-        Cancelled(S, T, 1, 7, 2, SELF_TRADE),
-        _trade(100, 3, 2, 6, 3, 7, BUY, 0),
-        LevelChanged(S, T, SELL, 100, 0),
-    ]
 
 
 @pytest.mark.parametrize("stp", [CANCEL_NEWEST, CANCEL_BOTH, DECREMENT])
@@ -548,6 +321,47 @@ def test_fok_that_would_meet_its_own_order_is_killed(stp: str) -> None:
     events = book.limit(S, T, 4, 7, BUY, 100, 3, tif=FOK, stp=stp)
     assert events == [Accepted(S, T, 4, 7, BUY, 100, 3), Cancelled(S, T, 4, 7, 3, FILL_OR_KILL)]
     assert book.resting_orders() == before
+
+
+# Cancelled whole: accepted, then cancelled with all of its qty and the reason, the book exactly as it was.
+# ``fill_or_kill`` is "A FOK order could not be filled in full", even when it does not cross; ``expired`` is for IOC
+# and market orders.
+
+CANCELLED_WHOLE = {
+    "ioc that does not cross expires and never rests": (
+        [(1, 7, SELL, 100, 2)], lambda b: b.limit(S, T, 2, 8, BUY, 90, 5, tif=IOC),
+        [Accepted(S, T, 2, 8, BUY, 90, 5), Cancelled(S, T, 2, 8, 5, EXPIRED)]),
+    "fok that cannot fill": (
+        [(1, 7, SELL, 100, 2), (2, 6, SELL, 110, 3)], lambda b: b.limit(S, T, 3, 8, BUY, 110, 6, tif=FOK),
+        [Accepted(S, T, 3, 8, BUY, 110, 6), Cancelled(S, T, 3, 8, 6, FILL_OR_KILL)]),
+    "fok counts only liquidity within its limit": (
+        [(1, 7, SELL, 100, 2), (2, 6, SELL, 120, 10)], lambda b: b.limit(S, T, 3, 8, BUY, 110, 3, tif=FOK),
+        [Accepted(S, T, 3, 8, BUY, 110, 3), Cancelled(S, T, 3, 8, 3, FILL_OR_KILL)]),
+    "fok that does not cross is killed as fill or kill": (
+        [(1, 7, SELL, 100, 2)], lambda b: b.limit(S, T, 2, 8, BUY, 90, 1, tif=FOK),
+        [Accepted(S, T, 2, 8, BUY, 90, 1), Cancelled(S, T, 2, 8, 1, FILL_OR_KILL)]),
+    "fok on an empty book is killed as fill or kill": (
+        [], lambda b: b.limit(S, T, 1, 8, SELL, 90, 1, tif=FOK),
+        [Accepted(S, T, 1, 8, SELL, 90, 1), Cancelled(S, T, 1, 8, 1, FILL_OR_KILL)]),
+    "market order against an empty side expires": (
+        [(1, 7, BUY, 90, 5)], lambda b: b.market(S, T, 2, 8, BUY, 3),
+        [Accepted(S, T, 2, 8, BUY, None, 3), Cancelled(S, T, 2, 8, 3, EXPIRED)]),
+    "budget below the best ask expires without trading": (
+        [(1, 7, SELL, 100, 1)], lambda b: b.buy_with_budget(S, T, 2, 8, 99),
+        [Accepted(S, T, 2, 8, BUY, None, None, 99), Cancelled(S, T, 2, 8, 0, EXPIRED)]),
+    "stp cancel newest cancels the incoming order and keeps the resting one": (
+        [(1, 7, SELL, 100, 5)], lambda b: b.limit(S, T, 2, 7, BUY, 100, 3, stp=CANCEL_NEWEST),
+        [Accepted(S, T, 2, 7, BUY, 100, 3), Cancelled(S, T, 2, 7, 3, SELF_TRADE)]),
+}
+
+
+@pytest.mark.parametrize(("orders", "command", "events"), CANCELLED_WHOLE.values(), ids=CANCELLED_WHOLE.keys())
+def test_an_order_that_cannot_trade_as_asked_is_cancelled_whole_and_changes_nothing(orders, command, events) -> None:
+    book = _book(*orders)
+    before = book.resting_orders()
+    assert command(book) == events
+    assert book.resting_orders() == before
+    book.check()
 
 
 # Rejections: each leaves the book exactly as it was.

@@ -87,13 +87,19 @@ class BookAgainstModel(RuleBasedStateMachine):
         stp = self._pick(data, st.sampled_from(STPS), BAD_STPS)
         self._run("limit", order_id, account, side, price, qty, tif=tif, post_only=post_only, stp=stp)
 
-    @rule(data=st.data())
-    def rest(self, data) -> None:
-        """A valid GTC order, mostly away from the touch: it keeps the book deep enough to trade against."""
+    def _valid_order(self, data, crossing: bool) -> tuple[int, int, str, int]:
+        """A new order id, an account, a side and a price: on its own side of the book, or into the other side."""
         order_id = self._new_id(data)
         account = data.draw(st.sampled_from(ACCOUNTS), label="account")
         side = data.draw(st.sampled_from((BUY, SELL)), label="side")
-        price = data.draw(st.sampled_from(ON_TICK[:7] if side == BUY else ON_TICK[5:]), label="price")
+        low, high = ON_TICK[:7], ON_TICK[5:]
+        prices = (high if side == BUY else low) if crossing else (low if side == BUY else high)
+        return order_id, account, side, data.draw(st.sampled_from(prices), label="price")
+
+    @rule(data=st.data())
+    def rest(self, data) -> None:
+        """A valid GTC order, mostly away from the touch: it keeps the book deep enough to trade against."""
+        order_id, account, side, price = self._valid_order(data, crossing=False)
         qty = data.draw(st.integers(1, 6), label="qty")
         stp = data.draw(st.sampled_from(STPS), label="stp")
         self._run("limit", order_id, account, side, price, qty, post_only=False, stp=stp)
@@ -101,10 +107,7 @@ class BookAgainstModel(RuleBasedStateMachine):
     @rule(data=st.data())
     def take(self, data) -> None:
         """A valid order priced into the other side: it trades, and often meets its own account's orders."""
-        order_id = self._new_id(data)
-        account = data.draw(st.sampled_from(ACCOUNTS), label="account")
-        side = data.draw(st.sampled_from((BUY, SELL)), label="side")
-        price = data.draw(st.sampled_from(ON_TICK[5:] if side == BUY else ON_TICK[:7]), label="price")
+        order_id, account, side, price = self._valid_order(data, crossing=True)
         qty = data.draw(st.integers(1, 10), label="qty")
         tif = data.draw(st.sampled_from((GTC, IOC, FOK)), label="tif")
         stp = data.draw(st.sampled_from(STPS), label="stp")

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import asyncpg
 import uvicorn
 from starlette.applications import Starlette
 
@@ -22,6 +23,7 @@ from api.app import create_app
 from api.bootstrap import create_admin
 from api.ratelimit import RateLimits
 from api.server import Settings, uvicorn_config
+from exchange import invariants
 from tests.support.databases import fresh_database
 
 NO_LIMITS = RateLimits(per_key_rate=None, per_address_rate=None)
@@ -41,6 +43,14 @@ class Live:
     def run(self, coroutine):
         """Run ``coroutine`` on the server's event loop (for its pool and sequencer) and return its result."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=30)
+
+    async def problems(self) -> list[str]:
+        """What ``tokex check`` finds in the server's database (``exchange.invariants``), on a connection of its own."""
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return await invariants.problems(conn)
+        finally:
+            await conn.close()
 
 
 @contextmanager

@@ -10,7 +10,7 @@ rebuilt are tested on the same ground.
 import asyncio
 import dataclasses
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
@@ -65,11 +65,12 @@ class Market:
     alice: int
     bob: int
     rival: int
-    ask: int = 0
+    # Set by ``make_busy``; 0 until then.
+    ask: int = field(init=False, default=0)
     """The issuer's resting sell of 10 COMPUTE at ASK (busy only)."""
-    bid: int = 0
+    bid: int = field(init=False, default=0)
     """Alice's resting buy of 10 COMPUTE at BID, 4 of them filled (busy only)."""
-    offer: int = 0
+    offer: int = field(init=False, default=0)
     """Alice's resting post-only sell of 3 of those 4 COMPUTE at ASK + 5 ticks (busy only)."""
 
     def balance(self, account: int, asset: str = CASH) -> tuple[int, int]:
