@@ -1,6 +1,6 @@
 """Accounts, their balances and ledger, and the cash an admin moves in and out."""
 
-from api.endpoints import Call, Endpoints, cursor_id, money
+from api.endpoints import Call, Endpoints, id_page, money
 from api.problems import Problem
 from api.routes.reads import movement
 from api.schemas import (
@@ -62,19 +62,14 @@ async def balances(call: Call) -> BalanceList:
                 response=LedgerPage, errors=("invalid_cursor",))
 async def ledger(call: Call) -> LedgerPage:
     """Journal entries that moved this account's balances, newest first, with this account's postings."""
-    query = call.query
-    before = None if query.cursor is None else cursor_id(query.cursor)
-    async with call.services.read_connection() as conn:
-        rows = await conn.fetch(LEDGER, call.account_id, before, query.asset, query.limit + 1)
-    items = [
+    rows, next_cursor = await id_page(call, LEDGER, call.account_id, call.query.asset, replica=True)
+    return LedgerPage([
         LedgerEntry(row["id"], row["kind"], row["order_id"], row["fill_id"], row["created_at"], [
             Posting(asset, bucket, asset_amount(asset, amount))
             for asset, bucket, amount in zip(row["assets"], row["buckets"], row["amounts"], strict=True)
         ])
-        for row in rows[: query.limit]
-    ]
-    more = len(rows) > query.limit
-    return LedgerPage(items, str(items[-1].id) if more else None)
+        for row in rows
+    ], next_cursor)
 
 
 @accounts.route("POST", "/v1/deposits", summary="Credit cash", scope="admin", body=CashTransfer,

@@ -26,7 +26,7 @@ from msgspec import Meta, Struct
 from starlette.responses import StreamingResponse
 
 from api import download_links
-from api.endpoints import Call, Endpoints, cursor_id
+from api.endpoints import Call, Endpoints, id_page
 from api.problems import Problem
 from api.schemas import TEXT_PATTERN, Id, PageQuery, Request, Symbol, whole
 from exchange import dataset_files
@@ -230,22 +230,16 @@ async def upload_file(call: Call) -> DatasetFile:
                 response=GrantPage, errors=("invalid_cursor",))
 async def list_grants(call: Call) -> GrantPage:
     """This account's access grants, newest first, expired and spent ones included."""
-    before = None if call.query.cursor is None else cursor_id(call.query.cursor)
-    async with call.services.connection() as conn:
-        rows = await conn.fetch(GRANTS, call.account_id, before, call.query.limit + 1)
-    items = [Grant(**row) for row in rows[: call.query.limit]]
-    return GrantPage(items, str(items[-1].id) if len(rows) > call.query.limit else None)
+    rows, next_cursor = await id_page(call, GRANTS, call.account_id)
+    return GrantPage([Grant(**row) for row in rows], next_cursor)
 
 
 @datasets.route("GET", "/v1/dataset-downloads", summary="Own dataset downloads", scope="read", query=PageQuery,
                 response=DownloadPage, errors=("invalid_cursor",))
 async def list_downloads(call: Call) -> DownloadPage:
     """Every download this account started, newest first: the metering of its access."""
-    before = None if call.query.cursor is None else cursor_id(call.query.cursor)
-    async with call.services.connection() as conn:
-        rows = await conn.fetch(DOWNLOADS, call.account_id, before, call.query.limit + 1)
-    items = [DatasetDownload(**row) for row in rows[: call.query.limit]]
-    return DownloadPage(items, str(items[-1].id) if len(rows) > call.query.limit else None)
+    rows, next_cursor = await id_page(call, DOWNLOADS, call.account_id)
+    return DownloadPage([DatasetDownload(**row) for row in rows], next_cursor)
 
 
 @datasets.route("GET", "/v1/dataset-files/{file_id}/link", summary="A download link", scope="read",

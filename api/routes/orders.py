@@ -9,7 +9,7 @@ quantity and notional, fees, and the fills this command made. Reads come from th
 
 from datetime import UTC, datetime
 
-from api.endpoints import Call, Endpoints, cursor_id, money
+from api.endpoints import Call, Endpoints, id_page, money
 from api.problems import Problem
 from api.routes.reads import with_fills, with_their_fills
 from api.schemas import (
@@ -103,12 +103,9 @@ async def place_order(call: Call) -> OrderWithFills:
 async def list_orders(call: Call) -> OrderPage:
     """Own orders, newest first; filter by status (open, closed, all), symbol and side."""
     query: OrderQuery = call.query
-    before = None if query.cursor is None else cursor_id(query.cursor)
     status = None if query.status == "all" else query.status
-    async with call.services.read_connection() as conn:
-        rows = await conn.fetch(LIST, call.account_id, before, status, query.symbol, query.side, query.limit + 1)
-    items = [order_from_row(row) for row in rows[: query.limit]]
-    return OrderPage(items, str(items[-1].id) if len(rows) > query.limit else None)
+    rows, next_cursor = await id_page(call, LIST, call.account_id, status, query.symbol, query.side, replica=True)
+    return OrderPage([order_from_row(row) for row in rows], next_cursor)
 
 
 @orders.route("GET", "/v1/orders/{order_id}", summary="Get an order", scope="read", response=OrderWithFills,

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from msgspec import Meta, Struct
 
 from api.credentials import seal
-from api.endpoints import Call, Endpoints, cursor_id
+from api.endpoints import Call, Endpoints, id_page
 from api.problems import Problem
 from api.schemas import Delivery, Id, PageQuery, Redemption, RedemptionPage, Request, Symbol, whole
 from exchange import delivery
@@ -173,14 +173,10 @@ async def own_provider(call: Call) -> dict:
 async def deliveries(call: Call) -> DeliveryPage:
     """Every attempt of a call on this provider, newest first: tokens delivered, time to first token, latency."""
     provider = await own_provider(call)
-    query = call.query
-    before = None if query.cursor is None else cursor_id(query.cursor)
-    async with call.services.connection() as conn:
-        rows = await conn.fetch(DELIVERIES, provider["id"], before, query.limit + 1)
-    items = [Delivery(r["id"], r["reservation_id"], r["symbol"], r["prompt_tokens"], r["completion_tokens"],
-                      r["ttft_us"] / 1000, r["latency_us"] / 1000, r["status"], r["created_at"])
-             for r in rows[: query.limit]]
-    return DeliveryPage(items, str(items[-1].id) if len(rows) > query.limit else None)
+    rows, next_cursor = await id_page(call, DELIVERIES, provider["id"])
+    return DeliveryPage([Delivery(r["id"], r["reservation_id"], r["symbol"], r["prompt_tokens"],
+                                  r["completion_tokens"], r["ttft_us"] / 1000, r["latency_us"] / 1000, r["status"],
+                                  r["created_at"]) for r in rows], next_cursor)
 
 
 @providers.route("GET", "/v1/providers/{provider_id}/redemptions", summary="Redemptions a provider serves",
@@ -190,12 +186,8 @@ async def provider_redemptions(call: Call) -> RedemptionPage:
     """The redemptions of the instrument this provider serves, newest first: the tokens buyers may now call for.
     Buyers are not named."""
     provider = await own_provider(call)
-    query = call.query
-    before = None if query.cursor is None else cursor_id(query.cursor)
-    async with call.services.connection() as conn:
-        rows = await conn.fetch(REDEMPTIONS, provider["id"], before, query.limit + 1)
-    items = [Redemption(**row) for row in rows[: query.limit]]
-    return RedemptionPage(items, str(items[-1].id) if len(rows) > query.limit else None)
+    rows, next_cursor = await id_page(call, REDEMPTIONS, provider["id"])
+    return RedemptionPage([Redemption(**row) for row in rows], next_cursor)
 
 
 @providers.route("GET", "/v1/providers/stats", summary="Providers' measured effect", response=Stats)
@@ -237,11 +229,7 @@ async def quotas(call: Call) -> QuotaList:
 async def usage(call: Call) -> UsagePage:
     """This account's inference calls, newest first: one row per attempt on a provider, with the tokens charged
     (failed attempts charge none). An inference key may read it too."""
-    query = call.query
-    before = None if query.cursor is None else cursor_id(query.cursor)
-    async with call.services.connection() as conn:
-        rows = await conn.fetch(USAGE, call.account_id, before, query.limit + 1)
-    items = [Usage(r["id"], r["reservation_id"], r["symbol"], r["provider_id"], r["prompt_tokens"],
-                   r["completion_tokens"], r["ttft_us"] / 1000, r["latency_us"] / 1000, r["status"], r["created_at"])
-             for r in rows[: query.limit]]
-    return UsagePage(items, str(items[-1].id) if len(rows) > query.limit else None)
+    rows, next_cursor = await id_page(call, USAGE, call.account_id)
+    return UsagePage([Usage(r["id"], r["reservation_id"], r["symbol"], r["provider_id"], r["prompt_tokens"],
+                            r["completion_tokens"], r["ttft_us"] / 1000, r["latency_us"] / 1000, r["status"],
+                            r["created_at"]) for r in rows], next_cursor)

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
-from api.endpoints import Call, Endpoints, cursor_id, money
+from api.endpoints import Call, Endpoints, id_page, money
 from api.problems import Problem
 from api.routes.reads import with_their_fills
 from api.schemas import (
@@ -172,11 +172,8 @@ async def get_routed_order(call: Call) -> RoutedOrder:
                response=RoutedOrderPage, errors=("invalid_cursor",))
 async def list_routed_orders(call: Call) -> RoutedOrderPage:
     """Own routed orders, newest first, with their child order ids (``GET /v1/routed-orders/{id}`` has the rest)."""
-    before = None if call.query.cursor is None else cursor_id(call.query.cursor)
-    async with call.services.read_connection() as conn:
-        rows = await conn.fetch(ROUTED_ORDERS, call.account_id, before, call.query.limit + 1)
-    items = [summary(records.RoutedOrder(**row)) for row in rows[: call.query.limit]]
-    return RoutedOrderPage(items, str(items[-1].id) if len(rows) > call.query.limit else None)
+    rows, next_cursor = await id_page(call, ROUTED_ORDERS, call.account_id, replica=True)
+    return RoutedOrderPage([summary(records.RoutedOrder(**row)) for row in rows], next_cursor)
 
 
 def summary(routed: records.RoutedOrder) -> RoutedOrderSummary:

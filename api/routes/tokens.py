@@ -1,6 +1,6 @@
 """Tokens in and out of existence: issuer approval (admin), mint and burn (issuer), redemption (holder)."""
 
-from api.endpoints import Call, Endpoints, cursor_id
+from api.endpoints import Call, Endpoints, id_page
 from api.routes.reads import movement
 from api.schemas import (
     IssuerApproval,
@@ -74,9 +74,5 @@ async def redeem(call: Call) -> Redemption:
               response=RedemptionPage, errors=("invalid_cursor",))
 async def redemptions(call: Call) -> RedemptionPage:
     """This account's redemptions, newest first."""
-    query = call.query
-    before = None if query.cursor is None else cursor_id(query.cursor)
-    async with call.services.read_connection() as conn:
-        rows = await conn.fetch(REDEMPTIONS, call.account_id, before, query.limit + 1)
-    items = [Redemption(**row) for row in rows[: query.limit]]
-    return RedemptionPage(items, str(items[-1].id) if len(rows) > query.limit else None)
+    rows, next_cursor = await id_page(call, REDEMPTIONS, call.account_id, replica=True)
+    return RedemptionPage([Redemption(**row) for row in rows], next_cursor)
