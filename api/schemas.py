@@ -18,6 +18,7 @@ from msgspec import Meta, Struct
 
 from api.marketdata import BookView
 from api.units import from_micro
+from exchange import records
 from exchange.commands import OrderView
 from exchange.indexer import IndexRow
 
@@ -59,7 +60,6 @@ ClientOrderId = Annotated[str, whole(r"[A-Za-z0-9._:-]{1,64}",
 ClientRequestId = Annotated[str, whole(r"[A-Za-z0-9._:-]{1,64}",
                                        description="Unique per account and kind; sending it again returns the "
                                                    "original result and changes nothing.")]
-KeyId = Annotated[str, whole(r"tk_[0-9a-f]{16}", description="The public id of an API key.")]
 Limit = Annotated[int, Meta(ge=1, le=500)]
 Cursor = Annotated[str, whole(r"[0-9]{1,19}(-[0-9]{1,19})?",
                               description="Opaque: the next_cursor of the previous page.")]
@@ -78,6 +78,14 @@ class Request(Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
+def shown(name: str, record: type[Struct], fields: tuple[str, ...], **types: Any) -> type[Struct]:
+    """The response Struct ``name`` that shows ``fields`` of the exchange's ``record``, in that order, each typed as
+    the record types it unless ``types`` says how the API shows it (a Literal for a str, yuan for micro-yuan)."""
+    typed = {field.name: field.type for field in msgspec.structs.fields(record)}
+    return msgspec.defstruct(name, [(field, types[field] if field in types else typed[field]) for field in fields],
+                             module=__name__)
+
+
 # Requests
 
 
@@ -86,41 +94,35 @@ class NewAccount(Request):
     role: Role
 
 
-class NewKey(Request):
-    account_id: Id
-    scopes: Annotated[list[Scope], Meta(min_length=1, max_length=4)]
-    label: Label = ""
-
-
-class NewComputeInstrument(Request, tag="compute", tag_field="kind"):
-    """A standardized block of tokens of one model class."""
+class NewInstrumentTerms(Request):
+    """What every kind of instrument is listed with."""
 
     symbol: Symbol
     tick: Decimal
-    model: Text
-    substitution_group: Text
-    quality: Annotated[int, Meta(ge=0, le=100)]
-    tokens_per_lot: Annotated[int, Meta(ge=1, le=BIGINT)]
+    """The price step, in yuan per lot."""
     min_qty: Qty = 1
     max_qty: Qty = 1_000_000
     maker_fee_bps: Bps = 10
     taker_fee_bps: Bps = 20
 
 
-class NewDatasetInstrument(Request, tag="dataset", tag_field="kind"):
+class NewComputeInstrument(NewInstrumentTerms, tag="compute", tag_field="kind", kw_only=True):
+    """A standardized block of tokens of one model class."""
+
+    model: Text
+    substitution_group: Text
+    quality: Annotated[int, Meta(ge=0, le=100)]
+    tokens_per_lot: Annotated[int, Meta(ge=1, le=BIGINT)]
+
+
+class NewDatasetInstrument(NewInstrumentTerms, tag="dataset", tag_field="kind", kw_only=True):
     """Units of access to one dataset, minted by its issuer."""
 
-    symbol: Symbol
-    tick: Decimal
     issuer_id: Id
     description: Text
     license: Text
     grants: Text
     supply_cap: Qty
-    min_qty: Qty = 1
-    max_qty: Qty = 1_000_000
-    maker_fee_bps: Bps = 10
-    taker_fee_bps: Bps = 20
 
 
 NewInstrument = NewComputeInstrument | NewDatasetInstrument
@@ -240,43 +242,9 @@ class Account(Struct):
     created_at: datetime
 
 
-class ApiKey(Struct):
-    id: str
-    account_id: int
-    scopes: list[Scope]
-    label: str
-    created_at: datetime
-    revoked_at: datetime | None
-
-
-class ApiKeyList(Struct):
-    items: list[ApiKey]
-
-
-class CreatedApiKey(ApiKey):
-    secret: str
-    """Shown once: it signs requests. The exchange cannot show it again."""
-
-
-class Instrument(Struct):
-    symbol: str
-    kind: Literal["compute", "dataset"]
-    status: Literal["trading", "halted"]
-    tick: str
-    min_qty: int
-    max_qty: int
-    maker_fee_bps: int
-    taker_fee_bps: int
-    model: str | None
-    substitution_group: str | None
-    quality: int | None
-    tokens_per_lot: int | None
-    issuer_id: int | None
-    description: str | None
-    license: str | None
-    grants: str | None
-    supply_cap: int | None
-    created_at: datetime
+Instrument = shown("Instrument", records.Instrument, records.Instrument.ROW_FIELDS[1:],
+                   kind=Literal["compute", "dataset"], status=Literal["trading", "halted"], tick=str)
+"""An instrument's row but its id, with the tick in yuan."""
 
 
 class InstrumentList(Struct):
@@ -525,6 +493,15 @@ Interval = Literal["1m", "5m", "1h", "1d"]
 Time = Annotated[datetime, Meta(tz=True, description="RFC 3339 with a time zone, e.g. 2026-11-28T09:30:00Z.")]
 
 Mode = Literal["cost", "quality", "balance"]
+Period = Literal["day", "week", "month"]
+"""How often a package buys, or a subscription renews."""
+
+
+class PeriodPageQuery(Request):
+    """A page of the periods a package or a subscription ran; the cursor is a period's number."""
+
+    limit: Limit = 100
+    cursor: Annotated[str, whole(r"[0-9]{1,9}", description="The next_cursor of the previous page.")] | None = None
 
 
 class Candle(Struct):

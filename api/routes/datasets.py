@@ -28,7 +28,7 @@ from starlette.responses import StreamingResponse
 from api import download_links
 from api.endpoints import Call, Endpoints, id_page
 from api.problems import Problem
-from api.schemas import TEXT_PATTERN, Id, PageQuery, Request, Symbol, whole
+from api.schemas import TEXT_PATTERN, Id, PageQuery, Request, Symbol, shown, whole
 from exchange import dataset_files
 from exchange import datasets as terms_rules
 from exchange.commands import Done, Download, PublishTerms
@@ -75,16 +75,9 @@ class TermsQuery(Request):
     """A past version; the newest when left out."""
 
 
-class Terms(Struct):
-    symbol: str
-    version: int
-    permitted_use: list[PermittedUse]
-    redistribution: bool
-    attribution: str | None
-    days_per_token: int | None
-    downloads_per_token: int | None
-    text: str
-    created_at: datetime
+Terms = shown("Terms", terms_rules.Terms, ("symbol", *terms_rules.Terms.__struct_fields__[1:]), symbol=str,
+              permitted_use=list[PermittedUse])
+"""A version of a dataset's terms as ``exchange.datasets.Terms`` holds it, with the symbol for the instrument id."""
 
 
 class UploadQuery(Request):

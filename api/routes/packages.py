@@ -21,15 +21,15 @@ from api.schemas import (
     Decimal,
     Execution,
     Id,
-    Limit,
     Mode,
+    Period,
+    PeriodPageQuery,
     Qty,
     Request,
     Text,
     average_price,
     average_quality,
     optional_price,
-    whole,
 )
 from api.units import from_micro
 from exchange import packages as plans
@@ -41,9 +41,7 @@ from exchange.sequencer import Sequencer
 
 packages = Endpoints("packages")
 
-Period = Literal["day", "week", "month"]
 PACKAGE_ID = {"package_id": (Id, "unknown_package")}
-PeriodCursor = Annotated[str, whole(r"[0-9]{1,9}", description="The next_cursor of the previous page.")]
 Time = Annotated[datetime, Meta(tz=True, description="RFC 3339 with a time zone, e.g. 2026-12-01T09:00:00Z.")]
 
 PACKAGE = sql("package_of_account")
@@ -62,11 +60,6 @@ class NewPackage(Request):
     """A limit per lot, on every book."""
     client_request_id: ClientRequestId | None = None
     """Unique per account among packages: sending it again returns the package it made the first time."""
-
-
-class ExecutionQuery(Request):
-    limit: Limit = 100
-    cursor: PeriodCursor | None = None
 
 
 class Package(Struct):
@@ -198,7 +191,7 @@ async def cancel_package(call: Call) -> Package:
 
 
 @packages.route("GET", "/v1/packages/{package_id}/executions", summary="List a package's executions",
-                scope="read", query=ExecutionQuery, response=ExecutionPage,
+                scope="read", query=PeriodPageQuery, response=ExecutionPage,
                 errors=("unknown_package",), params=PACKAGE_ID)
 async def list_executions(call: Call) -> ExecutionPage:
     """The periods run, newest first, with what each bought."""

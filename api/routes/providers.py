@@ -11,7 +11,7 @@ quality, the figure ``quality`` routing uses. ``GET /v1/quotas`` lists what is l
 """
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from msgspec import Meta, Struct
 
@@ -65,19 +65,11 @@ class ProviderList(Struct):
     items: list[Provider]
 
 
-class Usage(Struct):
+class Usage(Delivery):
     """One attempt of one of this account's inference calls."""
 
-    id: int
     reservation_id: Annotated[int, Meta(description="The tokex-reservation header of the call's answer.")]
-    symbol: str
     provider_id: int
-    prompt_tokens: int
-    completion_tokens: int
-    ttft_ms: float
-    latency_ms: float
-    status: Literal["ok", "failed"]
-    created_at: datetime
 
 
 class UsagePage(Struct):
@@ -131,6 +123,12 @@ class QuotaList(Struct):
     items: list[Quota]
 
 
+def delivery_fields(row) -> tuple:
+    """The fields of a ``Delivery`` from a row of an attempt, in milliseconds where the row has microseconds."""
+    return (row["id"], row["reservation_id"], row["symbol"], row["prompt_tokens"], row["completion_tokens"],
+            row["ttft_us"] / 1000, row["latency_us"] / 1000, row["status"], row["created_at"])
+
+
 def provider_from(view: ProviderView) -> Provider:
     return Provider(view.id, view.account_id, view.symbol, view.base_url, view.model, view.delivered,
                     view.obligation, view.created_at, view.updated_at)
@@ -174,9 +172,7 @@ async def deliveries(call: Call) -> DeliveryPage:
     """Every attempt of a call on this provider, newest first: tokens delivered, time to first token, latency."""
     provider = await own_provider(call)
     rows, next_cursor = await id_page(call, DELIVERIES, provider["id"])
-    return DeliveryPage([Delivery(r["id"], r["reservation_id"], r["symbol"], r["prompt_tokens"],
-                                  r["completion_tokens"], r["ttft_us"] / 1000, r["latency_us"] / 1000, r["status"],
-                                  r["created_at"]) for r in rows], next_cursor)
+    return DeliveryPage([Delivery(*delivery_fields(row)) for row in rows], next_cursor)
 
 
 @providers.route("GET", "/v1/providers/{provider_id}/redemptions", summary="Redemptions a provider serves",
@@ -230,6 +226,4 @@ async def usage(call: Call) -> UsagePage:
     """This account's inference calls, newest first: one row per attempt on a provider, with the tokens charged
     (failed attempts charge none). An inference key may read it too."""
     rows, next_cursor = await id_page(call, USAGE, call.account_id)
-    return UsagePage([Usage(r["id"], r["reservation_id"], r["symbol"], r["provider_id"], r["prompt_tokens"],
-                            r["completion_tokens"], r["ttft_us"] / 1000, r["latency_us"] / 1000, r["status"],
-                            r["created_at"]) for r in rows], next_cursor)
+    return UsagePage([Usage(*delivery_fields(row), row["provider_id"]) for row in rows], next_cursor)

@@ -16,7 +16,7 @@ from msgspec import Meta, Struct
 
 from api.endpoints import Call, Endpoints, money
 from api.problems import Problem
-from api.schemas import ClientRequestId, Decimal, Id, Limit, Request, Symbol, whole
+from api.schemas import ClientRequestId, Decimal, Id, Period, PeriodPageQuery, Request, Symbol
 from api.units import from_micro
 from exchange import subscriptions as rules
 from exchange.commands import (
@@ -31,10 +31,8 @@ from exchange.packages import period_start
 
 subscriptions = Endpoints("subscriptions")
 
-Period = Literal["day", "week", "month"]
 OFFER_ID = {"offer_id": (Id, "unknown_offer")}
 SUBSCRIPTION_ID = {"subscription_id": (Id, "unknown_subscription")}
-PeriodCursor = Annotated[str, whole(r"[0-9]{1,9}", description="The next_cursor of the previous page.")]
 
 OFFER = sql("subscription_offer_by_id")
 OFFERS = sql("active_subscription_offers")
@@ -58,11 +56,6 @@ class NewSubscription(Request):
     offer_id: Id
     client_request_id: ClientRequestId | None = None
     """Unique per account among subscriptions: sending it again returns the subscription it made the first time."""
-
-
-class PeriodQuery(Request):
-    limit: Limit = 100
-    cursor: PeriodCursor | None = None
 
 
 class Offer(Struct):
@@ -241,7 +234,7 @@ async def cancel_subscription(call: Call) -> Subscription:
 
 
 @subscriptions.route("GET", "/v1/subscriptions/{subscription_id}/periods", summary="A subscription's periods",
-                     scope="read", query=PeriodQuery, response=PeriodPage, params=SUBSCRIPTION_ID,
+                     scope="read", query=PeriodPageQuery, response=PeriodPage, params=SUBSCRIPTION_ID,
                      errors=("unknown_subscription",))
 async def list_periods(call: Call) -> PeriodPage:
     """The periods run, newest first: what each paid and granted, or why it did not."""
