@@ -49,7 +49,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from api import metrics, package_executions
+from api import metrics, package_executions, tasks
 from api.endpoints import Endpoint, routes
 from api.feed.endpoint import endpoint as feed_endpoint
 from api.feed.hub import Hub
@@ -202,7 +202,7 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
                 stack.push_async_callback(scheduler.stop)
                 app.state.indexer = Indexer(pool, publish=hub.publish_index)
                 indexing = asyncio.get_running_loop().create_task(app.state.indexer.run(), name="price-index")
-                stack.push_async_callback(_cancel, indexing)
+                stack.push_async_callback(tasks.cancel, indexing)
             app.state.inference = inference.Gateway(app.state.services)
             stack.push_async_callback(app.state.inference.close)
             yield
@@ -248,12 +248,6 @@ async def _pool(stack: contextlib.AsyncExitStack, dsn: str, size: int, command_t
 
     stack.push_async_callback(close)
     return pool
-
-
-async def _cancel(task: asyncio.Task) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def _bounded(step, what: str) -> bool:

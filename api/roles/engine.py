@@ -39,7 +39,7 @@ import asyncpg
 import httpx
 
 from api import demo as market
-from api import package_executions
+from api import package_executions, tasks
 from api.keys import KeyStore, load_master_key
 from api.routes.packages import reporter
 from exchange.broker.commands import CommandServer, LeaderHeartbeat
@@ -141,10 +141,7 @@ async def _stand_by_then_lead(settings: EngineSettings, dsn: str, pool: asyncpg.
         log.info("stopping: taking no new commands, committing what is queued")
         await server.stop_taking()
         for task in (demo, indexing):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await tasks.cancel(task)
         await scheduler.stop()
         await sequencer.stop()
         await server.stop()
@@ -162,9 +159,7 @@ async def _first(opening: asyncio.Future, stopping: asyncio.Event) -> bool:
         stop.cancel()
         opening.result()  # raises what opening raised
         return True
-    opening.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await opening
+    await tasks.cancel(opening)
     return False
 
 

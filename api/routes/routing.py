@@ -12,26 +12,10 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
+from api import schemas
 from api.endpoints import Call, Endpoints, id_page, money
 from api.problems import Problem
 from api.routes.reads import with_their_fills
-from api.schemas import (
-    MAX_AMOUNT,
-    MAX_PRICE,
-    ClientOrderId,
-    Decimal,
-    Id,
-    Mode,
-    OrderWithFills,
-    PageQuery,
-    Qty,
-    Request,
-    Side,
-    Text,
-    average_price,
-    average_quality,
-    optional_price,
-)
 from api.units import from_micro
 from exchange import fees, records, route_planner
 from exchange.commands import Done, RouteOrder
@@ -40,7 +24,7 @@ from matching.types import BUY
 
 routing = Endpoints("routed orders")
 
-ROUTED_ID = {"routed_order_id": (Id, "unknown_routed_order")}
+ROUTED_ID = {"routed_order_id": (schemas.Id, "unknown_routed_order")}
 ERRORS = ("unknown_group", "invalid_route_mode", "limit_or_budget_required", "invalid_route_budget",
           "rest_requires_price", "off_tick_price", "invalid_qty", "too_precise", "invalid_decimal", "out_of_range")
 
@@ -52,18 +36,18 @@ ORDERS_BY_IDS = sql("orders_by_ids")
 DAILY_VOLUME = sql("daily_volume")
 
 
-class RoutedOrderQuery(Request):
+class RoutedOrderQuery(schemas.Request):
     """``qty`` lots of any instrument of ``group``, routed by ``mode``: ``cost`` (lowest price first for a buy,
     highest for a sell), ``quality`` (highest quality first) or ``balance`` (lowest price per quality point first
     for a buy). Give a limit ``price`` per lot, a total ``budget`` (buys only, fees included), or both. With
     ``rest_remainder`` (needs ``price``) what is left rests as a GTC limit on the best book."""
 
-    group: Text
-    side: Side
-    qty: Qty
-    mode: Mode
-    price: Decimal | None = None
-    budget: Decimal | None = None
+    group: schemas.Text
+    side: schemas.Side
+    qty: schemas.Qty
+    mode: schemas.Mode
+    price: schemas.Decimal | None = None
+    budget: schemas.Decimal | None = None
     rest_remainder: bool = False
 
 
@@ -71,15 +55,15 @@ class RoutedOrderRequest(RoutedOrderQuery):
     """A routed order as quoted, and the client's own id for it: sending the same ``client_order_id`` again
     returns the routed order it made the first time, and trades nothing."""
 
-    client_order_id: ClientOrderId | None = None
+    client_order_id: schemas.ClientOrderId | None = None
 
 
 class RoutedOrderSummary(Struct):
     id: int
     client_order_id: str | None
     group: str
-    side: Side
-    mode: Mode
+    side: schemas.Side
+    mode: schemas.Mode
     qty: int
     price: str | None
     budget: str | None
@@ -101,7 +85,7 @@ class RoutedOrderSummary(Struct):
 
 
 class RoutedOrder(RoutedOrderSummary):
-    children: list[OrderWithFills]
+    children: list[schemas.OrderWithFills]
 
 
 class RoutedOrderPage(Struct):
@@ -127,8 +111,8 @@ class QuoteRest(Struct):
 
 class RoutedQuote(Struct):
     group: str
-    side: Side
-    mode: Mode
+    side: schemas.Side
+    mode: schemas.Mode
     qty: int
     legs: list[QuoteLeg]
     filled_qty: int
@@ -142,8 +126,8 @@ class RoutedQuote(Struct):
 
 
 def command(account_id: int, request: RoutedOrderQuery, client_order_id: str | None = None) -> RouteOrder:
-    price = None if request.price is None else money(request.price, "price", MAX_PRICE)
-    budget = None if request.budget is None else money(request.budget, "budget", MAX_AMOUNT)
+    price = None if request.price is None else money(request.price, "price", schemas.MAX_PRICE)
+    budget = None if request.budget is None else money(request.budget, "budget", schemas.MAX_AMOUNT)
     return RouteOrder(account_id, request.group, request.side, request.qty, request.mode, price, budget,
                       request.rest_remainder, client_order_id)
 
@@ -168,7 +152,7 @@ async def get_routed_order(call: Call) -> RoutedOrder:
     return await fetch_routed(call, call.params["routed_order_id"])
 
 
-@routing.route("GET", "/v1/routed-orders", summary="List own routed orders", scope="read", query=PageQuery,
+@routing.route("GET", "/v1/routed-orders", summary="List own routed orders", scope="read", query=schemas.PageQuery,
                response=RoutedOrderPage, errors=("invalid_cursor",))
 async def list_routed_orders(call: Call) -> RoutedOrderPage:
     """Own routed orders, newest first, with their child order ids (``GET /v1/routed-orders/{id}`` has the rest)."""
@@ -179,9 +163,10 @@ async def list_routed_orders(call: Call) -> RoutedOrderPage:
 def summary(routed: records.RoutedOrder) -> RoutedOrderSummary:
     return RoutedOrderSummary(
         routed.id, routed.client_order_id, routed.substitution_group, routed.side, routed.mode, routed.qty,
-        optional_price(routed.price), optional_price(routed.budget), routed.rest_remainder, routed.status,
-        routed.filled_qty, from_micro(routed.filled_notional), average_price(routed.filled_notional, routed.filled_qty),
-        average_quality(routed.quality_lots, routed.filled_qty), from_micro(routed.fee), routed.remainder,
+        schemas.optional_price(routed.price), schemas.optional_price(routed.budget), routed.rest_remainder,
+        routed.status, routed.filled_qty, from_micro(routed.filled_notional),
+        schemas.average_price(routed.filled_notional, routed.filled_qty),
+        schemas.average_quality(routed.quality_lots, routed.filled_qty), from_micro(routed.fee), routed.remainder,
         routed.resting_order_id, routed.package_id, routed.created_at, routed.order_ids,
     )
 
@@ -233,12 +218,12 @@ async def quote_routed_order(call: Call) -> RoutedQuote:
     plan = route_planner.plan(venues, request.side, request.qty, request.mode, request.price, request.budget,
                        request.rest_remainder)
     legs = [QuoteLeg(leg.symbol, leg.quality, leg.qty, from_micro(leg.price), from_micro(leg.notional),
-                     average_price(leg.notional, leg.qty), from_micro(leg.fee)) for leg in plan.legs]
+                     schemas.average_price(leg.notional, leg.qty), from_micro(leg.fee)) for leg in plan.legs]
     notional, fee = plan.notional, plan.fee
     rest = plan.rest
     return RoutedQuote(
         request.group, request.side, request.mode, request.qty, legs, plan.filled_qty, from_micro(notional),
         from_micro(fee), from_micro(notional + fee if request.side == BUY else notional - fee),
-        average_price(notional, plan.filled_qty), average_quality(plan.quality_lots, plan.filled_qty),
+        schemas.average_price(notional, plan.filled_qty), schemas.average_quality(plan.quality_lots, plan.filled_qty),
         plan.remainder, None if rest is None else QuoteRest(rest.symbol, from_micro(rest.price), rest.qty),
     )
