@@ -62,6 +62,7 @@ from api.openapi import document, meta
 from api.problems import Problem
 from api.ratelimit import RateLimiter, RateLimits
 from api.routes.accounts import accounts
+from api.routes.dataset_access import access as dataset_access
 from api.routes.datasets import datasets
 from api.routes.fees import fees
 from api.routes.history import history
@@ -72,6 +73,7 @@ from api.routes.market import market
 from api.routes.orders import orders
 from api.routes.packages import packages, reporter
 from api.routes.providers import providers
+from api.routes.quotas import buyers
 from api.routes.routing import routing
 from api.routes.subscriptions import subscriptions
 from api.routes.system import system
@@ -91,7 +93,8 @@ log = logging.getLogger(__name__)
 
 # The router tries routes in this order: the order endpoints, the busiest by far, come first.
 ENDPOINTS: list[Endpoint] = [*orders, *routing, *packages, *instruments, *market, *history, *accounts, *keys,
-                             *tokens, *datasets, *subscriptions, *providers, *indices, *fees, *system, *meta]
+                             *tokens, *datasets, *dataset_access, *subscriptions, *providers, *buyers, *indices, *fees,
+                             *system, *meta]
 SHUTDOWN_STEP_SECONDS = 10.0
 STATIC = Path(__file__).parent / "static"
 SWAGGER = Path(__file__).parent / "swagger"

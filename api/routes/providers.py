@@ -1,13 +1,12 @@
 """Providers (issuers serving their compute instruments over an OpenAI-compatible upstream), their deliveries and
-obligations, their measured effect, and buyers' quotas of tokens (``exchange.delivery``, ``exchange.quotas``).
+obligations, and their measured effect (``exchange.delivery``); buyers' quotas are ``api.routes.quotas``.
 
 A provider registers its upstream with ``POST /v1/providers``; the credential is sealed with the master key
 (``api.credentials``) before it reaches the exchange and is never shown again. ``GET /v1/providers`` shows an
 issuer's providers with what each delivered and still owes; the deliveries (one row per attempt of a call) and
 the redemptions of the instrument are pages of their own. ``GET /v1/providers/stats`` is public: each provider's
 success rate, time to first token and tokens per second over its last calls, and each instrument's measured
-quality, the figure ``quality`` routing uses. ``GET /v1/quotas`` lists what is left of an account's quotas, and
-``GET /v1/usage`` its calls.
+quality, the figure ``quality`` routing uses.
 """
 
 from datetime import datetime
@@ -30,12 +29,10 @@ BaseUrl = Annotated[str, whole(r"https?://[^\s\x00]{1,500}", description="The up
                                                                          "/chat/completions is appended.",
                               examples=["https://api.example.com/v1"])]
 
-QUOTAS = sql("account_quotas")
 PROVIDERS = sql("account_providers")
 DELIVERIES = sql("provider_deliveries")
 REDEMPTIONS = sql("provider_redemptions")
 STATS = sql("provider_stats")
-USAGE = sql("account_usage")
 WINDOWS = sql("provider_windows")
 
 
@@ -63,18 +60,6 @@ class Provider(Struct):
 
 class ProviderList(Struct):
     items: list[Provider]
-
-
-class Usage(Delivery):
-    """One attempt of one of this account's inference calls."""
-
-    reservation_id: Annotated[int, Meta(description="The tokex-reservation header of the call's answer.")]
-    provider_id: int
-
-
-class UsagePage(Struct):
-    items: list[Usage]
-    next_cursor: str | None
 
 
 class DeliveryPage(Struct):
@@ -105,22 +90,6 @@ class Stats(Struct):
     window_calls: int
     providers: list[ProviderStats]
     instruments: list[InstrumentEffect]
-
-
-class Quota(Struct):
-    symbol: str
-    source: Annotated[str, Meta(description="Where the tokens came from: redemption, subscription:<id>")]
-    granted: int
-    reserved: Annotated[int, Meta(description="Held by calls under way.")]
-    used: int
-    lapsed: int
-    remaining: int
-    expires_at: datetime | None
-    updated_at: datetime
-
-
-class QuotaList(Struct):
-    items: list[Quota]
 
 
 def delivery_fields(row) -> tuple:
@@ -209,21 +178,3 @@ async def stats(call: Call) -> Stats:
     instruments = [InstrumentEffect(symbol, listed, delivery.measured_quality(listed, delivery.effect(samples)))
                    for symbol, (listed, samples) in sorted(by_symbol.items())]
     return Stats(delivery.WINDOW_CALLS, found, instruments)
-
-
-@providers.route("GET", "/v1/quotas", summary="Own quotas", scope=("read", "inference"), response=QuotaList)
-async def quotas(call: Call) -> QuotaList:
-    """What is left of this account's quotas of tokens, per instrument and source. An inference key may read it
-    too."""
-    async with call.services.connection() as conn:
-        rows = await conn.fetch(QUOTAS, call.account_id)
-    return QuotaList([Quota(**row) for row in rows])
-
-
-@providers.route("GET", "/v1/usage", summary="Own inference calls", scope=("read", "inference"), query=PageQuery,
-                 response=UsagePage, errors=("invalid_cursor",))
-async def usage(call: Call) -> UsagePage:
-    """This account's inference calls, newest first: one row per attempt on a provider, with the tokens charged
-    (failed attempts charge none). An inference key may read it too."""
-    rows, next_cursor = await id_page(call, USAGE, call.account_id)
-    return UsagePage([Usage(*delivery_fields(row), row["provider_id"]) for row in rows], next_cursor)
