@@ -1,5 +1,7 @@
-"""The API's request and response bodies and query strings, as msgspec Structs, and the conversions from the
-exchange's rows and views to them that more than one route (or the feed) makes.
+"""The API's field types with their limits; as msgspec Structs, the request and response bodies and query strings
+of orders, instruments and market data, and those more than one route module (or the feed) uses; and the
+conversions from the exchange's rows and views to them. A route module declares the bodies only it uses next to
+its routes (``api.routes.accounts``, ``api.routes.packages``, ...).
 
 Requests forbid unknown fields. Field types carry their limits (``Meta``), so decoding validates them and the
 OpenAPI document (``api.openapi``) states them. Limits that are not business rules protect the database:
@@ -89,11 +91,6 @@ def shown(name: str, record: type[Struct], fields: tuple[str, ...], **types: Any
 # Requests
 
 
-class NewAccount(Request):
-    name: Name
-    role: Role
-
-
 class NewInstrumentTerms(Request):
     """What every kind of instrument is listed with."""
 
@@ -126,38 +123,6 @@ class NewDatasetInstrument(NewInstrumentTerms, tag="dataset", tag_field="kind", 
 
 
 NewInstrument = NewComputeInstrument | NewDatasetInstrument
-
-
-class CashTransfer(Request):
-    """A deposit or a withdrawal of CNY for an account."""
-
-    account_id: Id
-    amount: Decimal
-    client_request_id: ClientRequestId | None = None
-    """Unique per account credited or debited, and per kind (deposit, withdrawal)."""
-
-
-class NewIssuerApproval(Request):
-    account_id: Id
-    symbol: Symbol
-    capacity: Annotated[int, Meta(ge=0, le=MAX_QTY, description="Lots the issuer may have minted at once.")]
-
-
-class TokenQty(Request):
-    """Lots of one instrument to mint, burn or redeem, in the key's own account."""
-
-    symbol: Symbol
-    qty: Qty
-    client_request_id: ClientRequestId | None = None
-    """Unique per account and kind (mint, burn, redemption)."""
-
-
-class NewRedemption(TokenQty):
-    """Lots to redeem from the key's own account; redeeming dataset tokens accepts their license terms."""
-
-    terms_version: Annotated[int, Meta(ge=1, le=2**31 - 1)] | None = None
-    """Dataset tokens only, and required for them: the version of the terms shown at
-    ``GET /v1/instruments/{symbol}/terms``, which redeeming accepts."""
 
 
 class NewLimitOrder(Request, tag="limit", tag_field="type"):
@@ -213,12 +178,6 @@ class FillQuery(Request):
     cursor: Cursor | None = None
 
 
-class LedgerQuery(Request):
-    asset: Asset | None = None
-    limit: Limit = 100
-    cursor: Cursor | None = None
-
-
 class PageQuery(Request):
     limit: Limit = 100
     cursor: Cursor | None = None
@@ -233,13 +192,6 @@ class BookQuery(Request):
 
 
 # Responses
-
-
-class Account(Struct):
-    id: int
-    name: str
-    role: Role
-    created_at: datetime
 
 
 Instrument = shown("Instrument", records.Instrument, records.Instrument.ROW_FIELDS[1:],
@@ -257,24 +209,12 @@ class Balance(Struct):
     held: str
 
 
-class BalanceList(Struct):
-    items: list[Balance]
-
-
 class Movement(Struct):
     """Cash or tokens that moved into (positive ``amount``) or out of (negative) an account."""
 
     account_id: int
     asset: str
     amount: str
-
-
-class IssuerApproval(Struct):
-    account_id: int
-    symbol: str
-    capacity: int
-    issued: int
-    approved_at: datetime
 
 
 class Delivery(Struct):
@@ -372,27 +312,6 @@ class Fill(Struct):
 
 class FillPage(Struct):
     items: list[Fill]
-    next_cursor: str | None
-
-
-class Posting(Struct):
-    asset: str
-    bucket: Literal["available", "held"]
-    amount: str
-
-
-class LedgerEntry(Struct):
-    id: int
-    kind: str
-    order_id: int | None
-    fill_id: int | None
-    created_at: datetime
-    postings: list[Posting]
-    """This account's postings only; the other side of the entry is not shown."""
-
-
-class LedgerPage(Struct):
-    items: list[LedgerEntry]
     next_cursor: str | None
 
 

@@ -24,7 +24,7 @@ from typing import Annotated, Literal
 from msgspec import Meta, Struct
 
 from api.endpoints import Call, Endpoints
-from api.problems import Problem
+from api.problems import Problem, known
 from api.schemas import (
     INTERVALS,
     ORIGIN,
@@ -95,10 +95,7 @@ def floor(moment: datetime, interval: timedelta) -> datetime:
 
 
 async def instrument_id(call: Call, conn, symbol: str) -> int:
-    found = await conn.fetchval(INSTRUMENT_ID, symbol)
-    if found is None:
-        raise Problem("unknown_instrument", field="symbol")
-    return found
+    return known(await conn.fetchval(INSTRUMENT_ID, symbol), "unknown_instrument", "symbol")
 
 
 @history.route("GET", "/v1/instruments/{symbol}/trades", summary="Trades", query=TradeQuery, response=TradePage,

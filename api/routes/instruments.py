@@ -2,7 +2,7 @@
 
 from api import schemas
 from api.endpoints import Call, Endpoints, money
-from api.problems import Problem
+from api.problems import Problem, known
 from api.units import from_micro
 from exchange.commands import ListInstrument, SetInstrumentStatus
 from exchange.database.queries import sql
@@ -22,9 +22,7 @@ def instrument(row) -> schemas.Instrument:
 async def read_instrument(call: Call, symbol: str) -> schemas.Instrument:
     async with call.services.connection() as conn:
         row = await conn.fetchrow(ONE, symbol)
-    if row is None:
-        raise Problem("unknown_instrument", field="symbol")
-    return instrument(row)
+    return instrument(known(row, "unknown_instrument", "symbol"))
 
 
 @instruments.route("GET", "/v1/instruments", summary="List instruments", response=schemas.InstrumentList)

@@ -4,7 +4,7 @@ import time
 
 from api.endpoints import Call, Endpoints
 from api.marketdata import LOAD_INSTRUMENTS, MINUTE_US, BookView
-from api.problems import Problem
+from api.problems import known
 from api.schemas import SYMBOL_PARAM, Book, BookQuery, Level, Ticker, TickerList, ticker_figures
 from api.units import from_micro
 
@@ -12,10 +12,7 @@ market = Endpoints("market data")
 
 
 async def book_view(call: Call, symbol: str) -> BookView:
-    view = await call.services.market.view_of(call.services.connection, symbol)
-    if view is None:
-        raise Problem("unknown_instrument", field="symbol")
-    return view
+    return known(await call.services.market.view_of(call.services.connection, symbol), "unknown_instrument", "symbol")
 
 
 @market.route("GET", "/v1/instruments/{symbol}/book", summary="Order book", query=BookQuery, response=Book,
