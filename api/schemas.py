@@ -91,35 +91,35 @@ def shown(name: str, record: type[Struct], fields: tuple[str, ...], **types: Any
 # Requests
 
 
-class NewInstrumentTerms(Request):
-    """What every kind of instrument is listed with."""
+class NewComputeInstrument(Request, tag="compute", tag_field="kind"):
+    """A standardized block of tokens of one model class."""
 
     symbol: Symbol
     tick: Decimal
-    """The price step, in yuan per lot."""
+    model: Text
+    substitution_group: Text
+    quality: Annotated[int, Meta(ge=0, le=100)]
+    tokens_per_lot: Annotated[int, Meta(ge=1, le=BIGINT)]
     min_qty: Qty = 1
     max_qty: Qty = 1_000_000
     maker_fee_bps: Bps = 10
     taker_fee_bps: Bps = 20
 
 
-class NewComputeInstrument(NewInstrumentTerms, tag="compute", tag_field="kind", kw_only=True):
-    """A standardized block of tokens of one model class."""
-
-    model: Text
-    substitution_group: Text
-    quality: Annotated[int, Meta(ge=0, le=100)]
-    tokens_per_lot: Annotated[int, Meta(ge=1, le=BIGINT)]
-
-
-class NewDatasetInstrument(NewInstrumentTerms, tag="dataset", tag_field="kind", kw_only=True):
+class NewDatasetInstrument(Request, tag="dataset", tag_field="kind"):
     """Units of access to one dataset, minted by its issuer."""
 
+    symbol: Symbol
+    tick: Decimal
     issuer_id: Id
     description: Text
     license: Text
     grants: Text
     supply_cap: Qty
+    min_qty: Qty = 1
+    max_qty: Qty = 1_000_000
+    maker_fee_bps: Bps = 10
+    taker_fee_bps: Bps = 20
 
 
 NewInstrument = NewComputeInstrument | NewDatasetInstrument

@@ -12,12 +12,6 @@ from api.routes.reads import movement
 from exchange.commands import CreateAccount, Deposit, Withdraw
 from exchange.database.queries import sql
 
-accounts = Endpoints("accounts")
-
-ACCOUNT = sql("account_by_id")
-BALANCES = sql("account_balances")
-LEDGER = sql("ledger_entries")
-
 
 class NewAccount(schemas.Request):
     name: schemas.Name
@@ -69,6 +63,13 @@ class LedgerEntry(Struct):
 class LedgerPage(Struct):
     items: list[LedgerEntry]
     next_cursor: str | None
+
+
+accounts = Endpoints("accounts")
+
+ACCOUNT = sql("account_by_id")
+BALANCES = sql("account_balances")
+LEDGER = sql("ledger_entries")
 
 
 async def read_account(call: Call, account_id: int) -> Account:

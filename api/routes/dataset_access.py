@@ -17,23 +17,22 @@ from typing import Annotated
 from msgspec import Meta, Struct
 from starlette.responses import StreamingResponse
 
-from api import download_links
+from api import download_links, schemas
 from api.endpoints import Call, Endpoints, id_page
 from api.problems import Problem
 from api.routes.datasets import Sha256
-from api.schemas import Id, PageQuery, Request
 from exchange import dataset_files
 from exchange.commands import Done, Download
 from exchange.database.queries import sql
-
-access = Endpoints("datasets")
-
-FILE_ID = {"file_id": (Id, "unknown_file")}
 
 FILE = sql("dataset_file_by_id")
 GRANTS = sql("dataset_grants_page")
 USABLE = sql("has_usable_dataset_grant")
 DOWNLOADS = sql("dataset_downloads_page")
+
+access = Endpoints("datasets")
+
+FILE_ID = {"file_id": (schemas.Id, "unknown_file")}
 
 
 class Grant(Struct):
@@ -51,7 +50,7 @@ class GrantPage(Struct):
     next_cursor: str | None
 
 
-class LinkQuery(Request):
+class LinkQuery(schemas.Request):
     expires_in: Annotated[int, Meta(ge=1, le=download_links.MAX_SECONDS)] = download_links.DEFAULT_SECONDS
     """Seconds the link works."""
 
@@ -61,8 +60,8 @@ class DownloadLink(Struct):
     expires_at: datetime
 
 
-class DownloadQuery(Request):
-    account: Id
+class DownloadQuery(schemas.Request):
+    account: schemas.Id
     expires: Annotated[int, Meta(ge=0, le=2**62)]
     signature: Sha256
 
@@ -82,7 +81,7 @@ class DownloadPage(Struct):
     next_cursor: str | None
 
 
-@access.route("GET", "/v1/dataset-grants", summary="Own dataset access grants", scope="read", query=PageQuery,
+@access.route("GET", "/v1/dataset-grants", summary="Own dataset access grants", scope="read", query=schemas.PageQuery,
                 response=GrantPage, errors=("invalid_cursor",))
 async def list_grants(call: Call) -> GrantPage:
     """This account's access grants, newest first, expired and spent ones included."""
@@ -90,7 +89,7 @@ async def list_grants(call: Call) -> GrantPage:
     return GrantPage([Grant(**row) for row in rows], next_cursor)
 
 
-@access.route("GET", "/v1/dataset-downloads", summary="Own dataset downloads", scope="read", query=PageQuery,
+@access.route("GET", "/v1/dataset-downloads", summary="Own dataset downloads", scope="read", query=schemas.PageQuery,
                 response=DownloadPage, errors=("invalid_cursor",))
 async def list_downloads(call: Call) -> DownloadPage:
     """Every download this account started, newest first: the metering of its access."""

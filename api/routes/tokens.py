@@ -11,12 +11,6 @@ from api.routes.reads import movement
 from exchange.commands import ApproveIssuer, Burn, Mint, Redeem
 from exchange.database.queries import sql
 
-tokens = Endpoints("issuance")
-
-APPROVAL = sql("issuer_approval")
-REDEMPTION = sql("redemption_by_id")
-REDEMPTIONS = sql("redemptions_page")
-
 
 class NewIssuerApproval(schemas.Request):
     account_id: schemas.Id
@@ -47,6 +41,13 @@ class IssuerApproval(Struct):
     capacity: int
     issued: int
     approved_at: datetime
+
+
+tokens = Endpoints("issuance")
+
+APPROVAL = sql("issuer_approval")
+REDEMPTION = sql("redemption_by_id")
+REDEMPTIONS = sql("redemptions_page")
 
 
 @tokens.route("POST", "/v1/issuer-approvals", summary="Approve an issuer", scope="admin",
