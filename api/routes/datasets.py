@@ -17,9 +17,9 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
+from api import schemas
 from api.endpoints import Call, Endpoints
 from api.problems import Problem
-from api.schemas import TEXT_PATTERN, Request, Symbol, shown, whole
 from exchange import dataset_files
 from exchange import datasets as terms_rules
 from exchange.commands import Done, PublishTerms
@@ -28,27 +28,28 @@ from exchange.database.queries import sql
 
 datasets = Endpoints("datasets")
 
-FileName = Annotated[str, whole(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", description="A file's name in its dataset.")]
-Sha256 = Annotated[str, whole(r"[0-9a-f]{64}", description="Lowercase hex SHA-256.")]
+FileName = Annotated[str, schemas.whole(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}",
+                                        description="A file's name in its dataset.")]
+Sha256 = Annotated[str, schemas.whole(r"[0-9a-f]{64}", description="Lowercase hex SHA-256.")]
 PermittedUse = Literal["research", "internal", "commercial", "model_training"]
 Version = Annotated[int, Meta(ge=1, le=2**31 - 1)]
 
-SYMBOL = {"symbol": (Symbol, "unknown_instrument")}
-UPLOAD = {"symbol": (Symbol, "unknown_instrument"), "name": (FileName, "invalid_field")}
+SYMBOL = {"symbol": (schemas.Symbol, "unknown_instrument")}
+UPLOAD = {"symbol": (schemas.Symbol, "unknown_instrument"), "name": (FileName, "invalid_field")}
 
 TERMS = sql("dataset_terms_version")
 FILES = sql("dataset_files_of_instrument")
 DATASET = sql("dataset_for_upload")
 
 
-class NewTerms(Request):
+class NewTerms(schemas.Request):
     """A new version of a dataset's license terms; give days, downloads or both per token."""
 
     permitted_use: Annotated[list[PermittedUse], Meta(min_length=1, max_length=len(terms_rules.PERMITTED_USES))]
     redistribution: bool
-    text: Annotated[str, Meta(min_length=1, max_length=terms_rules.MAX_TEXT, pattern=TEXT_PATTERN)]
+    text: Annotated[str, Meta(min_length=1, max_length=terms_rules.MAX_TEXT, pattern=schemas.TEXT_PATTERN)]
     attribution: Annotated[str, Meta(min_length=1, max_length=terms_rules.MAX_ATTRIBUTION,
-                                     pattern=TEXT_PATTERN)] | None = None
+                                     pattern=schemas.TEXT_PATTERN)] | None = None
     """The credit line users must show; null when none is required."""
     days_per_token: Annotated[int, Meta(ge=1, le=terms_rules.MAX_DAYS_PER_TOKEN)] | None = None
     """Days of access one redeemed token grants."""
@@ -56,17 +57,17 @@ class NewTerms(Request):
     """Downloads one redeemed token grants."""
 
 
-class TermsQuery(Request):
+class TermsQuery(schemas.Request):
     version: Version | None = None
     """A past version; the newest when left out."""
 
 
-Terms = shown("Terms", terms_rules.Terms, ("symbol", *terms_rules.Terms.__struct_fields__[1:]), symbol=str,
+Terms = schemas.shown("Terms", terms_rules.Terms, ("symbol", *terms_rules.Terms.__struct_fields__[1:]), symbol=str,
               permitted_use=list[PermittedUse])
 """A version of a dataset's terms as ``exchange.datasets.Terms`` holds it, with the symbol for the instrument id."""
 
 
-class UploadQuery(Request):
+class UploadQuery(schemas.Request):
     sha256: Sha256
     """The SHA-256 of the body: the signature covers the bytes through it."""
 

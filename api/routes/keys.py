@@ -8,26 +8,26 @@ from typing import Annotated
 
 from msgspec import Meta, Struct
 
+from api import schemas
 from api.endpoints import Call, Endpoints
 from api.keys import KeyRow, ReplayedRequest, ScopeNotAllowed, UnknownAccount
 from api.problems import Problem
-from api.schemas import Id, Label, Request, Scope, whole
 
 keys = Endpoints("keys")
 
-KeyId = Annotated[str, whole(r"tk_[0-9a-f]{16}", description="The public id of an API key.")]
+KeyId = Annotated[str, schemas.whole(r"tk_[0-9a-f]{16}", description="The public id of an API key.")]
 
 
-class NewKey(Request):
-    account_id: Id
-    scopes: Annotated[list[Scope], Meta(min_length=1, max_length=4)]
-    label: Label = ""
+class NewKey(schemas.Request):
+    account_id: schemas.Id
+    scopes: Annotated[list[schemas.Scope], Meta(min_length=1, max_length=4)]
+    label: schemas.Label = ""
 
 
 class ApiKey(Struct):
     id: str
     account_id: int
-    scopes: list[Scope]
+    scopes: list[schemas.Scope]
     label: str
     created_at: datetime
     revoked_at: datetime | None

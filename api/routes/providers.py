@@ -14,20 +14,20 @@ from typing import Annotated
 
 from msgspec import Meta, Struct
 
+from api import schemas
 from api.credentials import seal
 from api.endpoints import Call, Endpoints, id_page
 from api.problems import Problem
-from api.schemas import Delivery, Id, PageQuery, Redemption, RedemptionPage, Request, Symbol, whole
 from exchange import delivery
 from exchange.commands import ProviderView, RegisterProvider
 from exchange.database.queries import sql
 
 providers = Endpoints("delivery")
 
-PROVIDER_ID = {"provider_id": (Id, "unknown_provider")}
-BaseUrl = Annotated[str, whole(r"https?://[^\s\x00]{1,500}", description="The upstream's OpenAI base URL, to which "
-                                                                         "/chat/completions is appended.",
-                              examples=["https://api.example.com/v1"])]
+PROVIDER_ID = {"provider_id": (schemas.Id, "unknown_provider")}
+BaseUrl = Annotated[str, schemas.whole(r"https?://[^\s\x00]{1,500}",
+                                       description="The upstream's OpenAI base URL, to which /chat/completions is "
+                                                   "appended.", examples=["https://api.example.com/v1"])]
 
 PROVIDERS = sql("account_providers")
 DELIVERIES = sql("provider_deliveries")
@@ -36,8 +36,8 @@ STATS = sql("provider_stats")
 WINDOWS = sql("provider_windows")
 
 
-class NewProvider(Request):
-    symbol: Symbol
+class NewProvider(schemas.Request):
+    symbol: schemas.Symbol
     base_url: BaseUrl
     model: Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$",
                                description="The model name the upstream expects.")]
@@ -63,7 +63,7 @@ class ProviderList(Struct):
 
 
 class DeliveryPage(Struct):
-    items: list[Delivery]
+    items: list[schemas.Delivery]
     next_cursor: str | None
 
 
@@ -136,23 +136,23 @@ async def own_provider(call: Call) -> dict:
 
 
 @providers.route("GET", "/v1/providers/{provider_id}/deliveries", summary="A provider's deliveries", scope="read",
-                 query=PageQuery, response=DeliveryPage, params=PROVIDER_ID, errors=("unknown_provider",))
+                 query=schemas.PageQuery, response=DeliveryPage, params=PROVIDER_ID, errors=("unknown_provider",))
 async def deliveries(call: Call) -> DeliveryPage:
     """Every attempt of a call on this provider, newest first: tokens delivered, time to first token, latency."""
     provider = await own_provider(call)
     rows, next_cursor = await id_page(call, DELIVERIES, provider["id"])
-    return DeliveryPage([Delivery(*delivery_fields(row)) for row in rows], next_cursor)
+    return DeliveryPage([schemas.Delivery(*delivery_fields(row)) for row in rows], next_cursor)
 
 
 @providers.route("GET", "/v1/providers/{provider_id}/redemptions", summary="Redemptions a provider serves",
-                 scope="read", query=PageQuery, response=RedemptionPage, params=PROVIDER_ID,
+                 scope="read", query=schemas.PageQuery, response=schemas.RedemptionPage, params=PROVIDER_ID,
                  errors=("unknown_provider",))
-async def provider_redemptions(call: Call) -> RedemptionPage:
+async def provider_redemptions(call: Call) -> schemas.RedemptionPage:
     """The redemptions of the instrument this provider serves, newest first: the tokens buyers may now call for.
     Buyers are not named."""
     provider = await own_provider(call)
     rows, next_cursor = await id_page(call, REDEMPTIONS, provider["id"])
-    return RedemptionPage([Redemption(**row) for row in rows], next_cursor)
+    return schemas.RedemptionPage([schemas.Redemption(**row) for row in rows], next_cursor)
 
 
 @providers.route("GET", "/v1/providers/stats", summary="Providers' measured effect", response=Stats)

@@ -8,9 +8,9 @@ from typing import Annotated
 
 from msgspec import Meta, Struct
 
+from api import schemas
 from api.endpoints import Call, Endpoints, id_page
 from api.routes.providers import delivery_fields
-from api.schemas import Delivery, PageQuery
 from exchange.database.queries import sql
 
 buyers = Endpoints("delivery")
@@ -35,7 +35,7 @@ class QuotaList(Struct):
     items: list[Quota]
 
 
-class Usage(Delivery):
+class Usage(schemas.Delivery):
     """One attempt of one of this account's inference calls."""
 
     reservation_id: Annotated[int, Meta(description="The tokex-reservation header of the call's answer.")]
@@ -56,7 +56,7 @@ async def quotas(call: Call) -> QuotaList:
     return QuotaList([Quota(**row) for row in rows])
 
 
-@buyers.route("GET", "/v1/usage", summary="Own inference calls", scope=("read", "inference"), query=PageQuery,
+@buyers.route("GET", "/v1/usage", summary="Own inference calls", scope=("read", "inference"), query=schemas.PageQuery,
               response=UsagePage, errors=("invalid_cursor",))
 async def usage(call: Call) -> UsagePage:
     """This account's inference calls, newest first: one row per attempt on a provider, with the tokens charged
