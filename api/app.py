@@ -72,8 +72,10 @@ from api.routes.keys import keys
 from api.routes.market import market
 from api.routes.orders import orders
 from api.routes.packages import packages, reporter
+from api.routes.provider_stats import measured
 from api.routes.providers import providers
 from api.routes.quotas import buyers
+from api.routes.routed_quote import quoting
 from api.routes.routing import routing
 from api.routes.subscriptions import subscriptions
 from api.routes.system import system
@@ -92,8 +94,8 @@ from exchange.sequencer import Sequencer
 log = logging.getLogger(__name__)
 
 # The router tries routes in this order: the order endpoints, the busiest by far, come first.
-ENDPOINTS: list[Endpoint] = [*orders, *routing, *packages, *instruments, *market, *history, *accounts, *keys,
-                             *tokens, *datasets, *dataset_access, *subscriptions, *providers, *buyers, *indices, *fees,
+ENDPOINTS: list[Endpoint] = [*orders, *routing, *quoting, *packages, *instruments, *market, *history, *accounts, *keys,
+                             *tokens, *datasets, *dataset_access, *subscriptions, *providers, *measured, *buyers, *indices, *fees,
                              *system, *meta]
 SHUTDOWN_STEP_SECONDS = 10.0
 STATIC = Path(__file__).parent / "static"

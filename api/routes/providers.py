@@ -1,12 +1,11 @@
 """Providers (issuers serving their compute instruments over an OpenAI-compatible upstream), their deliveries and
-obligations, and their measured effect (``exchange.delivery``); buyers' quotas are ``api.routes.quotas``.
+obligations (``exchange.delivery``); their measured effect is ``api.routes.provider_stats``, buyers' quotas
+``api.routes.quotas``.
 
 A provider registers its upstream with ``POST /v1/providers``; the credential is sealed with the master key
 (``api.credentials``) before it reaches the exchange and is never shown again. ``GET /v1/providers`` shows an
 issuer's providers with what each delivered and still owes; the deliveries (one row per attempt of a call) and
-the redemptions of the instrument are pages of their own. ``GET /v1/providers/stats`` is public: each provider's
-success rate, time to first token and tokens per second over its last calls, and each instrument's measured
-quality, the figure ``quality`` routing uses.
+the redemptions of the instrument are pages of their own.
 """
 
 from datetime import datetime
@@ -18,7 +17,6 @@ from api import schemas
 from api.credentials import seal
 from api.endpoints import Call, Endpoints, id_page
 from api.problems import Problem
-from exchange import delivery
 from exchange.commands import ProviderView, RegisterProvider
 from exchange.database.queries import sql
 
@@ -32,8 +30,6 @@ BaseUrl = Annotated[str, schemas.whole(r"https?://[^\s\x00]{1,500}",
 PROVIDERS = sql("account_providers")
 DELIVERIES = sql("provider_deliveries")
 REDEMPTIONS = sql("provider_redemptions")
-STATS = sql("provider_stats")
-WINDOWS = sql("provider_windows")
 
 
 class NewProvider(schemas.Request):
@@ -65,31 +61,6 @@ class ProviderList(Struct):
 class DeliveryPage(Struct):
     items: list[schemas.Delivery]
     next_cursor: str | None
-
-
-class ProviderStats(Struct):
-    """A provider's measured figures over its last calls."""
-
-    id: int
-    provider: str
-    symbol: str
-    delivered: int
-    attempts: int
-    success_rate: Annotated[float, Meta(description="Share of attempts answered, 0 to 1 (1 with no attempts).")]
-    ttft_ms: float | None
-    tokens_per_second: int | None
-
-
-class InstrumentEffect(Struct):
-    symbol: str
-    listed_quality: int
-    measured_quality: Annotated[int, Meta(description="What quality routing ranks by (exchange/delivery.py).")]
-
-
-class Stats(Struct):
-    window_calls: int
-    providers: list[ProviderStats]
-    instruments: list[InstrumentEffect]
 
 
 def delivery_fields(row) -> tuple:
@@ -153,28 +124,3 @@ async def provider_redemptions(call: Call) -> schemas.RedemptionPage:
     provider = await own_provider(call)
     rows, next_cursor = await id_page(call, REDEMPTIONS, provider["id"])
     return schemas.RedemptionPage([schemas.Redemption(**row) for row in rows], next_cursor)
-
-
-@providers.route("GET", "/v1/providers/stats", summary="Providers' measured effect", response=Stats)
-async def stats(call: Call) -> Stats:
-    """Each provider's success rate, median time to first token and tokens per second over its last calls, and
-    each served instrument's measured quality: the listed quality times the success rate, times 1 s over the
-    median time to first token when that is longer (``exchange/delivery.py``)."""
-    async with call.services.connection() as conn:
-        rows = await conn.fetch(STATS)
-        windows: dict[int, list[delivery.Sample]] = {}
-        for provider_id, *sample in await conn.fetch(WINDOWS, delivery.WINDOW_CALLS):
-            windows.setdefault(provider_id, []).append(delivery.Sample(*sample))
-    found: list[ProviderStats] = []
-    by_symbol: dict[str, tuple[int, list[delivery.Sample]]] = {}
-    for row in rows:
-        samples = windows.get(row["id"], [])
-        figures = delivery.effect(samples)
-        found.append(ProviderStats(row["id"], row["provider"], row["symbol"], row["delivered"], figures.attempts,
-                                   figures.success_ppm / 1_000_000,
-                                   None if figures.ttft_us is None else figures.ttft_us / 1000,
-                                   figures.tokens_per_second))
-        by_symbol.setdefault(row["symbol"], (row["quality"], []))[1].extend(samples)
-    instruments = [InstrumentEffect(symbol, listed, delivery.measured_quality(listed, delivery.effect(samples)))
-                   for symbol, (listed, samples) in sorted(by_symbol.items())]
-    return Stats(delivery.WINDOW_CALLS, found, instruments)
