@@ -95,8 +95,8 @@ log = logging.getLogger(__name__)
 
 # The router tries routes in this order: the order endpoints, the busiest by far, come first.
 ENDPOINTS: list[Endpoint] = [*orders, *routing, *quoting, *packages, *instruments, *market, *history, *accounts, *keys,
-                             *tokens, *datasets, *dataset_access, *subscriptions, *providers, *measured, *buyers, *indices, *fees,
-                             *system, *meta]
+                             *tokens, *datasets, *dataset_access, *subscriptions, *providers, *measured, *buyers,
+                             *indices, *fees, *system, *meta]
 SHUTDOWN_STEP_SECONDS = 10.0
 STATIC = Path(__file__).parent / "static"
 SWAGGER = Path(__file__).parent / "swagger"

@@ -36,9 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-import httpx
 
-from api import demo as market
 from api import package_executions, tasks
 from api.keys import KeyStore, load_master_key
 from api.routes.packages import reporter
@@ -165,6 +163,8 @@ async def _first(opening: asyncio.Future, stopping: asyncio.Event) -> bool:
 
 async def _run_demo(flow: DemoFlow, pool: asyncpg.Pool, sequencer: Sequencer, home: Path | str | None) -> None:
     """Seed the demo market once a gateway answers at ``flow.url``, print the banner, then run the flow."""
+    from api import demo as market  # the demo brings the whole HTTP app along: only an engine that runs it waits
+
     await _wait_until_served(flow.url)
     demo = market.Demo(pool, sequencer, KeyStore(pool, load_master_key(home)), flow.url, flow.rate,
                        random.Random(flow.seed))
@@ -177,6 +177,8 @@ async def _run_demo(flow: DemoFlow, pool: asyncpg.Pool, sequencer: Sequencer, ho
 
 
 async def _wait_until_served(url: str) -> None:
+    import httpx
+
     loop = asyncio.get_running_loop()
     give_up = loop.time() + DEMO_WAIT_SECONDS
     async with httpx.AsyncClient(timeout=2.0) as client:

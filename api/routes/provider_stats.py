@@ -10,11 +10,6 @@ from api.endpoints import Call, Endpoints
 from exchange import delivery
 from exchange.database.queries import sql
 
-STATS = sql("provider_stats")
-WINDOWS = sql("provider_windows")
-
-measured = Endpoints("delivery")
-
 
 class ProviderStats(Struct):
     """A provider's measured figures over its last calls."""
@@ -39,6 +34,12 @@ class Stats(Struct):
     window_calls: int
     providers: list[ProviderStats]
     instruments: list[InstrumentEffect]
+
+
+STATS = sql("provider_stats")
+WINDOWS = sql("provider_windows")
+
+measured = Endpoints("delivery")
 
 
 @measured.route("GET", "/v1/providers/stats", summary="Providers' measured effect", response=Stats)
