@@ -49,7 +49,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from api import metrics, package_executions
+from api import metrics, package_executions, tasks
 from api.endpoints import Endpoint, routes
 from api.feed.endpoint import endpoint as feed_endpoint
 from api.feed.hub import Hub
@@ -62,6 +62,7 @@ from api.openapi import document, meta
 from api.problems import Problem
 from api.ratelimit import RateLimiter, RateLimits
 from api.routes.accounts import accounts
+from api.routes.dataset_access import access as dataset_access
 from api.routes.datasets import datasets
 from api.routes.fees import fees
 from api.routes.history import history
@@ -71,7 +72,10 @@ from api.routes.keys import keys
 from api.routes.market import market
 from api.routes.orders import orders
 from api.routes.packages import packages, reporter
+from api.routes.provider_stats import measured
 from api.routes.providers import providers
+from api.routes.quotas import buyers
+from api.routes.routed_quote import quoting
 from api.routes.routing import routing
 from api.routes.subscriptions import subscriptions
 from api.routes.system import system
@@ -90,8 +94,9 @@ from exchange.sequencer import Sequencer
 log = logging.getLogger(__name__)
 
 # The router tries routes in this order: the order endpoints, the busiest by far, come first.
-ENDPOINTS: list[Endpoint] = [*orders, *routing, *packages, *instruments, *market, *history, *accounts, *keys,
-                             *tokens, *datasets, *subscriptions, *providers, *indices, *fees, *system, *meta]
+ENDPOINTS: list[Endpoint] = [*orders, *routing, *quoting, *packages, *instruments, *market, *history, *accounts, *keys,
+                             *tokens, *datasets, *dataset_access, *subscriptions, *providers, *measured, *buyers,
+                             *indices, *fees, *system, *meta]
 SHUTDOWN_STEP_SECONDS = 10.0
 STATIC = Path(__file__).parent / "static"
 SWAGGER = Path(__file__).parent / "swagger"
@@ -202,7 +207,7 @@ def create_app(database_url: str | None = None, *, home: Path | str | None = Non
                 stack.push_async_callback(scheduler.stop)
                 app.state.indexer = Indexer(pool, publish=hub.publish_index)
                 indexing = asyncio.get_running_loop().create_task(app.state.indexer.run(), name="price-index")
-                stack.push_async_callback(_cancel, indexing)
+                stack.push_async_callback(tasks.cancel, indexing)
             app.state.inference = inference.Gateway(app.state.services)
             stack.push_async_callback(app.state.inference.close)
             yield
@@ -248,12 +253,6 @@ async def _pool(stack: contextlib.AsyncExitStack, dsn: str, size: int, command_t
 
     stack.push_async_callback(close)
     return pool
-
-
-async def _cancel(task: asyncio.Task) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def _bounded(step, what: str) -> bool:

@@ -29,27 +29,16 @@ import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from importlib.metadata import version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
-import httpx
-import msgspec
+from exchange import config
 
-from api import demo as market
-from api import server
-from api.app import Gateway, create_app
-from api.bootstrap import create_admin
-from api.client import ApiError, Client
-from api.roles import cluster as cluster_role
-from api.roles import engine as engine_role
-from api.roles import gateway as gateway_role
-from api.server import NO_LIMITS, Settings, WriterBusy, open_database
-from exchange import config, invariants
-from exchange.broker.connection import nats_url_async
-from exchange.broker.subjects import DEFAULT_GROUP
-from exchange.database import Database
-from exchange.database.embedded import EmbeddedPostgresError
-from exchange.database.queries import sql
+if TYPE_CHECKING:
+    from api.client import Client
+    from api.server import Settings
+
+# Each command imports what it runs when it runs: the server, the HTTP client and the broker take about a second
+# to import, which `tokex --help`, `tokex check` and `tokex admin --server` need not wait for.
 
 READ_DATABASE_ENV = "TOKEX_READ_DATABASE_URL"
 KEY_ENV = "TOKEX_KEY"
@@ -95,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--standby", action="store_true", help="with --gateways: also a standby engine")
 
     cluster_options = argparse.ArgumentParser(add_help=False)
-    cluster_options.add_argument("--group", default=DEFAULT_GROUP, help=f"the engine group (default {DEFAULT_GROUP})")
+    cluster_options.add_argument("--group", help="the engine group (default: the exchange's default group)")
 
     engine = commands.add_parser("engine", parents=[database, cluster_options],
                                  help="run an engine of a cluster: it leads once it holds the database's writer "
@@ -190,6 +179,11 @@ def instrument_options(action: argparse.ArgumentParser) -> None:
 
 async def check(database_url: str | None) -> int:
     """Print each broken invariant; exit status 1 if there is any."""
+    import asyncpg
+
+    from exchange import invariants
+    from exchange.database import Database
+
     async with Database(database_url) as database:
         conn = await asyncpg.connect(database.dsn)
         try:
@@ -208,6 +202,13 @@ async def check(database_url: str | None) -> int:
 @contextlib.asynccontextmanager
 async def in_process_admin(database_url: str | None) -> AsyncIterator[Client]:
     """An admin client of the API run in this process on the database; its key is revoked at the end."""
+    import httpx
+
+    from api.app import create_app
+    from api.bootstrap import create_admin
+    from api.client import Client
+    from api.server import NO_LIMITS, open_database
+
     async with open_database(database_url, None) as dsn:
         app = create_app(dsn, rate_limits=NO_LIMITS)
         async with app.router.lifespan_context(app):
@@ -227,12 +228,18 @@ async def remote_admin(url: str) -> AsyncIterator[Client]:
     key_id, secret = os.environ.get(KEY_ENV), os.environ.get(SECRET_ENV)
     if not key_id or not secret:
         raise SystemExit(f"tokex admin --server needs {KEY_ENV} and {SECRET_ENV}: the id and secret of an admin key")
+    from api.client import Client
+
     async with Client(url.rstrip("/"), key_id, secret) as client:
         yield client
 
 
 async def create_admin_key(database_url: str | None, name: str) -> dict:
     """The admin account ``name`` (made if missing) and a new key for it, which stays valid."""
+    from api.app import create_app
+    from api.bootstrap import create_admin
+    from api.server import NO_LIMITS, open_database
+
     async with open_database(database_url, None) as dsn:
         app = create_app(dsn, rate_limits=NO_LIMITS)
         async with app.router.lifespan_context(app):
@@ -279,6 +286,8 @@ async def admin_action(client: Client, options: argparse.Namespace) -> Any:
 
 
 async def admin(options: argparse.Namespace) -> int:
+    import msgspec
+
     if options.action == "create-admin":
         if options.server:
             raise SystemExit("tokex admin create-admin works on the database, not through --server")
@@ -295,6 +304,7 @@ async def admin(options: argparse.Namespace) -> int:
 
 
 def serve_settings(options: argparse.Namespace, no_rate_limit: bool = False) -> Settings:
+    from api.server import NO_LIMITS, Settings
 
     return Settings(host=options.host, port=options.port, database_url=database_url(options),
                     rate_limits=NO_LIMITS if no_rate_limit else None, access_log=options.access_log,
@@ -302,6 +312,8 @@ def serve_settings(options: argparse.Namespace, no_rate_limit: bool = False) -> 
 
 
 async def serve(options: argparse.Namespace) -> int:
+    from api import server
+    from exchange.database.queries import sql
 
     no_limit = no_rate_limit(options)
     settings = serve_settings(options, no_limit)
@@ -322,9 +334,11 @@ async def serve(options: argparse.Namespace) -> int:
 
 
 async def demo(options: argparse.Namespace) -> int:
-
     if options.gateways > 0:
         return await cluster(options, demo_flow=True)
+    from api import demo as market
+    from api import server
+
     settings = serve_settings(options)
     status = await server.serve(settings, market.starter(options.flow_rate, options.seed))
     print("tokex demo: stopped", flush=True)
@@ -335,14 +349,21 @@ async def demo(options: argparse.Namespace) -> int:
 
 
 async def engine(options: argparse.Namespace) -> int:
+    from api.roles import engine as engine_role
+
     flow = None if options.demo_url is None else engine_role.DemoFlow(options.demo_url, options.flow_rate, options.seed)
-    return await engine_role.run(engine_role.EngineSettings(database_url=database_url(options), group=options.group,
-                                                 demo=flow))
+    return await engine_role.run(engine_role.EngineSettings(database_url=database_url(options), group=group(options),
+                                                            demo=flow))
 
 
 async def gateway(options: argparse.Namespace) -> int:
+    from api import server
+    from api.app import Gateway
+    from api.roles import gateway as gateway_role
+    from exchange.broker.connection import nats_url_async
+
     both = options.rest == options.feed  # neither flag, or both
-    layout = Gateway(await nats_url_async(), options.group, options.read_database_url,
+    layout = Gateway(await nats_url_async(), group(options), options.read_database_url,
                      rest=both or options.rest, feed=both or options.feed)
     settings = serve_settings(options, no_rate_limit(options))
 
@@ -357,6 +378,8 @@ async def gateway(options: argparse.Namespace) -> int:
 
 
 async def cluster(options: argparse.Namespace, demo_flow: bool = False) -> int:
+    from api.roles import cluster as cluster_role
+
     gateway_options = ["--no-rate-limit"] if not demo_flow and no_rate_limit(options) else []
     if options.access_log:
         gateway_options.append("--access-log")
@@ -371,7 +394,7 @@ async def cluster(options: argparse.Namespace, demo_flow: bool = False) -> int:
             engine_options += ["--seed", str(options.seed)]
     status = await cluster_role.run(cluster_role.ClusterSettings(
         host=options.host, port=port, gateways=options.gateways, standby=options.standby,
-        database_url=database_url(options), group=getattr(options, "group", DEFAULT_GROUP),
+        database_url=database_url(options), group=group(options),
         gateway_options=gateway_options, engine_options=engine_options))
     print("tokex cluster: stopped", flush=True)
     return status
@@ -382,7 +405,16 @@ def no_rate_limit(options: argparse.Namespace) -> bool:
 
 
 def database_url(options: argparse.Namespace) -> str | None:
+    from exchange.database import Database
+
     return options.database_url or Database.from_env().database_url
+
+
+def group(options: argparse.Namespace) -> str:
+    """The engine group of ``--group``; ``tokex demo --gateways N``, which has no such option, the default one."""
+    from exchange.broker.subjects import DEFAULT_GROUP
+
+    return getattr(options, "group", None) or DEFAULT_GROUP
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -400,17 +432,31 @@ def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             return runner.run(main())
-    except ApiError as exc:
-        print(f"tokex: {exc}", file=sys.stderr)
-    except (WriterBusy, EmbeddedPostgresError) as exc:
-        print(f"tokex: {exc}", file=sys.stderr)
     except BrokenPipeError:
         pass  # the reader went away (| head): nothing left to tell
-    except (OSError, asyncpg.PostgresError) as exc:
-        print(f"tokex: the database could not be reached: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        message = failure(exc)
+        if message is None:
+            raise
+        print(f"tokex: {message}", file=sys.stderr)
     return 1
+
+
+def failure(exc: Exception) -> str | None:
+    """The line that tells a known failure; None for any other exception, whose traceback is the news."""
+    import asyncpg
+
+    from api.client import ApiError
+    from api.server import WriterBusy
+    from exchange.database.embedded import EmbeddedPostgresError
+
+    if isinstance(exc, ApiError | WriterBusy | EmbeddedPostgresError):
+        return str(exc)
+    if isinstance(exc, OSError | asyncpg.PostgresError):
+        return f"the database could not be reached: {exc}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

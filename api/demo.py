@@ -199,25 +199,24 @@ async def ready(client: httpx.AsyncClient, url: str) -> None:
             await asyncio.sleep(0.1)
 
 
+@dataclass
 class Demo:
     """The seeded market and its flow, on a running server."""
 
-    def __init__(self, pool: asyncpg.Pool, sequencer: Sequencer | RemoteSequencer, keys: KeyStore, url: str,
-                 rate: float, rng: random.Random) -> None:
-        self.pool = pool
-        self.sequencer = sequencer
-        """Creates the admin account, the one thing not done through the API."""
-        self.keys = keys
-        self.url = url
-        self.rate = rate
-        self.rng = rng
-        self.markets = markets()
-        self.accounts: dict[str, Account] = {}
-        self.open: dict[tuple[str, str], deque[int]] = {}
-        self.counts: Counter[str] = Counter()
-        self.providers = SimulatedProviders()
-        self.inference_token = ""
-        """The demo buyer's inference key, as a bearer token."""
+    pool: asyncpg.Pool
+    sequencer: Sequencer | RemoteSequencer
+    """Creates the admin account, the one thing not done through the API."""
+    keys: KeyStore
+    url: str
+    rate: float
+    rng: random.Random
+    markets: list[Market] = field(default_factory=markets, init=False)
+    accounts: dict[str, Account] = field(default_factory=dict, init=False)
+    open: dict[tuple[str, str], deque[int]] = field(default_factory=dict, init=False)
+    counts: Counter[str] = field(default_factory=Counter, init=False)
+    providers: SimulatedProviders = field(default_factory=SimulatedProviders, init=False)
+    inference_token: str = field(default="", init=False)
+    """The demo buyer's inference key, as a bearer token."""
 
     # -- seeding ---------------------------------------------------------------------------------------------
 

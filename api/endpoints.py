@@ -56,21 +56,18 @@ MAX_BODY = 64 * 1024
 JSON = "application/json"
 
 
+@dataclass(slots=True)
 class Call:
     """One request as a handler sees it: who, what, and the services to do it with."""
 
-    __slots__ = ("body", "params", "principal", "query", "request", "services", "signed")
-
-    def __init__(self, request: Request, services: Services, principal: Principal | None, body: Any, query: Any,
-                 params: dict[str, Any], signed: bytes | None = None) -> None:
-        self.request = request
-        self.services = services
-        self.principal = principal
-        self.body = body
-        self.query = query
-        self.params = params
-        self.signed = signed
-        """The digest of a signed request that may change state (``exchange.replay``): it runs once."""
+    request: Request
+    services: Services
+    principal: Principal | None
+    body: Any
+    query: Any
+    params: dict[str, Any]
+    signed: bytes | None = None
+    """The digest of a signed request that may change state (``exchange.replay``): it runs once."""
 
     @property
     def account_id(self) -> int:
@@ -104,6 +101,21 @@ def cursor_id(cursor: str) -> int:
     if not cursor.isdecimal() or int(cursor) > 2**63 - 1:
         raise Problem("invalid_cursor", "Pass the next_cursor of the previous page as it was.")
     return int(cursor)
+
+
+async def id_page(call: Call, statement: str, owner: int, *filters: Any,
+                  replica: bool = False) -> tuple[list, str | None]:
+    """One page of the rows of ``statement``, newest first by id, and the cursor of the next (None on the last).
+
+    The statement takes ``owner, before, *filters, limit``: it answers up to ``limit`` rows whose id is below
+    ``before`` (any id when null); ``call.query`` has the page's ``limit`` and ``cursor``. ``replica`` reads from
+    the read database, which may lag a little."""
+    query = call.query
+    before = None if query.cursor is None else cursor_id(query.cursor)
+    connection = call.services.read_connection if replica else call.services.connection
+    async with connection() as conn:
+        rows = await conn.fetch(statement, owner, before, *filters, query.limit + 1)
+    return rows[: query.limit], str(rows[query.limit - 1]["id"]) if len(rows) > query.limit else None
 
 
 @dataclass(frozen=True)

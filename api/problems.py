@@ -30,7 +30,7 @@ Every rejection code of ``exchange.rejections.MESSAGES`` is in ``CODES``; a test
 
 import math
 import re
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import msgspec
 from starlette.responses import Response
@@ -209,6 +209,16 @@ class Problem(Exception):
         body = ProblemDetail(f"urn:tokex:problem:{self.code}", CODES[self.code].title, self.status, self.code,
                              self.detail, instance, self.field)
         return Response(_encoder.encode(body), self.status, headers=self.headers, media_type=MEDIA_TYPE)
+
+
+T = TypeVar("T")
+
+
+def known(value: T | None, code: str, field: str | None = None) -> T:
+    """``value``, unless it is None: then the problem ``code``, the 404 of something unknown."""
+    if value is None:
+        raise Problem(code, field=field)
+    return value
 
 
 def retry_seconds(seconds: float) -> int:

@@ -60,22 +60,14 @@ class RateLimiter:
     def take(self, key: object) -> float:
         if self.rate is None:
             return 0.0
-        now = self.clock()
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            if len(self._buckets) >= self.max_keys:
-                self._prune(now)
-            bucket = self._buckets[key] = [self.burst, now]
-        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
-        bucket[1] = now
-        if tokens >= 1.0:
-            bucket[0] = tokens - 1.0
+        bucket = self._refilled(key)
+        if bucket[0] >= 1.0:
+            bucket[0] -= 1.0
             if self.usage is not None:
                 self.usage[key] += 1
             return 0.0
-        bucket[0] = tokens
         self.refusals += 1
-        return (1.0 - tokens) / self.rate
+        return (1.0 - bucket[0]) / self.rate
 
     def wait(self, key: object) -> float:
         """The seconds until ``key`` may take a token (0.0: now), taking none."""
@@ -93,14 +85,7 @@ class RateLimiter:
         """
         if self.rate is None:
             return
-        now = self.clock()
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            if len(self._buckets) >= self.max_keys:
-                self._prune(now)
-            bucket = self._buckets[key] = [self.burst, now]
-        bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate) - count
-        bucket[1] = now
+        self._refilled(key)[0] -= count
 
     def headers(self, key: object) -> dict[str, str]:
         """The RateLimit and RateLimit-Policy fields of ``key``'s bucket as ``take`` left it; none when off."""
@@ -111,6 +96,19 @@ class RateLimiter:
         reset = math.ceil((self.burst - tokens) / self.rate)
         return {"RateLimit-Policy": self.policy,
                 "RateLimit": f'"{self.name}";r={max(0, math.floor(tokens))};t={reset}'}
+
+    def _refilled(self, key: object) -> list[float]:
+        """``key``'s bucket (a full one when it has none), refilled up to now: ``[tokens, now]``."""
+        assert self.rate is not None
+        now = self.clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.max_keys:
+                self._prune(now)
+            bucket = self._buckets[key] = [self.burst, now]
+        bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        return bucket
 
     def _prune(self, now: float) -> None:
         assert self.rate is not None

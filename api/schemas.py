@@ -1,5 +1,7 @@
-"""The API's request and response bodies and query strings, as msgspec Structs, and the conversions from the
-exchange's rows and views to them that more than one route (or the feed) makes.
+"""The API's field types with their limits; as msgspec Structs, the request and response bodies and query strings
+of orders, instruments and market data, and those more than one route module (or the feed) uses; and the
+conversions from the exchange's rows and views to them. A route module declares the bodies only it uses next to
+its routes (``api.routes.accounts``, ``api.routes.packages``, ...).
 
 Requests forbid unknown fields. Field types carry their limits (``Meta``), so decoding validates them and the
 OpenAPI document (``api.openapi``) states them. Limits that are not business rules protect the database:
@@ -18,6 +20,7 @@ from msgspec import Meta, Struct
 
 from api.marketdata import BookView
 from api.units import from_micro
+from exchange import records
 from exchange.commands import OrderView
 from exchange.indexer import IndexRow
 
@@ -59,7 +62,6 @@ ClientOrderId = Annotated[str, whole(r"[A-Za-z0-9._:-]{1,64}",
 ClientRequestId = Annotated[str, whole(r"[A-Za-z0-9._:-]{1,64}",
                                        description="Unique per account and kind; sending it again returns the "
                                                    "original result and changes nothing.")]
-KeyId = Annotated[str, whole(r"tk_[0-9a-f]{16}", description="The public id of an API key.")]
 Limit = Annotated[int, Meta(ge=1, le=500)]
 Cursor = Annotated[str, whole(r"[0-9]{1,19}(-[0-9]{1,19})?",
                               description="Opaque: the next_cursor of the previous page.")]
@@ -78,18 +80,15 @@ class Request(Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
+def shown(name: str, record: type[Struct], fields: tuple[str, ...], **types: Any) -> type[Struct]:
+    """The response Struct ``name`` that shows ``fields`` of the exchange's ``record``, in that order, each typed as
+    the record types it unless ``types`` says how the API shows it (a Literal for a str, yuan for micro-yuan)."""
+    typed = {field.name: field.type for field in msgspec.structs.fields(record)}
+    return msgspec.defstruct(name, [(field, types[field] if field in types else typed[field]) for field in fields],
+                             module=__name__)
+
+
 # Requests
-
-
-class NewAccount(Request):
-    name: Name
-    role: Role
-
-
-class NewKey(Request):
-    account_id: Id
-    scopes: Annotated[list[Scope], Meta(min_length=1, max_length=4)]
-    label: Label = ""
 
 
 class NewComputeInstrument(Request, tag="compute", tag_field="kind"):
@@ -124,38 +123,6 @@ class NewDatasetInstrument(Request, tag="dataset", tag_field="kind"):
 
 
 NewInstrument = NewComputeInstrument | NewDatasetInstrument
-
-
-class CashTransfer(Request):
-    """A deposit or a withdrawal of CNY for an account."""
-
-    account_id: Id
-    amount: Decimal
-    client_request_id: ClientRequestId | None = None
-    """Unique per account credited or debited, and per kind (deposit, withdrawal)."""
-
-
-class NewIssuerApproval(Request):
-    account_id: Id
-    symbol: Symbol
-    capacity: Annotated[int, Meta(ge=0, le=MAX_QTY, description="Lots the issuer may have minted at once.")]
-
-
-class TokenQty(Request):
-    """Lots of one instrument to mint, burn or redeem, in the key's own account."""
-
-    symbol: Symbol
-    qty: Qty
-    client_request_id: ClientRequestId | None = None
-    """Unique per account and kind (mint, burn, redemption)."""
-
-
-class NewRedemption(TokenQty):
-    """Lots to redeem from the key's own account; redeeming dataset tokens accepts their license terms."""
-
-    terms_version: Annotated[int, Meta(ge=1, le=2**31 - 1)] | None = None
-    """Dataset tokens only, and required for them: the version of the terms shown at
-    ``GET /v1/instruments/{symbol}/terms``, which redeeming accepts."""
 
 
 class NewLimitOrder(Request, tag="limit", tag_field="type"):
@@ -211,12 +178,6 @@ class FillQuery(Request):
     cursor: Cursor | None = None
 
 
-class LedgerQuery(Request):
-    asset: Asset | None = None
-    limit: Limit = 100
-    cursor: Cursor | None = None
-
-
 class PageQuery(Request):
     limit: Limit = 100
     cursor: Cursor | None = None
@@ -233,50 +194,9 @@ class BookQuery(Request):
 # Responses
 
 
-class Account(Struct):
-    id: int
-    name: str
-    role: Role
-    created_at: datetime
-
-
-class ApiKey(Struct):
-    id: str
-    account_id: int
-    scopes: list[Scope]
-    label: str
-    created_at: datetime
-    revoked_at: datetime | None
-
-
-class ApiKeyList(Struct):
-    items: list[ApiKey]
-
-
-class CreatedApiKey(ApiKey):
-    secret: str
-    """Shown once: it signs requests. The exchange cannot show it again."""
-
-
-class Instrument(Struct):
-    symbol: str
-    kind: Literal["compute", "dataset"]
-    status: Literal["trading", "halted"]
-    tick: str
-    min_qty: int
-    max_qty: int
-    maker_fee_bps: int
-    taker_fee_bps: int
-    model: str | None
-    substitution_group: str | None
-    quality: int | None
-    tokens_per_lot: int | None
-    issuer_id: int | None
-    description: str | None
-    license: str | None
-    grants: str | None
-    supply_cap: int | None
-    created_at: datetime
+Instrument = shown("Instrument", records.Instrument, records.Instrument.ROW_FIELDS[1:],
+                   kind=Literal["compute", "dataset"], status=Literal["trading", "halted"], tick=str)
+"""An instrument's row but its id, with the tick in yuan."""
 
 
 class InstrumentList(Struct):
@@ -289,24 +209,12 @@ class Balance(Struct):
     held: str
 
 
-class BalanceList(Struct):
-    items: list[Balance]
-
-
 class Movement(Struct):
     """Cash or tokens that moved into (positive ``amount``) or out of (negative) an account."""
 
     account_id: int
     asset: str
     amount: str
-
-
-class IssuerApproval(Struct):
-    account_id: int
-    symbol: str
-    capacity: int
-    issued: int
-    approved_at: datetime
 
 
 class Delivery(Struct):
@@ -407,27 +315,6 @@ class FillPage(Struct):
     next_cursor: str | None
 
 
-class Posting(Struct):
-    asset: str
-    bucket: Literal["available", "held"]
-    amount: str
-
-
-class LedgerEntry(Struct):
-    id: int
-    kind: str
-    order_id: int | None
-    fill_id: int | None
-    created_at: datetime
-    postings: list[Posting]
-    """This account's postings only; the other side of the entry is not shown."""
-
-
-class LedgerPage(Struct):
-    items: list[LedgerEntry]
-    next_cursor: str | None
-
-
 class Level(Struct):
     price: str
     qty: int
@@ -525,6 +412,15 @@ Interval = Literal["1m", "5m", "1h", "1d"]
 Time = Annotated[datetime, Meta(tz=True, description="RFC 3339 with a time zone, e.g. 2026-11-28T09:30:00Z.")]
 
 Mode = Literal["cost", "quality", "balance"]
+Period = Literal["day", "week", "month"]
+"""How often a package buys, or a subscription renews."""
+
+
+class PeriodPageQuery(Request):
+    """A page of the periods a package or a subscription ran; the cursor is a period's number."""
+
+    limit: Limit = 100
+    cursor: Annotated[str, whole(r"[0-9]{1,9}", description="The next_cursor of the previous page.")] | None = None
 
 
 class Candle(Struct):

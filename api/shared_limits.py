@@ -47,6 +47,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
+from api import tasks
 from api.ratelimit import RateLimiter
 from exchange.broker.subjects import LIMITS
 
@@ -114,11 +115,8 @@ class SharedLimits:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="shared-limits")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.cancel(self._task)
+        self._task = None
         if self._subscription is not None:
             with contextlib.suppress(NatsError):  # the connection may be closed already
                 await self._subscription.unsubscribe()

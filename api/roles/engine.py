@@ -36,10 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-import httpx
 
-from api import demo as market
-from api import package_executions
+from api import package_executions, tasks
 from api.keys import KeyStore, load_master_key
 from api.routes.packages import reporter
 from exchange.broker.commands import CommandServer, LeaderHeartbeat
@@ -141,10 +139,7 @@ async def _stand_by_then_lead(settings: EngineSettings, dsn: str, pool: asyncpg.
         log.info("stopping: taking no new commands, committing what is queued")
         await server.stop_taking()
         for task in (demo, indexing):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await tasks.cancel(task)
         await scheduler.stop()
         await sequencer.stop()
         await server.stop()
@@ -162,14 +157,14 @@ async def _first(opening: asyncio.Future, stopping: asyncio.Event) -> bool:
         stop.cancel()
         opening.result()  # raises what opening raised
         return True
-    opening.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await opening
+    await tasks.cancel(opening)
     return False
 
 
 async def _run_demo(flow: DemoFlow, pool: asyncpg.Pool, sequencer: Sequencer, home: Path | str | None) -> None:
     """Seed the demo market once a gateway answers at ``flow.url``, print the banner, then run the flow."""
+    from api import demo as market  # the demo brings the whole HTTP app along: only an engine that runs it waits
+
     await _wait_until_served(flow.url)
     demo = market.Demo(pool, sequencer, KeyStore(pool, load_master_key(home)), flow.url, flow.rate,
                        random.Random(flow.seed))
@@ -182,6 +177,8 @@ async def _run_demo(flow: DemoFlow, pool: asyncpg.Pool, sequencer: Sequencer, ho
 
 
 async def _wait_until_served(url: str) -> None:
+    import httpx
+
     loop = asyncio.get_running_loop()
     give_up = loop.time() + DEMO_WAIT_SECONDS
     async with httpx.AsyncClient(timeout=2.0) as client:

@@ -16,9 +16,9 @@ from typing import Annotated
 
 from msgspec import Meta, Struct
 
+from api import schemas
 from api.endpoints import Call, Endpoints
 from api.problems import Problem
-from api.schemas import SYMBOL_PARAM
 from api.units import from_micro
 from exchange.database.queries import sql
 from exchange.fees import DAY_US, FEE_TIERS, WINDOW_DAYS, VolumeTracker, rate_ppm, tier_percent
@@ -94,7 +94,7 @@ async def account_fees(call: Call) -> AccountFees:
 
 
 @fees.route("GET", "/v1/instruments/{symbol}/fees", summary="Fee schedule", response=InstrumentFees,
-            errors=("unknown_instrument",), params=SYMBOL_PARAM)
+            errors=("unknown_instrument",), params=schemas.SYMBOL_PARAM)
 async def instrument_fees(call: Call) -> InstrumentFees:
     """The instrument's maker and taker rates in each fee tier."""
     symbol = call.params["symbol"]

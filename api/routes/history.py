@@ -23,43 +23,30 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
+from api import schemas
 from api.endpoints import Call, Endpoints
-from api.problems import Problem
-from api.schemas import (
-    INTERVALS,
-    ORIGIN,
-    SYMBOL_PARAM,
-    Candle,
-    Interval,
-    Limit,
-    Request,
-    Side,
-    Time,
-    candle,
-    empty_candle,
-    whole,
-)
+from api.problems import Problem, known
 from api.units import from_micro
 from exchange.database.queries import sql
 
 history = Endpoints("market data")
 
-TradeId = Annotated[str, whole(r"[0-9]{1,18}", description="A trade id, exclusive: the next_cursor of the "
+TradeId = Annotated[str, schemas.whole(r"[0-9]{1,18}", description="A trade id, exclusive: the next_cursor of the "
                                                            "previous page, or any trade id to page from.")]
 
 
-class TradeQuery(Request):
+class TradeQuery(schemas.Request):
     order: Literal["desc", "asc"] = "desc"
     cursor: TradeId | None = None
-    start: Time | None = None
-    end: Time | None = None
-    limit: Limit = 100
+    start: schemas.Time | None = None
+    end: schemas.Time | None = None
+    limit: schemas.Limit = 100
 
 
-class CandleQuery(Request):
-    interval: Interval = "1m"
-    start: Time | None = None
-    end: Time | None = None
+class CandleQuery(schemas.Request):
+    interval: schemas.Interval = "1m"
+    start: schemas.Time | None = None
+    end: schemas.Time | None = None
     limit: Annotated[int, Meta(ge=1, le=1000)] = 300
 
 
@@ -67,7 +54,7 @@ class Trade(Struct):
     id: int
     price: str
     qty: int
-    side: Annotated[Side, Meta(description="The taker's side.")]
+    side: Annotated[schemas.Side, Meta(description="The taker's side.")]
     seq: int
     created_at: datetime
 
@@ -79,8 +66,8 @@ class TradePage(Struct):
 
 class CandleList(Struct):
     symbol: str
-    interval: Interval
-    items: list[Candle]
+    interval: schemas.Interval
+    items: list[schemas.Candle]
 
 
 INSTRUMENT_ID = sql("instrument_id_by_symbol")
@@ -91,18 +78,15 @@ CANDLES = sql("candles")
 
 def floor(moment: datetime, interval: timedelta) -> datetime:
     """The start of the bin of ``interval`` that holds ``moment``."""
-    return ORIGIN + (moment - ORIGIN) // interval * interval
+    return schemas.ORIGIN + (moment - schemas.ORIGIN) // interval * interval
 
 
 async def instrument_id(call: Call, conn, symbol: str) -> int:
-    found = await conn.fetchval(INSTRUMENT_ID, symbol)
-    if found is None:
-        raise Problem("unknown_instrument", field="symbol")
-    return found
+    return known(await conn.fetchval(INSTRUMENT_ID, symbol), "unknown_instrument", "symbol")
 
 
 @history.route("GET", "/v1/instruments/{symbol}/trades", summary="Trades", query=TradeQuery, response=TradePage,
-               errors=("unknown_instrument",), params=SYMBOL_PARAM)
+               errors=("unknown_instrument",), params=schemas.SYMBOL_PARAM)
 async def trades(call: Call) -> TradePage:
     """Public trades (fills) of the instrument, newest first unless ``order=asc``; ``cursor`` is a trade id,
     exclusive. ``side`` is the taker's."""
@@ -118,12 +102,12 @@ async def trades(call: Call) -> TradePage:
 
 
 @history.route("GET", "/v1/instruments/{symbol}/candles", summary="Candles", query=CandleQuery, response=CandleList,
-               errors=("unknown_instrument", "out_of_range"), params=SYMBOL_PARAM)
+               errors=("unknown_instrument", "out_of_range"), params=schemas.SYMBOL_PARAM)
 async def candles(call: Call) -> CandleList:
     """OHLC, volume, notional and VWAP per bin of ``interval``, computed from the fills, oldest first. Every bin
     of the range is listed; one without trades has volume 0 and null prices."""
     query: CandleQuery = call.query
-    interval = INTERVALS[query.interval]
+    interval = schemas.INTERVALS[query.interval]
     if query.start is not None and query.end is not None and query.end <= query.start:
         raise Problem("out_of_range", "end must be after start.", field="end")
     try:
@@ -141,12 +125,12 @@ async def candles(call: Call) -> CandleList:
                       field="start" if query.start is not None else "end") from None
     async with call.services.read_connection() as conn:
         found = await instrument_id(call, conn, call.params["symbol"])
-        rows = await conn.fetch(CANDLES, found, interval, first, stop, ORIGIN)
-    traded = {row["start"]: candle(row["start"], row["open"], row["high"], row["low"], row["close"], row["volume"],
-                                   int(row["notional"])) for row in rows}
+        rows = await conn.fetch(CANDLES, found, interval, first, stop, schemas.ORIGIN)
+    traded = {row["start"]: schemas.candle(row["start"], row["open"], row["high"], row["low"], row["close"],
+                                           row["volume"], int(row["notional"])) for row in rows}
     items = []
     start = first
     while start < stop:
-        items.append(traded.get(start) or empty_candle(start))
+        items.append(traded.get(start) or schemas.empty_candle(start))
         start += interval
     return CandleList(call.params["symbol"], query.interval, items)

@@ -17,41 +17,41 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
+from api import schemas
 from api.endpoints import Call, Endpoints
 from api.problems import Problem
-from api.schemas import INTERVALS, ORIGIN, TEXT_PATTERN, Interval, PriceIndex, Request, Time, price_index, whole
 from exchange.database.queries import sql
 from exchange.indexer import LATEST, row_of
 
 indices = Endpoints("price index")
 
-Group = Annotated[str, Meta(min_length=1, max_length=2000, pattern=TEXT_PATTERN,
+Group = Annotated[str, Meta(min_length=1, max_length=2000, pattern=schemas.TEXT_PATTERN,
                             description="A substitution group of compute instruments.", examples=["chat-general"])]
 GROUP = {"group": (Group, "unknown_group")}
-BinCursor = Annotated[str, whole(r"[0-9]{1,11}", description="Opaque: the next_cursor of the previous page.")]
+BinCursor = Annotated[str, schemas.whole(r"[0-9]{1,11}", description="Opaque: the next_cursor of the previous page.")]
 
 
 class PriceIndexList(Struct):
-    items: list[PriceIndex]
+    items: list[schemas.PriceIndex]
 
 
-class IndexHistoryQuery(Request):
-    interval: Interval = "1m"
+class IndexHistoryQuery(schemas.Request):
+    interval: schemas.Interval = "1m"
     order: Literal["desc", "asc"] = "desc"
-    start: Time | None = None
-    end: Time | None = None
+    start: schemas.Time | None = None
+    end: schemas.Time | None = None
     cursor: BinCursor | None = None
     limit: Annotated[int, Meta(ge=1, le=1000)] = 300
 
 
 class IndexBin(Struct):
     start: Annotated[datetime, Meta(description="The start of the bin.")]
-    index: Annotated[PriceIndex, Meta(description="The value as of the last minute computed in the bin.")]
+    index: Annotated[schemas.PriceIndex, Meta(description="The value as of the last minute computed in the bin.")]
 
 
 class IndexHistory(Struct):
     group: str
-    interval: Interval
+    interval: schemas.Interval
     items: list[IndexBin]
     next_cursor: str | None
 
@@ -66,7 +66,7 @@ async def list_indices(call: Call) -> PriceIndexList:
     """The newest value of each substitution group's token price index, by group, with its stale flag."""
     async with call.services.read_connection() as conn:
         records = await conn.fetch(LATEST)
-    return PriceIndexList([price_index(row_of(record)) for record in records])
+    return PriceIndexList([schemas.price_index(row_of(record)) for record in records])
 
 
 @indices.route("GET", "/v1/indices/{group}/history", summary="Token price index history", query=IndexHistoryQuery,
@@ -74,7 +74,7 @@ async def list_indices(call: Call) -> PriceIndexList:
 async def index_history(call: Call) -> IndexHistory:
     """One value per bin of ``interval`` (the last minute computed in it), newest first unless ``order=asc``."""
     query: IndexHistoryQuery = call.query
-    interval = INTERVALS[query.interval]
+    interval = schemas.INTERVALS[query.interval]
     if query.start is not None and query.end is not None and query.end <= query.start:
         raise Problem("out_of_range", "end must be after start.", field="end")
     low, high = query.start, query.end
@@ -93,9 +93,9 @@ async def index_history(call: Call) -> IndexHistory:
     async with call.services.read_connection() as conn:
         if not await conn.fetchval(GROUP_LISTED, group):
             raise Problem("unknown_group", field="group")
-        records = await conn.fetch(HISTORY_ASC if query.order == "asc" else HISTORY_DESC, group, interval, ORIGIN,
-                                   low, high, query.limit + 1)
-    items = [IndexBin(record["bin"], price_index(row_of({k: v for k, v in record.items() if k != "bin"})))
+        records = await conn.fetch(HISTORY_ASC if query.order == "asc" else HISTORY_DESC, group, interval,
+                                   schemas.ORIGIN, low, high, query.limit + 1)
+    items = [IndexBin(record["bin"], schemas.price_index(row_of({k: v for k, v in record.items() if k != "bin"})))
              for record in records[: query.limit]]
     more = len(records) > query.limit
     return IndexHistory(group, query.interval, items,

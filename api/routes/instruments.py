@@ -1,16 +1,8 @@
 """Instruments: public reference data; an admin lists, halts and resumes them."""
 
+from api import schemas
 from api.endpoints import Call, Endpoints, money
-from api.problems import Problem
-from api.schemas import (
-    CASH,
-    MAX_PRICE,
-    SYMBOL_PARAM,
-    Instrument,
-    InstrumentList,
-    NewComputeInstrument,
-    NewInstrument,
-)
+from api.problems import Problem, known
 from api.units import from_micro
 from exchange.commands import ListInstrument, SetInstrumentStatus
 from exchange.database.queries import sql
@@ -21,51 +13,49 @@ ALL = sql("all_instruments")
 ONE = sql("instrument_by_symbol")
 
 
-def instrument(row) -> Instrument:
+def instrument(row) -> schemas.Instrument:
     values = dict(row)
     values["tick"] = from_micro(values["tick"])
-    return Instrument(**values)
+    return schemas.Instrument(**values)
 
 
-async def read_instrument(call: Call, symbol: str) -> Instrument:
+async def read_instrument(call: Call, symbol: str) -> schemas.Instrument:
     async with call.services.connection() as conn:
         row = await conn.fetchrow(ONE, symbol)
-    if row is None:
-        raise Problem("unknown_instrument", field="symbol")
-    return instrument(row)
+    return instrument(known(row, "unknown_instrument", "symbol"))
 
 
-@instruments.route("GET", "/v1/instruments", summary="List instruments", response=InstrumentList)
-async def list_instruments(call: Call) -> InstrumentList:
+@instruments.route("GET", "/v1/instruments", summary="List instruments", response=schemas.InstrumentList)
+async def list_instruments(call: Call) -> schemas.InstrumentList:
     """Every instrument, trading or halted, by symbol."""
     async with call.services.read_connection() as conn:
         rows = await conn.fetch(ALL)
-    return InstrumentList([instrument(row) for row in rows])
+    return schemas.InstrumentList([instrument(row) for row in rows])
 
 
-@instruments.route("GET", "/v1/instruments/{symbol}", summary="One instrument", response=Instrument,
-                   errors=("unknown_instrument",), params=SYMBOL_PARAM)
-async def get_instrument(call: Call) -> Instrument:
+@instruments.route("GET", "/v1/instruments/{symbol}", summary="One instrument", response=schemas.Instrument,
+                   errors=("unknown_instrument",), params=schemas.SYMBOL_PARAM)
+async def get_instrument(call: Call) -> schemas.Instrument:
     """One instrument's attributes and status."""
     return await read_instrument(call, call.params["symbol"])
 
 
-@instruments.route("POST", "/v1/instruments", summary="List a new instrument", scope="admin", body=NewInstrument,
-                   response=Instrument, status=201,
+@instruments.route("POST", "/v1/instruments", summary="List a new instrument", scope="admin",
+                   body=schemas.NewInstrument, response=schemas.Instrument, status=201,
                    errors=("symbol_taken", "invalid_instrument", "invalid_decimal", "too_precise", "out_of_range"))
-async def create_instrument(call: Call) -> Instrument:
+async def create_instrument(call: Call) -> schemas.Instrument:
     """List a compute block or a dataset token; it trades at once. The tick is in yuan per lot."""
-    body: NewInstrument = call.body
-    if body.symbol == CASH:
-        raise Problem("invalid_field", f"{CASH} is the cash asset, not an instrument symbol.", field="symbol")
-    tick = money(body.tick, "tick", MAX_PRICE)
+    body: schemas.NewInstrument = call.body
+    if body.symbol == schemas.CASH:
+        raise Problem("invalid_field", f"{schemas.CASH} is the cash asset, not an instrument symbol.", field="symbol")
+    tick = money(body.tick, "tick", schemas.MAX_PRICE)
     if body.min_qty > body.max_qty:
         raise Problem("out_of_range", "max_qty must not be below min_qty.", field="max_qty")
     common = {
         "symbol": body.symbol, "tick": tick, "min_qty": body.min_qty, "max_qty": body.max_qty,
         "maker_fee_bps": body.maker_fee_bps, "taker_fee_bps": body.taker_fee_bps,
     }
-    if isinstance(body, NewComputeInstrument):
+    if isinstance(body, schemas.NewComputeInstrument):
         command = ListInstrument(kind="compute", model=body.model, substitution_group=body.substitution_group,
                                  quality=body.quality, tokens_per_lot=body.tokens_per_lot, **common)
     else:
@@ -81,20 +71,20 @@ async def create_instrument(call: Call) -> Instrument:
     return await read_instrument(call, body.symbol)
 
 
-async def set_status(call: Call, status: str) -> Instrument:
+async def set_status(call: Call, status: str) -> schemas.Instrument:
     await call.submit(SetInstrumentStatus(call.params["symbol"], status))
     return await read_instrument(call, call.params["symbol"])
 
 
 @instruments.route("POST", "/v1/instruments/{symbol}/halt", summary="Halt trading", scope="admin",
-                   response=Instrument, errors=("unknown_instrument",), params=SYMBOL_PARAM)
-async def halt(call: Call) -> Instrument:
+                   response=schemas.Instrument, errors=("unknown_instrument",), params=schemas.SYMBOL_PARAM)
+async def halt(call: Call) -> schemas.Instrument:
     """Stop trading: new orders and amendments are refused, cancels still work. Halting twice is harmless."""
     return await set_status(call, "halted")
 
 
 @instruments.route("POST", "/v1/instruments/{symbol}/resume", summary="Resume trading", scope="admin",
-                   response=Instrument, errors=("unknown_instrument",), params=SYMBOL_PARAM)
-async def resume(call: Call) -> Instrument:
+                   response=schemas.Instrument, errors=("unknown_instrument",), params=schemas.SYMBOL_PARAM)
+async def resume(call: Call) -> schemas.Instrument:
     """Trade again after a halt."""
     return await set_status(call, "trading")

@@ -3,12 +3,43 @@
 Revoking needs the ``admin`` scope: a ``read`` key only reads, and a leaked read key must not be able to take
 the account's trading keys away."""
 
+from datetime import datetime
+from typing import Annotated
+
+from msgspec import Meta, Struct
+
+from api import schemas
 from api.endpoints import Call, Endpoints
 from api.keys import KeyRow, ReplayedRequest, ScopeNotAllowed, UnknownAccount
 from api.problems import Problem
-from api.schemas import ApiKey, ApiKeyList, CreatedApiKey, KeyId, NewKey
 
 keys = Endpoints("keys")
+
+KeyId = Annotated[str, schemas.whole(r"tk_[0-9a-f]{16}", description="The public id of an API key.")]
+
+
+class NewKey(schemas.Request):
+    account_id: schemas.Id
+    scopes: Annotated[list[schemas.Scope], Meta(min_length=1, max_length=4)]
+    label: schemas.Label = ""
+
+
+class ApiKey(Struct):
+    id: str
+    account_id: int
+    scopes: list[schemas.Scope]
+    label: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyList(Struct):
+    items: list[ApiKey]
+
+
+class CreatedApiKey(ApiKey):
+    secret: str
+    """Shown once: it signs requests. The exchange cannot show it again."""
 
 
 def api_key(row: KeyRow) -> ApiKey:

@@ -2,51 +2,48 @@
 
 import time
 
+from api import schemas
 from api.endpoints import Call, Endpoints
 from api.marketdata import LOAD_INSTRUMENTS, MINUTE_US, BookView
-from api.problems import Problem
-from api.schemas import SYMBOL_PARAM, Book, BookQuery, Level, Ticker, TickerList, ticker_figures
+from api.problems import known
 from api.units import from_micro
 
 market = Endpoints("market data")
 
 
 async def book_view(call: Call, symbol: str) -> BookView:
-    view = await call.services.market.view_of(call.services.connection, symbol)
-    if view is None:
-        raise Problem("unknown_instrument", field="symbol")
-    return view
+    return known(await call.services.market.view_of(call.services.connection, symbol), "unknown_instrument", "symbol")
 
 
-@market.route("GET", "/v1/instruments/{symbol}/book", summary="Order book", query=BookQuery, response=Book,
-              errors=("unknown_instrument",), params=SYMBOL_PARAM)
-async def book(call: Call) -> Book:
+@market.route("GET", "/v1/instruments/{symbol}/book", summary="Order book", query=schemas.BookQuery,
+              response=schemas.Book, errors=("unknown_instrument",), params=schemas.SYMBOL_PARAM)
+async def book(call: Call) -> schemas.Book:
     """Total lots per price level, best first, as of sequence number ``seq`` (the feed's numbering)."""
     symbol = call.params["symbol"]
     view = await book_view(call, symbol)
     bids, asks = view.depth(call.query.depth)
-    return Book(symbol, view.seq, [Level(from_micro(p), q) for p, q in bids],
-                [Level(from_micro(p), q) for p, q in asks])
+    return schemas.Book(symbol, view.seq, [schemas.Level(from_micro(p), q) for p, q in bids],
+                [schemas.Level(from_micro(p), q) for p, q in asks])
 
 
-@market.route("GET", "/v1/instruments/{symbol}/ticker", summary="Ticker", response=Ticker,
-              errors=("unknown_instrument",), params=SYMBOL_PARAM)
-async def ticker(call: Call) -> Ticker:
+@market.route("GET", "/v1/instruments/{symbol}/ticker", summary="Ticker", response=schemas.Ticker,
+              errors=("unknown_instrument",), params=schemas.SYMBOL_PARAM)
+async def ticker(call: Call) -> schemas.Ticker:
     """Best bid and ask, the last trade, and the trailing 24 hours (by whole minutes)."""
     symbol = call.params["symbol"]
     return ticker_of(symbol, await book_view(call, symbol), time.time_ns() // 1000 // MINUTE_US)
 
 
-@market.route("GET", "/v1/tickers", summary="Every ticker", response=TickerList)
-async def tickers(call: Call) -> TickerList:
+@market.route("GET", "/v1/tickers", summary="Every ticker", response=schemas.TickerList)
+async def tickers(call: Call) -> schemas.TickerList:
     """The ticker of every instrument, trading or halted, by symbol: one call instead of one per instrument."""
     async with call.services.read_connection() as conn:
         rows = await conn.fetch(LOAD_INSTRUMENTS)
     minute = time.time_ns() // 1000 // MINUTE_US
     market_view = call.services.market
-    return TickerList([ticker_of(symbol, market_view.known(symbol, seq), minute)
+    return schemas.TickerList([ticker_of(symbol, market_view.known(symbol, seq), minute)
                        for _, symbol, seq in sorted(rows, key=lambda row: row[1])])
 
 
-def ticker_of(symbol: str, view: BookView, minute: int) -> Ticker:
-    return Ticker(symbol, view.seq, *ticker_figures(view, *view.best(), minute))
+def ticker_of(symbol: str, view: BookView, minute: int) -> schemas.Ticker:
+    return schemas.Ticker(symbol, view.seq, *schemas.ticker_figures(view, *view.best(), minute))

@@ -12,25 +12,9 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
+from api import schemas
 from api.endpoints import Call, Endpoints, money
 from api.problems import Problem
-from api.schemas import (
-    MAX_AMOUNT,
-    MAX_PRICE,
-    ClientRequestId,
-    Decimal,
-    Execution,
-    Id,
-    Limit,
-    Mode,
-    Qty,
-    Request,
-    Text,
-    average_price,
-    average_quality,
-    optional_price,
-    whole,
-)
 from api.units import from_micro
 from exchange import packages as plans
 from exchange import records, routed_orders
@@ -41,9 +25,7 @@ from exchange.sequencer import Sequencer
 
 packages = Endpoints("packages")
 
-Period = Literal["day", "week", "month"]
-PACKAGE_ID = {"package_id": (Id, "unknown_package")}
-PeriodCursor = Annotated[str, whole(r"[0-9]{1,9}", description="The next_cursor of the previous page.")]
+PACKAGE_ID = {"package_id": (schemas.Id, "unknown_package")}
 Time = Annotated[datetime, Meta(tz=True, description="RFC 3339 with a time zone, e.g. 2026-12-01T09:00:00Z.")]
 
 PACKAGE = sql("package_of_account")
@@ -51,30 +33,26 @@ PACKAGES = sql("packages_of_account")
 EXECUTIONS = sql("package_executions")
 
 
-class NewPackage(Request):
-    group: Text
-    qty: Qty
-    mode: Mode
-    period: Period
-    max_cost: Annotated[Decimal, Meta(description="The most one period's routed order may cost, fees included.")]
+class NewPackage(schemas.Request):
+    group: schemas.Text
+    qty: schemas.Qty
+    mode: schemas.Mode
+    period: schemas.Period
+    max_cost: Annotated[schemas.Decimal, Meta(description="The most one period's routed order may cost, fees "
+                                                          "included.")]
     start_at: Time
-    price: Decimal | None = None
+    price: schemas.Decimal | None = None
     """A limit per lot, on every book."""
-    client_request_id: ClientRequestId | None = None
+    client_request_id: schemas.ClientRequestId | None = None
     """Unique per account among packages: sending it again returns the package it made the first time."""
-
-
-class ExecutionQuery(Request):
-    limit: Limit = 100
-    cursor: PeriodCursor | None = None
 
 
 class Package(Struct):
     id: int
     group: str
     qty: int
-    mode: Mode
-    period: Period
+    mode: schemas.Mode
+    period: schemas.Period
     max_cost: str
     price: str | None
     start_at: datetime
@@ -90,14 +68,14 @@ class PackageList(Struct):
 
 
 class ExecutionPage(Struct):
-    items: list[Execution]
+    items: list[schemas.Execution]
     next_cursor: str | None
 
 
 def package_from(package: records.Package) -> Package:
     return Package(
         package.id, package.substitution_group, package.qty, package.mode, package.period,
-        from_micro(package.max_cost), optional_price(package.price), package.start_at, package.status,
+        from_micro(package.max_cost), schemas.optional_price(package.price), package.start_at, package.status,
         package.next_period,
         plans.period_start(package.start_at, package.period, package.next_period) if package.status == "active"
         else None,
@@ -105,13 +83,13 @@ def package_from(package: records.Package) -> Package:
     )
 
 
-def execution_from(package: records.Package, view: ExecutionView) -> Execution:
+def execution_from(package: records.Package, view: ExecutionView) -> schemas.Execution:
     routed = view.routed
     qty, notional, fee, quality = (0, 0, 0, 0) if routed is None else \
         (routed.filled_qty, routed.filled_notional, routed.fee, routed.quality_lots)
-    return Execution(package.id, view.period, plans.period_start(package.start_at, package.period, view.period),
-                     view.routed_order_id, view.reason, qty, from_micro(notional), average_price(notional, qty),
-                     average_quality(quality, qty), from_micro(fee), view.created_at)
+    return schemas.Execution(package.id, view.period, plans.period_start(package.start_at, package.period, view.period),
+                     view.routed_order_id, view.reason, qty, from_micro(notional), schemas.average_price(notional, qty),
+                     schemas.average_quality(quality, qty), from_micro(fee), view.created_at)
 
 
 def reporter(sequencer: Sequencer, report) -> ExecutionListener:
@@ -143,9 +121,9 @@ async def create_package(call: Call) -> Package:
     """Start a standing plan. Periods already over at creation are skipped; the one under way runs at once.
     Sending a ``client_request_id`` again returns the package it made the first time and changes nothing."""
     body: NewPackage = call.body
-    price = None if body.price is None else money(body.price, "price", MAX_PRICE)
+    price = None if body.price is None else money(body.price, "price", schemas.MAX_PRICE)
     result = await call.submit(CreatePackage(call.account_id, body.group, body.qty, body.mode, body.period,
-                                             money(body.max_cost, "max_cost", MAX_AMOUNT), body.start_at, price,
+                                             money(body.max_cost, "max_cost", schemas.MAX_AMOUNT), body.start_at, price,
                                              body.client_request_id))
     if isinstance(result, Done):  # a repeated client_request_id
         return await fetch_package(call, result.id)
@@ -198,7 +176,7 @@ async def cancel_package(call: Call) -> Package:
 
 
 @packages.route("GET", "/v1/packages/{package_id}/executions", summary="List a package's executions",
-                scope="read", query=ExecutionQuery, response=ExecutionPage,
+                scope="read", query=schemas.PeriodPageQuery, response=ExecutionPage,
                 errors=("unknown_package",), params=PACKAGE_ID)
 async def list_executions(call: Call) -> ExecutionPage:
     """The periods run, newest first, with what each bought."""
@@ -213,9 +191,9 @@ async def list_executions(call: Call) -> ExecutionPage:
     items = []
     for r in rows[: call.query.limit]:
         qty, notional, fee = r["filled_qty"] or 0, r["filled_notional"] or 0, r["fee"] or 0
-        items.append(Execution(
+        items.append(schemas.Execution(
             package_id, r["period"], plans.period_start(package.start_at, package.period, r["period"]),
-            r["routed_order_id"], r["reason"], qty, from_micro(notional), average_price(notional, qty),
-            average_quality(r["quality_lots"] or 0, qty), from_micro(fee), r["created_at"],
+            r["routed_order_id"], r["reason"], qty, from_micro(notional), schemas.average_price(notional, qty),
+            schemas.average_quality(r["quality_lots"] or 0, qty), from_micro(fee), r["created_at"],
         ))
     return ExecutionPage(items, str(items[-1].period) if len(rows) > call.query.limit else None)

@@ -1,46 +1,39 @@
 """Providers (issuers serving their compute instruments over an OpenAI-compatible upstream), their deliveries and
-obligations, their measured effect, and buyers' quotas of tokens (``exchange.delivery``, ``exchange.quotas``).
+obligations (``exchange.delivery``); their measured effect is ``api.routes.provider_stats``, buyers' quotas
+``api.routes.quotas``.
 
 A provider registers its upstream with ``POST /v1/providers``; the credential is sealed with the master key
 (``api.credentials``) before it reaches the exchange and is never shown again. ``GET /v1/providers`` shows an
 issuer's providers with what each delivered and still owes; the deliveries (one row per attempt of a call) and
-the redemptions of the instrument are pages of their own. ``GET /v1/providers/stats`` is public: each provider's
-success rate, time to first token and tokens per second over its last calls, and each instrument's measured
-quality, the figure ``quality`` routing uses. ``GET /v1/quotas`` lists what is left of an account's quotas, and
-``GET /v1/usage`` its calls.
+the redemptions of the instrument are pages of their own.
 """
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from msgspec import Meta, Struct
 
+from api import schemas
 from api.credentials import seal
-from api.endpoints import Call, Endpoints, cursor_id
+from api.endpoints import Call, Endpoints, id_page
 from api.problems import Problem
-from api.schemas import Delivery, Id, PageQuery, Redemption, RedemptionPage, Request, Symbol, whole
-from exchange import delivery
 from exchange.commands import ProviderView, RegisterProvider
 from exchange.database.queries import sql
 
 providers = Endpoints("delivery")
 
-PROVIDER_ID = {"provider_id": (Id, "unknown_provider")}
-BaseUrl = Annotated[str, whole(r"https?://[^\s\x00]{1,500}", description="The upstream's OpenAI base URL, to which "
-                                                                         "/chat/completions is appended.",
-                              examples=["https://api.example.com/v1"])]
+PROVIDER_ID = {"provider_id": (schemas.Id, "unknown_provider")}
+BaseUrl = Annotated[str, schemas.whole(r"https?://[^\s\x00]{1,500}",
+                                       description="The upstream's OpenAI base URL, to which /chat/completions is "
+                                                   "appended.", examples=["https://api.example.com/v1"])]
 
-QUOTAS = sql("account_quotas")
 PROVIDERS = sql("account_providers")
 DELIVERIES = sql("provider_deliveries")
 REDEMPTIONS = sql("provider_redemptions")
-STATS = sql("provider_stats")
-USAGE = sql("account_usage")
-WINDOWS = sql("provider_windows")
 
 
-class NewProvider(Request):
-    symbol: Symbol
+class NewProvider(schemas.Request):
+    symbol: schemas.Symbol
     base_url: BaseUrl
     model: Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$",
                                description="The model name the upstream expects.")]
@@ -65,70 +58,15 @@ class ProviderList(Struct):
     items: list[Provider]
 
 
-class Usage(Struct):
-    """One attempt of one of this account's inference calls."""
-
-    id: int
-    reservation_id: Annotated[int, Meta(description="The tokex-reservation header of the call's answer.")]
-    symbol: str
-    provider_id: int
-    prompt_tokens: int
-    completion_tokens: int
-    ttft_ms: float
-    latency_ms: float
-    status: Literal["ok", "failed"]
-    created_at: datetime
-
-
-class UsagePage(Struct):
-    items: list[Usage]
-    next_cursor: str | None
-
-
 class DeliveryPage(Struct):
-    items: list[Delivery]
+    items: list[schemas.Delivery]
     next_cursor: str | None
 
 
-class ProviderStats(Struct):
-    """A provider's measured figures over its last calls."""
-
-    id: int
-    provider: str
-    symbol: str
-    delivered: int
-    attempts: int
-    success_rate: Annotated[float, Meta(description="Share of attempts answered, 0 to 1 (1 with no attempts).")]
-    ttft_ms: float | None
-    tokens_per_second: int | None
-
-
-class InstrumentEffect(Struct):
-    symbol: str
-    listed_quality: int
-    measured_quality: Annotated[int, Meta(description="What quality routing ranks by (exchange/delivery.py).")]
-
-
-class Stats(Struct):
-    window_calls: int
-    providers: list[ProviderStats]
-    instruments: list[InstrumentEffect]
-
-
-class Quota(Struct):
-    symbol: str
-    source: Annotated[str, Meta(description="Where the tokens came from: redemption, subscription:<id>")]
-    granted: int
-    reserved: Annotated[int, Meta(description="Held by calls under way.")]
-    used: int
-    lapsed: int
-    remaining: int
-    expires_at: datetime | None
-    updated_at: datetime
-
-
-class QuotaList(Struct):
-    items: list[Quota]
+def delivery_fields(row) -> tuple:
+    """The fields of a ``Delivery`` from a row of an attempt, in milliseconds where the row has microseconds."""
+    return (row["id"], row["reservation_id"], row["symbol"], row["prompt_tokens"], row["completion_tokens"],
+            row["ttft_us"] / 1000, row["latency_us"] / 1000, row["status"], row["created_at"])
 
 
 def provider_from(view: ProviderView) -> Provider:
@@ -169,79 +107,20 @@ async def own_provider(call: Call) -> dict:
 
 
 @providers.route("GET", "/v1/providers/{provider_id}/deliveries", summary="A provider's deliveries", scope="read",
-                 query=PageQuery, response=DeliveryPage, params=PROVIDER_ID, errors=("unknown_provider",))
+                 query=schemas.PageQuery, response=DeliveryPage, params=PROVIDER_ID, errors=("unknown_provider",))
 async def deliveries(call: Call) -> DeliveryPage:
     """Every attempt of a call on this provider, newest first: tokens delivered, time to first token, latency."""
     provider = await own_provider(call)
-    query = call.query
-    before = None if query.cursor is None else cursor_id(query.cursor)
-    async with call.services.connection() as conn:
-        rows = await conn.fetch(DELIVERIES, provider["id"], before, query.limit + 1)
-    items = [Delivery(r["id"], r["reservation_id"], r["symbol"], r["prompt_tokens"], r["completion_tokens"],
-                      r["ttft_us"] / 1000, r["latency_us"] / 1000, r["status"], r["created_at"])
-             for r in rows[: query.limit]]
-    return DeliveryPage(items, str(items[-1].id) if len(rows) > query.limit else None)
+    rows, next_cursor = await id_page(call, DELIVERIES, provider["id"])
+    return DeliveryPage([schemas.Delivery(*delivery_fields(row)) for row in rows], next_cursor)
 
 
 @providers.route("GET", "/v1/providers/{provider_id}/redemptions", summary="Redemptions a provider serves",
-                 scope="read", query=PageQuery, response=RedemptionPage, params=PROVIDER_ID,
+                 scope="read", query=schemas.PageQuery, response=schemas.RedemptionPage, params=PROVIDER_ID,
                  errors=("unknown_provider",))
-async def provider_redemptions(call: Call) -> RedemptionPage:
+async def provider_redemptions(call: Call) -> schemas.RedemptionPage:
     """The redemptions of the instrument this provider serves, newest first: the tokens buyers may now call for.
     Buyers are not named."""
     provider = await own_provider(call)
-    query = call.query
-    before = None if query.cursor is None else cursor_id(query.cursor)
-    async with call.services.connection() as conn:
-        rows = await conn.fetch(REDEMPTIONS, provider["id"], before, query.limit + 1)
-    items = [Redemption(**row) for row in rows[: query.limit]]
-    return RedemptionPage(items, str(items[-1].id) if len(rows) > query.limit else None)
-
-
-@providers.route("GET", "/v1/providers/stats", summary="Providers' measured effect", response=Stats)
-async def stats(call: Call) -> Stats:
-    """Each provider's success rate, median time to first token and tokens per second over its last calls, and
-    each served instrument's measured quality: the listed quality times the success rate, times 1 s over the
-    median time to first token when that is longer (``exchange/delivery.py``)."""
-    async with call.services.connection() as conn:
-        rows = await conn.fetch(STATS)
-        windows: dict[int, list[delivery.Sample]] = {}
-        for provider_id, *sample in await conn.fetch(WINDOWS, delivery.WINDOW_CALLS):
-            windows.setdefault(provider_id, []).append(delivery.Sample(*sample))
-    found: list[ProviderStats] = []
-    by_symbol: dict[str, tuple[int, list[delivery.Sample]]] = {}
-    for row in rows:
-        samples = windows.get(row["id"], [])
-        figures = delivery.effect(samples)
-        found.append(ProviderStats(row["id"], row["provider"], row["symbol"], row["delivered"], figures.attempts,
-                                   figures.success_ppm / 1_000_000,
-                                   None if figures.ttft_us is None else figures.ttft_us / 1000,
-                                   figures.tokens_per_second))
-        by_symbol.setdefault(row["symbol"], (row["quality"], []))[1].extend(samples)
-    instruments = [InstrumentEffect(symbol, listed, delivery.measured_quality(listed, delivery.effect(samples)))
-                   for symbol, (listed, samples) in sorted(by_symbol.items())]
-    return Stats(delivery.WINDOW_CALLS, found, instruments)
-
-
-@providers.route("GET", "/v1/quotas", summary="Own quotas", scope=("read", "inference"), response=QuotaList)
-async def quotas(call: Call) -> QuotaList:
-    """What is left of this account's quotas of tokens, per instrument and source. An inference key may read it
-    too."""
-    async with call.services.connection() as conn:
-        rows = await conn.fetch(QUOTAS, call.account_id)
-    return QuotaList([Quota(**row) for row in rows])
-
-
-@providers.route("GET", "/v1/usage", summary="Own inference calls", scope=("read", "inference"), query=PageQuery,
-                 response=UsagePage, errors=("invalid_cursor",))
-async def usage(call: Call) -> UsagePage:
-    """This account's inference calls, newest first: one row per attempt on a provider, with the tokens charged
-    (failed attempts charge none). An inference key may read it too."""
-    query = call.query
-    before = None if query.cursor is None else cursor_id(query.cursor)
-    async with call.services.connection() as conn:
-        rows = await conn.fetch(USAGE, call.account_id, before, query.limit + 1)
-    items = [Usage(r["id"], r["reservation_id"], r["symbol"], r["provider_id"], r["prompt_tokens"],
-                   r["completion_tokens"], r["ttft_us"] / 1000, r["latency_us"] / 1000, r["status"], r["created_at"])
-             for r in rows[: query.limit]]
-    return UsagePage(items, str(items[-1].id) if len(rows) > query.limit else None)
+    rows, next_cursor = await id_page(call, REDEMPTIONS, provider["id"])
+    return schemas.RedemptionPage([schemas.Redemption(**row) for row in rows], next_cursor)

@@ -1,7 +1,7 @@
 """Reads that more than one route module answers with: orders with their fills, and what a journal entry moved."""
 
+from api import schemas
 from api.endpoints import Call
-from api.schemas import Movement, Order, OrderFill, OrderWithFills, asset_amount, order_from_row
 from api.units import from_micro
 from exchange.database.queries import sql
 
@@ -9,22 +9,23 @@ ORDER_FILLS = sql("order_fills")
 MOVEMENT = sql("entry_movement")
 
 
-def with_fills(order: Order, fills: list[OrderFill]) -> OrderWithFills:
-    return OrderWithFills(*(getattr(order, name) for name in Order.__struct_fields__), fills)
+def with_fills(order: schemas.Order, fills: list[schemas.OrderFill]) -> schemas.OrderWithFills:
+    return schemas.OrderWithFills(*(getattr(order, name) for name in schemas.Order.__struct_fields__), fills)
 
 
-async def with_their_fills(conn, account_id: int, rows) -> list[OrderWithFills]:
+async def with_their_fills(conn, account_id: int, rows) -> list[schemas.OrderWithFills]:
     """The committed orders of ``rows`` (of ``account_id``) with all their fills, read in one query."""
     traded = [row["id"] for row in rows if row["filled_qty"]]
-    fills: dict[int, list[OrderFill]] = {}
+    fills: dict[int, list[schemas.OrderFill]] = {}
     if traded:
         for order_id, fill_id, price, qty, fee, role in await conn.fetch(ORDER_FILLS, account_id, traded):
-            fills.setdefault(order_id, []).append(OrderFill(fill_id, from_micro(price), qty, from_micro(fee), role))
-    return [with_fills(order_from_row(row), fills.get(row["id"], [])) for row in rows]
+            fill = schemas.OrderFill(fill_id, from_micro(price), qty, from_micro(fee), role)
+            fills.setdefault(order_id, []).append(fill)
+    return [with_fills(schemas.order_from_row(row), fills.get(row["id"], [])) for row in rows]
 
 
-async def movement(call: Call, account_id: int, entry_id: int) -> Movement:
+async def movement(call: Call, account_id: int, entry_id: int) -> schemas.Movement:
     """What journal entry ``entry_id`` (a deposit, withdrawal, mint or burn) moved in or out of ``account_id``."""
     async with call.services.connection() as conn:
         asset, amount = await conn.fetchrow(MOVEMENT, account_id, entry_id)
-    return Movement(account_id, asset, asset_amount(asset, amount))
+    return schemas.Movement(account_id, asset, schemas.asset_amount(asset, amount))

@@ -1,69 +1,46 @@
-"""Routed orders: buy or sell lots across the books of a substitution group, and quote the same plan.
+"""Routed orders: buy or sell lots across the books of a substitution group (their quote: ``api.routes.routed_quote``).
 
 ``POST /v1/routed-orders`` is one engine command (``exchange.routed_orders``): the answer comes after its commit,
-with the child orders as ``GET /v1/orders/{id}`` shows them. ``GET /v1/routed-quote`` plans the same order
-(``exchange.route_planner``) over what is committed: the market view's books (``DEPTH_LEVELS`` per book), the
-instruments' status and the account's fee tier and tokens; it trades nothing and holds nothing. Given the same
-books, the quote and the execution take the same lots at the same prices and fees.
+with the child orders as ``GET /v1/orders/{id}`` shows them.
 """
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
-from api.endpoints import Call, Endpoints, cursor_id, money
+from api import schemas
+from api.endpoints import Call, Endpoints, id_page, money
 from api.problems import Problem
 from api.routes.reads import with_their_fills
-from api.schemas import (
-    MAX_AMOUNT,
-    MAX_PRICE,
-    ClientOrderId,
-    Decimal,
-    Id,
-    Mode,
-    OrderWithFills,
-    PageQuery,
-    Qty,
-    Request,
-    Side,
-    Text,
-    average_price,
-    average_quality,
-    optional_price,
-)
 from api.units import from_micro
-from exchange import fees, records, route_planner
+from exchange import records
 from exchange.commands import Done, RouteOrder
 from exchange.database.queries import sql
-from matching.types import BUY
 
 routing = Endpoints("routed orders")
 
-ROUTED_ID = {"routed_order_id": (Id, "unknown_routed_order")}
+ROUTED_ID = {"routed_order_id": (schemas.Id, "unknown_routed_order")}
 ERRORS = ("unknown_group", "invalid_route_mode", "limit_or_budget_required", "invalid_route_budget",
           "rest_requires_price", "off_tick_price", "invalid_qty", "too_precise", "invalid_decimal", "out_of_range")
 
 ROUTED_ORDER = sql("routed_order_of_account")
 ROUTED_ORDERS = sql("routed_orders_page")
-GROUP = sql("group_instruments")
-TOKENS = sql("token_balances")
 ORDERS_BY_IDS = sql("orders_by_ids")
-DAILY_VOLUME = sql("daily_volume")
 
 
-class RoutedOrderQuery(Request):
+class RoutedOrderQuery(schemas.Request):
     """``qty`` lots of any instrument of ``group``, routed by ``mode``: ``cost`` (lowest price first for a buy,
     highest for a sell), ``quality`` (highest quality first) or ``balance`` (lowest price per quality point first
     for a buy). Give a limit ``price`` per lot, a total ``budget`` (buys only, fees included), or both. With
     ``rest_remainder`` (needs ``price``) what is left rests as a GTC limit on the best book."""
 
-    group: Text
-    side: Side
-    qty: Qty
-    mode: Mode
-    price: Decimal | None = None
-    budget: Decimal | None = None
+    group: schemas.Text
+    side: schemas.Side
+    qty: schemas.Qty
+    mode: schemas.Mode
+    price: schemas.Decimal | None = None
+    budget: schemas.Decimal | None = None
     rest_remainder: bool = False
 
 
@@ -71,15 +48,15 @@ class RoutedOrderRequest(RoutedOrderQuery):
     """A routed order as quoted, and the client's own id for it: sending the same ``client_order_id`` again
     returns the routed order it made the first time, and trades nothing."""
 
-    client_order_id: ClientOrderId | None = None
+    client_order_id: schemas.ClientOrderId | None = None
 
 
 class RoutedOrderSummary(Struct):
     id: int
     client_order_id: str | None
     group: str
-    side: Side
-    mode: Mode
+    side: schemas.Side
+    mode: schemas.Mode
     qty: int
     price: str | None
     budget: str | None
@@ -101,7 +78,7 @@ class RoutedOrderSummary(Struct):
 
 
 class RoutedOrder(RoutedOrderSummary):
-    children: list[OrderWithFills]
+    children: list[schemas.OrderWithFills]
 
 
 class RoutedOrderPage(Struct):
@@ -109,41 +86,9 @@ class RoutedOrderPage(Struct):
     next_cursor: str | None
 
 
-class QuoteLeg(Struct):
-    symbol: str
-    quality: int
-    qty: int
-    price: Annotated[str, Meta(description="The worst price taken on this book: the child's IOC limit.")]
-    notional: str
-    average_price: str | None
-    fee: str
-
-
-class QuoteRest(Struct):
-    symbol: str
-    price: str
-    qty: int
-
-
-class RoutedQuote(Struct):
-    group: str
-    side: Side
-    mode: Mode
-    qty: int
-    legs: list[QuoteLeg]
-    filled_qty: int
-    filled_notional: str
-    fee: str
-    cost: Annotated[str, Meta(description="For a buy, filled_notional + fee; for a sell, filled_notional - fee.")]
-    average_price: str | None
-    average_quality: str | None
-    remainder: int
-    resting: QuoteRest | None
-
-
 def command(account_id: int, request: RoutedOrderQuery, client_order_id: str | None = None) -> RouteOrder:
-    price = None if request.price is None else money(request.price, "price", MAX_PRICE)
-    budget = None if request.budget is None else money(request.budget, "budget", MAX_AMOUNT)
+    price = None if request.price is None else money(request.price, "price", schemas.MAX_PRICE)
+    budget = None if request.budget is None else money(request.budget, "budget", schemas.MAX_AMOUNT)
     return RouteOrder(account_id, request.group, request.side, request.qty, request.mode, price, budget,
                       request.rest_remainder, client_order_id)
 
@@ -168,23 +113,21 @@ async def get_routed_order(call: Call) -> RoutedOrder:
     return await fetch_routed(call, call.params["routed_order_id"])
 
 
-@routing.route("GET", "/v1/routed-orders", summary="List own routed orders", scope="read", query=PageQuery,
+@routing.route("GET", "/v1/routed-orders", summary="List own routed orders", scope="read", query=schemas.PageQuery,
                response=RoutedOrderPage, errors=("invalid_cursor",))
 async def list_routed_orders(call: Call) -> RoutedOrderPage:
     """Own routed orders, newest first, with their child order ids (``GET /v1/routed-orders/{id}`` has the rest)."""
-    before = None if call.query.cursor is None else cursor_id(call.query.cursor)
-    async with call.services.read_connection() as conn:
-        rows = await conn.fetch(ROUTED_ORDERS, call.account_id, before, call.query.limit + 1)
-    items = [summary(records.RoutedOrder(**row)) for row in rows[: call.query.limit]]
-    return RoutedOrderPage(items, str(items[-1].id) if len(rows) > call.query.limit else None)
+    rows, next_cursor = await id_page(call, ROUTED_ORDERS, call.account_id, replica=True)
+    return RoutedOrderPage([summary(records.RoutedOrder(**row)) for row in rows], next_cursor)
 
 
 def summary(routed: records.RoutedOrder) -> RoutedOrderSummary:
     return RoutedOrderSummary(
         routed.id, routed.client_order_id, routed.substitution_group, routed.side, routed.mode, routed.qty,
-        optional_price(routed.price), optional_price(routed.budget), routed.rest_remainder, routed.status,
-        routed.filled_qty, from_micro(routed.filled_notional), average_price(routed.filled_notional, routed.filled_qty),
-        average_quality(routed.quality_lots, routed.filled_qty), from_micro(routed.fee), routed.remainder,
+        schemas.optional_price(routed.price), schemas.optional_price(routed.budget), routed.rest_remainder,
+        routed.status, routed.filled_qty, from_micro(routed.filled_notional),
+        schemas.average_price(routed.filled_notional, routed.filled_qty),
+        schemas.average_quality(routed.quality_lots, routed.filled_qty), from_micro(routed.fee), routed.remainder,
         routed.resting_order_id, routed.package_id, routed.created_at, routed.order_ids,
     )
 
@@ -200,48 +143,3 @@ async def fetch_routed(call: Call, routed_id: int) -> RoutedOrder:
     children = [by_id[order_id] for order_id in row["order_ids"]]
     found = summary(records.RoutedOrder(**row))
     return RoutedOrder(*(getattr(found, name) for name in RoutedOrderSummary.__struct_fields__), children)
-
-
-@routing.route("GET", "/v1/routed-quote", summary="Quote a routed order", scope="read", query=RoutedOrderQuery,
-               response=RoutedQuote, errors=ERRORS)
-async def quote_routed_order(call: Call) -> RoutedQuote:
-    """What ``POST /v1/routed-orders`` with the same parameters would do now: the lots, books, prices and fees
-    of each child, the average quality and the remainder. Nothing is traded or held."""
-    request = command(call.account_id, call.query)
-    now = datetime.now(UTC)
-    since = now.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=fees.WINDOW_DAYS - 1)
-    async with call.services.connection() as conn:
-        instruments = await conn.fetch(GROUP, request.group)
-        tokens = dict(await conn.fetch(TOKENS, call.account_id, [row["symbol"] for row in instruments]))
-        days = await conn.fetch(DAILY_VOLUME, call.account_id, since)
-        percent = fees.tier_percent(sum(day["notional"] for day in days))
-    books = call.services.market.books
-    venues = []
-    for row in instruments:
-        if row["status"] != "trading":
-            continue
-        view = books.get(row["symbol"])
-        bids, asks = view.depth(route_planner.DEPTH_LEVELS) if view is not None else ([], [])
-        venues.append(route_planner.Venue(
-            row["symbol"], row["quality"], row["tick"], row["min_qty"], row["max_qty"],
-            fees.rate_ppm(row["maker_fee_bps"], percent), fees.rate_ppm(row["taker_fee_bps"], percent),
-            asks if request.side == BUY else bids, None if request.side == BUY else tokens.get(row["symbol"], 0),
-        ))
-    code = route_planner.refusal(venues, request.side, request.qty, request.mode, request.price, request.budget,
-                          request.rest_remainder)
-    if code is None and not instruments:
-        code = "unknown_group"
-    if code is not None:
-        raise Problem(code)
-    plan = route_planner.plan(venues, request.side, request.qty, request.mode, request.price, request.budget,
-                       request.rest_remainder)
-    legs = [QuoteLeg(leg.symbol, leg.quality, leg.qty, from_micro(leg.price), from_micro(leg.notional),
-                     average_price(leg.notional, leg.qty), from_micro(leg.fee)) for leg in plan.legs]
-    notional, fee = plan.notional, plan.fee
-    rest = plan.rest
-    return RoutedQuote(
-        request.group, request.side, request.mode, request.qty, legs, plan.filled_qty, from_micro(notional),
-        from_micro(fee), from_micro(notional + fee if request.side == BUY else notional - fee),
-        average_price(notional, plan.filled_qty), average_quality(plan.quality_lots, plan.filled_qty),
-        plan.remainder, None if rest is None else QuoteRest(rest.symbol, from_micro(rest.price), rest.qty),
-    )

@@ -14,9 +14,9 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
+from api import schemas
 from api.endpoints import Call, Endpoints, money
 from api.problems import Problem
-from api.schemas import ClientRequestId, Decimal, Id, Limit, Request, Symbol, whole
 from api.units import from_micro
 from exchange import subscriptions as rules
 from exchange.commands import (
@@ -31,10 +31,8 @@ from exchange.packages import period_start
 
 subscriptions = Endpoints("subscriptions")
 
-Period = Literal["day", "week", "month"]
-OFFER_ID = {"offer_id": (Id, "unknown_offer")}
-SUBSCRIPTION_ID = {"subscription_id": (Id, "unknown_subscription")}
-PeriodCursor = Annotated[str, whole(r"[0-9]{1,9}", description="The next_cursor of the previous page.")]
+OFFER_ID = {"offer_id": (schemas.Id, "unknown_offer")}
+SUBSCRIPTION_ID = {"subscription_id": (schemas.Id, "unknown_subscription")}
 
 OFFER = sql("subscription_offer_by_id")
 OFFERS = sql("active_subscription_offers")
@@ -42,27 +40,22 @@ OWN = sql("subscriptions_of_account")
 PERIODS = sql("subscription_periods")
 
 
-class NewOffer(Request):
-    symbol: Symbol
+class NewOffer(schemas.Request):
+    symbol: schemas.Symbol
     tokens_per_period: Annotated[int, Meta(ge=1, le=rules.MAX_TOKENS_PER_PERIOD)]
-    period: Period
-    price: Annotated[Decimal, Meta(description="CNY a period, paid by the subscriber; the exchange's fee comes out "
-                                               "of the seller's share.")]
+    period: schemas.Period
+    price: Annotated[schemas.Decimal, Meta(description="CNY a period, paid by the subscriber; the exchange's fee "
+                                                       "comes out of the seller's share.")]
 
 
-class OfferQuery(Request):
-    symbol: Symbol | None = None
+class OfferQuery(schemas.Request):
+    symbol: schemas.Symbol | None = None
 
 
-class NewSubscription(Request):
-    offer_id: Id
-    client_request_id: ClientRequestId | None = None
+class NewSubscription(schemas.Request):
+    offer_id: schemas.Id
+    client_request_id: schemas.ClientRequestId | None = None
     """Unique per account among subscriptions: sending it again returns the subscription it made the first time."""
-
-
-class PeriodQuery(Request):
-    limit: Limit = 100
-    cursor: PeriodCursor | None = None
 
 
 class Offer(Struct):
@@ -70,7 +63,7 @@ class Offer(Struct):
     seller_id: int
     symbol: str
     tokens_per_period: int
-    period: Period
+    period: schemas.Period
     price: str
     status: Literal["active", "withdrawn"]
     created_at: datetime
@@ -97,7 +90,7 @@ class Subscription(Struct):
     offer_id: int
     symbol: str
     tokens_per_period: int
-    period: Period
+    period: schemas.Period
     price: str
     status: Annotated[Literal["active", "cancelling", "ended"], Meta(
         description="cancelling: cancelled, running to the end of the period paid for.")]
@@ -241,7 +234,7 @@ async def cancel_subscription(call: Call) -> Subscription:
 
 
 @subscriptions.route("GET", "/v1/subscriptions/{subscription_id}/periods", summary="A subscription's periods",
-                     scope="read", query=PeriodQuery, response=PeriodPage, params=SUBSCRIPTION_ID,
+                     scope="read", query=schemas.PeriodPageQuery, response=PeriodPage, params=SUBSCRIPTION_ID,
                      errors=("unknown_subscription",))
 async def list_periods(call: Call) -> PeriodPage:
     """The periods run, newest first: what each paid and granted, or why it did not."""

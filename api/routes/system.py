@@ -4,9 +4,9 @@ import time
 from datetime import UTC, datetime
 from importlib.metadata import version
 
+from api import schemas
 from api.endpoints import Call, Endpoints
 from api.problems import retry_after
-from api.schemas import Health, Leader, ServerTime
 from api.services import READ_ERRORS
 from exchange.database.queries import sql
 
@@ -16,16 +16,16 @@ PROBE = sql("ping")
 PROBE_SECONDS = 2.0
 
 
-@system.route("GET", "/v1/time", summary="Server time", response=ServerTime)
-async def server_time(call: Call) -> ServerTime:
+@system.route("GET", "/v1/time", summary="Server time", response=schemas.ServerTime)
+async def server_time(call: Call) -> schemas.ServerTime:
     """The server's clock, which judges a signed request's TOKEX-TIMESTAMP."""
     now_ms = time.time_ns() // 1_000_000
     iso = datetime.fromtimestamp(now_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return ServerTime(now_ms, iso)
+    return schemas.ServerTime(now_ms, iso)
 
 
-@system.route("GET", "/v1/health", summary="Liveness and readiness", response=Health, errors=("unavailable",))
-async def health(call: Call) -> Health:
+@system.route("GET", "/v1/health", summary="Liveness and readiness", response=schemas.Health, errors=("unavailable",))
+async def health(call: Call) -> schemas.Health:
     """200 when the server can take commands and read its database; else a 503 saying which part is not ready.
 
     Any answer at all means the process is live. ``leader`` names the engine that takes commands: the process
@@ -44,5 +44,5 @@ async def health(call: Call) -> Health:
         detail = f"Not ready: the database does not answer ({type(exc).__name__})."
         raise retry_after("unavailable", 1, detail) from None
     since = datetime.fromtimestamp(leader.since, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return Health(live=True, ready=True, database="ok", sequencer="ok", version=version("tokex"),
-                  leader=Leader(leader.host, leader.pid, since))
+    return schemas.Health(live=True, ready=True, database="ok", sequencer="ok", version=version("tokex"),
+                  leader=schemas.Leader(leader.host, leader.pid, since))
