@@ -8,6 +8,7 @@ Results are tagged (``result`` is the tag field, each struct's fields follow in 
 ``encode_result`` decodes back to the struct it was, wherever it went meanwhile.
 """
 
+import re
 from datetime import datetime
 
 import msgspec
@@ -16,16 +17,21 @@ from exchange.records import OrderView, Package, RoutedOrder
 from matching.types import CANCEL_NEWEST, GTC
 
 
-class Command(msgspec.Struct, frozen=True, tag_field="command"):
-    pass
+def _snake_case(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-class CreateAccount(Command, frozen=True, tag="create_account"):
+class Command(msgspec.Struct, frozen=True, tag_field="command", tag=_snake_case):
+    """A command's tag is its class name in snake_case (``CancelOrder`` travels as ``cancel_order``): renaming a
+    command changes what gateways and stored requests say. Subclasses inherit ``frozen``."""
+
+
+class CreateAccount(Command):
     name: str
     role: str
 
 
-class ListInstrument(Command, frozen=True, tag="list_instrument"):
+class ListInstrument(Command):
     symbol: str
     kind: str
     tick: int
@@ -44,18 +50,20 @@ class ListInstrument(Command, frozen=True, tag="list_instrument"):
     supply_cap: int | None = None
 
 
-class SetInstrumentStatus(Command, frozen=True, tag="set_instrument_status"):
+class SetInstrumentStatus(Command):
     symbol: str
     status: str
 
 
-class ApproveIssuer(Command, frozen=True, tag="approve_issuer"):
+class ApproveIssuer(Command):
     account_id: int
     symbol: str
     capacity: int
 
 
-class Deposit(Command, frozen=True, tag="deposit"):
+class CashMovement(msgspec.Struct, frozen=True):
+    """The fields of a deposit or a withdrawal (a mixin, not a command of its own)."""
+
     account_id: int
     amount: int
     client_request_id: str | None = None
@@ -63,40 +71,38 @@ class Deposit(Command, frozen=True, tag="deposit"):
     first time and changes nothing."""
 
 
-class Withdraw(Command, frozen=True, tag="withdraw"):
-    account_id: int
-    amount: int
-    client_request_id: str | None = None
-    """As ``Deposit.client_request_id``."""
+class Deposit(CashMovement, Command):
+    """Credit cash from outside the exchange (an admin's command)."""
 
 
-class Mint(Command, frozen=True, tag="mint"):
-    account_id: int
-    symbol: str
-    qty: int
-    client_request_id: str | None = None
-    """As ``Deposit.client_request_id``."""
+class Withdraw(CashMovement, Command):
+    """Pay cash the account has available out of the exchange (an admin's command)."""
 
 
-class Burn(Command, frozen=True, tag="burn"):
+class TokenMovement(msgspec.Struct, frozen=True):
+    """The fields of a mint, a burn or a redemption (a mixin, not a command of its own)."""
+
     account_id: int
     symbol: str
     qty: int
     client_request_id: str | None = None
-    """As ``Deposit.client_request_id``."""
+    """As ``CashMovement.client_request_id``."""
 
 
-class Redeem(Command, frozen=True, tag="redeem"):
-    account_id: int
-    symbol: str
-    qty: int
-    client_request_id: str | None = None
-    """As ``Deposit.client_request_id``."""
+class Mint(TokenMovement, Command):
+    """Issue lots into the issuer's own holdings, within its approved capacity."""
+
+
+class Burn(TokenMovement, Command):
+    """Destroy unsold lots of the issuer's own holdings."""
+
+
+class Redeem(TokenMovement, Command):
     terms_version: int | None = None
     """The version of a dataset's license terms the holder accepts by redeeming (``exchange.datasets``)."""
 
 
-class PublishTerms(Command, frozen=True, tag="publish_terms"):
+class PublishTerms(Command):
     """A new version of a dataset's license terms, by its issuer (``exchange.datasets``)."""
 
     account_id: int
@@ -109,7 +115,7 @@ class PublishTerms(Command, frozen=True, tag="publish_terms"):
     text: str
 
 
-class Download(Command, frozen=True, tag="download"):
+class Download(Command):
     """Count one download of a dataset's file, of ``bytes`` bytes, against the account's access grants."""
 
     account_id: int
@@ -118,7 +124,7 @@ class Download(Command, frozen=True, tag="download"):
     bytes: int
 
 
-class PublishSubscriptionOffer(Command, frozen=True, tag="publish_subscription_offer"):
+class PublishSubscriptionOffer(Command):
     """A seller's subscription offer: ``tokens_per_period`` tokens of a compute instrument every ``period`` for
     ``price`` micro-yuan a period (``exchange.subscriptions``)."""
 
@@ -129,35 +135,35 @@ class PublishSubscriptionOffer(Command, frozen=True, tag="publish_subscription_o
     price: int
 
 
-class WithdrawSubscriptionOffer(Command, frozen=True, tag="withdraw_subscription_offer"):
+class WithdrawSubscriptionOffer(Command):
     account_id: int
     offer_id: int
 
 
-class Subscribe(Command, frozen=True, tag="subscribe"):
+class Subscribe(Command):
     """Subscribe to an offer: its first period is paid and granted at once."""
 
     account_id: int
     offer_id: int
     client_request_id: str | None = None
-    """As ``Deposit.client_request_id``."""
+    """As ``CashMovement.client_request_id``."""
 
 
-class CancelSubscription(Command, frozen=True, tag="cancel_subscription"):
+class CancelSubscription(Command):
     """End a subscription at the end of the period under way."""
 
     account_id: int
     subscription_id: int
 
 
-class RenewSubscription(Command, frozen=True, tag="renew_subscription"):
+class RenewSubscription(Command):
     """Run period number ``period`` of a subscription (0 began when it was made), once."""
 
     subscription_id: int
     period: int
 
 
-class PlaceOrder(Command, frozen=True, tag="place_order"):
+class PlaceOrder(Command):
     account_id: int
     symbol: str
     side: str
@@ -171,24 +177,24 @@ class PlaceOrder(Command, frozen=True, tag="place_order"):
     client_order_id: str | None = None
 
 
-class CancelOrder(Command, frozen=True, tag="cancel_order"):
+class CancelOrder(Command):
     account_id: int
     order_id: int
 
 
-class CancelAll(Command, frozen=True, tag="cancel_all"):
+class CancelAll(Command):
     account_id: int
     symbol: str
 
 
-class AmendOrder(Command, frozen=True, tag="amend_order"):
+class AmendOrder(Command):
     account_id: int
     order_id: int
     price: int | None = None
     qty: int | None = None
 
 
-class RouteOrder(Command, frozen=True, tag="route_order"):
+class RouteOrder(Command):
     """Buy or sell ``qty`` lots across the books of a substitution group (``exchange.route_planner``)."""
 
     account_id: int
@@ -205,7 +211,7 @@ class RouteOrder(Command, frozen=True, tag="route_order"):
     """Unique per account among routed orders: sending it again returns the original and changes nothing."""
 
 
-class CreatePackage(Command, frozen=True, tag="create_package"):
+class CreatePackage(Command):
     """A standing plan: buy ``qty`` lots of ``group`` every ``period`` from ``start_at``, costing at most
     ``max_cost`` per period (``exchange.packages``)."""
 
@@ -218,23 +224,23 @@ class CreatePackage(Command, frozen=True, tag="create_package"):
     start_at: datetime
     price: int | None = None
     client_request_id: str | None = None
-    """As ``Deposit.client_request_id``."""
+    """As ``CashMovement.client_request_id``."""
 
 
-class SetPackageStatus(Command, frozen=True, tag="set_package_status"):
+class SetPackageStatus(Command):
     account_id: int
     package_id: int
     status: str
 
 
-class RunPackage(Command, frozen=True, tag="run_package"):
+class RunPackage(Command):
     """Execute period number ``period`` (0 is the one starting at ``start_at``) of a package, once."""
 
     package_id: int
     period: int
 
 
-class RegisterProvider(Command, frozen=True, tag="register_provider"):
+class RegisterProvider(Command):
     """An issuer's OpenAI-compatible upstream for a compute instrument it is approved for; again to change it
     (``exchange.delivery``)."""
 
@@ -246,7 +252,7 @@ class RegisterProvider(Command, frozen=True, tag="register_provider"):
     """Already encrypted: the engine keeps it and hands it back to the gateway, never reads it."""
 
 
-class Reserve(Command, frozen=True, tag="reserve"):
+class Reserve(Command):
     """Hold an inference call's worst case, ``tokens``, from the account's quota on ``model``: an instrument
     symbol, or a substitution group whose instrument ``mode`` picks (``exchange.delivery``)."""
 
@@ -269,14 +275,14 @@ class Attempt(msgspec.Struct, frozen=True):
     latency_us: int = 0
 
 
-class Settle(Command, frozen=True, tag="settle"):
+class Settle(Command):
     """Charge an open reservation what its call delivered, and record every attempt as a usage row."""
 
     reservation_id: int
     attempts: list[Attempt]
 
 
-class ExpireReservations(Command, frozen=True, tag="expire_reservations"):
+class ExpireReservations(Command):
     """Free every open reservation past its deadline (its call never settled) and lapse expired quotas."""
 
 

@@ -27,11 +27,9 @@ with a limit that expires first, which spends one download. The file's bytes nev
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-import msgspec
-
 from exchange.checks import MAX_BIGINT, positive_int, storable
 from exchange.commands import Done, Download, PublishTerms, Redeem
-from exchange.records import Instrument
+from exchange.records import Instrument, Row
 
 if TYPE_CHECKING:
     from exchange.engine import Engine
@@ -46,7 +44,7 @@ LAST_DAY = datetime(9999, 1, 1, tzinfo=UTC)
 """No grant lasts beyond this: datetime, and so the engine's clock arithmetic, ends in the year 9999."""
 
 
-class Terms(msgspec.Struct):
+class Terms(Row):
     """A row of ``dataset_terms``."""
 
     instrument_id: int
@@ -59,11 +57,8 @@ class Terms(msgspec.Struct):
     text: str
     created_at: datetime
 
-    def row(self) -> tuple:
-        return msgspec.structs.astuple(self)
 
-
-class Grant(msgspec.Struct):
+class Grant(Row):
     """A row of ``dataset_grant``: what one redemption of dataset tokens gives access to."""
 
     id: int
@@ -79,9 +74,6 @@ class Grant(msgspec.Struct):
         """Whether a download may start under this grant at ``at``."""
         return ((self.expires_at is None or at < self.expires_at)
                 and (self.downloads is None or self.downloads_used < self.downloads))
-
-    def row(self) -> tuple:
-        return msgspec.structs.astuple(self)
 
 
 class Datasets:

@@ -74,7 +74,7 @@ from exchange.commands import (
     Upstream,
 )
 from exchange.quotas import REDEMPTION_SOURCE
-from exchange.records import Approval, Instrument
+from exchange.records import Approval, Instrument, Row
 
 if TYPE_CHECKING:
     from exchange.engine import Engine
@@ -93,7 +93,7 @@ GOLDEN = 0x9E3779B97F4A7C15
 STATUSES = ("ok", "failed")
 
 
-class Provider(msgspec.Struct):
+class Provider(Row):
     """A row of ``provider``."""
 
     id: int
@@ -105,9 +105,6 @@ class Provider(msgspec.Struct):
     delivered: int
     created_at: datetime
     updated_at: datetime
-
-    def row(self) -> tuple:
-        return msgspec.structs.astuple(self)
 
 
 class Sample(msgspec.Struct, frozen=True, array_like=True):

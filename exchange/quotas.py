@@ -27,7 +27,7 @@ Nothing here checks who may do what; callers do (``exchange.delivery`` for calls
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-import msgspec
+from exchange.records import Row
 
 if TYPE_CHECKING:
     from exchange.settlement import Settlement
@@ -36,7 +36,7 @@ REDEMPTION_SOURCE = "redemption"
 MAX_SOURCE_LENGTH = 64
 
 
-class Quota(msgspec.Struct):
+class Quota(Row):
     """A row of ``quota``: tokens of one instrument for one account, from one source."""
 
     account_id: int
@@ -56,11 +56,8 @@ class Quota(msgspec.Struct):
     def live(self, at: datetime) -> bool:
         return self.expires_at is None or self.expires_at > at
 
-    def row(self) -> tuple:
-        return msgspec.structs.astuple(self)
 
-
-class Reservation(msgspec.Struct):
+class Reservation(Row):
     """A row of ``reservation``: one call's worst case, held from one quota."""
 
     id: int
@@ -74,9 +71,6 @@ class Reservation(msgspec.Struct):
     deadline_at: datetime
     created_at: datetime
     closed_at: datetime | None = None
-
-    def row(self) -> tuple:
-        return msgspec.structs.astuple(self)
 
 
 QuotaKey = tuple[int, int, str]

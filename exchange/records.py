@@ -13,6 +13,14 @@ KINDS = frozenset(("compute", "dataset"))
 STATUSES = frozenset(("trading", "halted"))
 
 
+class Row(msgspec.Struct):
+    """A record that mirrors a row of one table: its fields are the table's columns, in order."""
+
+    def row(self) -> tuple:
+        """The values of the table's columns."""
+        return msgspec.structs.astuple(self)
+
+
 class Account(msgspec.Struct):
     id: int
     name: str
@@ -64,7 +72,7 @@ class Approval(msgspec.Struct):
     approved_at: datetime
 
 
-class Order(msgspec.Struct, gc=False):
+class Order(Row, gc=False):
     """One order and everything the exchange tracks about it; a row of ``book_order``."""
 
     id: int
@@ -94,12 +102,8 @@ class Order(msgspec.Struct, gc=False):
     created_at: datetime
     updated_at: datetime
 
-    def row(self) -> tuple:
-        """The values of ``book_order``'s columns, in the order of this Struct's fields."""
-        return msgspec.structs.astuple(self)
 
-
-class Package(msgspec.Struct, tag_field="result", tag="package", array_like=True):
+class Package(Row, tag_field="result", tag="package", array_like=True):
     """A row of ``package``."""
 
     id: int
@@ -115,9 +119,6 @@ class Package(msgspec.Struct, tag_field="result", tag="package", array_like=True
     next_period: int
     created_at: datetime
     updated_at: datetime
-
-    def row(self) -> tuple:
-        return msgspec.structs.astuple(self)
 
 
 class OrderFill(msgspec.Struct, frozen=True):

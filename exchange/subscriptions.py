@@ -33,8 +33,6 @@ Statuses: ``active``; ``cancelling`` once cancelled, until the period under way 
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-import msgspec
-
 from exchange import fees
 from exchange.checks import approved_compute_issuer, positive_int, trading_account
 from exchange.commands import (
@@ -48,6 +46,7 @@ from exchange.commands import (
 )
 from exchange.ledger import AVAILABLE, CASH, FEES
 from exchange.packages import PERIODS, period_start
+from exchange.records import Row
 
 if TYPE_CHECKING:
     from exchange.engine import Engine
@@ -58,7 +57,7 @@ MAX_PRICE = 10**15
 SOURCE_PREFIX = "subscription:"
 
 
-class Offer(msgspec.Struct):
+class Offer(Row):
     """A row of ``subscription_offer``."""
 
     id: int
@@ -72,11 +71,8 @@ class Offer(msgspec.Struct):
     created_at: datetime
     updated_at: datetime
 
-    def row(self) -> tuple:
-        return msgspec.structs.astuple(self)
 
-
-class Subscription(msgspec.Struct):
+class Subscription(Row):
     """A row of ``subscription``."""
 
     id: int
@@ -88,9 +84,6 @@ class Subscription(msgspec.Struct):
     """The number of the next period to run: every period before it has its row."""
     created_at: datetime
     updated_at: datetime
-
-    def row(self) -> tuple:
-        return msgspec.structs.astuple(self)
 
 
 class Subscriptions:
