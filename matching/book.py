@@ -109,17 +109,8 @@ class OrderBook:
     # Commands
 
     def limit(
-        self,
-        seq: int,
-        ts: int,
-        order_id: OrderId,
-        account: AccountId,
-        side: str,
-        price: Price,
-        qty: Qty,
-        tif: str = GTC,
-        post_only: bool = False,
-        stp: str = CANCEL_NEWEST,
+        self, seq: int, ts: int, order_id: OrderId, account: AccountId, side: str, price: Price, qty: Qty,
+        tif: str = GTC, post_only: bool = False, stp: str = CANCEL_NEWEST,
     ) -> list[Event]:
         """Match a limit order as far as ``price`` allows; rest, expire or kill the rest by ``tif``."""
         # One cheap test admits the common valid order; anything odd goes to the exact diagnosis.
@@ -173,14 +164,7 @@ class OrderBook:
         return events
 
     def market(
-        self,
-        seq: int,
-        ts: int,
-        order_id: OrderId,
-        account: AccountId,
-        side: str,
-        qty: Qty,
-        stp: str = CANCEL_NEWEST,
+        self, seq: int, ts: int, order_id: OrderId, account: AccountId, side: str, qty: Qty, stp: str = CANCEL_NEWEST,
     ) -> list[Event]:
         """Take up to ``qty`` lots at any price; what cannot fill now expires."""
         code = self._invalid_new(order_id, side, qty, stp)
@@ -193,13 +177,7 @@ class OrderBook:
         return events
 
     def buy_with_budget(
-        self,
-        seq: int,
-        ts: int,
-        order_id: OrderId,
-        account: AccountId,
-        budget: Budget,
-        stp: str = CANCEL_NEWEST,
+        self, seq: int, ts: int, order_id: OrderId, account: AccountId, budget: Budget, stp: str = CANCEL_NEWEST,
     ) -> list[Event]:
         """Buy whole lots at any price, spending at most ``budget`` micro-yuan.
 
@@ -244,12 +222,7 @@ class OrderBook:
         return [Cancelled(seq, ts, order_id, order.account, qty, BY_REQUEST), LevelChanged(seq, ts, side, price, total)]
 
     def amend(
-        self,
-        seq: int,
-        ts: int,
-        order_id: OrderId,
-        price: Price | None = None,
-        qty: Qty | None = None,
+        self, seq: int, ts: int, order_id: OrderId, price: Price | None = None, qty: Qty | None = None,
     ) -> list[Event]:
         """Change a resting order's price and/or open quantity.
 
@@ -465,17 +438,8 @@ class OrderBook:
         return False
 
     def _match(
-        self,
-        events: list[Event],
-        seq: int,
-        ts: int,
-        order_id: OrderId,
-        account: AccountId,
-        side: str,
-        limit: Price | None,
-        left: int,
-        by_budget: bool,
-        stp: str,
+        self, events: list[Event], seq: int, ts: int, order_id: OrderId, account: AccountId, side: str,
+        limit: Price | None, left: int, by_budget: bool, stp: str,
     ) -> int:
         """Take liquidity for an incoming order; return what is left of it.
 

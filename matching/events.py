@@ -11,11 +11,13 @@ from matching.types import AccountId, Budget, OrderId, Price, Qty
 
 
 class Event(msgspec.Struct, frozen=True, gc=False, kw_only=False):
+    """Every event; its kinds inherit ``frozen`` and ``gc=False``."""
+
     seq: int
     ts: int
 
 
-class Accepted(Event, frozen=True, gc=False):
+class Accepted(Event):
     """The order passed validation. ``price`` is None for market orders, ``qty`` None for budget orders."""
 
     order_id: OrderId
@@ -26,14 +28,14 @@ class Accepted(Event, frozen=True, gc=False):
     budget: Budget | None = None
 
 
-class Rejected(Event, frozen=True, gc=False):
+class Rejected(Event):
     """The command was refused for ``code`` (see ``matching.types``); the book did not change."""
 
     order_id: OrderId
     code: str
 
 
-class Trade(Event, frozen=True, gc=False):
+class Trade(Event):
     """``qty`` lots changed hands at the resting (maker) order's ``price``."""
 
     price: Price
@@ -47,7 +49,7 @@ class Trade(Event, frozen=True, gc=False):
     """Lots still open on the maker order; 0 means it is filled and gone from the book."""
 
 
-class Cancelled(Event, frozen=True, gc=False):
+class Cancelled(Event):
     """The order is closed; ``qty`` open lots were released (0 for a budget order)."""
 
     order_id: OrderId
@@ -56,7 +58,7 @@ class Cancelled(Event, frozen=True, gc=False):
     reason: str
 
 
-class Decremented(Event, frozen=True, gc=False):
+class Decremented(Event):
     """Self-trade prevention took ``qty`` lots off an order that stays open with ``remaining`` lots."""
 
     order_id: OrderId
@@ -65,7 +67,7 @@ class Decremented(Event, frozen=True, gc=False):
     remaining: Qty
 
 
-class Amended(Event, frozen=True, gc=False):
+class Amended(Event):
     """The resting order now has ``price`` and ``qty`` open lots; it kept its place in the queue or not."""
 
     order_id: OrderId
@@ -74,7 +76,7 @@ class Amended(Event, frozen=True, gc=False):
     priority_kept: bool
 
 
-class LevelChanged(Event, frozen=True, gc=False):
+class LevelChanged(Event):
     """The price level now holds ``total`` lots on ``side``; 0 means the level is gone."""
 
     side: str
