@@ -53,16 +53,26 @@ def check_order(cmd: PlaceOrder, instrument: Instrument) -> Rejection | None:
     return None
 
 
-def approved_compute_issuer(accounts: dict[int, Account], instruments: dict[str, Instrument],
-                            approvals: dict, account_id: int, symbol: str) -> tuple[Account, Instrument] | str:
-    """The account and the compute instrument, when the account is an issuer approved to mint it; else the code of
-    why not (providers register and sellers offer subscriptions only for what they may mint)."""
+def account_and_instrument(accounts: dict[int, Account], instruments: dict[str, Instrument], account_id: int,
+                           symbol: str) -> tuple[Account, Instrument] | str:
+    """The account and the instrument a command names; else the code of the one that does not exist."""
     account = accounts.get(account_id)
     if account is None:
         return "unknown_account"
     instrument = instruments.get(symbol)
     if instrument is None:
         return "unknown_instrument"
+    return account, instrument
+
+
+def approved_compute_issuer(accounts: dict[int, Account], instruments: dict[str, Instrument],
+                            approvals: dict, account_id: int, symbol: str) -> tuple[Account, Instrument] | str:
+    """The account and the compute instrument, when the account is an issuer approved to mint it; else the code of
+    why not (providers register and sellers offer subscriptions only for what they may mint)."""
+    found = account_and_instrument(accounts, instruments, account_id, symbol)
+    if isinstance(found, str):
+        return found
+    account, instrument = found
     if account.role != "issuer":
         return "not_permitted"
     if instrument.kind != "compute":

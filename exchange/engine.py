@@ -1,42 +1,29 @@
 """The exchange's state machine: apply one command at a time, in memory, and record what to commit.
 
-Pipeline
---------
-Each order command runs hold → match → settle, in the style of an exchange-core risk pipeline:
-
-1. Check everything that could refuse the command (account, role, instrument, size, funds). A refusal is
-   a ``Rejection`` value and nothing has changed.
-2. Ask the order book. If the book refuses, nothing has changed either.
-3. ``exchange.settlement`` posts the hold, then settles each book event: trades move cash, tokens and fees in
-   the ledger; a closed order releases whatever it still holds.
+Every command has one handler: a method here for accounts, instruments, cash and tokens, and the client request
+ids that make a request answer the same when sent again; a function of the module of its concept for the rest
+(orders in ``exchange.orders``, then packages, datasets, subscriptions and delivery). A refusal is a
+``Rejection`` value and changes nothing.
 
 Effects accumulate in the settlement's ledger and ``Effects`` until the sequencer takes them with ``take_effects`` and
 commits them in one transaction. The engine never does I/O and never reads the clock: the caller passes
 ``ts`` (microseconds since the epoch) and ``at`` (the same instant as a datetime, for the rows).
-
-Holds
------
-A sell holds the tokens. A buy limit holds what ``fees.buy_hold`` says. A market buy by quantity holds the
-cost of its quantity at the worst price the book would reach and is sent to the book as an IOC limit at that
-price, so it can never spend more than it holds. A market buy by budget holds the budget and gives the book
-the share of it that leaves room for the taker fee. A routed order (``exchange.routed_orders``) holds once for all
-its child orders and releases what they leave once, after the last.
 """
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import ClassVar
 
-from exchange import datasets, delivery, fees, packages, routed_orders, subscriptions
-from exchange.checks import MAX_BIGINT, check_order, positive_int, storable, trading_account
+from exchange import datasets, delivery, orders, packages, subscriptions
+from exchange.checks import MAX_BIGINT, account_and_instrument, positive_int, storable, trading_account
 from exchange.commands import (
     AmendOrder,
     ApproveIssuer,
     Burn,
     CancelAll,
-    Cancelled,
     CancelOrder,
     CancelSubscription,
+    CashMovement,
     Command,
     CreateAccount,
     CreatePackage,
@@ -61,6 +48,7 @@ from exchange.commands import (
     SetPackageStatus,
     Settle,
     Subscribe,
+    TokenMovement,
     Withdraw,
     WithdrawSubscriptionOffer,
     decode_result,
@@ -68,27 +56,16 @@ from exchange.commands import (
 )
 from exchange.ledger import AVAILABLE, CASH, EXTERNAL, ISSUANCE, REDEMPTION, SYSTEM_ACCOUNTS
 from exchange.quotas import Quotas
-from exchange.records import KINDS, ROLES, STATUSES, Account, Approval, Instrument, Order, OrderFill, OrderView, Package
+from exchange.records import KINDS, ROLES, STATUSES, Account, Approval, Instrument, OrderFill, OrderView, Package
 from exchange.rejections import WITHDRAWAL_NOT_COVERED, reject
 from exchange.replay import KEEP_ROWS_SECONDS, RecentRequests
-from exchange.settlement import Effects, Ids, Settlement, order_view
-from matching import events as ev
+from exchange.settlement import Effects, Ids, Settlement
 from matching.book import OrderBook
-from matching.types import BUY, IOC, SELL
 
 ClientRequest = Deposit | Withdraw | Mint | Burn | Redeem | CreatePackage | Subscribe
 CLIENT_REQUEST_KINDS: dict[type, str] = {Deposit: "deposit", Withdraw: "withdrawal", Mint: "mint", Burn: "burn",
                                          Redeem: "redemption", CreatePackage: "package", Subscribe: "subscription"}
 """The kinds a ``client_request_id`` is unique within, per account (the account whose balance moves)."""
-
-
-def _named_before(named: dict[tuple[int, str], int], account_id: int, client_order_id: str | None
-                  ) -> int | Rejection | None:
-    """The id of the order ``client_order_id`` already names for this account, None if it names none yet
-    (or is not given), or a rejection if it cannot be stored."""
-    if not storable(client_order_id):
-        return reject("invalid_text")
-    return None if client_order_id is None else named.get((account_id, client_order_id))
 
 
 def answered(act: Callable[..., Result | str]) -> Callable[..., Result]:
@@ -164,8 +141,7 @@ class Engine:
         """What the client id of ``command`` already names, if it carries one that does."""
         kind = type(command)
         if kind is PlaceOrder or kind is RouteOrder:
-            named = self.client_orders if kind is PlaceOrder else self.routed_client_orders
-            return named.get((command.account_id, command.client_order_id))
+            return orders.named(self, command)
         client_kind = CLIENT_REQUEST_KINDS.get(kind)
         client_id = getattr(command, "client_request_id", None)
         if client_kind is None or client_id is None:
@@ -181,6 +157,18 @@ class Engine:
             return reject("invalid_text")
         made = self.client_requests.get((cmd.account_id, CLIENT_REQUEST_KINDS[type(cmd)], cmd.client_request_id))
         return None if made is None else Done(made)
+
+    def _once(self, cmd: ClientRequest, act: Callable[..., Result | str], at: datetime) -> Result:
+        """Carry out ``cmd`` with ``act`` (``act(engine, cmd, at)``, a function of another exchange module) unless its
+        client request id already names what it made; remember what it makes."""
+        repeat = self._repeat(cmd)
+        if repeat is not None:
+            return repeat
+        outcome = act(self, cmd, at)
+        if isinstance(outcome, str):
+            return reject(outcome)
+        self._remember(cmd, outcome.id, at)
+        return outcome
 
     def _remember(self, cmd: ClientRequest, result_id: int, at: datetime) -> None:
         """Record what ``cmd`` made under its client request id, if it has one."""
@@ -266,12 +254,10 @@ class Engine:
         return Done(instrument.id)
 
     def _approve_issuer(self, cmd: ApproveIssuer, ts: int, at: datetime) -> Result:
-        account = self.accounts.get(cmd.account_id)
-        instrument = self.instruments.get(cmd.symbol)
-        if account is None:
-            return reject("unknown_account")
-        if instrument is None:
-            return reject("unknown_instrument")
+        found = account_and_instrument(self.accounts, self.instruments, cmd.account_id, cmd.symbol)
+        if isinstance(found, str):
+            return reject(found)
+        account, instrument = found
         if account.role != "issuer" or (instrument.kind == "dataset" and instrument.issuer_id != account.id):
             return reject("not_permitted")
         if type(cmd.capacity) is not int or not 0 <= cmd.capacity <= MAX_BIGINT:
@@ -314,7 +300,7 @@ class Engine:
         self._remember(cmd, entry_id, at)
         return Done(entry_id)
 
-    def _cash_answer(self, cmd: Deposit | Withdraw) -> Result | None:
+    def _cash_answer(self, cmd: CashMovement) -> Result | None:
         """The answer of a deposit or withdrawal that moves nothing: a refusal, or the repeat of an earlier request."""
         if cmd.account_id not in self.accounts:
             return reject("unknown_account")
@@ -325,16 +311,13 @@ class Engine:
             return reject("invalid_amount")
         return None
 
-    def _token_command(self, cmd: Mint | Burn | Redeem) -> tuple[Account, Instrument] | Rejection:
-        account = self.accounts.get(cmd.account_id)
-        instrument = self.instruments.get(cmd.symbol)
-        if account is None:
-            return reject("unknown_account")
-        if instrument is None:
-            return reject("unknown_instrument")
+    def _token_command(self, cmd: TokenMovement) -> tuple[Account, Instrument] | Rejection:
+        found = account_and_instrument(self.accounts, self.instruments, cmd.account_id, cmd.symbol)
+        if isinstance(found, str):
+            return reject(found)
         if not positive_int(cmd.qty):
             return reject("invalid_qty")
-        return account, instrument
+        return found
 
     def _approved(self, cmd: Mint | Burn) -> tuple[Instrument, Approval] | Result:
         """The instrument and the issuer's approval for it, when the command's account may mint or burn it; else
@@ -414,189 +397,13 @@ class Engine:
         self._remember(cmd, redemption_id, at)
         return Done(redemption_id)
 
-    # Orders
-
-    def _place_order(self, cmd: PlaceOrder, ts: int, at: datetime) -> Result:
-        account = trading_account(self.accounts, cmd.account_id)
-        if isinstance(account, Rejection):
-            return account
-        original = _named_before(self.client_orders, account.id, cmd.client_order_id)
-        if isinstance(original, Rejection):
-            return original
-        if original is not None:
-            return self.view(original)
-        instrument = self.instruments.get(cmd.symbol)
-        if instrument is None:
-            return reject("unknown_instrument")
-        if instrument.status != "trading":
-            return reject("instrument_halted")
-        refusal = check_order(cmd, instrument)
-        if refusal is not None:
-            return refusal
-
-        percent = fees.tier_percent(self.volume.trailing(account.id, ts))
-        maker_ppm = fees.rate_ppm(instrument.maker_fee_bps, percent)
-        taker_ppm = fees.rate_ppm(instrument.taker_fee_bps, percent)
-        book = instrument.book
-        assert book is not None
-        price = cmd.price
-        tif = cmd.tif if cmd.type == "limit" else IOC
-        if cmd.side == SELL:
-            hold_asset, hold = instrument.symbol, cmd.qty
-        elif cmd.budget is not None:
-            hold_asset, hold = CASH, cmd.budget
-        else:
-            if cmd.type == "market":
-                # Capped at the worst price the book would reach now: it cannot spend more than it holds.
-                price = book.price_to_fill(BUY, cmd.qty)
-            hold_asset = CASH
-            hold = 0 if price is None else fees.buy_hold(cmd.qty, price, max(maker_ppm, taker_ppm))
-        if hold > self.ledger.available(account.id, hold_asset):
-            return reject("insufficient_funds" if hold_asset == CASH else "insufficient_tokens")
-        if cmd.budget is not None and fees.budget_for_notional(hold, taker_ppm) == 0:
-            return reject("budget_too_small")
-
-        seq = instrument.seq + 1
-        order_id = self.ids.order
-        if cmd.budget is not None:
-            events = book.buy_with_budget(seq, ts, order_id, account.id, fees.budget_for_notional(hold, taker_ppm),
-                                          cmd.stp)
-        elif cmd.type == "market" and (cmd.side == SELL or price is None):
-            events = book.market(seq, ts, order_id, account.id, cmd.side, cmd.qty, cmd.stp)
-        else:
-            events = book.limit(seq, ts, order_id, account.id, cmd.side, price, cmd.qty, tif, cmd.post_only,
-                                cmd.stp)
-        first = events[0]
-        if type(first) is ev.Rejected:
-            return reject(first.code)
-
-        answer = self.settlement.open(
-            instrument, seq, events, ts, at, account_id=account.id, client_order_id=cmd.client_order_id,
-            side=cmd.side, type=cmd.type, tif=tif, post_only=cmd.post_only, stp=cmd.stp, price=cmd.price,
-            qty=cmd.qty, budget=cmd.budget, maker_fee_ppm=maker_ppm, taker_fee_ppm=taker_ppm, held=hold,
-            hold_asset=hold_asset,
-        )
-        if cmd.client_order_id is not None:
-            self.client_orders[(account.id, cmd.client_order_id)] = order_id
-        return answer
-
-    def _cancel_order(self, cmd: CancelOrder, ts: int, at: datetime) -> Result:
-        order = self.orders.get(cmd.order_id)
-        if order is None or order.account_id != cmd.account_id or order.status != "open":
-            return reject("unknown_order")
-        self._cancel(order, ts, at)
-        return self.view(order.id)
-
-    def _cancel_all(self, cmd: CancelAll, ts: int, at: datetime) -> Result:
-        account = trading_account(self.accounts, cmd.account_id)
-        if isinstance(account, Rejection):
-            return account
-        instrument = self.instruments.get(cmd.symbol)
-        if instrument is None:
-            return reject("unknown_instrument")
-        cancelled = []
-        for order_id in sorted(self.open_by_account.get(cmd.account_id, ())):
-            order = self.orders[order_id]
-            if order.instrument_id == instrument.id:
-                self._cancel(order, ts, at)
-                cancelled.append(order_id)
-        return Cancelled(cancelled)
-
-    def _cancel(self, order: Order, ts: int, at: datetime) -> None:
-        instrument = self.instruments_by_id[order.instrument_id]
-        assert instrument.book is not None
-        instrument.seq += 1
-        self.effects.instruments[instrument.id] = instrument
-        events = instrument.book.cancel(instrument.seq, ts, order.id)
-        self.settlement.settle(instrument, events, ts, at)
-        self.effects.events.append((instrument.symbol, events))
-
-    def _amend_order(self, cmd: AmendOrder, ts: int, at: datetime) -> Result:
-        order = self.orders.get(cmd.order_id)
-        if order is None or order.account_id != cmd.account_id or order.status != "open":
-            return reject("unknown_order")
-        instrument = self.instruments_by_id[order.instrument_id]
-        if instrument.status != "trading":
-            return reject("instrument_halted")
-        assert instrument.book is not None and order.qty is not None and order.price is not None
-        new_price = order.price if cmd.price is None else cmd.price
-        new_qty = order.qty if cmd.qty is None else cmd.qty
-        if not positive_int(new_price):
-            return reject("invalid_price")
-        if new_price % instrument.tick:
-            return reject("off_tick_price")
-        if not positive_int(new_qty):
-            return reject("invalid_qty")
-        if new_qty <= order.filled_qty:
-            return reject("qty_not_above_filled")
-        if new_qty < instrument.min_qty:
-            return reject("qty_below_minimum")
-        if new_qty > instrument.max_qty:
-            return reject("qty_above_maximum")
-        open_qty = new_qty - order.filled_qty
-        if order.side == BUY:
-            asset = CASH
-            needed = fees.buy_hold(open_qty, new_price, max(order.maker_fee_ppm, order.taker_fee_ppm))
-        else:
-            asset, needed = instrument.symbol, open_qty
-        extra = needed - order.held
-        if extra > self.ledger.available(order.account_id, asset):
-            return reject("insufficient_funds" if asset == CASH else "insufficient_tokens")
-        seq = instrument.seq + 1
-        events = instrument.book.amend(seq, ts, order.id, None if new_price == order.price else new_price,
-                                       None if open_qty == order.open_qty else open_qty)
-        if type(events[0]) is ev.Rejected:
-            return reject(events[0].code)
-        instrument.seq = seq
-        self.effects.instruments[instrument.id] = instrument
-        amended = events[0]
-        assert type(amended) is ev.Amended
-        if extra > 0:
-            self.ledger.hold(order.account_id, asset, extra, at, order.id)
-        else:
-            self.ledger.release(order.account_id, asset, -extra, at, order.id)
-        order.held = needed
-        order.price, order.qty, order.open_qty = new_price, new_qty, open_qty
-        if not amended.priority_kept:
-            order.priority = seq
-        settlement = self.settlement
-        settlement.touch(order, at)
-        fills = settlement.settle(instrument, events, ts, at)
-        if order.id not in instrument.book and order.status == "open":
-            settlement.close(order, instrument, "filled", None, at)
-        self.effects.events.append((instrument.symbol, events))
-        return self.view(order.id, fills.get(order.id, []))
-
-    # Routed orders and packages (exchange.routed_orders, exchange.packages)
-
-    def _route_order(self, cmd: RouteOrder, ts: int, at: datetime) -> Result:
-        account = trading_account(self.accounts, cmd.account_id)
-        if isinstance(account, Rejection):
-            return account
-        original = _named_before(self.routed_client_orders, account.id, cmd.client_order_id)
-        if isinstance(original, Rejection):
-            return original
-        if original is not None:
-            return Done(original)
-        outcome = routed_orders.execute(self, account.id, cmd, None, ts, at)
-        if isinstance(outcome, str):
-            return reject(outcome)
-        if cmd.client_order_id is not None:
-            self.routed_client_orders[(account.id, cmd.client_order_id)] = outcome.id
-        return outcome
+    # Packages (exchange.packages)
 
     def _create_package(self, cmd: CreatePackage, ts: int, at: datetime) -> Result:
         account = trading_account(self.accounts, cmd.account_id)
         if isinstance(account, Rejection):
             return account
-        repeat = self._repeat(cmd)
-        if repeat is not None:
-            return repeat
-        outcome = packages.create(self, cmd, at)
-        if isinstance(outcome, str):
-            return reject(outcome)
-        self._remember(cmd, outcome.id, at)
-        return outcome
+        return self._once(cmd, packages.create, at)
 
     def _run_package(self, cmd: RunPackage, ts: int, at: datetime) -> Result:
         outcome = packages.run(self, cmd, ts, at)
@@ -612,23 +419,13 @@ class Engine:
     def _subscribe(self, cmd: Subscribe, ts: int, at: datetime) -> Result:
         if cmd.account_id not in self.accounts:
             return reject("unknown_account")
-        repeat = self._repeat(cmd)
-        if repeat is not None:
-            return repeat
-        outcome = subscriptions.subscribe(self, cmd, at)
-        if isinstance(outcome, str):
-            return reject(outcome)
-        self._remember(cmd, outcome.id, at)
-        return outcome
+        return self._once(cmd, subscriptions.subscribe, at)
 
     # Views
 
     def view(self, order_id: int, fills: list[OrderFill] | None = None) -> OrderView | Done:
         """The order as it stands, or ``Done(order_id)`` when it is no longer in memory (look it up)."""
-        order = self.orders.get(order_id)
-        if order is None:
-            return Done(order_id)
-        return order_view(order, self.instruments_by_id[order.instrument_id].symbol, fills)
+        return orders.view(self, order_id, fills)
 
     _handlers: ClassVar[dict[type, Callable[..., Result]]] = {
         CreateAccount: _create_account,
@@ -640,11 +437,11 @@ class Engine:
         Mint: _mint,
         Burn: _burn,
         Redeem: _redeem,
-        PlaceOrder: _place_order,
-        CancelOrder: _cancel_order,
-        CancelAll: _cancel_all,
-        AmendOrder: _amend_order,
-        RouteOrder: _route_order,
+        PlaceOrder: orders.place,
+        CancelOrder: orders.cancel,
+        CancelAll: orders.cancel_all,
+        AmendOrder: orders.amend,
+        RouteOrder: orders.route,
         CreatePackage: _create_package,
         SetPackageStatus: answered(packages.set_status),
         RunPackage: _run_package,

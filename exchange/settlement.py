@@ -2,12 +2,13 @@
 
 Every order, however it arrives, goes through here: ``open`` records it (and its hold) once the book has
 accepted it, ``settle`` applies the book's events (trades move cash, tokens and fees; closures release what an
-order still holds), and ``close`` ends an order. Plain orders (``exchange.engine``), routed orders
+order still holds), and ``close`` ends an order. Plain orders (``exchange.orders``), routed orders
 (``exchange.routed_orders``) and packages (``exchange.packages``) call it; it calls none of them.
 
 Dependency order
 ----------------
-``engine`` → ``packages`` → ``routed_orders`` → ``settlement`` → ``ledger``, ``fees``, ``records``, ``matching``.
+``engine`` → ``orders``, ``packages`` → ``routed_orders`` → ``settlement`` → ``ledger``, ``fees``, ``records``,
+``matching``.
 Each module calls only those to its right. Lower modules are handed the engine to read its public state
 (instruments, accounts, packages) and import its type only for checking; they never call back up into it.
 
