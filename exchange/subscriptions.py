@@ -118,14 +118,9 @@ def publish(engine: "Engine", cmd: PublishSubscriptionOffer, at: datetime) -> Do
 
 def withdraw(engine: "Engine", cmd: WithdrawSubscriptionOffer, at: datetime) -> Done | str:
     """Take no new subscribers; those subscribed end at the end of the period they paid for."""
-    offer = engine.subscriptions.offers.get(cmd.offer_id)
-    if offer is None or offer.account_id != cmd.account_id:
-        return "unknown_offer"
-    if offer.status == "active":
-        offer.status = "withdrawn"
-        offer.updated_at = at
-        engine.effects.offers[offer.id] = offer
-    return Done(offer.id)
+    done = _leave_active(engine.subscriptions.offers, cmd.offer_id, cmd.account_id, "withdrawn",
+                         engine.effects.offers, at)
+    return "unknown_offer" if done is None else done
 
 
 def subscribe(engine: "Engine", cmd: Subscribe, at: datetime) -> Done | str:
@@ -151,14 +146,23 @@ def subscribe(engine: "Engine", cmd: Subscribe, at: datetime) -> Done | str:
 
 def cancel(engine: "Engine", cmd: CancelSubscription, at: datetime) -> Done | str:
     """Stop renewing: the subscription ends when the period under way does (cancelling again changes nothing)."""
-    subscription = engine.subscriptions.subscriptions.get(cmd.subscription_id)
-    if subscription is None or subscription.account_id != cmd.account_id:
-        return "unknown_subscription"
-    if subscription.status == "active":
-        subscription.status = "cancelling"
-        subscription.updated_at = at
-        engine.effects.subscriptions[subscription.id] = subscription
-    return Done(subscription.id)
+    done = _leave_active(engine.subscriptions.subscriptions, cmd.subscription_id, cmd.account_id, "cancelling",
+                         engine.effects.subscriptions, at)
+    return "unknown_subscription" if done is None else done
+
+
+def _leave_active(records: dict, record_id: int, account_id: int, status: str, changed: dict, at: datetime
+                  ) -> Done | None:
+    """Move the account's offer or subscription ``record_id`` to ``status`` if it is active (else change nothing),
+    to commit with ``changed``; None when the account has no such record."""
+    record = records.get(record_id)
+    if record is None or record.account_id != account_id:
+        return None
+    if record.status == "active":
+        record.status = status
+        record.updated_at = at
+        changed[record.id] = record
+    return Done(record.id)
 
 
 def renew(engine: "Engine", cmd: RenewSubscription, at: datetime) -> Done | str:
