@@ -351,17 +351,11 @@ class ReservationView(msgspec.Struct, frozen=True, tag_field="result", tag="rese
     providers: list[Upstream]
 
 
-class Delivered(msgspec.Struct, frozen=True):
-    """One attempt of a call as settled: a usage row, and its provider's totals after it."""
+class Delivered(Attempt, kw_only=True):
+    """One attempt of a call as settled, its tokens those charged: a usage row, and its provider's totals after it."""
 
     usage_id: int
-    provider_id: int
     provider_account_id: int
-    prompt_tokens: int
-    completion_tokens: int
-    ttft_us: int
-    latency_us: int
-    status: str
     delivered: int
     """The provider's delivered tokens, this attempt included."""
     obligation: int

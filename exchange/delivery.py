@@ -339,9 +339,9 @@ def settle(engine: "Engine", cmd: Settle, at: datetime) -> SettlementView | str:
         engine.effects.usages.append((
             engine.ids.usage, reservation.id, reservation.account_id, attempt.provider_id, reservation.instrument_id,
             prompt, completion, attempt.ttft_us, attempt.latency_us, attempt.status, at))
-        settled.append(Delivered(engine.ids.usage, provider.id, provider.account_id, prompt, completion,
-                                 attempt.ttft_us, attempt.latency_us, attempt.status, provider.delivered,
-                                 obligation(engine, provider)))
+        settled.append(Delivered(provider.id, attempt.status, prompt, completion, attempt.ttft_us, attempt.latency_us,
+                                 usage_id=engine.ids.usage, provider_account_id=provider.account_id,
+                                 delivered=provider.delivered, obligation=obligation(engine, provider)))
         engine.ids.usage += 1
     symbol = engine.instruments_by_id[reservation.instrument_id].symbol
     view = SettlementView(reservation.id, symbol, charged, settled, at)
