@@ -75,7 +75,6 @@ class Leg:
     qty: int = 0
     notional: int = 0
     fee: int = 0
-    taker_ppm: int = 0
 
     @property
     def cost(self) -> int:
@@ -200,7 +199,7 @@ def plan(venues: list[Venue], side: str, qty: int, mode: str, limit: int | None 
         if not left:
             break
         venue = by_symbol[symbol]
-        leg = legs.get(symbol) or Leg(symbol, quality, taker_ppm=venue.taker_ppm)
+        leg = legs.get(symbol) or Leg(symbol, quality)
         take = min(size, left, venue.max_qty - leg.qty)
         if venue.tokens is not None:
             take = min(take, venue.tokens - leg.qty)
