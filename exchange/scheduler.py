@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 from datetime import timedelta
 
-from exchange import packages, subscriptions
+from exchange import packages, subscriptions, tasks
 from exchange.commands import Done, ExecutionView, ExpireReservations, RenewSubscription, RunPackage
 from exchange.sequencer import EPOCH, Sequencer, Unavailable
 
@@ -50,11 +50,8 @@ class Scheduler:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.stop(self._task)
+        self._task = None
 
     def wake(self) -> None:
         """Look for due periods now rather than at the next interval."""
