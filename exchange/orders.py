@@ -82,6 +82,7 @@ def _opening(engine: "Engine", cmd: PlaceOrder | RouteOrder) -> Account | Result
 
 
 def place(engine: "Engine", cmd: PlaceOrder, ts: int, at: datetime) -> Result:
+    """Place a limit or market order: hold what it may spend, match it, settle what the book says."""
     account = _opening(engine, cmd)
     if not isinstance(account, Account):
         return account
@@ -141,6 +142,7 @@ def place(engine: "Engine", cmd: PlaceOrder, ts: int, at: datetime) -> Result:
 
 
 def route(engine: "Engine", cmd: RouteOrder, ts: int, at: datetime) -> Result:
+    """Route an order over the books of a substitution group (``exchange.routed_orders``)."""
     account = _opening(engine, cmd)
     if not isinstance(account, Account):
         return account
@@ -153,6 +155,7 @@ def route(engine: "Engine", cmd: RouteOrder, ts: int, at: datetime) -> Result:
 
 
 def cancel(engine: "Engine", cmd: CancelOrder, ts: int, at: datetime) -> Result:
+    """Cancel one open order of the account; the answer is the order as it closed."""
     order = engine.orders.get(cmd.order_id)
     if order is None or order.account_id != cmd.account_id or order.status != "open":
         return reject("unknown_order")
@@ -161,6 +164,7 @@ def cancel(engine: "Engine", cmd: CancelOrder, ts: int, at: datetime) -> Result:
 
 
 def cancel_all(engine: "Engine", cmd: CancelAll, ts: int, at: datetime) -> Result:
+    """Cancel every open order of the account on one instrument, oldest first."""
     account = trading_account(engine.accounts, cmd.account_id)
     if isinstance(account, Rejection):
         return account
@@ -177,6 +181,7 @@ def cancel_all(engine: "Engine", cmd: CancelAll, ts: int, at: datetime) -> Resul
 
 
 def _cancel(engine: "Engine", order: Order, ts: int, at: datetime) -> None:
+    """Take ``order`` off its book and release what it holds."""
     instrument = engine.instruments_by_id[order.instrument_id]
     assert instrument.book is not None
     instrument.seq += 1
@@ -187,6 +192,7 @@ def _cancel(engine: "Engine", order: Order, ts: int, at: datetime) -> None:
 
 
 def amend(engine: "Engine", cmd: AmendOrder, ts: int, at: datetime) -> Result:
+    """Change an open order's price or quantity, holding more or releasing what it no longer needs."""
     order = engine.orders.get(cmd.order_id)
     if order is None or order.account_id != cmd.account_id or order.status != "open":
         return reject("unknown_order")
