@@ -49,7 +49,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from api import metrics, package_executions, tasks
+from api import metrics, package_executions
 from api.endpoints import Endpoint, routes
 from api.feed.endpoint import endpoint as feed_endpoint
 from api.feed.hub import Hub
@@ -83,6 +83,7 @@ from api.routes.tokens import tokens
 from api.services import Services
 from api.shared_limits import SharedLimits
 from api.uvicorn_coupling import KeepServerSend
+from exchange import tasks
 from exchange.broker.commands import Heartbeat, RemoteSequencer
 from exchange.broker.connection import connect
 from exchange.broker.subjects import DEFAULT_GROUP

@@ -47,8 +47,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
-from api import tasks
 from api.ratelimit import RateLimiter
+from exchange import tasks
 from exchange.broker.subjects import LIMITS
 
 log = logging.getLogger(__name__)

@@ -50,7 +50,7 @@ class Scheduler:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
 
     async def stop(self) -> None:
-        await tasks.stop(self._task)
+        await tasks.cancel(self._task)
         self._task = None
 
     def wake(self) -> None:

@@ -37,9 +37,10 @@ from pathlib import Path
 
 import asyncpg
 
-from api import package_executions, tasks
+from api import package_executions
 from api.keys import KeyStore, load_master_key
 from api.routes.packages import reporter
+from exchange import tasks
 from exchange.broker.commands import CommandServer, LeaderHeartbeat
 from exchange.broker.connection import connect, nats_url_async
 from exchange.broker.market_stream import MarketStreamPublisher
