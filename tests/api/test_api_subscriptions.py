@@ -13,7 +13,7 @@ from api.client import ApiError, Client
 from api.keys import bearer_token
 from tests.support.api_server import Live, unique
 from tests.support.index_clock import on_server
-from tests.support.providers import simulated_provider
+from tests.support.providers import settled, simulated_provider
 
 TOKENS = 5_000
 PRICE = "2.5"
@@ -77,6 +77,7 @@ async def test_periods_are_paid_granted_consumed_and_lapse_and_cancelling_ends_a
     answer = await sdk.chat.completions.create(model=symbol, messages=HELLO, max_tokens=10)
     await sdk.close()
     used = answer.usage.prompt_tokens + answer.usage.completion_tokens
+    assert (await settled(buyer, symbol))["used"] == used  # the settlement commits just after the answer
     assert (await buyer.subscription(subscribed["id"]))["quota"]["used"] == used
 
     with clock_ahead(live, timedelta(days=1, seconds=1)):

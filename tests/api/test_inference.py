@@ -15,7 +15,7 @@ from api.inference.simulated import TOKENS_PER_MESSAGE as SIMULATED_PER_MESSAGE
 from api.keys import bearer_token
 from tests.support.api_server import Live, unique
 from tests.support.feed import FeedClient, signed_user
-from tests.support.providers import simulated_provider
+from tests.support.providers import quota, settled, simulated_provider
 
 TOKENS_PER_LOT = 10_000
 HELLO = [{"role": "user", "content": "hello there"}]
@@ -73,21 +73,6 @@ def sdk(live: Live, token: str, sent: list[httpx.Request] | None = None, **optio
     hooks = {"request": [sent.append]} if sent is not None else {}
     return openai.OpenAI(base_url=live.url + "/inference/v1", api_key=token,
                          http_client=httpx.Client(event_hooks=hooks), **options)
-
-
-async def quota(buyer: Client, symbol: str) -> dict:
-    (found,) = [q for q in await buyer.quotas() if q["symbol"] == symbol]
-    return found
-
-
-async def settled(buyer: Client, symbol: str) -> dict:
-    """The quota once no call holds any of it: a call's settlement commits just after its answer."""
-    for _ in range(200):
-        found = await quota(buyer, symbol)
-        if found["reserved"] == 0:
-            return found
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"a call on {symbol} is still unsettled: {found}")
 
 
 async def test_a_call_reserves_its_worst_case_and_is_charged_what_was_delivered(live: Live, served: Served) -> None:
