@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -67,6 +68,8 @@ TARGET_ENGINE_RATIO = 1.33
 TARGET_FEED_P99_MS = 50.0
 HOST_CORES = 16
 ENGINE_START_TIMEOUT = 60.0
+ENGINE_STOPPED = re.compile(r"stopped; (\d+) commands taken from NATS, (\d+) batches committed")
+"""What ``tokex engine`` logs on its way out (``api.roles.engine``): the commands per batch over its run."""
 
 
 # -- orders: one process against the cluster ---------------------------------------------------------------------
@@ -218,7 +221,7 @@ async def drive(submit, accounts: list[int], args: argparse.Namespace, cpu) -> d
     stopping = True
     await asyncio.gather(*tasks, return_exceptions=True)
     return {"commands_per_s": commands / seconds, "cpu_us_per_command": 1e6 * used / max(commands, 1),
-            "cpu_busy": used / seconds}
+            "cpu_busy": used / seconds, "acked": acked}
 
 
 async def new_market(backing: Backing, submitters: int) -> tuple[str, list[int]]:
@@ -246,9 +249,10 @@ async def engine_in_process(backing: Backing, args: argparse.Namespace) -> dict[
     async with asyncpg.create_pool(dsn, min_size=1, max_size=2) as pool:
         seq = await Sequencer.open(pool)
         try:
-            return await drive(seq.submit, accounts, args, time.process_time)
+            result = await drive(seq.submit, accounts, args, time.process_time)
         finally:
             await seq.stop()
+    return {**result, "per_batch": result["acked"] / max(seq.batches, 1)}
 
 
 async def engine_via_nats(backing: Backing, args: argparse.Namespace) -> dict[str, float]:
@@ -278,14 +282,17 @@ async def engine_via_nats(backing: Backing, args: argparse.Namespace) -> dict[st
             return times.user + times.system
 
         try:
-            return await drive(remote.submit, accounts, args, cpu)
+            result = await drive(remote.submit, accounts, args, cpu)
         finally:
             await remote.stop()
     finally:
         await nc.close()
         engine.terminate()
         await asyncio.to_thread(engine.wait, 60)
+        stopped = ENGINE_STOPPED.search(log.read_text())
         shutil.rmtree(home, ignore_errors=True)
+    commands, batches = (int(stopped[1]), int(stopped[2])) if stopped else (0, 0)
+    return {**result, "per_batch": commands / max(batches, 1)}
 
 
 # -- feed: many watchers over the gateways ------------------------------------------------------------------------
@@ -374,8 +381,9 @@ def report_engine(in_process: dict[str, float], via_nats: dict[str, float]) -> N
     ratio = via_nats["cpu_us_per_command"] / in_process["cpu_us_per_command"]
     for name, result in (("in process", in_process), ("through NATS", via_nats)):
         print(f"  {name:<13} {result['commands_per_s']:>8,.0f} commands/s, engine CPU "
-              f"{result['cpu_us_per_command']:.1f} us per command ({100 * result['cpu_busy']:.0f}% of a core); one "
-              f"core would commit {1e6 / result['cpu_us_per_command']:,.0f}/s")
+              f"{result['cpu_us_per_command']:.1f} us per command ({100 * result['cpu_busy']:.0f}% of a core), "
+              f"{result['per_batch']:.1f} commands per batch; one core would commit "
+              f"{1e6 / result['cpu_us_per_command']:,.0f}/s")
     print(f"  through NATS / in process: {ratio:.2f}x (target <= {TARGET_ENGINE_RATIO}): "
           f"{'met' if ratio <= TARGET_ENGINE_RATIO else 'MISSED'}")
 
