@@ -195,19 +195,21 @@ class _Acks:
         prefix = f"{self.inbox}.{self._window}."
         self._acked = [False] * len(window)
         self._left = len(window)
-        done = self._done = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done = self._done = loop.create_future()
+        timer = loop.call_later(timeout, _time_out, done)
         failure = ""
         try:
             publish = self.nc.publish
             for position, (subject, payload, headers, _) in enumerate(window):
                 await publish(subject, payload, reply=f"{prefix}{position}", headers=headers)
-            async with asyncio.timeout(timeout):
-                await done
+            await done
         except TimeoutError:
             failure = "no acknowledgement in time"
         except Exception as exc:
             failure = type(exc).__name__
         finally:
+            timer.cancel()
             self._done = None
         acknowledged = 0
         for acked in self._acked:
@@ -229,6 +231,11 @@ class _Acks:
         self._left -= 1
         if self._left == 0 and not self._done.done():
             self._done.set_result(None)
+
+
+def _time_out(done: asyncio.Future) -> None:
+    if not done.done():
+        done.set_exception(TimeoutError())
 
 
 class MarketStreamPublisher:
