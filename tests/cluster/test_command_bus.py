@@ -12,7 +12,14 @@ import pytest
 from nats.errors import NoRespondersError
 
 from exchange import invariants
-from exchange.broker.commands import CommandServer, Envelope, RemoteSequencer, decode_replies, encode_request
+from exchange.broker.commands import (
+    CommandServer,
+    Envelope,
+    Refused,
+    RemoteSequencer,
+    decode_replies,
+    encode_request,
+)
 from exchange.broker.connection import connect
 from exchange.broker.subjects import command_subject
 from exchange.commands import OrderView, PlaceOrder
@@ -61,6 +68,26 @@ async def test_a_command_through_nats_commits_and_a_retry_gets_the_original(nats
     finally:
         await server.stop()
         await sequencer.stop()
+        await engine_nc.close()
+        await gateway_nc.close()
+
+
+async def test_commands_a_stopping_sequencer_refuses_are_each_answered_refused(nats_server: str, pool: asyncpg.Pool):
+    engine_nc = await connect(nats_server, "engine")
+    gateway_nc = await connect(nats_server, "gateway")
+    sequencer = await Sequencer.open(pool)
+    server = CommandServer(engine_nc, sequencer, GROUP)
+    await server.start()
+    try:
+        await sequencer.stop()  # the server still subscribes: it stops taking only once told to
+        order = PlaceOrder(1, COMPUTE, "buy", price=ASK, qty=1)
+        msg = await gateway_nc.request(command_subject(GROUP), encode_request(
+            [Envelope(order, os.urandom(16)), Envelope(order, os.urandom(16))]), timeout=5)
+        replies = decode_replies(msg.data)
+        assert [type(reply) for reply in replies] == [Refused, Refused]
+        assert all("shutting down" in reply.reason for reply in replies)
+    finally:
+        await server.stop()
         await engine_nc.close()
         await gateway_nc.close()
 
