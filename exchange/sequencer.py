@@ -2,15 +2,14 @@
 
 Flow
 ----
-``submit`` queues a command with a future and wakes the applier task (``enqueue`` queues it with an ``Answer`` of
-the caller's, for callers that answer without a task per command, such as the command bus of
-``exchange.broker.commands``). The applier
-takes what is queued (up to ``max_batch``), applies each command to the engine (hold → match → settle) and makes
-the batch's rows; the writer task commits them atomically, and only then answers each caller and hands the book
+``submit`` queues a command with a future and wakes the applier task (``enqueue`` queues it with an ``Answer`` of the
+caller's, for callers that answer without a task per command, such as the command bus of ``exchange.broker.commands``).
+The applier takes what is queued (up to ``max_batch``), applies each command to the engine (hold → match → settle) and
+makes the batch's rows; the writer task commits them atomically, and only then answers each caller and hands the book
 events to ``publish``. While one batch commits, the next is applied and waits to be written after it: that is the group
-commit, one fsync per batch instead of one per order, with Python and PostgreSQL working at the same time. The
-writer sends a waiting batch the moment the previous one has committed, before the callers it answered run,
-so the server is never left idle while Python works.
+commit, one fsync per batch instead of one per order, with Python and PostgreSQL working at the same time. The writer
+sends a waiting batch the moment the previous one has committed, before the callers it answered run, so the server is
+never left idle while Python works.
 
 One writer
 ----------

@@ -261,8 +261,8 @@ class _Request:
 
 
 class _Answer:
-    """Where the sequencer puts one command's outcome: its place in its request's reply (``Sequencer.Answer``).
-    A future and its done callback would cost each command a turn of the event loop."""
+    """Where the sequencer puts one command's outcome (an ``exchange.sequencer.Answer``): its place in its request's
+    reply. A future and its done callback would cost each command a turn of the event loop."""
 
     __slots__ = ("position", "request")
 
