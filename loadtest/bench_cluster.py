@@ -219,14 +219,15 @@ async def drive(submit, accounts: list[int], args: argparse.Namespace, cpu) -> d
     tasks = [asyncio.create_task(loop(CommandMix(account, random.Random(rng.random())))) for account in accounts]
     await asyncio.sleep(args.warmup)
     measuring = True
-    before, started, counted = cpu(), time.perf_counter(), acked
+    before, started, counted, submitting = cpu(), time.perf_counter(), acked, time.process_time()
     await asyncio.sleep(args.duration)
     used, seconds, commands = cpu() - before, time.perf_counter() - started, acked - counted
+    submitting = time.process_time() - submitting
     measuring = False
     stopping = True
     await asyncio.gather(*tasks, return_exceptions=True)
     return {"commands_per_s": commands / seconds, "cpu_us_per_command": 1e6 * used / max(commands, 1),
-            "cpu_busy": used / seconds, "acked": acked}
+            "cpu_busy": used / seconds, "acked": acked, "submitting_busy": submitting / seconds}
 
 
 async def new_market(backing: Backing, submitters: int) -> tuple[str, list[int]]:
@@ -403,6 +404,7 @@ def report_engine(in_process: dict[str, float], via_nats: dict[str, float]) -> N
               f"{result['cpu_us_per_command']:.1f} us per command ({100 * result['cpu_busy']:.0f}% of a core), "
               f"{result['per_batch']:.1f} commands per batch; one core would commit "
               f"{1e6 / result['cpu_us_per_command']:,.0f}/s")
+    print(f"  the submitting process of the NATS side: {100 * via_nats['submitting_busy']:.0f}% of a core")
     print(f"  through NATS / in process: {ratio:.2f}x (target <= {TARGET_ENGINE_RATIO}): "
           f"{'met' if ratio <= TARGET_ENGINE_RATIO else 'MISSED'}")
 
