@@ -2,14 +2,14 @@
 
 Flow
 ----
-``submit`` queues a command with a future and wakes the applier task (``enqueue`` queues it and returns the future,
-for callers that answer from a callback, such as the command bus of ``exchange.broker.commands``). The applier
-takes what is queued (up to ``max_batch``), applies each command to the engine (hold → match → settle) and makes
-the batch's rows; the writer task commits them atomically, and only then answers each caller and hands the book
+``submit`` queues a command with a future and wakes the applier task (``enqueue`` queues it with an ``Answer`` of the
+caller's, for callers that answer without a task per command, such as the command bus of ``exchange.broker.commands``).
+The applier takes what is queued (up to ``max_batch``), applies each command to the engine (hold → match → settle) and
+makes the batch's rows; the writer task commits them atomically, and only then answers each caller and hands the book
 events to ``publish``. While one batch commits, the next is applied and waits to be written after it: that is the group
-commit, one fsync per batch instead of one per order, with Python and PostgreSQL working at the same time. The
-writer sends a waiting batch the moment the previous one has committed, before the callers it answered run,
-so the server is never left idle while Python works.
+commit, one fsync per batch instead of one per order, with Python and PostgreSQL working at the same time. The writer
+sends a waiting batch the moment the previous one has committed, before the callers it answered run, so the server is
+never left idle while Python works.
 
 One writer
 ----------
@@ -39,6 +39,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import asyncpg
 
@@ -86,9 +87,21 @@ EffectsPublisher = Callable[[Effects], None]
 """Called with every committed batch's effects, in commit order (the feed's user channel: orders, fills, balances)."""
 Resync = Callable[[asyncpg.Connection], Awaitable[None]]
 """Rebuilds the market data consumers from the database, while nothing commits."""
-Batch = list[tuple[Command, bytes | None, bool, asyncio.Future]]
+
+
+class Answer(Protocol):
+    """Where a command's outcome goes: an ``asyncio.Future``, or anything with the three methods it is given by."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Result) -> None: ...
+
+    def set_exception(self, exception: BaseException) -> None: ...
+
+
+Batch = list[tuple[Command, bytes | None, bool, Answer]]
 """Commands with the digests of the signed requests that carry them (``exchange.replay``), whether each is a
-gateway's retry (``Engine.apply``), and the futures their callers wait on."""
+gateway's retry (``Engine.apply``), and where their outcomes go."""
 
 
 class Sequencer:
@@ -174,22 +187,25 @@ class Sequencer:
         same digest again is refused (``Engine.apply``)."""
         return await self.enqueue(command, request)
 
-    def enqueue(self, command: Command, request: bytes | None = None, retry: bool = False) -> asyncio.Future:
-        """Queue ``command``; the future returned gets its result once committed, or ``Unavailable``.
+    def enqueue(self, command: Command, request: bytes | None = None, retry: bool = False,
+                answer: Answer | None = None) -> Answer:
+        """Queue ``command``; ``answer`` (a new future if None) gets its result once committed, or ``Unavailable``.
 
-        ``submit`` for callers that answer from a callback (``exchange.broker.commands``) rather than a task per
-        command. ``retry`` marks a gateway sending a command again: if its request was applied before, the future
-        gets the original result (``Engine.apply``). Raise ``Unavailable`` at once when commands are refused."""
+        ``submit`` for callers that answer without a task per command (``exchange.broker.commands`` passes an
+        ``answer`` of its own, which spares each command a future and a callback). ``retry`` marks a gateway
+        sending a command again: if its request was applied before, the answer is the original result
+        (``Engine.apply``). Raise ``Unavailable`` at once when commands are refused."""
         if self.down is not None:
             self.refused += 1
             raise Unavailable(self.down)
         if self._stopping:
             self.refused += 1
             raise Unavailable("the exchange is shutting down")
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append((command, request, retry, future))
+        if answer is None:
+            answer = asyncio.get_running_loop().create_future()
+        self._queue.append((command, request, retry, answer))
         self._wake.set()
-        return future
+        return answer
 
     async def _run(self) -> None:
         """Apply queued commands batch by batch and hand each applied batch to the writer, in order."""

@@ -15,9 +15,11 @@ orders
 engine
     The engine's CPU per command, in process against through NATS, with the same mix of commands
     (``CommandMix``) from ``--submitters`` submitters waiting each for its answer: first a ``Sequencer`` in
-    this process (its process CPU time over the commands acknowledged; the submitters' own share is in it,
-    which favours the in-process side), then a ``tokex engine`` fed by this process over NATS through
-    ``RemoteSequencer`` (the engine process's CPU time over the commands). Target: at most 1.33 times.
+    this process that makes each committed batch's market data and account message as the engine does, and
+    drops them (its process CPU time over the commands acknowledged; the submitters' own share is in it), then
+    a ``tokex engine`` fed by this process over NATS through ``RemoteSequencer`` (the engine process's CPU
+    time over the commands), which sends them. Target: at most 1.33 times. Both lines also give the mean
+    commands per batch: the engine's per-batch costs weigh the same on both sides only at similar batches.
 feed
     On the cluster of the orders part, once that is done: ``--feed-watchers`` watchers spread by the kernel over
     its gateways (they share one port), every public channel of one instrument, while ``--feed-rate`` orders a
@@ -34,6 +36,7 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -46,11 +49,14 @@ from typing import Any
 import asyncpg
 import psutil
 
+from exchange.account_events import account_events
 from exchange.broker.commands import RemoteSequencer
 from exchange.broker.connection import connect
+from exchange.broker.market_stream import AccountMessage, encode, market_batches
 from exchange.commands import CancelOrder, OrderView, PlaceOrder
 from exchange.database.migrations import migrate
 from exchange.sequencer import Sequencer, Unavailable
+from exchange.settlement import Effects
 from loadtest import bench_api
 from loadtest.cluster import Backing, Cluster
 from loadtest.connection import Connection
@@ -67,6 +73,8 @@ TARGET_ENGINE_RATIO = 1.33
 TARGET_FEED_P99_MS = 50.0
 HOST_CORES = 16
 ENGINE_START_TIMEOUT = 60.0
+ENGINE_STOPPED = re.compile(r"stopped; (\d+) commands taken from NATS, (\d+) batches committed")
+"""What ``tokex engine`` logs on its way out (``api.roles.engine``): the commands per batch over its run."""
 
 
 # -- orders: one process against the cluster ---------------------------------------------------------------------
@@ -211,14 +219,15 @@ async def drive(submit, accounts: list[int], args: argparse.Namespace, cpu) -> d
     tasks = [asyncio.create_task(loop(CommandMix(account, random.Random(rng.random())))) for account in accounts]
     await asyncio.sleep(args.warmup)
     measuring = True
-    before, started, counted = cpu(), time.perf_counter(), acked
+    before, started, counted, submitting = cpu(), time.perf_counter(), acked, time.process_time()
     await asyncio.sleep(args.duration)
     used, seconds, commands = cpu() - before, time.perf_counter() - started, acked - counted
+    submitting = time.process_time() - submitting
     measuring = False
     stopping = True
     await asyncio.gather(*tasks, return_exceptions=True)
     return {"commands_per_s": commands / seconds, "cpu_us_per_command": 1e6 * used / max(commands, 1),
-            "cpu_busy": used / seconds}
+            "cpu_busy": used / seconds, "acked": acked, "submitting_busy": submitting / seconds}
 
 
 async def new_market(backing: Backing, submitters: int) -> tuple[str, list[int]]:
@@ -241,14 +250,29 @@ async def new_market(backing: Backing, submitters: int) -> tuple[str, list[int]]
     return dsn, market.traders
 
 
+def make_market_data(batch: list[tuple[str, list]], fill_ids: list[int]) -> None:
+    """Make a committed batch's market data as the engine makes it for JetStream, and drop it."""
+    for market in market_batches(batch, fill_ids):
+        encode(market)
+
+
+def make_account_message(effects: Effects) -> None:
+    """Make a committed batch's account message as the engine makes it for the gateways, and drop it."""
+    events = account_events(effects)
+    if events:
+        encode(AccountMessage(0, 1, events))
+
+
 async def engine_in_process(backing: Backing, args: argparse.Namespace) -> dict[str, float]:
     dsn, accounts = await new_market(backing, args.submitters)
     async with asyncpg.create_pool(dsn, min_size=1, max_size=2) as pool:
-        seq = await Sequencer.open(pool)
+        # The same work per batch as the engine's, but for the sending: its market data and account messages.
+        seq = await Sequencer.open(pool, publish=make_market_data, publish_effects=make_account_message)
         try:
-            return await drive(seq.submit, accounts, args, time.process_time)
+            result = await drive(seq.submit, accounts, args, time.process_time)
         finally:
             await seq.stop()
+    return {**result, "per_batch": result["acked"] / max(seq.batches, 1)}
 
 
 async def engine_via_nats(backing: Backing, args: argparse.Namespace) -> dict[str, float]:
@@ -278,14 +302,17 @@ async def engine_via_nats(backing: Backing, args: argparse.Namespace) -> dict[st
             return times.user + times.system
 
         try:
-            return await drive(remote.submit, accounts, args, cpu)
+            result = await drive(remote.submit, accounts, args, cpu)
         finally:
             await remote.stop()
     finally:
         await nc.close()
         engine.terminate()
         await asyncio.to_thread(engine.wait, 60)
+        stopped = ENGINE_STOPPED.search(log.read_text())
         shutil.rmtree(home, ignore_errors=True)
+    commands, batches = (int(stopped[1]), int(stopped[2])) if stopped else (0, 0)
+    return {**result, "per_batch": commands / max(batches, 1)}
 
 
 # -- feed: many watchers over the gateways ------------------------------------------------------------------------
@@ -374,8 +401,10 @@ def report_engine(in_process: dict[str, float], via_nats: dict[str, float]) -> N
     ratio = via_nats["cpu_us_per_command"] / in_process["cpu_us_per_command"]
     for name, result in (("in process", in_process), ("through NATS", via_nats)):
         print(f"  {name:<13} {result['commands_per_s']:>8,.0f} commands/s, engine CPU "
-              f"{result['cpu_us_per_command']:.1f} us per command ({100 * result['cpu_busy']:.0f}% of a core); one "
-              f"core would commit {1e6 / result['cpu_us_per_command']:,.0f}/s")
+              f"{result['cpu_us_per_command']:.1f} us per command ({100 * result['cpu_busy']:.0f}% of a core), "
+              f"{result['per_batch']:.1f} commands per batch; one core would commit "
+              f"{1e6 / result['cpu_us_per_command']:,.0f}/s")
+    print(f"  the submitting process of the NATS side: {100 * via_nats['submitting_busy']:.0f}% of a core")
     print(f"  through NATS / in process: {ratio:.2f}x (target <= {TARGET_ENGINE_RATIO}): "
           f"{'met' if ratio <= TARGET_ENGINE_RATIO else 'MISSED'}")
 

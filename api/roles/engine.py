@@ -146,7 +146,7 @@ async def _stand_by_then_lead(settings: EngineSettings, dsn: str, pool: asyncpg.
         await server.stop()
         await publisher.stop()
         await heartbeat.stop()
-    log.info("stopped; %d batches committed", sequencer.batches)
+    log.info("stopped; %d commands taken from NATS, %d batches committed", server.received, sequencer.batches)
     return 0
 
 

@@ -44,7 +44,6 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
 from typing import Union
 
 import msgspec
@@ -211,12 +210,11 @@ class CommandServer:
         request = _Request(self, msg.reply, len(envelopes))
         enqueue = self.sequencer.enqueue
         for position, envelope in enumerate(envelopes):
+            answer = _Answer(request, position)
             try:
-                future = enqueue(envelope.command, envelope.request, envelope.retry)
+                enqueue(envelope.command, envelope.request, envelope.retry, answer)
             except Unavailable as exc:
-                request.settle(position, Refused(str(exc), exc.retry_after))
-                continue
-            future.add_done_callback(request.callback(position))
+                answer.set_exception(exc)
 
     def _answer(self, reply: str, data: bytes) -> None:
         if reply:
@@ -255,9 +253,6 @@ class _Request:
         self.replies: list[Result | Refused | None] = [None] * commands
         self.left = commands
 
-    def callback(self, position: int) -> Callable[[asyncio.Future], None]:
-        return lambda future: self.settle(position, _reply_of(future))
-
     def settle(self, position: int, reply: Result | Refused) -> None:
         self.replies[position] = reply
         self.left -= 1
@@ -265,14 +260,28 @@ class _Request:
             self.server._answer(self.reply, _ENCODER.encode(self.replies))
 
 
-def _reply_of(future: asyncio.Future) -> Result | Refused:
-    exc = future.exception()
-    if exc is None:
-        return future.result()
-    if isinstance(exc, Unavailable):
-        return Refused(str(exc), exc.retry_after)
-    log.error("a command failed in the sequencer", exc_info=exc)
-    return Refused("the engine hit an internal error")
+class _Answer:
+    """Where the sequencer puts one command's outcome (an ``exchange.sequencer.Answer``): its place in its request's
+    reply. A future and its done callback would cost each command a turn of the event loop."""
+
+    __slots__ = ("position", "request")
+
+    def __init__(self, request: _Request, position: int) -> None:
+        self.request = request
+        self.position = position
+
+    def done(self) -> bool:
+        return self.request.replies[self.position] is not None
+
+    def set_result(self, result: Result) -> None:
+        self.request.settle(self.position, result)
+
+    def set_exception(self, exception: BaseException) -> None:
+        if isinstance(exception, Unavailable):
+            self.request.settle(self.position, Refused(str(exception), exception.retry_after))
+            return
+        log.error("a command failed in the sequencer", exc_info=exception)
+        self.request.settle(self.position, Refused("the engine hit an internal error"))
 
 
 class LeaderHeartbeat:

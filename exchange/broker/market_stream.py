@@ -45,6 +45,7 @@ from collections import deque
 import asyncpg
 import msgspec
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from exchange.account_events import AccountEvents, account_events
@@ -152,6 +153,91 @@ class _Outbox:
         self.bytes -= len(self.items.popleft()[1])
 
 
+class _PubAck(msgspec.Struct):
+    """JetStream's answer to a publish: the stream's sequence number, or an error."""
+
+    seq: int = 0
+    error: dict | None = None
+
+
+_decode_ack = msgspec.json.Decoder(_PubAck).decode
+
+
+class _Acks:
+    """Publish a window of messages to JetStream and wait for the stream's acknowledgements, which come to one
+    inbox of this publisher's: a message costs one publish and one acknowledgement read, not a request of its own
+    (a reply subscription, a future and a timer each)."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.inbox = ""
+        self._subscription = None
+        self._window = 0
+        """Numbers the windows, so that a late acknowledgement of an earlier one is ignored."""
+        self._acked: list[bool] = []
+        self._left = 0
+        self._done: asyncio.Future | None = None
+
+    async def start(self) -> None:
+        self.inbox = self.nc.new_inbox()
+        self._subscription = await self.nc.subscribe(f"{self.inbox}.*.*", cb=self._on_ack)
+
+    async def stop(self) -> None:
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+    async def publish(self, window: list[tuple[str, bytes, dict | None, object]], timeout: float) -> tuple[int, str]:
+        """Publish ``window`` in order; return how many of it, from the first, the stream stored (or had already),
+        and why the next one was not, if one was not."""
+        self._window += 1
+        prefix = f"{self.inbox}.{self._window}."
+        self._acked = [False] * len(window)
+        self._left = len(window)
+        loop = asyncio.get_running_loop()
+        done = self._done = loop.create_future()
+        timer = loop.call_later(timeout, _time_out, done)
+        failure = ""
+        try:
+            publish = self.nc.publish
+            for position, (subject, payload, headers, _) in enumerate(window):
+                await publish(subject, payload, reply=f"{prefix}{position}", headers=headers)
+            await done
+        except TimeoutError:
+            failure = "no acknowledgement in time"
+        except Exception as exc:
+            failure = type(exc).__name__
+        finally:
+            timer.cancel()
+            self._done = None
+        acknowledged = 0
+        for acked in self._acked:
+            if not acked:
+                return acknowledged, failure or "refused by the stream"
+            acknowledged += 1
+        return acknowledged, ""
+
+    async def _on_ack(self, msg: Msg) -> None:
+        _, window, position = msg.subject.rsplit(".", 2)
+        if int(window) != self._window or self._done is None:
+            return
+        try:
+            ack = _decode_ack(msg.data)  # a status message (no stream answers: 503) has no body
+        except msgspec.DecodeError:
+            ack = _PubAck(error={"description": "no stream answered"})
+        if ack.error is None:
+            self._acked[int(position)] = True
+        self._left -= 1
+        if self._left == 0 and not self._done.done():
+            self._done.set_result(None)
+
+
+def _time_out(done: asyncio.Future) -> None:
+    if not done.done():
+        done.set_exception(TimeoutError())
+
+
 class MarketStreamPublisher:
     """Publish committed market data to JetStream, account events and settled seqs to core NATS (module
     docstring). ``publish``, ``resync`` and ``publish_effects`` are the sequencer's callbacks."""
@@ -173,6 +259,7 @@ class MarketStreamPublisher:
         self._accounts_numbered = 0
         self._market = _Outbox(max_pending_bytes)
         self._accounts = _Outbox(max_pending_bytes)
+        self._acks = _Acks(nc)
         self._tasks: list[asyncio.Task] = []
         self._index_sends: set[asyncio.Task] = set()
 
@@ -190,6 +277,7 @@ class MarketStreamPublisher:
         """Make sure the stream exists, announce every instrument's committed seq (read on ``conn``) and start
         sending; ``publish`` may have queued batches already."""
         await subjects.ensure_market_data_stream(self.js)
+        await self._acks.start()
         await self.resync(conn)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._send_market(), name="market-stream"),
@@ -211,6 +299,7 @@ class MarketStreamPublisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self._acks.stop()
 
     # The sequencer's callbacks, in its writer task: encode and queue, never wait.
 
@@ -288,19 +377,17 @@ class MarketStreamPublisher:
                 await outbox.ready.wait()
                 continue
             window = [items[i] for i in range(min(self.window, len(items)))]
-            results = await asyncio.gather(
-                *(self.js.publish(subject, payload, timeout=self.publish_timeout, headers=headers)
-                  for subject, payload, headers, _ in window), return_exceptions=True)
-            for (_, _, _, settles), result in zip(window, results, strict=True):
-                if isinstance(result, BaseException):
-                    # In order: this one and those after it go again (a copy that did land is dropped by its id).
-                    log.warning("market stream: publishing failed (%s); retrying in %.2f s",
-                                type(result).__name__, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
-                    break
+            acknowledged, failure = await self._acks.publish(window, self.publish_timeout)
+            for _, _, _, settles in window[:acknowledged]:
                 outbox.pop()
                 self._settle(settles)
+            if failure:
+                # In order: the first unacknowledged one and those after it go again (a copy that did land is
+                # dropped by its id).
+                log.warning("market stream: publishing failed (%s); retrying in %.2f s", failure, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            else:
                 backoff = 0.05
 
     async def _send_accounts(self) -> None:

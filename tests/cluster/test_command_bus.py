@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 
 import asyncpg
@@ -12,7 +13,14 @@ import pytest
 from nats.errors import NoRespondersError
 
 from exchange import invariants
-from exchange.broker.commands import CommandServer, Envelope, RemoteSequencer, decode_replies, encode_request
+from exchange.broker.commands import (
+    CommandServer,
+    Envelope,
+    Refused,
+    RemoteSequencer,
+    decode_replies,
+    encode_request,
+)
 from exchange.broker.connection import connect
 from exchange.broker.subjects import command_subject
 from exchange.commands import OrderView, PlaceOrder
@@ -23,14 +31,43 @@ from tests.support.engine import ASK, COMPUTE, TICK, open_market_through
 GROUP = "bus-test"
 
 
-async def test_a_command_through_nats_commits_and_a_retry_gets_the_original(nats_server: str, pool: asyncpg.Pool):
-    engine_nc = await connect(nats_server, "engine")
-    gateway_nc = await connect(nats_server, "gateway")
-    sequencer = await Sequencer.open(pool)
-    server = CommandServer(engine_nc, sequencer, GROUP)
-    await server.start()
+class Bus:
+    """A leading engine's command server over its sequencer, and a gateway's connection, on one NATS."""
+
+    def __init__(self, engine_nc, gateway_nc) -> None:
+        self.engine_nc = engine_nc
+        self.gateway_nc = gateway_nc
+        self.sequencer: Sequencer | None = None
+        self.server: CommandServer | None = None
+
+    async def lead(self, pool: asyncpg.Pool) -> None:
+        """Load the engine from the database and take the group's commands."""
+        self.sequencer = await Sequencer.open(pool)
+        self.server = CommandServer(self.engine_nc, self.sequencer, GROUP)
+        await self.server.start()
+
+    async def stop_leading(self) -> None:
+        await self.server.stop()
+        await self.sequencer.stop()
+
+
+@contextlib.asynccontextmanager
+async def leading_engine(nats_server: str, pool: asyncpg.Pool):
+    """A ``Bus`` whose engine leads, until the block ends."""
+    bus = Bus(await connect(nats_server, "engine"), await connect(nats_server, "gateway"))
+    await bus.lead(pool)
     try:
-        market = await open_market_through(sequencer)
+        yield bus
+    finally:
+        await bus.stop_leading()
+        await bus.engine_nc.close()
+        await bus.gateway_nc.close()
+
+
+async def test_a_command_through_nats_commits_and_a_retry_gets_the_original(nats_server: str, pool: asyncpg.Pool):
+    async with leading_engine(nats_server, pool) as engine:
+        gateway_nc = engine.gateway_nc
+        market = await open_market_through(engine.sequencer)
         remote = RemoteSequencer(gateway_nc, GROUP)
         order = PlaceOrder(market.issuer, COMPUTE, "sell", price=ASK, qty=3)
         placed = await remote.submit(order, os.urandom(16))
@@ -48,21 +85,24 @@ async def test_a_command_through_nats_commits_and_a_retry_gets_the_original(nats
         assert await ask(gateway_nc, Envelope(order, request, retry=True)) == first
 
         # A new leader (here: the same database, reloaded) answers the retry from the committed row.
-        await server.stop()
-        await sequencer.stop()
-        sequencer = await Sequencer.open(pool)
-        server = CommandServer(engine_nc, sequencer, GROUP)
-        await server.start()
+        await engine.stop_leading()
+        await engine.lead(pool)
         assert await ask(gateway_nc, Envelope(order, request, retry=True), until_answered=True) == first
         async with pool.acquire() as conn:
             orders = await conn.fetchval("SELECT count(*) FROM book_order WHERE account_id = $1", market.issuer)
-            assert await invariants.problems(conn, sequencer.engine) == []
+            assert await invariants.problems(conn, engine.sequencer.engine) == []
         assert orders == 42  # ``placed``, the 40 together and ``first``, once each
-    finally:
-        await server.stop()
-        await sequencer.stop()
-        await engine_nc.close()
-        await gateway_nc.close()
+
+
+async def test_commands_a_stopping_sequencer_refuses_are_each_answered_refused(nats_server: str, pool: asyncpg.Pool):
+    async with leading_engine(nats_server, pool) as engine:
+        await engine.sequencer.stop()  # the server still subscribes: it stops taking only once told to
+        order = PlaceOrder(1, COMPUTE, "buy", price=ASK, qty=1)
+        msg = await engine.gateway_nc.request(command_subject(GROUP), encode_request(
+            [Envelope(order, os.urandom(16)), Envelope(order, os.urandom(16))]), timeout=5)
+        replies = decode_replies(msg.data)
+        assert [type(reply) for reply in replies] == [Refused, Refused]
+        assert all("shutting down" in reply.reason for reply in replies)
 
 
 async def test_without_an_engine_a_command_is_unavailable_after_the_deadline(nats_server: str):
