@@ -275,29 +275,26 @@ class Hub:
                     for group in list(self.groups):
                         started = loop.time()
                         self.flush_group(group)
-                        handed = self._hand_over()
                         self._flush_cost += loop.time() - started
-                        if handed:
-                            # The sequencer's commits go on between groups.
-                            await asyncio.sleep(0)
+                        await self._hand_over()
                     self._drop_taken()
-                while self._deliveries:
-                    started = loop.time()
-                    self._hand_over()
-                    self._flush_cost += loop.time() - started
-                    if self._deliveries:
-                        await asyncio.sleep(0)
+                await self._hand_over()
             except Exception:
                 log.exception("flushing the feed failed")
 
-    def _hand_over(self) -> int:
-        """Hand over up to ``delivery_chunk`` queued frames; how many."""
+    async def _hand_over(self) -> None:
+        """Hand over every queued frame, ``delivery_chunk`` per turn of the loop, so that the sequencer's commits
+        go on meanwhile."""
+        loop = asyncio.get_running_loop()
         deliveries = self._deliveries
-        count = min(self.limits.delivery_chunk, len(deliveries))
-        for _ in range(count):
-            connection, text, wire = deliveries.popleft()
-            connection.put(text, wire)
-        return count
+        chunk = self.limits.delivery_chunk
+        while deliveries:
+            started = loop.time()
+            for _ in range(min(chunk, len(deliveries))):
+                connection, text, wire = deliveries.popleft()
+                connection.put(text, wire)
+            self._flush_cost += loop.time() - started
+            await asyncio.sleep(0)
 
     def flush(self) -> None:
         """Turn every queued message into frames for its subscribers, in order, group by group. The flusher hands
