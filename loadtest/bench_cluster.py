@@ -23,8 +23,12 @@ engine
 feed
     On the cluster of the orders part, once that is done: ``--feed-watchers`` watchers spread by the kernel over
     its gateways (they share one port), every public channel of one instrument, while ``--feed-rate`` orders a
-    second flow: time from each message's ``ts`` to its receipt (p50, p99) and gaps (0 expected;
-    ``loadtest.watchers`` checks every chain and checksum).
+    second flow: time from each message's ``ts`` to its receipt (p50, p99: the frame's arrival in the watcher's
+    socket, as the kernel stamps it; and apart, when this process read it, which on a busy machine includes its
+    own wait for a core: ``loadtest.watchers`` under Timing) and gaps (0 expected; ``loadtest.watchers`` checks
+    every chain and checksum), and the CPU the gateways, the engine and the watchers
+    (this process) spent per frame received, which on a shared 2-core machine bounds how often each watcher can
+    be sent a frame.
 
 Figures are from one run of each; on a shared 2-core machine, run it when the machine is otherwise quiet.
 """
@@ -61,7 +65,7 @@ from loadtest import bench_api
 from loadtest.cluster import Backing, Cluster
 from loadtest.connection import Connection
 from loadtest.exchange_worker import MID, SYMBOL, TICK, prepare
-from loadtest.server import Server
+from loadtest.server import Server, cpu_seconds
 from loadtest.subscriber import now_us, raise_file_limit
 from loadtest.traders import Trader
 from loadtest.watchers import Feed, Watcher, start_watchers
@@ -323,8 +327,9 @@ async def feed_cluster(cluster: Cluster, admin: dict, args: argparse.Namespace) 
     senders = 4
     symbol, keys = await bench_api.set_up(url, admin, senders)
     latencies: list[int] = []
+    read_latencies: list[int] = []
     measuring = [False]
-    feed = Feed(url, frame_latencies(latencies, measuring))
+    feed = Feed(url, frame_latencies(read_latencies, measuring), frame_latencies(latencies, measuring))
     started = time.monotonic()
     watchers: list[Watcher] = await start_watchers(feed, [symbol], args.feed_watchers)
     connect_s = time.monotonic() - started
@@ -350,10 +355,16 @@ async def feed_cluster(cluster: Cluster, admin: dict, args: argparse.Namespace) 
 
     flows = [asyncio.create_task(flow(*key, n)) for n, key in enumerate(keys)]
     await asyncio.sleep(args.warmup)
+    pids = cluster.pids()
+    leader = cluster.leader()
+    processes = {"gateways": [psutil.Process(pid) for pid in pids["gateway"]],
+                 "engine": [psutil.Process(leader)] if leader is not None else [], "watchers": [psutil.Process()]}
     measuring[0] = True
     gaps, bad = feed.gaps, feed.bad
     measured_from = now_us()
+    cpu_before = cpu_seconds(processes)
     await asyncio.sleep(args.duration)
+    cpu_used = cpu_seconds(processes) - cpu_before
     measuring[0] = False
     stop.set()
     await asyncio.gather(*flows, return_exceptions=True)
@@ -362,16 +373,18 @@ async def feed_cluster(cluster: Cluster, admin: dict, args: argparse.Namespace) 
     spread = {pid: len(psutil.Process(pid).net_connections(kind="tcp")) for pid in cluster.pids()["gateway"]}
     for watcher in watchers:
         watcher.stop()
-    ordered = sorted(latencies)
+    ordered, read = sorted(latencies), sorted(read_latencies)
 
-    def percentile(p: float) -> float:
+    def percentile(p: float, ordered: list[int] = ordered) -> float:
         return ordered[min(len(ordered) - 1, int(p * len(ordered)))] / 1000 if ordered else float("nan")
 
     return {"watchers": args.feed_watchers, "connect_s": connect_s, "frames": len(latencies),
-            "p50_ms": percentile(0.50), "p99_ms": percentile(0.99), "max_ms": (ordered[-1] / 1000 if ordered
-                                                                                 else float("nan")),
+            "p50_ms": percentile(0.50), "p99_ms": percentile(0.99), "max_ms": percentile(1.0),
+            "read_p50_ms": percentile(0.50, read), "read_p99_ms": percentile(0.99, read),
             "gaps": feed.gaps - gaps, "bad": feed.bad - bad, "measured_from_us": measured_from,
-            "connections_per_gateway": spread, "cut_off": feed.cut_off}
+            "connections_per_gateway": spread, "cut_off": feed.cut_off,
+            "cpu_us_per_frame": {name: 1e6 * seconds / max(len(latencies), 1) for name, seconds in cpu_used.items()},
+            "cpu_cores": {name: seconds / args.duration for name, seconds in cpu_used.items()}}
 
 
 # -- report -------------------------------------------------------------------------------------------------------
@@ -416,6 +429,11 @@ def report_feed(result: dict[str, Any], rate: float) -> None:
           f"p99 {result['p99_ms']:.1f} ms, max {result['max_ms']:.1f} ms from ts to receipt over {result['frames']:,} "
           f"frames; gaps {result['gaps']}, bad {result['bad']}, cut off {result['cut_off'] or 'none'} (target p99 <= "
           f"{TARGET_FEED_P99_MS:g} ms, 0 gaps): {'met' if met else 'MISSED'}")
+    print(f"      read by the watchers' process (its own wait for a core included): p50 "
+          f"{result['read_p50_ms']:.1f} ms, p99 {result['read_p99_ms']:.1f} ms")
+    cpu = ", ".join(f"{role} {us:.1f} us ({result['cpu_cores'][role]:.2f} cores)"
+                    for role, us in result["cpu_us_per_frame"].items())
+    print(f"      CPU per frame received: {cpu}")
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:

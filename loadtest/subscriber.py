@@ -112,7 +112,10 @@ class Subscriber(asyncio.Protocol):
         transport.write(b"".join(self.ws.data_to_send()))
 
     def data_received(self, data: bytes) -> None:
-        received = now_us()
+        self.read(data, now_us())
+
+    def read(self, data: bytes, received: int) -> None:
+        """Take what was read at ``received`` (microseconds since the epoch): the handshake's answer, or frames."""
         if self.ws is None:
             self.frames_received(self.buffer + data if self.buffer else data, received)
             return

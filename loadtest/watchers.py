@@ -21,6 +21,13 @@ One watcher is one WebSocket (``loadtest.subscriber.Subscriber`` does the handsh
 a bounded number of connections per address, so watchers connect from several loopback addresses
 (127.0.1.x: all of 127/8 is the loopback on Linux). A watcher whose connection is lost (a server restart)
 connects again by itself and resubscribes; ``resyncs`` counts those.
+
+Timing
+------
+Each frame is timed twice: when this process read it, and when it arrived in the socket, as the kernel stamped
+it (``SO_TIMESTAMPNS``: the arrival of the last segment a read took, so never too early). Thousands of watchers
+share one process, and on a small machine its cores too: the first time also counts how long frames waited for
+this process to get to them, the second only what the server and the network took.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
+import struct
 import zlib
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -46,12 +55,16 @@ from api.feed.protocol import (
     Unsubscribed,
     Update,
 )
-from loadtest.subscriber import Chain, Subscriber
+from loadtest.subscriber import Chain, Subscriber, now_us
 
 WATCHERS_PER_ADDRESS = 40
 """Below the server's default ``max_connections_per_address`` (50)."""
 CANDLE_INTERVAL = "1m"
 SUMMARIES_KEPT = 4096
+READ_BYTES = 65536
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+"""Linux's value; Python's socket module does not name it."""
+TIMESPEC = struct.Struct("qq")
 
 decode_frame = msgspec.json.Decoder(
     list[Subscribed | Unsubscribed | ErrorMessage | Snapshot | Update | Trades | Ticker | CandleUpdate | Heartbeat]
@@ -173,12 +186,14 @@ def summarize(data: bytes, mirror: Mirror) -> Summary:
 class Feed:
     """What all watchers share: the URL, the mirrors and frame summaries, and the counts they report."""
 
-    def __init__(self, url: str, on_frame_latency) -> None:
+    def __init__(self, url: str, on_frame_latency, on_arrival_latency=None) -> None:
         self.uri = parse_uri(url.replace("http://", "ws://") + "/v1/ws")
         self.mirrors: dict[str, Mirror] = {}
         self.summaries: dict[bytes, Summary] = {}
         self.on_frame_latency = on_frame_latency
-        """Called with (received at, microseconds from the oldest message's ``ts`` to receipt) per frame."""
+        """Called with (read at, microseconds from the oldest message's ``ts`` to its reading) per frame."""
+        self.on_arrival_latency = on_arrival_latency
+        """When given, called with (arrived at, microseconds from the oldest message's ``ts`` to its arrival)."""
         self.messages = 0
         self.frames = 0
         self.gaps = 0
@@ -200,17 +215,70 @@ class Feed:
 
 
 class WatcherSocket(Subscriber):
-    """One WebSocket of a watcher: the handshake and frame reading of ``loadtest.subscriber``; frames go to the
-    watcher."""
+    """One WebSocket of a watcher: the handshake and frame reading of ``loadtest.subscriber`` on a socket of its own,
+    read with the kernel's arrival stamps; frames go to the watcher."""
 
     def __init__(self, watcher: Watcher) -> None:
         super().__init__(watcher, sample=False)
         self.watcher = watcher
+        self.sock: socket.socket | None = None
+        self.arrived = 0
+        """When what is being read arrived, microseconds since the epoch."""
+
+    async def open(self, host: str, port: int, address: str) -> None:
+        """Connect from ``address`` and start the handshake."""
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            sock.bind((address, 0))
+            await loop.sock_connect(sock, (host, port))
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.connection_made(self)
+        loop.add_reader(sock.fileno(), self.readable)
+
+    def readable(self) -> None:
+        assert self.sock is not None
+        try:
+            data, ancillary, _, _ = self.sock.recvmsg(READ_BYTES, socket.CMSG_SPACE(TIMESPEC.size))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.abort(exc)
+            return
+        if not data:
+            self.abort(None)
+            return
+        received = now_us()
+        self.arrived = received
+        for level, kind, stamp in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                seconds, nanoseconds = TIMESPEC.unpack_from(stamp)
+                self.arrived = seconds * 1_000_000 + nanoseconds // 1000
+        self.read(data, received)
+
+    def write(self, data: bytes) -> None:
+        """Send a short message (the handshake, subscriptions, pongs): it fits in the socket's buffer."""
+        if self.sock is not None:
+            self.sock.sendall(data)
+
+    def abort(self, exc: Exception | None = None) -> None:
+        """Close the socket now; the watcher hears of it as a lost connection."""
+        sock, self.sock = self.sock, None
+        if sock is None:
+            return
+        asyncio.get_running_loop().remove_reader(sock.fileno())
+        sock.close()
+        self.connection_lost(exc)
 
     def on_frame(self, data: bytes, received: int) -> None:
         if not self.ready.done():
             self.ready.set_result(None)
-        self.watcher.on_frame(data, received)
+        self.watcher.on_frame(data, received, self.arrived)
 
     def connection_lost(self, exc) -> None:
         super().connection_lost(exc)
@@ -241,14 +309,13 @@ class Watcher:
         """Connect, subscribe, and wait for the first frame."""
         self.chains = {"level2": Chain(), "trades": Chain()}
         self.seqs = {}
-        loop = asyncio.get_running_loop()
         # A local name: a connection lost at once (a server being killed) clears ``self.connection`` meanwhile,
         # and its ``ready`` then fails with the ConnectionError that makes ``reconnect`` try again.
         connection = self.connection = WatcherSocket(self)
-        await loop.create_connection(lambda: connection, self.uri.host, self.uri.port, local_addr=(self.address, 0))
+        await connection.open(self.uri.host, self.uri.port, self.address)
         await asyncio.wait_for(connection.ready, 30)
 
-    def on_frame(self, data: bytes, received: int) -> None:
+    def on_frame(self, data: bytes, received: int, arrived: int) -> None:
         feed = self.feed
         summary = feed.summary(data, self.symbol)
         feed.frames += 1
@@ -282,6 +349,8 @@ class Watcher:
                     broken += 1
         if summary.oldest_ts:
             feed.on_frame_latency(received, received - summary.oldest_ts)
+            if feed.on_arrival_latency is not None:
+                feed.on_arrival_latency(arrived, arrived - summary.oldest_ts)
         if broken and self.connection is not None:
             self.resubscribe()
 
@@ -321,7 +390,7 @@ class Watcher:
             self.reconnecting.cancel()
         if self.connection is not None:
             with contextlib.suppress(Exception):
-                self.connection.transport.abort()
+                self.connection.abort()
 
 
 async def start_watchers(feed: Feed, symbols: list[str], count: int, wave: int = 100) -> list[Watcher]:

@@ -17,23 +17,72 @@ if TYPE_CHECKING:
     from api.feed.hub import Hub
 
 
-class Feed:
-    """One stream: a channel of an instrument (and an interval or an account); its subscribers and the messages
-    queued for the next flush."""
+class Group:
+    """Connections whose frames are built and handed over together: the hub goes through the groups in turn, and
+    each takes the messages queued up to when its turn comes (``Hub.flush_group``)."""
 
-    __slots__ = ("key", "pending", "subscribers")
+    __slots__ = ("size",)
+
+    def __init__(self) -> None:
+        self.size = 0
+
+
+class Feed:
+    """One stream: a channel of an instrument (and an interval or an account); its subscribers, by group, and the
+    messages queued that some group has yet to take.
+
+    ``log`` holds the messages queued since every group last took all of them; ``taken[group]`` counts those that
+    ``group`` has made into frames, and ``behind`` the groups that have not taken them all. Once none is behind,
+    the log starts empty again."""
+
+    __slots__ = ("behind", "key", "log", "members", "taken")
 
     def __init__(self, key: tuple) -> None:
         self.key = key
-        self.subscribers: set[Connection] = set()
-        self.pending: list[str] = []
+        self.members: dict[Group, set[Connection]] = {}
+        self.log: list[str] = []
+        self.taken: dict[Group, int] = {}
+        self.behind = 0
+
+    @property
+    def subscribed(self) -> bool:
+        return bool(self.members)
+
+    def add(self, connection: Connection) -> None:
+        group = connection.group
+        members = self.members.get(group)
+        if members is None:
+            members = self.members[group] = set()
+            self.taken[group] = len(self.log)  # what was queued before it joined is not its own
+        members.add(connection)
+
+    def remove(self, connection: Connection) -> None:
+        group = connection.group
+        members = self.members.get(group)
+        if members is None or connection not in members:
+            return
+        members.discard(connection)
+        if not members:
+            del self.members[group]
+            if self.taken.pop(group) < len(self.log):
+                self.behind -= 1
+
+    def append(self, message: str) -> None:
+        self.log.append(message)
+        self.behind = len(self.members)
+
+    def restart(self) -> None:
+        """Start the log again, empty: every group has taken it all."""
+        self.log = []
+        self.taken = dict.fromkeys(self.taken, 0)
+        self.behind = 0
 
 
 class Connection:
     """One WebSocket: its subscriptions and the frames it is owed, sent in order, at most one send at a time."""
 
-    __slots__ = ("address", "budget", "close_reason", "done", "draining", "errors", "feeds", "hub", "idle", "keys",
-                 "nonce", "protocol", "queue", "queued", "send", "sending", "websocket")
+    __slots__ = ("address", "budget", "close_reason", "done", "draining", "errors", "feeds", "group", "hub", "idle",
+                 "keys", "nonce", "protocol", "queue", "queued", "send", "sending", "websocket")
 
     def __init__(self, hub: Hub, websocket: WebSocket, send: Send, address: str) -> None:
         self.hub = hub
@@ -43,6 +92,8 @@ class Connection:
         self.protocol = direct_protocol(websocket.scope)
         """uvicorn's sans-I/O WebSocket protocol, when the server is that: see ``uvicorn_coupling.write_frame``."""
         self.address = address
+        self.group: Group | None = None
+        """The hub's delivery group, once the hub has taken the connection in (``Hub.add``)."""
         self.feeds: dict[tuple, Feed] = {}
         self.keys: dict[tuple, str] = {}
         """user feed key -> the API key that authorized it"""

@@ -56,8 +56,7 @@ async def serve(hub: Hub, websocket: WebSocket, send: Send) -> None:
             await asyncio.wait_for(websocket.close(POLICY_VIOLATION, reason), hub.limits.close_timeout)
         return
     connection = Connection(hub, websocket, send, address)
-    hub.connections.add(connection)
-    hub.per_address[address] += 1
+    hub.add(connection)
     try:
         await receive(hub, connection)
     finally:

@@ -11,7 +11,7 @@ from collections import Counter, deque
 from datetime import UTC, datetime
 from typing import Any
 
-from api.feed.connection import Connection, Feed
+from api.feed.connection import Connection, Feed, Group
 from api.feed.ladder import Ladder
 from api.feed.limits import FeedLimits
 from api.feed.protocol import (
@@ -60,7 +60,9 @@ class Hub:
         self.per_address_elsewhere: Counter[str] = Counter()
         """Connections per address open on the other gateways, kept by ``api.shared_limits``; empty in one process."""
         self.services: Services | None = None
-        self._dirty: list[Feed] = []
+        self.groups: list[Group] = []
+        self._dirty: dict[Feed, None] = {}
+        """Feeds whose log some group has yet to take, in the order they were first queued to."""
         self._deliveries: deque[tuple[Connection, str | asyncio.Event, bytes | None]] = deque()
         self._flush_wanted = asyncio.Event()
         self._last_flush = 0.0
@@ -213,9 +215,9 @@ class Hub:
 
     def queue(self, feed: Feed, message: str) -> None:
         """Queue ``message`` on the stream ``feed`` for the next flush."""
-        if not feed.pending:
-            self._dirty.append(feed)
-        feed.pending.append(message)
+        if not feed.log:
+            self._dirty[feed] = None
+        feed.append(message)
 
     def ticker(self, symbol: str, ladder: Ladder) -> str:
         """The ticker message of ``symbol`` now."""
@@ -246,6 +248,11 @@ class Hub:
     async def _flusher(self) -> None:
         """Flush at once on a quiet server; under load, space flushes by what the last one cost.
 
+        A flush goes through the delivery groups in turn: each group's frames are built from what is queued when
+        its turn comes and handed over before the next group's are built, so a message published during a flush
+        still reaches the groups whose turn has not come, and no connection's frame waits behind a whole flush's
+        sends on top of the wait for the flush itself.
+
         A flush's cost is one send per subscriber, so it is the hub's own time (building the frames and handing
         them over, not the turns of the loop in between) that sets the pace: after a flush that took ``t``
         seconds, the next waits until ``t x flush_spacing`` has passed since it began, never more than
@@ -253,8 +260,6 @@ class Hub:
         larger frames and keeps its share of the loop bounded."""
         loop = asyncio.get_running_loop()
         limits = self.limits
-        chunk = limits.delivery_chunk
-        deliveries = self._deliveries
         while True:
             await self._flush_wanted.wait()
             self._flush_wanted.clear()
@@ -264,42 +269,67 @@ class Hub:
                         - loop.time()
                     # One turn of the loop at least: what the callbacks ready now publish goes in this flush.
                     await asyncio.sleep(max(wait, 0))
-                    self._last_flush = started = loop.time()
-                    self.flush()
-                    self._flush_cost = loop.time() - started
-                # A few sends per turn of the loop, so that the sequencer's commits go on meanwhile. What is
-                # published while they go out waits for the next flush: the busier, the fewer and larger the frames.
-                while deliveries:
-                    started = loop.time()
-                    for _ in range(min(chunk, len(deliveries))):
-                        connection, text, wire = deliveries.popleft()
-                        connection.put(text, wire)
-                    self._flush_cost += loop.time() - started
-                    if deliveries:
-                        await asyncio.sleep(0)
+                    self._last_flush = loop.time()
+                    self._flush_cost = 0.0
+                    self.stats["flushes"] += 1
+                    for group in list(self.groups):
+                        started = loop.time()
+                        self.flush_group(group)
+                        self._flush_cost += loop.time() - started
+                        await self._hand_over()
+                    self._drop_taken()
+                await self._hand_over()
             except Exception:
                 log.exception("flushing the feed failed")
 
+    async def _hand_over(self) -> None:
+        """Hand over every queued frame, ``delivery_chunk`` per turn of the loop, so that the sequencer's commits
+        go on meanwhile."""
+        loop = asyncio.get_running_loop()
+        deliveries = self._deliveries
+        chunk = self.limits.delivery_chunk
+        while deliveries:
+            started = loop.time()
+            for _ in range(min(chunk, len(deliveries))):
+                connection, text, wire = deliveries.popleft()
+                connection.put(text, wire)
+            self._flush_cost += loop.time() - started
+            await asyncio.sleep(0)
+
     def flush(self) -> None:
-        """Turn every queued message into frames for its subscribers, in order: one frame per connection, built
-        once per distinct set of streams. The flusher hands them over."""
-        dirty = self._dirty
-        if not dirty:
+        """Turn every queued message into frames for its subscribers, in order, group by group. The flusher hands
+        them over."""
+        if not self._dirty:
             return
-        self._dirty = []
+        for group in self.groups:
+            self.flush_group(group)
+        self._drop_taken()
+        self.stats["flushes"] += 1
+
+    def flush_group(self, group: Group) -> None:
+        """Turn the messages queued that ``group`` has not taken into frames for its connections, in order: one
+        frame per connection, built once per distinct set of streams."""
         parts: dict[Feed, str] = {}
         targets: dict[Connection, list[Feed]] = {}
-        for feed in dirty:
-            if not feed.pending:
+        for feed in self._dirty:
+            members = feed.members.get(group)
+            if members is None:
                 continue
-            parts[feed] = ",".join(feed.pending)
-            feed.pending = []
-            for connection in feed.subscribers:
+            queued = feed.log
+            taken = feed.taken[group]
+            if taken == len(queued):
+                continue
+            parts[feed] = ",".join(queued[taken:])
+            feed.taken[group] = len(queued)
+            feed.behind -= 1
+            for connection in members:
                 found = targets.get(connection)
                 if found is None:
                     targets[connection] = [feed]
                 else:
                     found.append(feed)
+        if not targets:
+            return
         frames: dict[Any, tuple[str, bytes]] = {}
         deliveries = self._deliveries
         for connection, feeds in targets.items():
@@ -310,8 +340,14 @@ class Hub:
                 made = frames[key] = (text, wire_frame(text))
             deliveries.append((connection, *made))
         self._flush_wanted.set()
-        self.stats["flushes"] += 1
         self.stats["frames"] += len(targets)
+
+    def _drop_taken(self) -> None:
+        """Start the logs that every group has taken again, empty."""
+        done = [feed for feed in self._dirty if feed.behind <= 0]
+        for feed in done:
+            del self._dirty[feed]
+            feed.restart()
 
     def handed(self, connection: Connection) -> asyncio.Event:
         """An event set once everything queued for ``connection`` so far is handed over to it."""
@@ -338,10 +374,10 @@ class Hub:
         self.flush()
         ts = now_us()
         for key, feed in self.feeds.items():
-            if key[0] == "heartbeat" and feed.subscribers:
+            if key[0] == "heartbeat" and feed.members:
                 ladder = self.ladders[key[1]]
                 self.queue(feed, encode(Heartbeat(key[1], ladder.seq, ladder.level2_seq, ladder.trades_seq, ts)))
-            elif key[0] == "index_heartbeat" and feed.subscribers:
+            elif key[0] == "index_heartbeat" and feed.members:
                 newest = self.indices.get(key[1])
                 self.queue(feed, encode(IndexHeartbeat(key[1], None if newest is None else newest.at, ts)))
         self.flush()
@@ -355,9 +391,9 @@ class Hub:
         """Add ``connection`` to the stream ``key``; ``first`` (the answer, a snapshot) precedes its messages."""
         self.flush()  # whatever is queued now predates the snapshot
         feed = self._feed(key)
-        feed.subscribers.add(connection)
+        feed.add(connection)
         connection.feeds[key] = feed
-        self._feed(heartbeat_key(key)).subscribers.add(connection)
+        self._feed(heartbeat_key(key)).add(connection)
         self.send(connection, *first)
         if key[0] == "user":
             self.user.add(feed)  # its snapshot follows the answer
@@ -373,12 +409,25 @@ class Hub:
             if heartbeat is not None:
                 self._leave(heartbeat, connection)
 
+    def add(self, connection: Connection) -> None:
+        """Take ``connection`` in, in the smallest delivery group, or a new one when every group is full."""
+        group = min(self.groups, key=lambda g: g.size, default=None)
+        if group is None or group.size >= self.limits.delivery_chunk:
+            group = Group()
+            self.groups.append(group)
+        group.size += 1
+        connection.group = group
+        self.connections.add(connection)
+        self.per_address[connection.address] += 1
+
     def drop(self, connection: Connection) -> None:
         """Forget ``connection`` everywhere."""
         for key in list(connection.feeds):
             self.unsubscribe(connection, key)
         if connection in self.connections:
             self.connections.discard(connection)
+            assert connection.group is not None
+            connection.group.size -= 1
             self.per_address[connection.address] -= 1
             if self.per_address[connection.address] <= 0:
                 del self.per_address[connection.address]
@@ -390,10 +439,11 @@ class Hub:
         return feed
 
     def _leave(self, feed: Feed, connection: Connection) -> None:
-        feed.subscribers.discard(connection)
-        if not feed.subscribers:
+        feed.remove(connection)
+        if not feed.members:
             del self.feeds[feed.key]
-            feed.pending = []
+            self._dirty.pop(feed, None)
+            feed.restart()
             if feed.key[0] == "user":
                 self.user.remove(feed)
 

@@ -28,6 +28,7 @@ class FeedLimits:
     it began at the soonest (``flush_interval`` at most): the feed keeps about a quarter of the loop under load,
     and an update on a quiet server goes out at once."""
     delivery_chunk: int = 64
-    """Frames handed over per turn of the event loop."""
+    """Connections per delivery group (a flush builds and hands over one group's frames per turn of the event
+    loop), and frames handed over per turn otherwise."""
     heartbeat_interval: float = 1.0
     close_timeout: float = 5.0

@@ -22,12 +22,13 @@ is how to resync without reconnecting.
 Frames
 ------
 Every frame the server sends is a JSON array of one or more messages, in order. Messages are encoded once, and
-subscribers with the same subscriptions receive the very same frame. Each message has a ``type``; data messages
-also have ``channel`` and ``symbol``, and every message about an instrument carries its ``seq``: the
-instrument's sequence number, one per command on that instrument (several events of one command share it),
-the same numbering as REST (``GET /v1/instruments/{symbol}/book`` answers with the ``seq`` it reflects) and
-heartbeats. Order is kept within a channel of an instrument. Prices and CNY amounts are decimal strings in
-yuan, quantities integer lots, ``ts`` microseconds since the epoch (the time of the command).
+subscribers with the same subscriptions receive the very same frame (those of one delivery group, below). Each
+message has a ``type``; data messages also have ``channel`` and ``symbol``, and every message about an
+instrument carries its ``seq``: the instrument's sequence number, one per command on that instrument (several
+events of one command share it), the same numbering as REST (``GET /v1/instruments/{symbol}/book`` answers with
+the ``seq`` it reflects) and heartbeats. Order is kept within a channel of an instrument. Prices and CNY amounts
+are decimal strings in yuan, quantities integer lots, ``ts`` microseconds since the epoch (the time of the
+command).
 
 level2
 ------
@@ -136,21 +137,23 @@ Fan-out
 -------
 ``Hub.publish`` is the market view's listener: it runs in the sequencer's writer task after each commit, keeps
 its own copy of every book's levels (so each update's checksum is that of the book right after its command),
-encodes each message once and queues it on its stream. A flush joins
-each stream's queued messages into one part and makes one frame per connection from the parts of its streams,
-built once per distinct set of streams: subscribers of the same channels get the very same string. On a quiet
-server a flush follows a publication at the next turn of the loop; under load, flushes are spaced by what the
-last one cost (``flush_spacing`` times its time, ``flush_interval`` at most), so the busier, the fewer. The frames
-are handed over ``delivery_chunk`` at a time per turn of the event loop, so that commits go on meanwhile; what
-is published while they go out waits for the next flush, so a busier hub sends fewer and larger frames. A
-flush's frame is also made once as WebSocket bytes and written as it is to each subscriber's socket while the
-connection is open and its buffer has room (``api.uvicorn_coupling.write_frame``, under uvicorn's sans-I/O
-protocol). Otherwise, and for frames to one connection, a connection sends one frame at a time, straight to the
-server's ASGI ``send`` (no task per send; one only when the peer's buffer is full); frames that come while a
-send waits are queued and merged into the next one. When that queue overflows (``max_queue`` frames or
-``max_queue_bytes``) the connection is dropped from every stream and closed with 1013 and a reason: nothing else
-ever waits for a subscriber. A closing that the peer does not read within ``close_timeout`` seconds is abandoned
-to the server.
+encodes each message once and queues it on its stream. Connections are taken in ``delivery_chunk`` at a time
+into delivery groups, and a flush goes through the groups in turn, a turn of the event loop each, so that
+commits go on meanwhile: for one group it joins each stream's messages that the group has not yet taken into one
+part and makes one frame per connection from the parts of its streams, built once per distinct set of streams
+(subscribers of the same channels in one group get the very same string), and hands them over before the next
+group's are built. A message published while a flush goes on thus still reaches the groups whose turn has not
+come, and the others at the next flush: a connection's frame waits for its group's turn, never for the sends of
+a whole flush after it. On a quiet server a flush follows a publication at the next turn of the loop; under
+load, flushes are spaced by what the last one cost (``flush_spacing`` times its time, ``flush_interval`` at
+most), so the busier, the fewer and larger the frames. A frame is also made once as WebSocket bytes and written
+as it is to each subscriber's socket while the connection is open and its buffer has room
+(``api.uvicorn_coupling.write_frame``, under uvicorn's sans-I/O protocol). Otherwise, and for frames to one
+connection, a connection sends one frame at a time, straight to the server's ASGI ``send`` (no task per send;
+one only when the peer's buffer is full); frames that come while a send waits are queued and merged into the
+next one. When that queue overflows (``max_queue`` frames or ``max_queue_bytes``) the connection is dropped from
+every stream and closed with 1013 and a reason: nothing else ever waits for a subscriber. A closing that the
+peer does not read within ``close_timeout`` seconds is abandoned to the server.
 
 This module holds the protocol alone: what the client sends and what it receives, and how requests are read.
 It imports nothing of the server, so clients (``loadtest``) decode frames with the same structs.
