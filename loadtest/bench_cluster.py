@@ -15,11 +15,12 @@ orders
 engine
     The engine's CPU per command, in process against through NATS, with the same mix of commands
     (``CommandMix``) from ``--submitters`` submitters waiting each for its answer: first a ``Sequencer`` in
-    this process that makes each committed batch's market data and account message as the engine does, and
-    drops them (its process CPU time over the commands acknowledged; the submitters' own share is in it), then
+    this process that hands each committed batch to a ``MarketData`` view, as ``tokex serve`` does (no feed
+    subscribers; its process CPU time over the commands acknowledged; the submitters' own share is in it), then
     a ``tokex engine`` fed by this process over NATS through ``RemoteSequencer`` (the engine process's CPU
-    time over the commands), which sends them. Target: at most 1.33 times. Both lines also give the mean
-    commands per batch: the engine's per-batch costs weigh the same on both sides only at similar batches.
+    time over the commands), which publishes each batch's market data and account events to NATS instead.
+    Target: at most 1.33 times. Both lines also give the mean commands per batch: the engine's per-batch costs
+    weigh the same on both sides only at similar batches.
 feed
     On the cluster of the orders part, once that is done: ``--feed-watchers`` watchers spread by the kernel over
     its gateways (they share one port), every public channel of one instrument, while ``--feed-rate`` orders a
@@ -53,14 +54,12 @@ from typing import Any
 import asyncpg
 import psutil
 
-from exchange.account_events import account_events
+from api.marketdata import MarketData
 from exchange.broker.commands import RemoteSequencer
 from exchange.broker.connection import connect
-from exchange.broker.market_stream import AccountMessage, encode, market_batches
 from exchange.commands import CancelOrder, OrderView, PlaceOrder
 from exchange.database.migrations import migrate
 from exchange.sequencer import Sequencer, Unavailable
-from exchange.settlement import Effects
 from loadtest import bench_api
 from loadtest.cluster import Backing, Cluster
 from loadtest.connection import Connection
@@ -254,24 +253,13 @@ async def new_market(backing: Backing, submitters: int) -> tuple[str, list[int]]
     return dsn, market.traders
 
 
-def make_market_data(batch: list[tuple[str, list]], fill_ids: list[int]) -> None:
-    """Make a committed batch's market data as the engine makes it for JetStream, and drop it."""
-    for market in market_batches(batch, fill_ids):
-        encode(market)
-
-
-def make_account_message(effects: Effects) -> None:
-    """Make a committed batch's account message as the engine makes it for the gateways, and drop it."""
-    events = account_events(effects)
-    if events:
-        encode(AccountMessage(0, 1, events))
-
-
 async def engine_in_process(backing: Backing, args: argparse.Namespace) -> dict[str, float]:
     dsn, accounts = await new_market(backing, args.submitters)
     async with asyncpg.create_pool(dsn, min_size=1, max_size=2) as pool:
-        # The same work per batch as the engine's, but for the sending: its market data and account messages.
-        seq = await Sequencer.open(pool, publish=make_market_data, publish_effects=make_account_message)
+        view = MarketData()
+        async with pool.acquire() as conn:
+            await view.load(conn)
+        seq = await Sequencer.open(pool, publish=view.apply, publish_effects=view.apply_effects)
         try:
             result = await drive(seq.submit, accounts, args, time.process_time)
         finally:
