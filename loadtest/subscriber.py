@@ -123,16 +123,19 @@ class Subscriber(asyncio.Protocol):
 
         ws = self.ws
         ws.receive_data(data)
-        for event in ws.events_received():
+        events = ws.events_received()
+        for at, event in enumerate(events):
             if isinstance(event, Response):
                 if event.status_code != 101:
                     self.closed = event.status_code
                     return
                 for message in self.bench.subscriptions():
                     self.write_frame(0x1, json.dumps(message).encode())
-                # From here on, frames are read by ``frames_received``: the handshake leaves no frame behind it,
-                # since the server sends nothing before it has our subscriptions.
+                # From here on, frames are read by ``frames_received``. What came with the answer was read as
+                # frames by websockets: a server that refuses the connection sends its error and close at once.
                 self.ws = None
+                for frame in events[at + 1:]:
+                    self.frame_received(frame.opcode.value, bytes(frame.data), received)
                 return
 
     def frames_received(self, data: bytes, received: int) -> None:
@@ -161,13 +164,20 @@ class Subscriber(asyncio.Protocol):
                 break
             payload = data[head:head + length]
             at = head + length
-            if opcode == 0x1:
-                self.on_frame(payload, received)
-            elif opcode == 0x9:
-                self.write_frame(0xA, payload)
-            elif opcode == 0x8:
-                self.closed = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+            self.frame_received(opcode, payload, received)
         self.buffer = data[at:] if at < end else b""
+
+    def frame_received(self, opcode: int, payload: bytes, received: int) -> None:
+        if opcode == 0x1:
+            self.on_frame(payload, received)
+        elif opcode == 0x9:
+            self.write_frame(0xA, payload)
+        elif opcode == 0x8:
+            self.closed = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+            # Answer the close, as RFC 6455 asks, and drop the connection: a server may wait seconds for its end,
+            # and a refused subscriber would wait as long to connect again.
+            self.write_frame(0x8, payload[:2])
+            self.transport.close()
 
     def write_frame(self, opcode: int, payload: bytes) -> None:
         """Send one masked frame (short payloads only: subscriptions and pongs)."""

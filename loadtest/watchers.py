@@ -266,6 +266,9 @@ class WatcherSocket(Subscriber):
         if self.sock is not None:
             self.sock.sendall(data)
 
+    def close(self) -> None:
+        self.abort(None)
+
     def abort(self, exc: Exception | None = None) -> None:
         """Close the socket now; the watcher hears of it as a lost connection."""
         sock, self.sock = self.sock, None
@@ -314,6 +317,8 @@ class Watcher:
         connection = self.connection = WatcherSocket(self)
         await connection.open(self.uri.host, self.uri.port, self.address)
         await asyncio.wait_for(connection.ready, 30)
+        if self.connection is not connection:  # refused: its error and close came with the handshake's answer
+            raise ConnectionError(f"closed ({connection.closed}) on connecting")
 
     def on_frame(self, data: bytes, received: int, arrived: int) -> None:
         feed = self.feed
