@@ -39,6 +39,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from api.marketdata import MarketData
+from exchange import tasks
 from exchange.broker import subjects
 from exchange.broker.market_stream import (
     MarketBatch,
@@ -104,11 +105,8 @@ class MarketFollower:
         self._task = asyncio.get_running_loop().create_task(self._reloader(), name="market-follower")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.cancel(self._task)
+        self._task = None
         for subscription in self._subscriptions:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()

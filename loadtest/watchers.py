@@ -301,6 +301,8 @@ class Watcher:
         self.connection: WatcherSocket | None = None
         self.stopped = False
         self.reconnecting: asyncio.Task | None = None
+        self.rejoining = False
+        """Reconnected, and not yet subscribed again: the next snapshot and ``subscribed`` make one resync."""
 
     def subscriptions(self) -> list[dict]:
         messages = [{"type": "subscribe", "channel": channel, "symbol": self.symbol}
@@ -352,6 +354,9 @@ class Watcher:
                 if (level2.base >= 0 and step[1] > level2.last) or (trades.base >= 0 and step[2] > trades.last):
                     feed.gaps += 1
                     broken += 1
+        if self.rejoining and chains["level2"].base >= 0 and chains["trades"].base >= 0:
+            self.rejoining = False
+            feed.resyncs += 1
         if summary.oldest_ts:
             feed.on_frame_latency(received, received - summary.oldest_ts)
             if feed.on_arrival_latency is not None:
@@ -376,7 +381,9 @@ class Watcher:
             self.reconnecting = asyncio.get_running_loop().create_task(self.reconnect())
 
     async def reconnect(self) -> None:
-        """Connect again until it works (the server may be restarting), then count one resync."""
+        """Connect again until it works (the server may be restarting); one resync is counted once the new
+        connection's subscriptions start (a connection refused at once never gets that far)."""
+        self.rejoining = True
         try:
             while not self.stopped:
                 try:
@@ -384,7 +391,6 @@ class Watcher:
                 except (OSError, ConnectionError, TimeoutError):
                     await asyncio.sleep(0.5)
                     continue
-                self.feed.resyncs += 1
                 return
         finally:
             self.reconnecting = None

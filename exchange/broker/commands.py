@@ -53,6 +53,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeout
 
+from exchange import tasks
 from exchange.broker.subjects import DEFAULT_GROUP, ENGINE_LEADER, command_subject
 from exchange.commands import Command, Result
 from exchange.sequencer import Sequencer, Unavailable
@@ -296,10 +297,7 @@ class LeaderHeartbeat:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="leader-heartbeat")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.cancel(self._task)
 
     async def _run(self) -> None:
         data = msgspec.json.encode(self.beat)
