@@ -468,7 +468,8 @@ def optional_price(value: int | None) -> str | None:
 
 
 def order_from_row(row) -> Order:
-    """A row of ``book_order`` with its instrument's symbol (``SELECT o.*, i.symbol``), as the API shows it."""
+    """A row of ``book_order`` with its instrument's symbol (the order queries of ``sql/queries/orders.sql``), as
+    the API shows it."""
     return order_from_view(OrderView(**row))
 
 

@@ -62,7 +62,7 @@ def display_url(url: str) -> str:
         netloc = f"[{host}]" if ":" in host else host
         if parts.port is not None:
             netloc += f":{parts.port}"
-        shown.append(urlunsplit(parts._replace(netloc=netloc)))
+        shown.append(urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)))
     return ",".join(shown)
 
 

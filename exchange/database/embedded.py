@@ -79,9 +79,12 @@ from exchange.database.installation import (
     server_env,
     wheel_site,
 )
+from exchange.database.queries import sql
 
 SUPERUSER = "postgres"
 DATABASE = "tokex"
+CREATE_DATABASE = sql("create_embedded_database")
+"""Creates ``DATABASE``."""
 PORT = 5432  # only names the socket file; no TCP port is opened
 
 SETTINGS = {
@@ -291,11 +294,10 @@ class EmbeddedPostgres(lifetime.EmbeddedServer):
              "--auth-local=trust", "--auth-host=scram-sha-256"],
             timeout=120,
         )
-        # Built here, not named in sql/queries: the database's name is an identifier, which no parameter can carry,
-        # and single-user mode reads a script from standard input rather than through a connection.
+        # Single-user mode reads one statement a line from standard input: no connection exists yet.
         self._run_server(
             [self._bin / "postgres", "--single", "-D", staging, "postgres"],
-            input=f"CREATE DATABASE {DATABASE};\n",
+            input=CREATE_DATABASE.strip() + "\n",
             timeout=120,
         )
         staging.rename(self.pgdata)
